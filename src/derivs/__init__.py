@@ -1,0 +1,14 @@
+"""derivs: exactly the derivatives you ask for, and nothing more, for JAX and PyTorch.
+
+    >>> import jax.numpy as jnp, derivs
+    >>> derivs.partial(jnp.prod, (0, 2, 4))(jnp.arange(1.0, 6.0))
+    Array(8., dtype=float32)
+"""
+
+from ._api import Explanation as Explanation
+from ._api import explain as explain
+from ._api import partial as partial
+from ._api import partials as partials
+from ._api import value_and_partials as value_and_partials
+
+__version__ = "0.1.0"

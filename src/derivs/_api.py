@@ -1,0 +1,301 @@
+"""Public transforms: ``partial``, ``partials``, ``value_and_partials``, ``explain``.
+
+Each transform validates what it can up front, plans once (the plan depends on
+the request only), and returns a function that dispatches on the framework of
+the arrays it is called with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import backends
+from .backends import _common
+from .core import _plan, _request
+from .core._execute import run_plan
+
+
+@dataclasses.dataclass(frozen=True)
+class _Transform:
+    """A validated request bound to ``fun``; calling it runs the plan."""
+
+    fun: Callable
+    api: str
+    argnums: tuple[int, ...]
+    has_aux: bool
+    batch_axis: int | None
+    keys: tuple[Any, ...]
+    plan: _plan.Plan
+
+    def shapes_and_backend(self, args: tuple):
+        if not args:
+            raise TypeError(f"{self.api}: the transformed function was called with no "
+                            "arguments; pass the arrays to differentiate at.")
+        top = max(self.argnums)
+        if top >= len(args):
+            raise ValueError(
+                f"{self.api}: argnums={_show_argnums(self.argnums)} selects argument {top}, "
+                f"but the function was called with {len(args)} positional argument(s). "
+                "Pass that argument positionally or lower argnums."
+            )
+        backend = backends.backend_for(args, self.api)
+        selected = tuple(backend.as_input(args[a], a, self.api, self.batch_axis)
+                         for a in self.argnums)
+        shapes = [_common.sample_shape(tuple(s.shape), self.batch_axis) for s in selected]
+        _request.check_ranges(self.plan.requests, [_common.numel(s) for s in shapes], shapes,
+                              self.argnums, api=self.api, batch_axis=self.batch_axis)
+        return backend, selected, shapes
+
+    def __call__(self, args: tuple, kwargs: dict) -> tuple[list[Any], Any]:
+        backend, selected, _ = self.shapes_and_backend(args)
+
+        def call(sel: tuple) -> tuple[Any, Any]:
+            full = list(args)
+            for slot, a in enumerate(self.argnums):
+                full[a] = sel[slot]
+            out = self.fun(*full, **kwargs)
+            aux = None
+            if self.has_aux:
+                if not (isinstance(out, (tuple, list)) and len(out) == 2):
+                    raise TypeError(
+                        f"{self.api}: has_aux=True requires f to return a pair "
+                        f"(output, aux), got {type(out).__name__}. Return `out, aux` or "
+                        "pass has_aux=False."
+                    )
+                out, aux = out
+            backend.check_output(out, self.api)
+            return out, aux
+
+        return run_plan(backend, self.plan, call, selected, self.batch_axis)
+
+
+def _build(fun: Callable, specs: Sequence[Any], argnums: Any, has_aux: bool,
+           batch_axis: Any, *, api: str, allow_value: bool, extra_value: bool = False
+           ) -> _Transform:
+    if not callable(fun):
+        raise TypeError(
+            f"{api}: f must be callable, got {type(fun).__name__}. Pass the function "
+            "itself, e.g. derivs.partial(f, (0, 1)), not the result of calling it."
+        )
+    if not isinstance(has_aux, bool):
+        raise TypeError(f"{api}: has_aux must be True or False, got {has_aux!r}.")
+    if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):
+        raise TypeError(f"{api}: batch_axis must be None or an int axis, got {batch_axis!r}.")
+    argnums_t, is_tuple = _request.normalize_argnums(argnums, api)
+    requests = [_request.parse_index(s, argnums_t, is_tuple, api=api, allow_value=allow_value)
+                for s in specs]
+    keys = tuple(_request.request_key(s) for s in specs)
+    if extra_value:
+        requests.append(())
+    return _Transform(fun, api, argnums_t, has_aux, batch_axis, keys,
+                      _plan.make_plan(requests))
+
+
+def _wrap(fun: Callable, transform: _Transform, finish: Callable) -> Callable:
+    @functools.wraps(fun)
+    def transformed(*args, **kwargs):
+        results, aux = transform(args, kwargs)
+        return finish(results, aux)
+
+    transformed.__derivs_transform__ = transform  # read by derivs.explain
+    return transformed
+
+
+def partial(f: Callable, index: Any, argnums: int | Sequence[int] = 0,
+            has_aux: bool = False, *, batch_axis: int | None = None) -> Callable:
+    """One partial derivative of ``f``, as a function with ``f``'s signature.
+
+    Args:
+      f: a function of JAX arrays or of PyTorch tensors returning floating-point
+        arrays (any shape, or a pytree of them).
+      index: the multi-index of the derivative. With an int ``argnums``: an int
+        ``i`` (first derivative ``df/dx_i``) or a tuple of ints such as ``(0, 2, 4)``
+        (``d^3 f / dx0 dx2 dx4``) or ``(0, 0)`` (``d^2 f / dx0^2``), where ``i`` is
+        the row-major flat position in the argument (a 0-d argument has the single
+        index 0). With a tuple ``argnums``: a tuple of ``(argnum, flat_index)``
+        pairs, e.g. ``((0, 3), (1, 0))`` for ``d^2 f / dx_3 dy_0``.
+      argnums: which positional argument(s) the index refers to.
+      has_aux: ``f`` returns ``(output, aux)``; the transform then returns
+        ``(derivative, aux)``.
+      batch_axis: when not None, every argument in ``argnums`` holds independent
+        samples along this axis, indices refer to positions within one sample,
+        and the result holds each sample's own partial. One pass serves the whole
+        batch. Valid only when output sample ``b`` depends on input sample ``b``
+        alone (the Jacobian is block-diagonal over the batch): elementwise
+        functions, per-sample models. Otherwise use ``jax.vmap`` /
+        ``torch.func.vmap`` over the unbatched transform.
+
+    Returns:
+      A function of the same arguments as ``f`` returning the derivative, shaped
+      like ``f``'s output. Every argument other than the differentiated
+      coordinates is held fixed, even if the caller computed one argument from
+      another: this is the partial, never the total derivative. The result is
+      differentiable again (``jax.grad``, ``loss.backward()``, another
+      ``derivs.partial``), composes with ``jit``/``vmap``, and writes nothing to
+      ``.grad``.
+
+    Example (seed problem 2):
+
+      >>> import jax, jax.numpy as jnp, derivs
+      >>> x = jnp.arange(1.0, 31.0).reshape(6, 5)
+      >>> jax.vmap(derivs.partial(jnp.prod, (0, 2, 4)))(x)
+      Array([  8.,  63., 168., 323., 528., 783.], dtype=float32)
+
+    The partial of a two-argument function, and the batched one-liner:
+
+      >>> import torch
+      >>> f = lambda x, y: 100 + (x + 0.01 * y**2) ** 2
+      >>> x = torch.tensor([[1.0], [2.0]]); y = 3 * x
+      >>> derivs.partial(f, 0, batch_axis=0)(x, y)  # == 2 * (x + 0.01 * y**2)
+      tensor([[2.1800],
+              [4.7200]])
+    """
+    t = _build(f, [index], argnums, has_aux, batch_axis, api="derivs.partial",
+               allow_value=False)
+    return _wrap(f, t, lambda r, aux: (r[0], aux) if has_aux else r[0])
+
+
+def partials(f: Callable, requests: Sequence[Any], argnums: int | Sequence[int] = 0,
+             has_aux: bool = False, *, batch_axis: int | None = None) -> Callable:
+    """Several partial derivatives of ``f`` at once, sharing work; returns a dict.
+
+    ``requests`` is a list of indices spelled as for :func:`partial`; ``()`` means
+    the value of ``f``. The transformed function returns a dict keyed by each
+    request exactly as written (lists become tuples). Requests contained in one
+    another share a pass: ``[(0,), (0, 2), (0, 2, 4)]`` costs one nested
+    third-order pass, not three (see :func:`explain`).
+
+    Example:
+
+      >>> import jax.numpy as jnp, derivs
+      >>> x = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0])
+      >>> out = derivs.partials(jnp.prod, [(), (0,), (0, 2), (0, 2, 4)])(x)
+      >>> {k: float(v) for k, v in out.items()}
+      {(): 120.0, (0,): 120.0, (0, 2): 40.0, (0, 2, 4): 8.0}
+    """
+    api = "derivs.partials"
+    specs = _check_request_list(requests, api)
+    t = _build(f, specs, argnums, has_aux, batch_axis, api=api, allow_value=True)
+
+    def finish(results, aux):
+        d = dict(zip(t.keys, results))
+        return (d, aux) if has_aux else d
+
+    return _wrap(f, t, finish)
+
+
+def value_and_partials(f: Callable, requests: Sequence[Any],
+                       argnums: int | Sequence[int] = 0, has_aux: bool = False, *,
+                       batch_axis: int | None = None) -> Callable:
+    """The value of ``f`` and several partials, from the same passes (no second
+    forward evaluation). Returns ``(value, dict)``, or ``((value, aux), dict)``
+    with ``has_aux=True`` (as ``jax.value_and_grad``).
+
+    Example:
+
+      >>> import torch, derivs
+      >>> f = lambda x: (x[0] ** 2 * x[1]).sin()
+      >>> value, d = derivs.value_and_partials(f, [0, (0, 1)])(torch.tensor([1.0, 2.0]))
+      >>> round(float(value), 4), round(float(d[0]), 4), round(float(d[(0, 1)]), 4)
+      (0.9093, -1.6646, -4.4695)
+    """
+    api = "derivs.value_and_partials"
+    specs = _check_request_list(requests, api)
+    t = _build(f, specs, argnums, has_aux, batch_axis, api=api, allow_value=True,
+               extra_value=True)
+
+    def finish(results, aux):
+        value, d = results[-1], dict(zip(t.keys, results[:-1]))
+        return ((value, aux), d) if has_aux else (value, d)
+
+    return _wrap(f, t, finish)
+
+
+class Explanation:
+    """The plan derivs chose for a request; ``str()`` gives a readable report.
+
+    Attributes: ``strategy``, ``passes`` (each with its ``directions``),
+    ``estimated_cost`` (in evaluations of ``f``), ``backend`` (None without
+    example arguments) and ``plan`` (the full :class:`derivs.core._plan.Plan`).
+    """
+
+    def __init__(self, plan: _plan.Plan, report: str, backend: str | None):
+        self.plan = plan
+        self.strategy = plan.strategy
+        self.passes = plan.passes
+        self.estimated_cost = plan.estimated_cost
+        self.backend = backend
+        self._report = report
+
+    def __str__(self) -> str:
+        return self._report
+
+    def __repr__(self) -> str:
+        return self._report
+
+
+def explain(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
+            batch_axis: int | None = None) -> Explanation:
+    """The plan derivs uses: strategy, passes, and an estimated cost.
+
+    Two spellings:
+
+    * ``explain(transformed, *example_args)`` for a function made by
+      :func:`partial`, :func:`partials` or :func:`value_and_partials`;
+    * ``explain(f, request, *example_args, argnums=..., batch_axis=...)`` where
+      ``request`` is one index (an int or a tuple, as for :func:`partial`) or a
+      list of indices (as for :func:`partials`).
+
+    With example arguments, the backend is resolved and index ranges are checked.
+
+    Example:
+
+      >>> import jax.numpy as jnp, derivs
+      >>> e = derivs.explain(jnp.prod, [(0,), (0, 2), (0, 2, 4)], jnp.ones(5))
+      >>> e.strategy, len(e.passes), e.estimated_cost
+      ('nested-forward', 1, 27.0)
+    """
+    t = getattr(f, "__derivs_transform__", None)
+    if t is None:
+        if not args:
+            raise TypeError(
+                "derivs.explain(f, request, *example_args): missing the request; e.g. "
+                "derivs.explain(f, (0, 2), x), or pass a function made by derivs.partial.")
+        request, *rest = args
+        args = tuple(rest)
+        specs = (_check_request_list(request, "derivs.explain")
+                 if isinstance(request, list) else [request])
+        t = _build(f, specs, argnums, False, batch_axis, api="derivs.explain",
+                   allow_value=True)
+    backend_name, shapes = None, None
+    if args:
+        backend, _, shapes = t.shapes_and_backend(args)
+        backend_name = backend.name
+    report = _plan.describe(t.plan, keys=t.keys, argnums=t.argnums, backend=backend_name,
+                            shapes=shapes, batch_axis=t.batch_axis)
+    return Explanation(t.plan, report, backend_name)
+
+
+def _check_request_list(requests: Any, api: str) -> list[Any]:
+    if isinstance(requests, tuple) and requests and all(
+            isinstance(r, int) and not isinstance(r, bool) for r in requests):
+        raise TypeError(
+            f"{api}: requests={requests!r} is ambiguous: pass a list of indices, e.g. "
+            f"[{requests!r}] for the single derivative {requests!r}, or "
+            f"{list(requests)!r} for the first derivatives of each coordinate."
+        )
+    if not isinstance(requests, (list, tuple)):
+        raise TypeError(
+            f"{api}: requests must be a list of indices such as [(0,), (0, 2)], got "
+            f"{type(requests).__name__}."
+        )
+    if not requests:
+        raise ValueError(f"{api}: requests is empty; ask for at least one index, e.g. [(0,)].")
+    return list(requests)
+
+
+def _show_argnums(argnums: tuple[int, ...]) -> str:
+    return str(argnums[0]) if len(argnums) == 1 else str(argnums)

@@ -1,0 +1,60 @@
+"""Backends execute plans; one module per framework, chosen from the arguments.
+
+A backend is a module with ``name``, ``owns(x)``, ``as_input(...)``,
+``check_output(...)``, ``one_hot(...)`` and ``jvp(...)``. Frameworks are imported
+only when the caller already uses them, so ``import derivs`` needs neither.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from types import ModuleType
+from typing import Any
+
+_MODULES = {"jax": "derivs.backends._jax", "torch": "derivs.backends._torch"}
+
+
+def _framework_of(x: Any) -> str | None:
+    # Look only at frameworks that are already imported: an array of a framework
+    # that was never imported cannot exist.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return "torch"
+    jax = sys.modules.get("jax")
+    if jax is not None and isinstance(x, jax.Array):
+        return "jax"
+    return None
+
+
+def backend_named(name: str) -> ModuleType:
+    return importlib.import_module(_MODULES[name])
+
+
+def backend_for(args: tuple, api: str) -> ModuleType:
+    """The backend of the arrays in ``args`` (top-level arguments and the leaves of
+    plain lists, tuples and dicts)."""
+    found = {fw for fw in map(_framework_of, _leaves(args)) if fw is not None}
+    if len(found) > 1:
+        raise TypeError(
+            f"{api}: the arguments mix jax.Array and torch.Tensor; call the transformed "
+            "function with arrays of one framework (the one f is written in)."
+        )
+    if not found:
+        raise TypeError(
+            f"{api}: cannot tell the framework from the arguments (no jax.Array or "
+            "torch.Tensor among them). Pass jnp.asarray(x) for a JAX function or "
+            "torch.as_tensor(x) for a PyTorch function."
+        )
+    return backend_named(found.pop())
+
+
+def _leaves(tree: Any):
+    if isinstance(tree, (list, tuple)):
+        for t in tree:
+            yield from _leaves(t)
+    elif isinstance(tree, dict):
+        for t in tree.values():
+            yield from _leaves(t)
+    else:
+        yield tree

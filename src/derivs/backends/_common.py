@@ -1,0 +1,71 @@
+"""Helpers shared by the backends: shape bookkeeping and error texts."""
+
+from __future__ import annotations
+
+import math
+
+
+def sample_shape(shape: tuple[int, ...], batch_axis: int | None) -> tuple[int, ...]:
+    """The shape of one sample: ``shape`` without the batch axis."""
+    if batch_axis is None:
+        return tuple(shape)
+    axis = batch_axis % len(shape)
+    return tuple(shape[:axis]) + tuple(shape[axis + 1:])
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def bad_dtype_message(api: str, argnum: int, dtype: object, kind: str, cast: str) -> str:
+    if kind == "complex":
+        return (
+            f"{api}: argument {argnum} has complex dtype {dtype}; derivs differentiates real "
+            "floating-point inputs (float16/bfloat16/float32/float64). Split a complex input "
+            "into real and imaginary parts and pass them as separate real arguments."
+        )
+    return (
+        f"{api}: argument {argnum} has {kind} dtype {dtype}, which has no derivative. "
+        f"Pass a floating-point array, e.g. {cast}, or move it out of argnums if it is "
+        "meant to be held fixed."
+    )
+
+
+def bad_output_message(api: str, dtype: object) -> str:
+    return (
+        f"{api}: f returned an output of dtype {dtype}; derivatives are defined only for "
+        "floating-point outputs. Return a float array (cast with .astype / .to), or return "
+        "the non-differentiable part as auxiliary data with has_aux=True."
+    )
+
+
+def check_batch_axis(api: str, argnum: int, ndim: int, batch_axis: int) -> None:
+    if not -ndim <= batch_axis < ndim or ndim == 0:
+        raise ValueError(
+            f"{api}: batch_axis={batch_axis} does not exist in argument {argnum}, which has "
+            f"{ndim} dimension(s). Pass batch_axis=None for unbatched inputs, or the axis "
+            "that indexes the independent samples."
+        )
+
+
+def jvp_passing_aux(jvp_has_aux, tree_flatten, is_array, fun, primal, tangent):
+    """One ``jvp_has_aux(fun, primal, tangent)`` level where ``fun`` returns
+    ``(out, aux)`` and ``aux`` may hold anything.
+
+    Frameworks accept only arrays as auxiliary output of a transform (they must
+    lower them out of the transform's level), so the array leaves of ``aux`` go
+    through the transform and every other leaf (None, ints, strings) is carried
+    around it unchanged.
+    """
+    side = {}
+
+    def fun_arrays_only(a):
+        out, aux = fun(a)
+        leaves, spec = tree_flatten(aux)
+        side["spec"], side["leaves"] = spec, leaves
+        return out, tuple(leaf for leaf in leaves if is_array(leaf))
+
+    primal_out, tangent_out, arrays = jvp_has_aux(fun_arrays_only, primal, tangent)
+    it = iter(arrays)
+    leaves = [next(it) if is_array(leaf) else leaf for leaf in side["leaves"]]
+    return primal_out, tangent_out, side["spec"].unflatten(leaves)

@@ -1,0 +1,60 @@
+"""JAX backend: one forward-mode level is ``jax.jvp``.
+
+Everything stays a traceable JAX computation, so the result composes with
+``jax.jit``, ``jax.vmap``, ``jax.grad`` and with further derivs transforms, and
+XLA removes the hyper-dual coefficients that no request reads (under ``jit``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from . import _common
+
+name = "jax"
+
+
+def owns(x: Any) -> bool:
+    return isinstance(x, jax.Array)
+
+
+def as_input(x: Any, argnum: int, api: str, batch_axis: int | None) -> jax.Array:
+    if not isinstance(x, (jax.Array, int, float)) and not hasattr(x, "__array__"):
+        raise TypeError(
+            f"{api}: argument {argnum} is a {type(x).__name__}; derivs differentiates "
+            "arrays. Pass a jax.Array (flatten containers first, e.g. with "
+            "jax.flatten_util.ravel_pytree)."
+        )
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        kind = ("complex" if jnp.issubdtype(x.dtype, jnp.complexfloating)
+                else "boolean" if x.dtype == jnp.bool_ else "integer")
+        raise TypeError(_common.bad_dtype_message(
+            api, argnum, x.dtype, kind, "x.astype(jnp.float32)"))
+    if batch_axis is not None:
+        _common.check_batch_axis(api, argnum, x.ndim, batch_axis)
+    return x
+
+
+def check_output(out: Any, api: str) -> None:
+    for leaf in jax.tree_util.tree_leaves(out):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(_common.bad_output_message(api, dtype))
+
+
+def one_hot(x: jax.Array, flat: int, batch_axis: int | None) -> jax.Array:
+    shape = _common.sample_shape(x.shape, batch_axis)
+    t = jnp.zeros(_common.numel(shape), x.dtype).at[flat].set(1).reshape(shape)
+    if batch_axis is None:
+        return t
+    return jnp.broadcast_to(jnp.expand_dims(t, batch_axis % x.ndim), x.shape)
+
+
+def jvp(fun, primal, tangent):
+    return _common.jvp_passing_aux(
+        lambda g, p, t: jax.jvp(g, (p,), (t,), has_aux=True),
+        jax.tree_util.tree_flatten, owns, fun, primal, tangent)

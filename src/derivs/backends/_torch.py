@@ -1,0 +1,67 @@
+"""PyTorch backend: one forward-mode level is ``torch.func.jvp``.
+
+``torch.func.jvp`` composes with ``torch.func.vmap``/``grad`` and keeps the
+ordinary autograd graph to every tensor that ``f`` closes over, so a partial
+can be trained through with ``loss.backward()``. Nothing is written to
+``.grad``: forward mode never touches it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from . import _common
+
+name = "torch"
+
+
+def owns(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def as_input(x: Any, argnum: int, api: str, batch_axis: int | None) -> torch.Tensor:
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        x = torch.as_tensor(x, dtype=torch.get_default_dtype())
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"{api}: argument {argnum} is a {type(x).__name__}; derivs differentiates "
+            "tensors. Pass a torch.Tensor (flatten containers first)."
+        )
+    if not x.is_floating_point():
+        kind = ("complex" if x.is_complex()
+                else "boolean" if x.dtype == torch.bool else "integer")
+        raise TypeError(_common.bad_dtype_message(api, argnum, x.dtype, kind, "x.float()"))
+    if batch_axis is not None:
+        _common.check_batch_axis(api, argnum, x.dim(), batch_axis)
+    return x
+
+
+def check_output(out: Any, api: str) -> None:
+    for leaf in pytree.tree_leaves(out):
+        if not isinstance(leaf, torch.Tensor):
+            raise TypeError(
+                f"{api}: f returned a {type(leaf).__name__}; derivs needs f to return "
+                "tensors (wrap constants with torch.as_tensor), or pass has_aux=True and "
+                "return other data as auxiliary output."
+            )
+        if not leaf.is_floating_point():
+            raise TypeError(_common.bad_output_message(api, leaf.dtype))
+
+
+def one_hot(x: torch.Tensor, flat: int, batch_axis: int | None) -> torch.Tensor:
+    shape = _common.sample_shape(tuple(x.shape), batch_axis)
+    t = torch.zeros(_common.numel(shape), dtype=x.dtype, device=x.device)
+    t[flat] = 1
+    t = t.reshape(shape)
+    if batch_axis is None:
+        return t
+    return t.unsqueeze(batch_axis % x.dim()).expand(x.shape)
+
+
+def jvp(fun, primal, tangent):
+    return _common.jvp_passing_aux(
+        lambda g, p, t: torch.func.jvp(g, (p,), (t,), has_aux=True),
+        pytree.tree_flatten, owns, fun, primal, tangent)

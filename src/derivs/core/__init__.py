@@ -1,0 +1,1 @@
+"""Framework-free core: requests -> plans -> execution over a backend protocol."""
