@@ -62,6 +62,17 @@ def one_hot(x: torch.Tensor, flat: int, batch_axis: int | None) -> torch.Tensor:
 
 
 def jvp(fun, primal, tangent):
-    return _common.jvp_passing_aux(
+    primal_out, tangent_out, aux = _common.jvp_passing_aux(
         lambda g, p, t: torch.func.jvp(g, (p,), (t,), has_aux=True),
         pytree.tree_flatten, owns, fun, primal, tangent)
+    # Both halves: a zero tangent of an inner level is a primal output here.
+    return (pytree.tree_map(_materialize, primal_out),
+            pytree.tree_map(_materialize, tangent_out), aux)
+
+
+def _materialize(t: Any) -> Any:
+    # torch.func.jvp answers a structurally zero derivative with a ZeroTensor, which
+    # cannot be written to or converted to NumPy; users get an ordinary tensor.
+    if isinstance(t, torch.Tensor) and t._is_zerotensor():
+        return torch.zeros(t.shape, dtype=t.dtype, device=t.device)
+    return t

@@ -1,0 +1,6 @@
+# Root conftest: applies to tests/ and to the doctests in src/derivs.
+# float64 JAX arrays are needed by the oracle tests; doctest examples spell their
+# dtypes explicitly so that they do not depend on this flag.
+import jax
+
+jax.config.update("jax_enable_x64", True)
