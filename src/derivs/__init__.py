@@ -1,7 +1,7 @@
 """derivs: exactly the derivatives you ask for, and nothing more, for JAX and PyTorch.
 
     >>> import jax.numpy as jnp, derivs
-    >>> derivs.partial(jnp.prod, (0, 2, 4))(jnp.arange(1.0, 6.0))
+    >>> derivs.partial(jnp.prod, (0, 2, 4))(jnp.arange(1.0, 6.0, dtype=jnp.float32))
     Array(8., dtype=float32)
 """
 

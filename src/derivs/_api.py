@@ -140,7 +140,7 @@ def partial(f: Callable, index: Any, argnums: int | Sequence[int] = 0,
     Example (seed problem 2):
 
       >>> import jax, jax.numpy as jnp, derivs
-      >>> x = jnp.arange(1.0, 31.0).reshape(6, 5)
+      >>> x = jnp.arange(1.0, 31.0, dtype=jnp.float32).reshape(6, 5)
       >>> jax.vmap(derivs.partial(jnp.prod, (0, 2, 4)))(x)
       Array([  8.,  63., 168., 323., 528., 783.], dtype=float32)
 

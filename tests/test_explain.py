@@ -1,0 +1,36 @@
+"""derivs.explain reports the plan that derivs executes."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import torch
+
+import derivs
+
+
+def test_explain_request_form_reports_strategy_passes_cost():
+    e = derivs.explain(jnp.prod, [(0,), (0, 2), (0, 2, 4), (1, 1)], jnp.ones(5))
+    assert e.strategy == "nested-forward" and e.backend == "jax"
+    assert [p.directions for p in e.passes] == [((0, 0), (0, 2), (0, 4)), ((0, 1), (0, 1))]
+    assert e.estimated_cost == 27 + 9
+    text = str(e)
+    assert "pass 0: 3 level(s) [x0, x2, x4]" in text and "serves (0,), (0, 2), (0, 2, 4)" in text
+    assert "arg0: (5,)" in text
+
+
+def test_explain_transformed_function_and_torch_backend():
+    fn = derivs.partials(lambda a, b: (a * b).sum(), [((0, 1), (1, 1))], argnums=(0, 1))
+    e = derivs.explain(fn, torch.ones(3), torch.ones(3))
+    assert e.backend == "torch" and len(e.passes) == 1
+    assert "arg0[1], arg1[1]" in str(e)
+
+
+def test_explain_without_arguments_and_range_check():
+    e = derivs.explain(jnp.sin, (0, 0))
+    assert e.backend is None and e.estimated_cost == 9
+    try:
+        derivs.explain(jnp.sin, (0, 9), jnp.ones(3))
+    except IndexError as err:
+        assert "out of range" in str(err)
+    else:
+        raise AssertionError("explain did not check the index range")
