@@ -1,0 +1,22 @@
+"""``python -m benchmarks seeds [--quick]`` from the repository root."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("suite", choices=["seeds"], help="which benchmark suite to run")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes and few repeats (under 2 minutes)")
+    args = parser.parse_args(argv)
+    from . import seeds
+
+    print(seeds.run(args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
