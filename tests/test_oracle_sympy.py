@@ -1,6 +1,6 @@
 """derivs against sympy's exact derivatives of randomly generated expressions.
 
-240 generated cases per backend (orders 0-4, mixed and repeated indices, several
+240 generated cases per backend and strategy (orders 0-4, mixed and repeated indices, several
 requests per case), float64, error <= 1e-10 relative to max(1, |exact|).
 """
 
@@ -12,9 +12,11 @@ import pytest
 import derivs
 
 from ._expressions import exact_partial, make_cases, to_array_fn
-from ._frameworks import FRAMEWORKS, array, math_ns, to_numpy
+from ._frameworks import array, math_ns, to_numpy
 
 CASES = make_cases(240, seed=20261122)
+# Every backend and strategy: JAX, the PyTorch trace-once engine, PyTorch nested forward.
+ROUTES = [("jax", None), ("torch", "traced-jet"), ("torch", "nested-forward")]
 TWO_ARG_CASES = [c for c in make_cases(120, seed=7) if c[1] >= 2][:40]
 
 
@@ -24,26 +26,26 @@ def _check(got, tree, n, point, mi):
     assert abs(got - exact) <= 1e-10 * max(1.0, abs(exact)), (mi, got, exact, tree)
 
 
-@pytest.mark.parametrize("fw", FRAMEWORKS)
+@pytest.mark.parametrize("fw,strategy", ROUTES)
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_partials_match_sympy(fw, case):
+def test_partials_match_sympy(fw, strategy, case):
     tree, n, point, requests = CASES[case]
     body = to_array_fn(tree, math_ns(fw))
     f = lambda x: body(lambda i: x[i])
     x = array(fw, point)
-    out = derivs.partials(f, requests)(x)
+    out = derivs.partials(f, requests, strategy=strategy)(x)
     assert list(out) == requests
     for mi in requests:
         _check(out[mi], tree, n, point, mi)
     # the single-request transform reads the same derivative on its own
     top = requests[0]
     if top:
-        _check(derivs.partial(f, top)(x), tree, n, point, top)
+        _check(derivs.partial(f, top, strategy=strategy)(x), tree, n, point, top)
 
 
-@pytest.mark.parametrize("fw", FRAMEWORKS)
+@pytest.mark.parametrize("fw,strategy", ROUTES)
 @pytest.mark.parametrize("case", range(len(TWO_ARG_CASES)))
-def test_two_argument_pairs_match_sympy(fw, case):
+def test_two_argument_pairs_match_sympy(fw, strategy, case):
     """Variables x0.. are split over two arguments; indices are (argnum, flat) pairs."""
     tree, n, point, requests = TWO_ARG_CASES[case]
     body = to_array_fn(tree, math_ns(fw))
@@ -51,7 +53,7 @@ def test_two_argument_pairs_match_sympy(fw, case):
     f = lambda a, b: body(lambda i: a[i] if i < split else b[i - split])
     as_pair = lambda i: (0, i) if i < split else (1, i - split)
     specs = [tuple(as_pair(i) for i in mi) for mi in requests]
-    value, out = derivs.value_and_partials(f, specs, argnums=(0, 1))(
+    value, out = derivs.value_and_partials(f, specs, argnums=(0, 1), strategy=strategy)(
         array(fw, point[:split]), array(fw, point[split:]))
     _check(value, tree, n, point, ())
     for spec, mi in zip(specs, requests):

@@ -29,6 +29,30 @@ class _Transform:
     batch_axis: int | None
     keys: tuple[Any, ...]
     plan: _plan.Plan
+    strategy: str | None = None
+    # Compiled derivative graphs of engines that trace (bounded, thread-safe).
+    cache: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    def resolve(self, backend, args: tuple, kwargs: dict):
+        """``(strategy, compiled-or-None, notes)`` for this call."""
+        engine = getattr(backend, "engine", None)
+        if engine is None and self.strategy == _plan.TRACED_JET:
+            raise ValueError(
+                f"{self.api}: strategy='traced-jet' is for PyTorch functions; {backend.name} "
+                "functions run nested forward mode (jit them to let XLA fuse the passes). "
+                "Pass strategy=None.")
+        if engine is None or self.strategy == _plan.NESTED_FORWARD:
+            return _plan.NESTED_FORWARD, None, []
+        entry = engine.prepare(self, args, kwargs)
+        if isinstance(entry, engine.Fallback):
+            if self.strategy == _plan.TRACED_JET:
+                raise ValueError(
+                    f"{self.api}: strategy='traced-jet' cannot be used here: {entry.reason}. "
+                    "Pass strategy=None to fall back to nested forward mode automatically.")
+            return _plan.NESTED_FORWARD, None, [f"traced-jet not used: {entry.reason}"]
+        return _plan.TRACED_JET, entry, [
+            f"derivative graph of {entry.ops} ops, built in {entry.build_seconds:.3f} s, "
+            "cached per argument signature"]
 
     def shapes_and_backend(self, args: tuple):
         if not args:
@@ -51,6 +75,9 @@ class _Transform:
 
     def __call__(self, args: tuple, kwargs: dict) -> tuple[list[Any], Any]:
         backend, selected, _ = self.shapes_and_backend(args)
+        strategy, compiled, _ = self.resolve(backend, args, kwargs)
+        if compiled is not None:
+            return backend.engine.execute(compiled, args, kwargs, len(self.plan.requests)), None
 
         def call(sel: tuple) -> tuple[Any, Any]:
             full = list(args)
@@ -73,8 +100,8 @@ class _Transform:
 
 
 def _build(fun: Callable, specs: Sequence[Any], argnums: Any, has_aux: bool,
-           batch_axis: Any, *, api: str, allow_value: bool, extra_value: bool = False
-           ) -> _Transform:
+           batch_axis: Any, *, api: str, allow_value: bool, extra_value: bool = False,
+           strategy: str | None = None) -> _Transform:
     if not callable(fun):
         raise TypeError(
             f"{api}: f must be callable, got {type(fun).__name__}. Pass the function "
@@ -84,14 +111,19 @@ def _build(fun: Callable, specs: Sequence[Any], argnums: Any, has_aux: bool,
         raise TypeError(f"{api}: has_aux must be True or False, got {has_aux!r}.")
     if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):
         raise TypeError(f"{api}: batch_axis must be None or an int axis, got {batch_axis!r}.")
+    if strategy is not None and strategy not in _plan.STRATEGIES:
+        raise ValueError(f"{api}: strategy={strategy!r} is not one of None (automatic), "
+                         + ", ".join(repr(k) for k in _plan.STRATEGIES) + ".")
     argnums_t, is_tuple = _request.normalize_argnums(argnums, api)
     requests = [_request.parse_index(s, argnums_t, is_tuple, api=api, allow_value=allow_value)
                 for s in specs]
     keys = tuple(_request.request_key(s) for s in specs)
     if extra_value:
         requests.append(())
+    from .backends.torch_engine._cache import LRUCache
+
     return _Transform(fun, api, argnums_t, has_aux, batch_axis, keys,
-                      _plan.make_plan(requests))
+                      _plan.make_plan(requests), strategy, LRUCache(maxsize=32))
 
 
 def _wrap(fun: Callable, transform: _Transform, finish: Callable) -> Callable:
@@ -105,7 +137,8 @@ def _wrap(fun: Callable, transform: _Transform, finish: Callable) -> Callable:
 
 
 def partial(f: Callable, index: Any, argnums: int | Sequence[int] = 0,
-            has_aux: bool = False, *, batch_axis: int | None = None) -> Callable:
+            has_aux: bool = False, *, batch_axis: int | None = None,
+            strategy: str | None = None) -> Callable:
     """One partial derivative of ``f``, as a function with ``f``'s signature.
 
     Args:
@@ -127,6 +160,9 @@ def partial(f: Callable, index: Any, argnums: int | Sequence[int] = 0,
         alone (the Jacobian is block-diagonal over the batch): elementwise
         functions, per-sample models. Otherwise use ``jax.vmap`` /
         ``torch.func.vmap`` over the unbatched transform.
+      strategy: None (automatic, see :func:`explain`), ``"nested-forward"`` or
+        ``"traced-jet"`` (PyTorch only: fails with the reason instead of falling
+        back when ``f`` cannot be traced).
 
     Returns:
       A function of the same arguments as ``f`` returning the derivative, shaped
@@ -154,12 +190,13 @@ def partial(f: Callable, index: Any, argnums: int | Sequence[int] = 0,
               [4.7200]])
     """
     t = _build(f, [index], argnums, has_aux, batch_axis, api="derivs.partial",
-               allow_value=False)
+               allow_value=False, strategy=strategy)
     return _wrap(f, t, lambda r, aux: (r[0], aux) if has_aux else r[0])
 
 
 def partials(f: Callable, requests: Sequence[Any], argnums: int | Sequence[int] = 0,
-             has_aux: bool = False, *, batch_axis: int | None = None) -> Callable:
+             has_aux: bool = False, *, batch_axis: int | None = None,
+             strategy: str | None = None) -> Callable:
     """Several partial derivatives of ``f`` at once, sharing work; returns a dict.
 
     ``requests`` is a list of indices spelled as for :func:`partial`; ``()`` means
@@ -178,7 +215,8 @@ def partials(f: Callable, requests: Sequence[Any], argnums: int | Sequence[int] 
     """
     api = "derivs.partials"
     specs = _check_request_list(requests, api)
-    t = _build(f, specs, argnums, has_aux, batch_axis, api=api, allow_value=True)
+    t = _build(f, specs, argnums, has_aux, batch_axis, api=api, allow_value=True,
+               strategy=strategy)
 
     def finish(results, aux):
         d = dict(zip(t.keys, results))
@@ -189,7 +227,7 @@ def partials(f: Callable, requests: Sequence[Any], argnums: int | Sequence[int] 
 
 def value_and_partials(f: Callable, requests: Sequence[Any],
                        argnums: int | Sequence[int] = 0, has_aux: bool = False, *,
-                       batch_axis: int | None = None) -> Callable:
+                       batch_axis: int | None = None, strategy: str | None = None) -> Callable:
     """The value of ``f`` and several partials, from the same passes (no second
     forward evaluation). Returns ``(value, dict)``, or ``((value, aux), dict)``
     with ``has_aux=True`` (as ``jax.value_and_grad``).
@@ -205,7 +243,7 @@ def value_and_partials(f: Callable, requests: Sequence[Any],
     api = "derivs.value_and_partials"
     specs = _check_request_list(requests, api)
     t = _build(f, specs, argnums, has_aux, batch_axis, api=api, allow_value=True,
-               extra_value=True)
+               extra_value=True, strategy=strategy)
 
     def finish(results, aux):
         value, d = results[-1], dict(zip(t.keys, results[:-1]))
@@ -222,11 +260,11 @@ class Explanation:
     example arguments) and ``plan`` (the full :class:`derivs.core._plan.Plan`).
     """
 
-    def __init__(self, plan: _plan.Plan, report: str, backend: str | None):
+    def __init__(self, plan: _plan.Plan, strategy: str, report: str, backend: str | None):
         self.plan = plan
-        self.strategy = plan.strategy
+        self.strategy = strategy
         self.passes = plan.passes
-        self.estimated_cost = plan.estimated_cost
+        self.estimated_cost = plan.estimated_cost(strategy)
         self.backend = backend
         self._report = report
 
@@ -238,7 +276,7 @@ class Explanation:
 
 
 def explain(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
-            batch_axis: int | None = None) -> Explanation:
+            batch_axis: int | None = None, strategy: str | None = None) -> Explanation:
     """The plan derivs uses: strategy, passes, and an estimated cost.
 
     Two spellings:
@@ -269,14 +307,20 @@ def explain(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
         specs = (_check_request_list(request, "derivs.explain")
                  if isinstance(request, list) else [request])
         t = _build(f, specs, argnums, False, batch_axis, api="derivs.explain",
-                   allow_value=True)
-    backend_name, shapes = None, None
+                   allow_value=True, strategy=strategy)
+    backend_name, shapes, notes = None, None, []
+    strategy = t.strategy or _plan.NESTED_FORWARD
     if args:
         backend, _, shapes = t.shapes_and_backend(args)
         backend_name = backend.name
-    report = _plan.describe(t.plan, keys=t.keys, argnums=t.argnums, backend=backend_name,
-                            shapes=shapes, batch_axis=t.batch_axis)
-    return Explanation(t.plan, report, backend_name)
+        strategy, _, notes = t.resolve(backend, args, {})
+    elif t.strategy is None:
+        notes = ["PyTorch calls use traced-jet when f can be traced (pass example arguments "
+                 "to see the decision)"]
+    report = _plan.describe(t.plan, strategy, keys=t.keys, argnums=t.argnums,
+                            backend=backend_name, shapes=shapes, batch_axis=t.batch_axis,
+                            notes=notes)
+    return Explanation(t.plan, strategy, report, backend_name)
 
 
 def _check_request_list(requests: Any, api: str) -> list[Any]:

@@ -23,7 +23,7 @@ def test_chain_of_requests_shares_one_pass():
     reqs = [c(), c(0), c(0, 2), c(0, 2, 4)]
     plan = make_plan(reqs)
     assert len(plan.passes) == 1 and plan.passes[0].levels == 3
-    assert plan.estimated_cost == LEVEL_FACTOR**3
+    assert plan.estimated_cost() == LEVEL_FACTOR**3
     for r, mi in enumerate(reqs):
         assert _read(plan, r) == Counter(mi)
 
@@ -51,7 +51,7 @@ def test_every_request_is_read_off_correctly_on_random_sets():
             plan = make_plan(list(reqs))
             for r, mi in enumerate(reqs):
                 assert _read(plan, r) == Counter(mi)
-            assert plan.estimated_cost <= sum(LEVEL_FACTOR ** len(mi) for mi in reqs)
+            assert plan.estimated_cost() <= sum(LEVEL_FACTOR ** len(mi) for mi in reqs)
 
 
 def test_value_only():

@@ -14,6 +14,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from . import _common
+from . import torch_engine as engine  # noqa: F401  (the traced-jet strategy)
 
 name = "torch"
 

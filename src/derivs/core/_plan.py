@@ -25,10 +25,17 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from ._jets import box_cost
 from ._request import Coord, MultiIndex
 
 LEVEL_FACTOR = 3.0
-STRATEGY_NESTED_FORWARD = "nested-forward"
+NESTED_FORWARD = "nested-forward"
+TRACED_JET = "traced-jet"
+STRATEGIES = {
+    NESTED_FORWARD: "nested JVPs with one-hot tangents",
+    TRACED_JET: "f traced once to an ATen graph; derivative graph of exactly the requested "
+                "coefficients, simplified and cached",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +51,15 @@ class Pass:
 
     @property
     def cost(self) -> float:
+        """Nested-forward cost in evaluations of f (see the cost model note)."""
         return LEVEL_FACTOR ** self.levels
+
+    def cost_for(self, strategy: str) -> float:
+        if strategy == TRACED_JET:
+            # one coefficient per count vector below the pass's box; a product costs
+            # sum over coefficients of their Leibniz terms (derivs.core._jets)
+            return box_cost(tuple(Counter(self.directions).values()))
+        return self.cost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,15 +67,13 @@ class Plan:
     """How a set of requests is computed. ``lookup[i] = (pass_index, mask)`` says
     where request ``i`` (in ``requests`` order) is read off."""
 
-    strategy: str
     requests: tuple[MultiIndex, ...]
     passes: tuple[Pass, ...]
     lookup: tuple[tuple[int, int], ...]
 
-    @property
-    def estimated_cost(self) -> float:
+    def estimated_cost(self, strategy: str = NESTED_FORWARD) -> float:
         """Estimated cost in evaluations of ``f`` (see the cost model note)."""
-        return float(sum(p.cost for p in self.passes))
+        return float(sum(p.cost_for(strategy) for p in self.passes))
 
 
 def make_plan(requests: Sequence[MultiIndex]) -> Plan:
@@ -87,7 +100,7 @@ def make_plan(requests: Sequence[MultiIndex]) -> Plan:
         pass_counts.append(Counter())
     passes = tuple(Pass(tuple(sorted(pc.elements()))) for pc in pass_counts)
     lookup = tuple(_locate(mi, passes) for mi in requests)
-    return Plan(STRATEGY_NESTED_FORWARD, requests, passes, lookup)
+    return Plan(requests, passes, lookup)
 
 
 def _contains(have: Counter, need: Counter) -> bool:
@@ -107,15 +120,15 @@ def _locate(mi: MultiIndex, passes: tuple[Pass, ...]) -> tuple[int, int]:
     return i, mask
 
 
-def describe(plan: Plan, *, keys: Sequence[Any], argnums: tuple[int, ...],
+def describe(plan: Plan, strategy: str, *, keys: Sequence[Any], argnums: tuple[int, ...],
              backend: str | None, shapes: Sequence[tuple[int, ...]] | None,
-             batch_axis: int | None) -> str:
+             batch_axis: int | None, notes: Sequence[str] = ()) -> str:
     """The human-readable report printed by ``derivs.explain``."""
     def coord(c: Coord) -> str:
         return f"x{c[1]}" if len(argnums) == 1 else f"arg{argnums[c[0]]}[{c[1]}]"
 
     lines = [
-        f"strategy        : {plan.strategy} (nested JVPs with one-hot tangents)",
+        f"strategy        : {strategy} ({STRATEGIES[strategy]})",
         f"backend         : {backend or 'chosen at call time from the argument types'}",
     ]
     if shapes is not None:
@@ -128,8 +141,10 @@ def describe(plan: Plan, *, keys: Sequence[Any], argnums: tuple[int, ...],
     for i, p in enumerate(plan.passes):
         dirs = ", ".join(coord(c) for c in p.directions) or "(value only)"
         served = [repr(k) for k, (j, _) in zip(keys, plan.lookup) if j == i]
-        lines.append(f"  pass {i}: {p.levels} level(s) [{dirs}] ~{p.cost:g} f-evals; "
+        lines.append(f"  pass {i}: {p.levels} level(s) [{dirs}] ~{p.cost_for(strategy):g} f-evals; "
                      f"serves {', '.join(served)}")
-    lines.append(f"estimated cost  : {plan.estimated_cost:g} x f  (model: {LEVEL_FACTOR:g}^levels "
-                 "per pass; no tensor larger than f's own intermediates times 2^levels)")
+    model = ("prod over coordinates of (m+1)(m+2)/2 per pass" if strategy == TRACED_JET
+             else f"{LEVEL_FACTOR:g}^levels per pass")
+    lines.append(f"estimated cost  : {plan.estimated_cost(strategy):g} x f  (model: {model})")
+    lines += [f"note            : {n}" for n in notes]
     return "\n".join(lines)

@@ -1,0 +1,278 @@
+"""Trace once, specialize, run lean: the PyTorch derivative engine.
+
+For each (argument shapes/dtypes/devices, non-tensor argument values) of a
+transform, ``f`` is captured once as an ATen graph with ``make_fx`` in fake mode
+(no real computation; data-dependent control flow raises instead of being
+silently specialized). A new FX graph is then built that computes exactly the
+requested partials, with jets over that graph (``_jet.py``, ``_rules.py``), and
+it is cached in the transform's bounded LRU cache. The graph runs as ordinary
+ATen ops, so autograd records it: training through it and differentiating it
+again work, and ``torch.func`` transforms apply to it.
+
+NOTE [fallbacks]: anything the engine cannot handle exactly (an op without a
+rule, data-dependent control flow, closed-over tensors, RNG, in-place updates of
+inputs, has_aux, unhashable non-tensor arguments) gives a ``Fallback`` with the
+reason; the transform then runs the general nested-forward path. The decision is
+cached for the signature, so a fallback costs one failed trace, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections import Counter
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from .._common import numel, sample_shape
+from ._builder import Builder
+from ._jet import Context, Jet
+from ._rules import RULES, Unsupported
+
+
+@dataclasses.dataclass
+class Compiled:
+    module: fx.GraphModule
+    out_spec: Any
+    n_out: int
+    build_seconds: float
+    ops: int
+
+
+@dataclasses.dataclass
+class Fallback:
+    reason: str
+
+
+def signature(args: tuple, kwargs: dict) -> Any:
+    """What the derivative graph depends on besides f and the request: tensor
+    metadata and the values of non-tensor arguments. None if not hashable."""
+    if not kwargs and all(type(a) is torch.Tensor or isinstance(a, torch.Tensor) for a in args):
+        return tuple((a.shape, a.dtype, a.device) for a in args)
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    parts = []
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            parts.append((leaf.shape, leaf.dtype, leaf.device))
+        elif isinstance(leaf, (int, float, bool, str, type(None))):
+            parts.append((type(leaf), leaf))
+        else:
+            return None
+    return (str(spec), tuple(parts))
+
+
+def tracing_active(args: tuple) -> bool:
+    """Inside another trace (e.g. derivs of derivs): run the general path there."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    return get_proxy_mode() is not None or any(isinstance(a, FakeTensor) for a in args)
+
+
+def build(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
+    t0 = time.perf_counter()
+    if transform.has_aux:
+        return Fallback("has_aux=True (auxiliary outputs run on the general path)")
+    leaves, in_spec = pytree.tree_flatten((args, kwargs))
+    is_tensor = [isinstance(leaf, torch.Tensor) for leaf in leaves]
+    offsets = _top_level_offsets(args)
+    selected_leaf = {offsets[a]: slot for slot, a in enumerate(transform.argnums)}
+    side: dict[str, Any] = {}
+
+    def flat_fn(*tensors):
+        it = iter(tensors)
+        full = [next(it) if t else leaf for t, leaf in zip(is_tensor, leaves)]
+        a, kw = pytree.tree_unflatten(full, in_spec)
+        out = transform.fun(*a, **kw)
+        out_leaves, side["spec"] = pytree.tree_flatten(out)
+        for leaf in out_leaves:
+            if not (isinstance(leaf, torch.Tensor) and leaf.is_floating_point()):
+                raise Unsupported("f returned a non-floating or non-tensor output")
+        return tuple(out_leaves)
+
+    # Metadata is read here, where torch.func wrappers report per-sample shapes.
+    examples = [torch.empty(leaf.shape, dtype=leaf.dtype, device=leaf.device)
+                for leaf, t in zip(leaves, is_tensor) if t]
+    try:
+        with _outside_functorch():
+            traced = make_fx(flat_fn, tracing_mode="fake")(*examples)
+            module, n_ops = _derivative_module(transform, traced, leaves, is_tensor,
+                                               selected_leaf)
+    except Unsupported as e:
+        return Fallback(str(e))
+    except Exception as e:  # tracing failed: data-dependent control flow, closures, ...
+        return Fallback(f"could not capture f as a graph ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:160] if str(e) else ''})")
+    return Compiled(module, side["spec"], len(traced.graph.output_node().args[0]),
+                    time.perf_counter() - t0, n_ops)
+
+
+def _outside_functorch():
+    """Traces see plain tensors even when the call happens inside torch.func.vmap /
+    grad: the graph depends on per-sample shapes only, and the transforms apply
+    when the built graph runs."""
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        return contextlib.nullcontext()
+    try:
+        from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
+    except ImportError as e:  # a private helper; without it, use the general path
+        raise Unsupported("called inside a torch.func transform") from e
+    return temporarily_clear_interpreter_stack()
+
+
+def run(compiled: Compiled, args: tuple, kwargs: dict, n_requests: int) -> list[Any]:
+    if kwargs or not all(isinstance(a, torch.Tensor) for a in args):
+        tensors = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+    else:
+        tensors = args
+    outs = compiled.module(*tensors)
+    n = compiled.n_out
+    return [pytree.tree_unflatten(list(outs[r * n:(r + 1) * n]), compiled.out_spec)
+            for r in range(n_requests)]
+
+
+def _top_level_offsets(args: tuple) -> list[int]:
+    offsets, k = [], 0
+    for a in args:
+        offsets.append(k)
+        k += len(pytree.tree_leaves(a))
+    return offsets
+
+
+def _derivative_module(transform, traced: fx.GraphModule, leaves, is_tensor, selected_leaf):
+    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
+    fake_mode = getattr(placeholders[0].meta.get("val") if placeholders else None,
+                        "fake_mode", None)
+    if fake_mode is None:
+        raise Unsupported("f has no tensor inputs to trace with")
+    b = Builder(fake_mode)
+    literals = {}
+    for n in traced.graph.nodes:
+        if n.op != "get_attr":
+            continue
+        # Tensors that f creates from Python data (torch.tensor(2.0)) are traced as
+        # constants copied by lift_fresh_copy: part of f, safe to keep. Any other
+        # constant is a tensor f closes over, which may change between calls.
+        if not all(u.target == torch.ops.aten.lift_fresh_copy.default for u in n.users):
+            raise Unsupported("f closes over a tensor; pass it as an argument instead")
+        literals[n] = b.constant(getattr(traced, n.target))
+    new_ph = [b.placeholder(f"arg{i}", n.meta["val"]) for i, n in enumerate(placeholders)]
+    tensor_leaf_index = [i for i, t in enumerate(is_tensor) if t]
+    slot_of_ph = {p: selected_leaf[leaf] for p, leaf in enumerate(tensor_leaf_index)
+                  if leaf in selected_leaf}
+    depends = _dependent_nodes(traced, {placeholders[p] for p in slot_of_ph})
+    plan = transform.plan
+    seed_nodes: dict[tuple[int, int], Any] = {}
+    results: list[fx.Node] = []
+    out_nodes = traced.graph.output_node().args[0]
+    for i, p in enumerate(plan.passes):
+        groups = sorted(set(p.directions))
+        ctx = Context(b, len(groups), transform.batch_axis)
+        env: dict[fx.Node, Jet] = {}
+        for k, (ph, new) in enumerate(zip(placeholders, new_ph)):
+            env[ph] = _input_jet(ctx, new, slot_of_ph.get(k), groups, transform.batch_axis,
+                                 seed_nodes)
+        env.update({n: ctx.const(v) for n, v in literals.items()})
+        J = _jet_lookup(ctx, env)
+        for node in traced.graph.nodes:
+            if node.op != "call_function":
+                continue
+            _check_pure(node)
+            if node not in depends:
+                env[node] = ctx.const(_copy(b, node, J))
+                continue
+            rule = RULES.get(node.target)
+            if rule is None:
+                raise Unsupported(f"no derivative rule for {node.target} yet")
+            jet = rule(ctx, node, J)
+            if isinstance(jet.primal, fx.Node):
+                jet.primal = _copy(b, node, J)  # the exact op f itself ran
+            env[node] = jet
+        for r, (j, _) in enumerate(plan.lookup):
+            if j != i:
+                continue
+            counts = Counter(plan.requests[r])
+            kappa = tuple(counts[g] for g in groups)
+            for out in out_nodes:
+                results.append((r, b.materialize(env[out].get(kappa), env[out].primal)))
+    results.sort(key=lambda rv: rv[0])
+    b.graph.output(tuple(v for _, v in results))
+    b.graph.eliminate_dead_code()
+    module = fx.GraphModule(b.constants, b.graph)
+    n_ops = sum(1 for n in b.graph.nodes if n.op == "call_function")
+    return module, n_ops
+
+
+def _check_pure(node: fx.Node) -> None:
+    """Random draws and in-place updates run on the general path (issue: a cached
+    graph must mean exactly what f means, call after call)."""
+    target = node.target
+    tags = getattr(target, "tags", ())
+    if torch.Tag.nondeterministic_seeded in tags:
+        raise Unsupported(f"f draws random numbers ({target})")
+    schema = getattr(target, "_schema", None)
+    if schema is not None and schema.is_mutable:
+        raise Unsupported(f"f updates a tensor in place ({target})")
+
+
+def _copy(b: Builder, node: fx.Node, J) -> fx.Node:
+    m = lambda a: J(a).primal if isinstance(a, fx.Node) else a
+    args = [[m(x) for x in a] if isinstance(a, (list, tuple)) else m(a) for a in node.args]
+    return b.op(node.target, *args, **{k: m(v) for k, v in node.kwargs.items()})
+
+
+def _jet_lookup(ctx: Context, env: dict):
+    def J(a):
+        if isinstance(a, fx.Node):
+            return env[a]
+        return ctx.const(a)
+    return J
+
+
+def _dependent_nodes(traced: fx.GraphModule, seeded: set) -> set:
+    dep = set(seeded)
+    for node in traced.graph.nodes:
+        if node.op == "call_function" and any(a in dep for a in node.all_input_nodes):
+            dep.add(node)
+    return dep
+
+
+def _input_jet(ctx: Context, node: fx.Node, slot: int | None, groups, batch_axis, seed_nodes
+               ) -> Jet:
+    if slot is None:
+        return ctx.const(node)
+    mine = {g: flat for g, (s, flat) in enumerate(groups) if s == slot}
+    if not mine:
+        return ctx.const(node)
+    val = node.meta["val"]
+    sshape = sample_shape(tuple(val.shape), batch_axis)
+    one_element = numel(sshape) == 1
+
+    def seed(flat: int):
+        if one_element:
+            return 1.0  # the all-ones tangent: folds away in every product
+        key = (slot, flat)
+        if key not in seed_nodes:
+            t = torch.zeros(numel(sshape), dtype=val.dtype, device=val.device)
+            t[flat] = 1
+            t = t.reshape(sshape)
+            if batch_axis is not None:
+                t = t.unsqueeze(batch_axis % len(val.shape))
+            seed_nodes[key] = ctx.b.constant(t)
+        return seed_nodes[key]
+
+    def rule(kappa):
+        if sum(kappa) != 1:
+            return None
+        g = kappa.index(1)
+        return seed(mine[g]) if g in mine else None
+
+    jet = Jet(ctx, node, rule)
+    jet.seeds = mine
+    return jet
+

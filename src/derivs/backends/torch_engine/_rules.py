@@ -1,0 +1,295 @@
+"""Jet rules for ATen ops, one registry entry per overload.
+
+A rule receives the pass context, the traced node and ``J`` (traced argument ->
+jet; Python scalars become constant jets) and returns the node's jet. Only nodes
+that depend on a differentiated input need a rule; every other node is copied as
+a constant. An op without a rule makes the engine fall back to the general
+nested-forward path, reported by ``derivs.explain``: never a wrong answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.fx as fx
+
+from ._builder import aten
+from ._jet import Context, Jet
+
+Rule = Callable[[Context, fx.Node, Callable], Jet]
+RULES: dict[object, Rule] = {}
+
+
+def _register(*targets):
+    def deco(fn: Rule) -> Rule:
+        for t in targets:
+            RULES[t] = fn
+        return fn
+    return deco
+
+
+def _rest(node: fx.Node, J, start: int = 1):
+    """Primal values of the arguments after the first (traced ones mapped)."""
+    return [J(a).primal if isinstance(a, fx.Node) else a for a in node.args[start:]]
+
+
+def _kw(node: fx.Node, J):
+    return {k: (J(v).primal if isinstance(v, fx.Node) else v) for k, v in node.kwargs.items()}
+
+
+# -- maps linear in their first argument ------------------------------------------
+_VIEWS = [aten.view.default, aten._unsafe_view.default, aten.reshape.default,
+          aten.expand.default, aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims,
+          aten.squeeze.default, aten.permute.default, aten.t.default, aten.transpose.int,
+          aten.select.int, aten.slice.Tensor, aten.alias.default, aten.clone.default,
+          aten.flip.default, aten._to_copy.default, aten.narrow.default,
+          aten.diagonal.default, aten.repeat.default]
+_LINEAR = [aten.sum.default, aten.sum.dim_IntList, aten.mean.default, aten.mean.dim,
+           aten.cumsum.default, aten.index_select.default, aten.gather.default,
+           aten.index.Tensor, aten.roll.default, aten.trace.default]
+
+
+def _linear_rule(transparent: bool) -> Rule:
+    def rule(ctx, node, J):
+        rest, kw = _rest(node, J), _kw(node, J)
+        return ctx.linear(J(node.args[0]), lambda x: ctx.b.op(node.target, x, *rest, **kw),
+                          transparent=transparent)
+    return rule
+
+
+_register(*_VIEWS)(_linear_rule(True))
+_register(*_LINEAR)(_linear_rule(False))
+
+
+@_register(aten.neg.default)
+def _neg(ctx, node, J):
+    return ctx.scale(J(node.args[0]), -1.0)
+
+
+@_register(aten.cat.default, aten.stack.default)
+def _cat(ctx, node, J):
+    rest = _rest(node, J)
+    parts = [J(a) for a in node.args[0]]
+    return ctx.linear_n(parts, lambda xs: ctx.b.op(node.target, xs, *rest))
+
+
+@_register(aten.where.self)
+def _where(ctx, node, J):
+    cond = J(node.args[0]).primal
+    return ctx.linear_n([J(node.args[1]), J(node.args[2])],
+                        lambda xs: ctx.b.op(aten.where.self, cond, xs[0], xs[1]))
+
+
+@_register(aten.constant_pad_nd.default)
+def _pad(ctx, node, J):
+    a, pad = J(node.args[0]), node.args[1]
+    value = node.args[2] if len(node.args) > 2 else 0.0
+    jet = ctx.linear(a, lambda x: ctx.b.op(aten.constant_pad_nd.default, x, pad, 0.0))
+    jet.primal = ctx.b.op(aten.constant_pad_nd.default, a.node(), pad, value)
+    return jet
+
+
+# -- arithmetic --------------------------------------------------------------------
+@_register(aten.add.Tensor, aten.add.Scalar)
+def _add(ctx, node, J):
+    return ctx.add(J(node.args[0]), J(node.args[1]), float(node.kwargs.get("alpha", 1)))
+
+
+@_register(aten.sub.Tensor, aten.sub.Scalar)
+def _sub(ctx, node, J):
+    return ctx.add(J(node.args[0]), J(node.args[1]), -float(node.kwargs.get("alpha", 1)))
+
+
+@_register(aten.rsub.Scalar, aten.rsub.Tensor)
+def _rsub(ctx, node, J):
+    return ctx.add(J(node.args[1]), J(node.args[0]), -float(node.kwargs.get("alpha", 1)))
+
+
+@_register(aten.mul.Tensor, aten.mul.Scalar)
+def _mul(ctx, node, J):
+    return ctx.mul(J(node.args[0]), J(node.args[1]))
+
+
+@_register(aten.div.Tensor, aten.div.Scalar)
+def _div(ctx, node, J):
+    a, b = J(node.args[0]), J(node.args[1])
+    if b.const:
+        den = b.primal
+        return ctx.linear(a, lambda x: ctx.b.op(aten.div.Tensor, x, den))
+    return ctx.mul(a, ctx.unary("pow", b, -1.0))
+
+
+@_register(aten.pow.Tensor_Scalar)
+def _pow(ctx, node, J):
+    return ctx.unary("pow", J(node.args[0]), float(node.args[1]))
+
+
+@_register(aten.pow.Scalar)
+def _pow_scalar_base(ctx, node, J):  # base ** x = exp(x * log(base)), base > 0
+    import math
+
+    base = float(node.args[0])
+    return ctx.unary("exp", ctx.scale(J(node.args[1]), math.log(base)))
+
+
+for _name in ("sin", "cos", "exp", "expm1", "log", "log1p", "sqrt", "rsqrt", "reciprocal",
+              "tanh", "tan", "sigmoid", "atan", "asin", "acos", "atanh", "sinh", "cosh", "erf"):
+    RULES[getattr(aten, _name).default] = (
+        lambda name: lambda ctx, node, J: ctx.unary(name, J(node.args[0])))(_name)
+
+
+@_register(aten.silu.default)
+def _silu(ctx, node, J):
+    a = J(node.args[0])
+    return ctx.mul(a, ctx.unary("sigmoid", a))
+
+
+# -- piecewise-linear functions: phi(a)[k] = phi'(a0) a[k] (phi'' = 0 almost everywhere)
+def _piecewise(slope: Callable[[Context, fx.Node, Callable], fx.Node]) -> Rule:
+    def rule(ctx, node, J):
+        a = J(node.args[0])
+        s = slope(ctx, node, J)
+        return ctx.linear(a, lambda x: ctx.b.op(aten.mul.Tensor, x, s))
+    return rule
+
+
+_register(aten.relu.default)(_piecewise(
+    lambda ctx, node, J: ctx.b.op(aten.gt.Scalar, J(node.args[0]).primal, 0)))
+_register(aten.abs.default)(_piecewise(
+    lambda ctx, node, J: ctx.b.op(aten.sgn.default, J(node.args[0]).primal)))
+
+
+def _clamp_mask(ctx, node, J):
+    x = J(node.args[0]).primal
+    lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
+    hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
+    if node.target == aten.clamp_max.default:
+        lo, hi = None, node.args[1]
+    mask = None
+    for bound, op in ((lo, aten.ge.Scalar), (hi, aten.le.Scalar)):
+        if bound is None:
+            continue
+        m = ctx.b.op(op, x, bound)
+        mask = m if mask is None else ctx.b.op(aten.logical_and.default, mask, m)
+    return mask if mask is not None else ctx.b.op(aten.ones_like.default, x)
+
+
+_register(aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default)(
+    _piecewise(_clamp_mask))
+
+
+@_register(aten.maximum.default, aten.minimum.default)
+def _max_min(ctx, node, J):
+    a, b = J(node.args[0]), J(node.args[1])
+    cmp = aten.ge.Tensor if node.target == aten.maximum.default else aten.le.Tensor
+    pick_a = ctx.b.op(cmp, a.primal, b.primal)
+    return ctx.linear_n([a, b], lambda xs: ctx.b.op(aten.where.self, pick_a, xs[0], xs[1]))
+
+
+# -- bilinear ops --------------------------------------------------------------------
+for _t in (aten.mm.default, aten.bmm.default, aten.mv.default, aten.dot.default):
+    RULES[_t] = (lambda t: lambda ctx, node, J: ctx.bilinear(
+        J(node.args[0]), J(node.args[1]), t))(_t)
+
+
+@_register(aten.addmm.default)
+def _addmm(ctx, node, J):
+    beta = float(node.kwargs.get("beta", 1))
+    alpha = float(node.kwargs.get("alpha", 1))
+    prod = ctx.bilinear(J(node.args[1]), J(node.args[2]), aten.mm.default)
+    return ctx.add(ctx.scale(J(node.args[0]), beta), ctx.scale(prod, alpha))
+
+
+# -- values without a derivative ------------------------------------------------------
+_CONSTANT = [aten.detach.default, aten.lift_fresh_copy.default, aten.zeros_like.default,
+             aten.ones_like.default, aten.full_like.default, aten.empty_like.default,
+             aten.new_zeros.default, aten.new_ones.default, aten.new_full.default,
+             aten.new_empty.default, aten.sign.default, aten.sgn.default,
+             aten.floor.default, aten.ceil.default, aten.round.default, aten.trunc.default,
+             aten.gt.Scalar, aten.gt.Tensor, aten.lt.Scalar, aten.lt.Tensor, aten.ge.Scalar,
+             aten.ge.Tensor, aten.le.Scalar, aten.le.Tensor, aten.eq.Scalar, aten.eq.Tensor,
+             aten.ne.Scalar, aten.ne.Tensor, aten.argmax.default, aten.argmin.default]
+
+
+@_register(*_CONSTANT)
+def _constant(ctx, node, J):
+    return ctx.const(ctx.b.op(node.target, *[J(a).primal if isinstance(a, fx.Node) else a
+                                             for a in node.args], **_kw(node, J)))
+
+
+# -- products along a dimension --------------------------------------------------------
+@_register(aten.prod.default, aten.prod.dim_int)
+def _prod(ctx, node, J):
+    a = J(node.args[0])
+    b = ctx.b
+    shape = b.shape(a.node())
+    if node.target == aten.prod.default:
+        dim, keepdim = None, False
+    else:
+        dim = node.args[1] % max(len(shape), 1)
+        keepdim = bool(node.args[2]) if len(node.args) > 2 else False
+    if node.kwargs.get("dtype") is not None:
+        raise Unsupported("prod with a dtype argument")
+    if a.seeds is not None and _seeds_on_dim(a, shape, dim):
+        return _prod_of_seeds(ctx, a, shape, dim, keepdim)
+    # General case: a balanced tree of pairwise products (log depth).
+    x = a if dim is not None else ctx.linear(a, lambda v: b.op(aten.view.default, v, [-1]),
+                                              transparent=True)
+    d = dim if dim is not None else 0
+    n = shape[dim] if dim is not None else b.shape(x.node())[0]
+    while n > 1:
+        if n % 2:
+            one_shape = list(b.shape(x.node()))
+            one_shape[d] = 1
+            val = x.node().meta["val"]
+            ones = ctx.const(b.op(aten.ones.default, one_shape, dtype=val.dtype,
+                                  device=val.device))
+            x = ctx.linear_n([x, ones], lambda xs: b.op(aten.cat.default, xs, d))
+            n += 1
+        h = n // 2
+        left = ctx.linear(x, lambda v: b.op(aten.slice.Tensor, v, d, 0, h), transparent=True)
+        right = ctx.linear(x, lambda v: b.op(aten.slice.Tensor, v, d, h, n), transparent=True)
+        x, n = ctx.mul(left, right), h
+    if dim is None:
+        return ctx.linear(x, lambda v: b.op(aten.view.default, v, []), transparent=True)
+    if keepdim:
+        return x
+    return ctx.linear(x, lambda v: b.op(aten.squeeze.dim, v, d), transparent=True)
+
+
+class Unsupported(Exception):
+    """f uses something the engine cannot differentiate exactly; fall back."""
+
+
+def _seeds_on_dim(a: Jet, shape, dim) -> bool:
+    """Seeded input whose only non-batch dimension is the reduced one."""
+    axis = a.ctx.batch_axis
+    axis = None if axis is None else axis % len(shape)
+    sample_dims = [i for i in range(len(shape)) if i != axis]
+    if len(sample_dims) != 1:
+        return False
+    return dim is None and len(shape) == 1 or dim == sample_dims[0]
+
+
+def _prod_of_seeds(ctx, a: Jet, shape, dim, keepdim) -> Jet:
+    """prod is multilinear in the entries: d^k prod / dx_p1 .. dx_pk (distinct p) is
+    the product of the other entries, and 0 if an entry repeats. This is the
+    hand-written derivative: one product per coefficient, no n^k work."""
+    b = ctx.b
+    d = 0 if dim is None else dim
+    seeds = a.seeds
+
+    def reduce(v):
+        return b.op(aten.prod.default, v) if dim is None else b.op(
+            aten.prod.dim_int, v, d, keepdim)
+
+    def rule(kappa):
+        if any(k > 1 for k in kappa) or any(k and g not in seeds for g, k in enumerate(kappa)):
+            return None
+        positions = sorted(seeds[g] for g, k in enumerate(kappa) if k)
+        index = ctx.index_constant(positions, a.node())
+        return reduce(b.op(aten.index_fill.int_Scalar, a.node(), d, index, 1.0))
+
+    return Jet(ctx, reduce(a.node()), rule)
+
