@@ -8,6 +8,7 @@ can be trained through with ``loss.backward()``. Nothing is written to
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -17,6 +18,17 @@ from . import _common
 from . import torch_engine as engine  # noqa: F401  (the traced-jet strategy)
 
 name = "torch"
+
+# NOTE [thread safety]: PyTorch's forward-AD levels are process-wide, so nested
+# torch.func.jvp calls from two threads corrupt each other ("Trying to access a
+# forward AD level with an invalid index"). The nested-forward path runs under this
+# re-entrant lock (derivs of derivs nest in one thread); cached traced-jet graphs
+# are plain ops and run concurrently.
+_LOCK = threading.RLock()
+
+
+def serialized():
+    return _LOCK
 
 
 def owns(x: Any) -> bool:

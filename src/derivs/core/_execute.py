@@ -15,6 +15,8 @@ derivative, never the total derivative, when ``y`` was computed from ``x``
 
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -22,6 +24,10 @@ from ._plan import Pass, Plan
 
 
 class Backend(Protocol):
+    """What the executor needs from a framework. A backend may also offer
+    ``serialized()``, a context manager held while a plan runs (for frameworks whose
+    forward mode is not thread-safe)."""
+
     name: str
 
     def one_hot(self, x: Any, flat: int, batch_axis: int | None) -> Any: ...
@@ -41,11 +47,13 @@ def run_plan(backend: Backend, plan: Plan, call: Callable[[tuple], tuple[Any, An
     along this axis and one-hot tangents seed the coordinate in every sample."""
     results: list[Any] = [None] * len(plan.requests)
     aux = None
-    for i, p in enumerate(plan.passes):
-        coeffs, aux = _nested(backend, call, selected, p.directions, batch_axis)
-        for r, (j, mask) in enumerate(plan.lookup):
-            if j == i:
-                results[r] = coeffs[mask]
+    serialized = getattr(backend, "serialized", contextlib.nullcontext)
+    with serialized():
+        for i, p in enumerate(plan.passes):
+            coeffs, aux = _nested(backend, call, selected, p.directions, batch_axis)
+            for r, (j, mask) in enumerate(plan.lookup):
+                if j == i:
+                    results[r] = coeffs[mask]
     return results, aux
 
 

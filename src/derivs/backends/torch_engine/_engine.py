@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -33,6 +34,9 @@ from .._common import numel, sample_shape
 from ._builder import Builder
 from ._jet import Context, Jet
 from ._rules import RULES, Unsupported
+
+
+_BUILD_LOCK = threading.RLock()
 
 
 @dataclasses.dataclass
@@ -99,8 +103,13 @@ def build(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
     examples = [torch.empty(leaf.shape, dtype=leaf.dtype, device=leaf.device)
                 for leaf, t in zip(leaves, is_tensor) if t]
     try:
-        with _outside_functorch():
-            traced = make_fx(flat_fn, tracing_mode="fake")(*examples)
+        # Tracing uses process-wide dispatcher state: one build at a time. Only the
+        # first call of each signature builds; cached graphs run concurrently.
+        with _BUILD_LOCK, _outside_functorch():
+            # functionalize: in-place updates of intermediates (common inside ATen
+            # decompositions) become pure ops; an update of an input stays visible
+            # as copy_ and is rejected by _check_pure.
+            traced = make_fx(torch.func.functionalize(flat_fn), tracing_mode="fake")(*examples)
             module, n_ops = _derivative_module(transform, traced, leaves, is_tensor,
                                                selected_leaf)
     except Unsupported as e:
@@ -144,7 +153,31 @@ def _top_level_offsets(args: tuple) -> list[int]:
     return offsets
 
 
+_aten = torch.ops.aten
+# In-place view ops that ATen decompositions apply to fresh intermediates (matmul of
+# a vector squeezes its result in place); functionalization leaves them.
+_INPLACE_VIEWS = {
+    _aten.squeeze_.dim: _aten.squeeze.dim, _aten.squeeze_.dims: _aten.squeeze.dims,
+    _aten.squeeze_.default: _aten.squeeze.default,
+    _aten.unsqueeze_.default: _aten.unsqueeze.default,
+    _aten.t_.default: _aten.t.default, _aten.transpose_.default: _aten.transpose.int,
+}
+
+
+def _out_of_place_views(graph: fx.Graph) -> None:
+    """Rewrites an in-place view op to its out-of-place twin when nothing else sees
+    the tensor it changes (it has no other user and is not an input)."""
+    for node in graph.nodes:
+        twin = _INPLACE_VIEWS.get(node.target)
+        if twin is None:
+            continue
+        src = node.args[0]
+        if src.op != "placeholder" and len(src.users) == 1:
+            node.target = twin
+
+
 def _derivative_module(transform, traced: fx.GraphModule, leaves, is_tensor, selected_leaf):
+    _out_of_place_views(traced.graph)
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     fake_mode = getattr(placeholders[0].meta.get("val") if placeholders else None,
                         "fake_mode", None)

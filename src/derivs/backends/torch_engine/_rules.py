@@ -248,8 +248,11 @@ def _prod(ctx, node, J):
             x = ctx.linear_n([x, ones], lambda xs: b.op(aten.cat.default, xs, d))
             n += 1
         h = n // 2
-        left = ctx.linear(x, lambda v: b.op(aten.slice.Tensor, v, d, 0, h), transparent=True)
-        right = ctx.linear(x, lambda v: b.op(aten.slice.Tensor, v, d, h, n), transparent=True)
+        # Coefficients are emitted lazily, after this loop: bind h and n now.
+        left = ctx.linear(x, lambda v, h=h: b.op(aten.slice.Tensor, v, d, 0, h),
+                          transparent=True)
+        right = ctx.linear(x, lambda v, h=h, n=n: b.op(aten.slice.Tensor, v, d, h, n),
+                           transparent=True)
         x, n = ctx.mul(left, right), h
     if dim is None:
         return ctx.linear(x, lambda v: b.op(aten.view.default, v, []), transparent=True)
