@@ -1,4 +1,4 @@
-"""``python -m benchmarks seeds [--quick]`` from the repository root."""
+"""``python -m benchmarks {seeds,engine} [--quick]`` from the repository root."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import sys
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("suite", choices=["seeds"], help="which benchmark suite to run")
+    parser.add_argument("suite", choices=["seeds", "engine"],
+                        help="seeds: both PROBLEMS.md problems; engine: PyTorch higher orders")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes and few repeats (under 2 minutes)")
     args = parser.parse_args(argv)
-    from . import seeds
+    import importlib
 
-    print(seeds.run(args.quick))
+    print(importlib.import_module(f"benchmarks.{args.suite}").run(args.quick))
     return 0
 
 

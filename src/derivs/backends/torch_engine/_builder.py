@@ -33,6 +33,7 @@ class Builder:
         self.fake_mode = fake_mode
         self.constants: dict[str, torch.Tensor] = {}
         self._memo: dict[Any, fx.Node] = {}
+        self._real: dict[fx.Node, torch.Tensor] = {}  # values of constant nodes
 
     # -- emission ----------------------------------------------------------------
     def placeholder(self, name: str, meta_val) -> fx.Node:
@@ -45,11 +46,26 @@ class Builder:
         self.constants[name] = tensor
         node = self.graph.get_attr(name)
         node.meta["val"] = self.fake_mode.from_tensor(tensor)
+        self._real[node] = tensor
         return node
+
+    def uniform(self, v: Val) -> Val:
+        """A constant node whose entries are all equal, as that Python float."""
+        t = self._real.get(v) if isinstance(v, fx.Node) else None
+        if t is None or t.numel() == 0 or not t.is_floating_point():
+            return v
+        first = t.reshape(-1)[0]
+        return float(first) if bool((t == first).all()) else v
 
     def op(self, target, *args, **kwargs) -> fx.Node:
         key = (target, _key(args), _key(sorted(kwargs.items())))
         node = self._memo.get(key)
+        if node is None and self._foldable(target, args, kwargs):
+            # NOTE [constant folding]: ops on seeds and literals only (e.g. the mean of
+            # a one-hot tangent) are evaluated once, here, instead of on every call.
+            real = lambda a: self._real[a] if isinstance(a, fx.Node) else a
+            value = target(*fx.node.map_arg(args, real), **fx.node.map_arg(kwargs, real))
+            node = self._memo[key] = self.constant(value)
         if node is None:
             node = self.graph.call_function(target, args, kwargs)
             with self.fake_mode:
@@ -57,6 +73,17 @@ class Builder:
                                           **fx.node.map_arg(kwargs, lambda n: n.meta["val"]))
             self._memo[key] = node
         return node
+
+    def _foldable(self, target, args, kwargs) -> bool:
+        nodes = []
+        fx.node.map_arg((args, kwargs), nodes.append)
+        if not nodes or not all(n in self._real for n in nodes):
+            return False
+        tags = getattr(target, "tags", ())
+        schema = getattr(target, "_schema", None)
+        return (torch.Tag.nondeterministic_seeded not in tags
+                and not (schema is not None and schema.is_mutable)
+                and len(getattr(schema, "returns", ())) == 1)
 
     @staticmethod
     def shape(node: fx.Node) -> tuple[int, ...]:

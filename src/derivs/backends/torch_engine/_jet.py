@@ -40,7 +40,7 @@ class Jet:
             return None
         v = self.memo.get(kappa, _MISSING)
         if v is _MISSING:
-            v = self.rule(kappa)
+            v = self.ctx.b.uniform(self.rule(kappa))
             if isinstance(self.primal, fx.Node):
                 v = self.ctx.b.fit(v, self.primal)
             self.memo[kappa] = v
