@@ -109,7 +109,7 @@ def problem1(quick: bool) -> list[dict]:
     models = {m: _seeds.problem1_model(m) for m in _seeds.PROBLEM1_MODES}
     t = torch.randn(3000, 1, generator=torch.Generator().manual_seed(0))
     ref = models["hand-written"](t)
-    diffs = {m: float((mm(t) - ref).abs().max()) for m, mm in models.items()}
+    diffs = {m: float((mm(t) - ref).abs().max().detach()) for m, mm in models.items()}
     med = interleaved_medians(
         {m: (lambda mm=mm: _seeds.problem1_train(mm, steps)) for m, mm in models.items()},
         repeats=7 if quick else 21, warmup=2)

@@ -10,13 +10,34 @@ Every node carries its fake-tensor value in ``meta["val"]`` so rules know shapes
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import torch
 import torch.fx as fx
 
 aten = torch.ops.aten
-Val = Union[fx.Node, float, None]
+
+
+class Narrow(NamedTuple):
+    """A tensor that is zero except at position ``pos`` along ``axis`` (counted from
+    the right, so it survives broadcasting), where it equals ``val`` (a node with
+    size 1 on that axis, or a float). The one-hot tangent of a vector coordinate is
+    ``Narrow(1.0, ...)``: products with it are column slices, and products of two
+    different columns are structural zeros."""
+
+    val: Any
+    axis: int
+    pos: int
+    size: int
+    dtype: torch.dtype
+    device: torch.device
+
+
+Val = Union[fx.Node, float, Narrow, None]
+
+
+def _narrow(n: Narrow, val: Any) -> Val:
+    return None if val is None else n._replace(val=val)
 
 
 def _key(a: Any) -> Any:
@@ -95,6 +116,11 @@ class Builder:
             return b
         if b is None:
             return a
+        if isinstance(a, Narrow) or isinstance(b, Narrow):
+            if (isinstance(a, Narrow) and isinstance(b, Narrow)
+                    and a[1:] == b[1:]):
+                return _narrow(a, self.add(a.val, b.val))
+            return self.add(self.densify(a), self.densify(b))
         if isinstance(a, float) and isinstance(b, float):
             return a + b
         if isinstance(a, float):
@@ -106,6 +132,14 @@ class Builder:
     def mul(self, a: Val, b: Val) -> Val:
         if a is None or b is None:
             return None
+        if isinstance(b, Narrow):
+            a, b = b, a
+        if isinstance(a, Narrow):
+            if isinstance(b, Narrow):
+                if a.axis != b.axis or a.size != b.size:
+                    return self.mul(a, self.densify(b))
+                return None if a.pos != b.pos else _narrow(a, self.mul(a.val, b.val))
+            return _narrow(a, self.mul(a.val, self.column(b, a)))
         if isinstance(a, float) and isinstance(b, float):
             return a * b
         if isinstance(a, float):
@@ -129,9 +163,64 @@ class Builder:
             out = self.add(out, t)
         return out
 
+    def column(self, b: Val, n: Narrow) -> Val:
+        """The part of ``b`` that multiplies ``n``'s nonzero position."""
+        if not isinstance(b, fx.Node):
+            return b
+        shape = self.shape(b)
+        if len(shape) >= -n.axis and shape[n.axis] == n.size:
+            d = len(shape) + n.axis
+            return self.op(aten.slice.Tensor, b, d, n.pos, n.pos + 1)
+        return b  # b broadcasts along the axis
+
+    def elementwise(self, target, a: Val, b: fx.Node) -> Val:
+        """``target(a, b)`` for an op linear in ``a`` (mul, div by ``b``)."""
+        if a is None:
+            return None
+        if isinstance(a, Narrow):
+            val = a.val
+            if isinstance(val, float):  # keep the size-1 axis: a node is needed
+                val = self.op(aten.full.default, [1] * -a.axis, val, dtype=a.dtype,
+                              device=a.device)
+            return _narrow(a, self.op(target, val, self.column(b, a)))
+        if isinstance(a, float):
+            raise TypeError("internal: elementwise() needs a tensor or Narrow operand")
+        return self.op(target, a, b)
+
+    def mm_narrow(self, x: Val, y: Val, like_x: fx.Node, like_y: fx.Node) -> Val:
+        """``x @ y`` (2-d) when one factor is a Narrow column/row block: a one-hot
+        column of ``x`` picks one row of ``y`` (an outer product instead of a matrix
+        product); a one-hot row of ``y`` picks one column of ``x``. None otherwise."""
+        if isinstance(x, Narrow) and isinstance(y, fx.Node) and x.axis == -1:
+            row = self.op(aten.slice.Tensor, self.materialize(y, like_y), 0, x.pos, x.pos + 1)
+            return self.mul(self.materialize(x.val, self._col_like(like_x)), row)
+        if isinstance(y, Narrow) and isinstance(x, fx.Node) and y.axis == -2:
+            col = self.op(aten.slice.Tensor, self.materialize(x, like_x), 1, y.pos, y.pos + 1)
+            return self.mul(col, self.materialize(y.val, self._row_like(like_y)))
+        return None
+
+    def _col_like(self, like: fx.Node) -> fx.Node:
+        return self.op(aten.slice.Tensor, like, 1, 0, 1)
+
+    def _row_like(self, like: fx.Node) -> fx.Node:
+        return self.op(aten.slice.Tensor, like, 0, 0, 1)
+
+    def densify(self, v: Val) -> Val:
+        """A Narrow as an ordinary node: its column times a one-hot along the axis."""
+        if not isinstance(v, Narrow):
+            return v
+        key = ("onehot", v.axis, v.pos, v.size, v.dtype, v.device)
+        hot = self._memo.get(key)
+        if hot is None:
+            t = torch.zeros((v.size,) + (1,) * (-v.axis - 1), dtype=v.dtype, device=v.device)
+            t[v.pos] = 1
+            hot = self._memo[key] = self.constant(t)
+        return self.mul(v.val, hot)
+
     def materialize(self, v: Val, like: fx.Node) -> fx.Node:
         """``v`` as a node of ``like``'s shape, dtype and device."""
         val = like.meta["val"]
+        v = self.densify(v)
         if v is None:
             return self.op(aten.zeros.default, list(val.shape), dtype=val.dtype,
                            device=val.device)

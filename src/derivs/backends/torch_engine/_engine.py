@@ -31,7 +31,7 @@ import torch.utils._pytree as pytree
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .._common import numel, sample_shape
-from ._builder import Builder
+from ._builder import Builder, Narrow
 from ._jet import Context, Jet
 from ._rules import RULES, Unsupported
 
@@ -285,10 +285,17 @@ def _input_jet(ctx: Context, node: fx.Node, slot: int | None, groups, batch_axis
     val = node.meta["val"]
     sshape = sample_shape(tuple(val.shape), batch_axis)
     one_element = numel(sshape) == 1
+    ndim = len(val.shape)
+    vector_axis = None  # the axis of a 1-d sample, counted from the right
+    if len(sshape) == 1:
+        axis = next(d for d in range(ndim) if batch_axis is None or d != batch_axis % ndim)
+        vector_axis = axis - ndim
 
     def seed(flat: int):
         if one_element:
             return 1.0  # the all-ones tangent: folds away in every product
+        if vector_axis is not None:
+            return Narrow(1.0, vector_axis, flat, sshape[0], val.dtype, val.device)
         key = (slot, flat)
         if key not in seed_nodes:
             t = torch.zeros(numel(sshape), dtype=val.dtype, device=val.device)

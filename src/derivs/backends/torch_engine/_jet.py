@@ -101,6 +101,22 @@ class Context:
 
         return Jet(self, primal, rule)
 
+    def linear_elementwise(self, a: Jet, target, other: fx.Node) -> Jet:
+        """``target(a, other)`` for an elementwise op linear in ``a`` (multiplying by a
+        slope, dividing by a constant): narrow coefficients stay narrow."""
+        if a.const:
+            return self.const(self.b.op(target, a.primal, other)
+                              if isinstance(a.primal, fx.Node) else a.primal)
+        primal = self.b.op(target, a.node(), other)
+
+        def rule(kappa):
+            v = a.get(kappa)
+            if isinstance(v, float):
+                v = self.b.materialize(v, a.node())
+            return self.b.elementwise(target, v, other)
+
+        return Jet(self, primal, rule)
+
     def linear_n(self, parts: list[Jet], fn: Callable[[list[fx.Node]], fx.Node]) -> Jet:
         """A map linear in each of several jets jointly (cat, stack, where)."""
         nodes = [p.primal if isinstance(p.primal, fx.Node) else None for p in parts]
@@ -152,6 +168,10 @@ class Context:
                 return bld.mul(x, y)
             if x is None or y is None:
                 return None
+            if op == aten.mm.default:
+                narrow = bld.mm_narrow(x, y, like_x, like_y)
+                if narrow is not None:
+                    return narrow
             return bld.op(op, bld.materialize(x, like_x), bld.materialize(y, like_y))
 
         if op is None:

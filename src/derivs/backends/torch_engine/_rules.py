@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.fx as fx
 
-from ._builder import aten
+from ._builder import Narrow, aten
 from ._jet import Context, Jet
 
 Rule = Callable[[Context, fx.Node, Callable], Jet]
@@ -45,8 +45,7 @@ _VIEWS = [aten.view.default, aten._unsafe_view.default, aten.reshape.default,
           aten.select.int, aten.slice.Tensor, aten.alias.default, aten.clone.default,
           aten.flip.default, aten._to_copy.default, aten.narrow.default,
           aten.diagonal.default, aten.repeat.default]
-_LINEAR = [aten.sum.default, aten.sum.dim_IntList, aten.mean.default, aten.mean.dim,
-           aten.cumsum.default, aten.index_select.default, aten.gather.default,
+_LINEAR = [aten.cumsum.default, aten.index_select.default, aten.gather.default,
            aten.index.Tensor, aten.roll.default, aten.trace.default]
 
 
@@ -60,6 +59,41 @@ def _linear_rule(transparent: bool) -> Rule:
 
 _register(*_VIEWS)(_linear_rule(True))
 _register(*_LINEAR)(_linear_rule(False))
+
+
+@_register(aten.sum.default, aten.sum.dim_IntList, aten.mean.default, aten.mean.dim)
+def _reduce(ctx, node, J):
+    """Sums and means; a Narrow coefficient reduced over its axis needs only its
+    column (the other entries are structural zeros)."""
+    a, b = J(node.args[0]), ctx.b
+    rest, kw = _rest(node, J), _kw(node, J)
+    ndim = len(b.shape(a.node()))
+    dims = (list(range(ndim)) if node.target in (aten.sum.default, aten.mean.default)
+            or not node.args[1] else [d % ndim for d in node.args[1]])
+    keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(kw.get("keepdim", False))
+    count = 1
+    for d in dims:
+        count *= b.shape(a.node())[d]
+    is_mean = node.target in (aten.mean.default, aten.mean.dim)
+    primal = b.op(node.target, a.node(), *rest, **kw)
+    if a.const:
+        return ctx.const(primal)
+
+    def rule(kappa):
+        v = a.get(kappa)
+        if isinstance(v, Narrow) and (ndim + v.axis) in dims and not kw.get("dtype"):
+            full = list(b.shape(a.node()))
+            full[ndim + v.axis] = 1
+            col = v.val if isinstance(v.val, fx.Node) else b.op(
+                aten.full.default, [1] * -v.axis, v.val, dtype=v.dtype, device=v.device)
+            col = b.op(aten.expand.default, col, full)
+            out = b.op(aten.sum.dim_IntList, col, dims, keepdim)
+            return b.scale(out, 1.0 / count) if is_mean else out
+        if v is None:
+            return None
+        return b.op(node.target, b.materialize(v, a.node()), *rest, **kw)
+
+    return Jet(ctx, primal, rule)
 
 
 @_register(aten.neg.default)
@@ -116,7 +150,9 @@ def _div(ctx, node, J):
     a, b = J(node.args[0]), J(node.args[1])
     if b.const:
         den = b.primal
-        return ctx.linear(a, lambda x: ctx.b.op(aten.div.Tensor, x, den))
+        if not isinstance(den, fx.Node):
+            return ctx.scale(a, 1.0 / float(den))
+        return ctx.linear_elementwise(a, aten.div.Tensor, den)
     return ctx.mul(a, ctx.unary("pow", b, -1.0))
 
 
@@ -150,7 +186,7 @@ def _piecewise(slope: Callable[[Context, fx.Node, Callable], fx.Node]) -> Rule:
     def rule(ctx, node, J):
         a = J(node.args[0])
         s = slope(ctx, node, J)
-        return ctx.linear(a, lambda x: ctx.b.op(aten.mul.Tensor, x, s))
+        return ctx.linear_elementwise(a, aten.mul.Tensor, s)
     return rule
 
 
