@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from derivs import _seeds
 from derivs._timing import first_call_seconds, interleaved_medians
 
 from . import _harness
@@ -57,34 +58,6 @@ def _jax_fns(torch_fns):
     return {names[0]: (sinexp, ()), names[1]: (mlp, conv(torch_fns[names[1]][1]))}
 
 
-def _jax_nested(f, index, x0):
-    import jax
-    import jax.numpy as jnp
-
-    def d(x, *w):
-        g = lambda z: f(z, *w)
-        for i in index:
-            e = jnp.zeros_like(x0[0]).at[i].set(1)
-            g = (lambda g_, e_: lambda z: jax.jvp(g_, (z,), (e_,))[1])(g, e)
-        return g(x)
-
-    return d
-
-
-def _torch_nested(f, index):
-    import torch
-
-    def d(x, *w):
-        g = lambda z: f(z, *w)
-        for i in index:
-            e = torch.zeros_like(x)
-            e[i] = 1
-            g = (lambda g_, e_: lambda z: torch.func.jvp(g_, (z,), (e_,))[1])(g, e)
-        return g(x)
-
-    return d
-
-
 def case(name: str, index: tuple, batch: int, n: int, quick: bool, *, anchors: bool) -> dict:
     import jax
     import jax.numpy as jnp
@@ -106,7 +79,7 @@ def case(name: str, index: tuple, batch: int, n: int, quick: bool, *, anchors: b
     strategy = derivs.explain(d, xt, *tw).strategy
 
     jf_b = jax.jit(jax.vmap(lambda x: jf(x, *jw)))
-    jd = jax.jit(jax.vmap(lambda x: _jax_nested(jf, index, xj)(x, *jw)))
+    jd = jax.jit(jax.vmap(lambda x: _seeds.jax_nested_jvp(lambda z: jf(z, *jw), index)(x)))
     t0 = time.perf_counter()
     jd(xj).block_until_ready()
     jax_compile = time.perf_counter() - t0
@@ -114,8 +87,7 @@ def case(name: str, index: tuple, batch: int, n: int, quick: bool, *, anchors: b
            "jax f": lambda: jf_b(xj), "jax nested jvp": lambda: jd(xj)}
     anchor_s = None
     if anchors:
-        tn = torch.func.vmap(lambda x: _torch_nested(lambda z, *w: tf(z[None], *w)[0], index)(
-            x, *tw))
+        tn = torch.func.vmap(_seeds.torch_nested_jvp(lambda z: tf(z[None], *tw)[0], index))
         anchor_s = first_call_seconds(lambda: tn(xt))
         if anchor_s <= SLOW_ANCHOR_S:
             fns["torch nested func.jvp"] = lambda: tn(xt)

@@ -129,3 +129,15 @@ def test_batch_axis_index_counts_within_a_sample(fw):
 def test_container_argument():
     with pytest.raises(TypeError, match="argument 0 is a dict"):
         derivs.partial(lambda d: d["a"], 0)({"a": jnp.ones(2)})
+
+
+def test_import_needs_no_framework():
+    """`import derivs` imports neither JAX nor PyTorch: a JAX-only or a PyTorch-only
+    install works, and frameworks load only when their arrays are passed."""
+    import subprocess
+    import sys
+
+    code = "import sys, derivs; print('torch' in sys.modules, 'jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -15,6 +15,7 @@ from typing import Any
 from . import backends
 from .backends import _common
 from .core import _plan, _request
+from .core._cache import LRUCache
 from .core._execute import run_plan
 
 
@@ -30,12 +31,17 @@ class _Transform:
     keys: tuple[Any, ...]
     plan: _plan.Plan
     strategy: str | None = None
+    torch_compile: bool = False
     # Compiled derivative graphs of engines that trace (bounded, thread-safe).
     cache: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def resolve(self, backend, args: tuple, kwargs: dict):
         """``(strategy, compiled-or-None, notes)`` for this call."""
         engine = getattr(backend, "engine", None)
+        if engine is None and self.torch_compile:
+            raise ValueError(
+                f"{self.api}: torch_compile=True is for PyTorch functions; for {backend.name} "
+                "functions wrap the transform in jax.jit instead.")
         if engine is None and self.strategy == _plan.TRACED_JET:
             raise ValueError(
                 f"{self.api}: strategy='traced-jet' is for PyTorch functions; {backend.name} "
@@ -101,7 +107,7 @@ class _Transform:
 
 def _build(fun: Callable, specs: Sequence[Any], argnums: Any, has_aux: bool,
            batch_axis: Any, *, api: str, allow_value: bool, extra_value: bool = False,
-           strategy: str | None = None) -> _Transform:
+           strategy: str | None = None, torch_compile: bool = False) -> _Transform:
     if not callable(fun):
         raise TypeError(
             f"{api}: f must be callable, got {type(fun).__name__}. Pass the function "
@@ -109,6 +115,8 @@ def _build(fun: Callable, specs: Sequence[Any], argnums: Any, has_aux: bool,
         )
     if not isinstance(has_aux, bool):
         raise TypeError(f"{api}: has_aux must be True or False, got {has_aux!r}.")
+    if not isinstance(torch_compile, bool):
+        raise TypeError(f"{api}: torch_compile must be True or False, got {torch_compile!r}.")
     if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):
         raise TypeError(f"{api}: batch_axis must be None or an int axis, got {batch_axis!r}.")
     if strategy is not None and strategy not in _plan.STRATEGIES:
@@ -120,10 +128,9 @@ def _build(fun: Callable, specs: Sequence[Any], argnums: Any, has_aux: bool,
     keys = tuple(_request.request_key(s) for s in specs)
     if extra_value:
         requests.append(())
-    from .backends.torch_engine._cache import LRUCache
-
     return _Transform(fun, api, argnums_t, has_aux, batch_axis, keys,
-                      _plan.make_plan(requests), strategy, LRUCache(maxsize=32))
+                      _plan.make_plan(requests), strategy, torch_compile,
+                      LRUCache(maxsize=32))
 
 
 def _wrap(fun: Callable, transform: _Transform, finish: Callable) -> Callable:
@@ -138,7 +145,7 @@ def _wrap(fun: Callable, transform: _Transform, finish: Callable) -> Callable:
 
 def partial(f: Callable, index: Any, argnums: int | Sequence[int] = 0,
             has_aux: bool = False, *, batch_axis: int | None = None,
-            strategy: str | None = None) -> Callable:
+            strategy: str | None = None, torch_compile: bool = False) -> Callable:
     """One partial derivative of ``f``, as a function with ``f``'s signature.
 
     Args:
@@ -163,6 +170,10 @@ def partial(f: Callable, index: Any, argnums: int | Sequence[int] = 0,
       strategy: None (automatic, see :func:`explain`), ``"nested-forward"`` or
         ``"traced-jet"`` (PyTorch only: fails with the reason instead of falling
         back when ``f`` cannot be traced).
+      torch_compile: PyTorch only: run the built derivative graph through
+        ``torch.compile`` (compiled on the first call per argument signature, which
+        takes seconds to a minute; then it runs fused). Ignored where the engine falls
+        back to nested forward mode (``explain`` says so).
 
     Returns:
       A function of the same arguments as ``f`` returning the derivative, shaped
@@ -190,13 +201,14 @@ def partial(f: Callable, index: Any, argnums: int | Sequence[int] = 0,
               [4.7200]])
     """
     t = _build(f, [index], argnums, has_aux, batch_axis, api="derivs.partial",
-               allow_value=False, strategy=strategy)
+               allow_value=False, strategy=strategy,
+               torch_compile=torch_compile)
     return _wrap(f, t, lambda r, aux: (r[0], aux) if has_aux else r[0])
 
 
 def partials(f: Callable, requests: Sequence[Any], argnums: int | Sequence[int] = 0,
              has_aux: bool = False, *, batch_axis: int | None = None,
-             strategy: str | None = None) -> Callable:
+             strategy: str | None = None, torch_compile: bool = False) -> Callable:
     """Several partial derivatives of ``f`` at once, sharing work; returns a dict.
 
     ``requests`` is a list of indices spelled as for :func:`partial`; ``()`` means
@@ -216,7 +228,7 @@ def partials(f: Callable, requests: Sequence[Any], argnums: int | Sequence[int] 
     api = "derivs.partials"
     specs = _check_request_list(requests, api)
     t = _build(f, specs, argnums, has_aux, batch_axis, api=api, allow_value=True,
-               strategy=strategy)
+               strategy=strategy, torch_compile=torch_compile)
 
     def finish(results, aux):
         d = dict(zip(t.keys, results))
@@ -227,7 +239,8 @@ def partials(f: Callable, requests: Sequence[Any], argnums: int | Sequence[int] 
 
 def value_and_partials(f: Callable, requests: Sequence[Any],
                        argnums: int | Sequence[int] = 0, has_aux: bool = False, *,
-                       batch_axis: int | None = None, strategy: str | None = None) -> Callable:
+                       batch_axis: int | None = None, strategy: str | None = None,
+                       torch_compile: bool = False) -> Callable:
     """The value of ``f`` and several partials, from the same passes (no second
     forward evaluation). Returns ``(value, dict)``, or ``((value, aux), dict)``
     with ``has_aux=True`` (as ``jax.value_and_grad``).
@@ -243,7 +256,8 @@ def value_and_partials(f: Callable, requests: Sequence[Any],
     api = "derivs.value_and_partials"
     specs = _check_request_list(requests, api)
     t = _build(f, specs, argnums, has_aux, batch_axis, api=api, allow_value=True,
-               extra_value=True, strategy=strategy)
+               extra_value=True, strategy=strategy,
+               torch_compile=torch_compile)
 
     def finish(results, aux):
         value, d = results[-1], dict(zip(t.keys, results[:-1]))

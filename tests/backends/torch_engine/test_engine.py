@@ -223,3 +223,23 @@ def test_build_time_of_problem2_is_small():
     (c,) = compiled_of(d)
     assert c.build_seconds < 1.0
     np.testing.assert_array_less(0, c.ops)
+
+
+@pytest.mark.slow
+def test_torch_compile_option_matches_eager_graph():
+    """torch_compile=True runs the same derivative graph through torch.compile
+    (slow: inductor compiles C++ on first use; run with -m slow)."""
+    f = lambda x: (torch.sin(x) * x**2).sum(-1) * torch.exp(x.mean(-1))
+    x = torch.randn(64, 10, dtype=torch.float64)
+    fused = derivs.partial(f, (0, 2, 4), batch_axis=0, torch_compile=True)(x)
+    ref = torch.func.vmap(lambda v: dense(lambda u: f(u[None])[0], v, 3)[0, 2, 4])(x)
+    torch.testing.assert_close(fused, ref)
+
+
+def test_torch_compile_option_is_validated():
+    import jax.numpy as jnp
+
+    with pytest.raises(TypeError, match="torch_compile must be True or False"):
+        derivs.partial(torch.sin, 0, torch_compile="yes")
+    with pytest.raises(ValueError, match="jax.jit"):
+        derivs.partial(jnp.sin, 0, torch_compile=True)(jnp.ones(()))

@@ -6,7 +6,6 @@ reason) for a call's signature; ``execute`` runs a ``Compiled`` graph.
 
 from __future__ import annotations
 
-from ._cache import LRUCache as LRUCache
 from ._engine import Compiled as Compiled
 from ._engine import Fallback as Fallback
 from ._engine import build, signature, tracing_active

@@ -112,6 +112,9 @@ def build(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
             traced = make_fx(torch.func.functionalize(flat_fn), tracing_mode="fake")(*examples)
             module, n_ops = _derivative_module(transform, traced, leaves, is_tensor,
                                                selected_leaf)
+        if transform.torch_compile:
+            # Compiles lazily on the first run; the user asked for it by name.
+            module = torch.compile(module, fullgraph=True, dynamic=False)
     except Unsupported as e:
         return Fallback(str(e))
     except Exception as e:  # tracing failed: data-dependent control flow, closures, ...

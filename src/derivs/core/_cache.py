@@ -1,4 +1,5 @@
-"""A small thread-safe LRU cache for compiled derivative graphs (one per transform)."""
+"""A small thread-safe LRU cache, one per transform, for the compiled derivative
+graphs of engines that trace (framework-free: ``import derivs`` needs no framework)."""
 
 from __future__ import annotations
 
