@@ -79,17 +79,28 @@ class _Transform:
                               self.argnums, api=self.api, batch_axis=self.batch_axis)
         return backend, selected, shapes
 
+    def with_selected(self, args: tuple, selected: tuple) -> tuple:
+        """``args`` with the differentiated ones as converted by the backend (Python
+        numbers become arrays: they must be traced as inputs, not constants)."""
+        full = list(args)
+        for slot, a in enumerate(self.argnums):
+            full[a] = selected[slot]
+        return tuple(full)
+
     def __call__(self, args: tuple, kwargs: dict) -> tuple[list[Any], Any]:
+        if self.strategy != _plan.NESTED_FORWARD:
+            engine = backends.engine_for_plain_call(args)
+            compiled = engine.lookup(self, args, kwargs) if engine is not None else None
+            if compiled is not None:  # checked when it was built for this signature
+                return engine.execute(compiled, args, kwargs, len(self.plan.requests)), None
         backend, selected, _ = self.shapes_and_backend(args)
+        args = self.with_selected(args, selected)
         strategy, compiled, _ = self.resolve(backend, args, kwargs)
         if compiled is not None:
             return backend.engine.execute(compiled, args, kwargs, len(self.plan.requests)), None
 
         def call(sel: tuple) -> tuple[Any, Any]:
-            full = list(args)
-            for slot, a in enumerate(self.argnums):
-                full[a] = sel[slot]
-            out = self.fun(*full, **kwargs)
+            out = self.fun(*self.with_selected(args, sel), **kwargs)
             aux = None
             if self.has_aux:
                 if not (isinstance(out, (tuple, list)) and len(out) == 2):
@@ -325,9 +336,9 @@ def explain(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
     backend_name, shapes, notes = None, None, []
     strategy = t.strategy or _plan.NESTED_FORWARD
     if args:
-        backend, _, shapes = t.shapes_and_backend(args)
+        backend, selected, shapes = t.shapes_and_backend(args)
         backend_name = backend.name
-        strategy, _, notes = t.resolve(backend, args, {})
+        strategy, _, notes = t.resolve(backend, t.with_selected(args, selected), {})
     elif t.strategy is None:
         notes = ["PyTorch calls use traced-jet when f can be traced (pass example arguments "
                  "to see the decision)"]

@@ -94,3 +94,11 @@ def test_structural_zero_is_an_ordinary_tensor():
     assert not out._is_zerotensor()
     assert out.numpy() == 0.0
     out += 1  # writable
+
+
+@pytest.mark.parametrize("strategy", [None, "nested-forward"])
+def test_python_number_argument_is_differentiated(strategy):
+    """A Python float in argnums is an input, not a constant, on every path."""
+    f = lambda x, y: x * y * x
+    out = derivs.partial(f, 0, strategy=strategy)(2.0, torch.tensor(3.0))
+    torch.testing.assert_close(out, torch.tensor(12.0))

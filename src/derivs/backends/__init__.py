@@ -27,6 +27,15 @@ def _framework_of(x: Any) -> str | None:
     return None
 
 
+def engine_for_plain_call(args: tuple) -> ModuleType | None:
+    """The traced engine when the first argument is a torch.Tensor: the cheap
+    check in front of the engine's cache lookup on every call."""
+    torch = sys.modules.get("torch")
+    if torch is not None and args and isinstance(args[0], torch.Tensor):
+        return backend_named("torch").engine
+    return None
+
+
 def backend_named(name: str) -> ModuleType:
     return importlib.import_module(_MODULES[name])
 

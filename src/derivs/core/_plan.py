@@ -132,7 +132,8 @@ def describe(plan: Plan, strategy: str, *, keys: Sequence[Any], argnums: tuple[i
         f"backend         : {backend or 'chosen at call time from the argument types'}",
     ]
     if shapes is not None:
-        lines.append("argument shapes : " + ", ".join(
+        label = "sample shapes   : " if batch_axis is not None else "argument shapes : "
+        lines.append(label + ", ".join(
             f"arg{a}: {tuple(s)}" for a, s in zip(argnums, shapes)))
     if batch_axis is not None:
         lines.append(f"batch axis      : {batch_axis} (one pass serves every sample; valid when "
@@ -141,8 +142,8 @@ def describe(plan: Plan, strategy: str, *, keys: Sequence[Any], argnums: tuple[i
     for i, p in enumerate(plan.passes):
         dirs = ", ".join(coord(c) for c in p.directions) or "(value only)"
         served = [repr(k) for k, (j, _) in zip(keys, plan.lookup) if j == i]
-        lines.append(f"  pass {i}: {p.levels} level(s) [{dirs}] ~{p.cost_for(strategy):g} f-evals; "
-                     f"serves {', '.join(served)}")
+        lines.append(f"  pass {i}: {p.levels} level(s) [{dirs}] "
+                     f"~{p.cost_for(strategy):g} f-evals; serves {', '.join(served)}")
     model = ("prod over coordinates of (m+1)(m+2)/2 per pass" if strategy == TRACED_JET
              else f"{LEVEL_FACTOR:g}^levels per pass")
     lines.append(f"estimated cost  : {plan.estimated_cost(strategy):g} x f  (model: {model})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ._engine import Compiled as Compiled
 from ._engine import Fallback as Fallback
 from ._engine import build, signature, tracing_active
+from ._engine import lookup as lookup
 from ._engine import run as execute
 
 STRATEGY = "traced-jet"

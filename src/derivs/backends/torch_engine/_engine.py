@@ -28,7 +28,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
-from torch.fx.experimental.proxy_tensor import make_fx
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
 
 from .._common import numel, sample_shape
 from ._builder import Builder, Narrow
@@ -56,7 +57,7 @@ class Fallback:
 def signature(args: tuple, kwargs: dict) -> Any:
     """What the derivative graph depends on besides f and the request: tensor
     metadata and the values of non-tensor arguments. None if not hashable."""
-    if not kwargs and all(type(a) is torch.Tensor or isinstance(a, torch.Tensor) for a in args):
+    if not kwargs and all(isinstance(a, torch.Tensor) for a in args):
         return tuple((a.shape, a.dtype, a.device) for a in args)
     leaves, spec = pytree.tree_flatten((args, kwargs))
     parts = []
@@ -71,11 +72,21 @@ def signature(args: tuple, kwargs: dict) -> Any:
 
 
 def tracing_active(args: tuple) -> bool:
-    """Inside another trace (e.g. derivs of derivs): run the general path there."""
-    from torch._subclasses.fake_tensor import FakeTensor
-    from torch.fx.experimental.proxy_tensor import get_proxy_mode
-
+    """Inside another trace (e.g. derivs of derivs): build nothing there; the
+    general path composes with the outer trace."""
     return get_proxy_mode() is not None or any(isinstance(a, FakeTensor) for a in args)
+
+
+def lookup(transform, args: tuple, kwargs: dict) -> Compiled | None:
+    """The hot path: a graph already built for these tensors' signature (which was
+    validated when it was built), or None. Only plain calls: tensors, no kwargs."""
+    if kwargs:
+        return None
+    for a in args:
+        if not isinstance(a, torch.Tensor):
+            return None
+    entry = transform.cache.get(tuple((a.shape, a.dtype, a.device) for a in args))
+    return entry if isinstance(entry, Compiled) else None
 
 
 def build(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
@@ -142,7 +153,9 @@ def run(compiled: Compiled, args: tuple, kwargs: dict, n_requests: int) -> list[
         tensors = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
     else:
         tensors = args
-    outs = compiled.module(*tensors)
+    outs = compiled.module.forward(*tensors)  # skips nn.Module.__call__ hooks
+    if compiled.out_spec.is_leaf():
+        return list(outs)
     n = compiled.n_out
     return [pytree.tree_unflatten(list(outs[r * n:(r + 1) * n]), compiled.out_spec)
             for r in range(n_requests)]
