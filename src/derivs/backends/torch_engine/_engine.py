@@ -37,6 +37,7 @@ from ._jet import Context, Jet
 from ._rules import RULES, Unsupported
 
 
+_aten = torch.ops.aten
 _BUILD_LOCK = threading.RLock()
 
 
@@ -120,7 +121,8 @@ def build(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
             # functionalize: in-place updates of intermediates (common inside ATen
             # decompositions) become pure ops; an update of an input stays visible
             # as copy_ and is rejected by _check_pure.
-            traced = make_fx(torch.func.functionalize(flat_fn), tracing_mode="fake")(*examples)
+            traced = make_fx(torch.func.functionalize(flat_fn), _decompositions(),
+                             tracing_mode="fake")(*examples)
             module, n_ops = _derivative_module(transform, traced, leaves, is_tensor,
                                                selected_leaf)
         if transform.torch_compile:
@@ -133,6 +135,32 @@ def build(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
                         f"{str(e).splitlines()[0][:160] if str(e) else ''})")
     return Compiled(module, side["spec"], len(traced.graph.output_node().args[0]),
                     time.perf_counter() - t0, n_ops)
+
+
+_DECOMPOSITIONS: dict | None = None
+_EXTRA_DECOMPOSED = [
+    _aten._softmax.default, _aten._log_softmax.default, _aten.native_layer_norm.default,
+    _aten.gelu.default, _aten.elu.default, _aten.leaky_relu.default,
+    _aten.linalg_vector_norm.default, _aten.mish.default, _aten.hardtanh.default,
+]
+
+
+def _decompositions() -> dict:
+    """PyTorch's own decompositions for the ops that have no jet rule (softmax,
+    layer_norm, gelu, softplus, ...): they become ops that do. Ops with a rule stay
+    whole, since a dedicated rule (prod, addmm) beats its decomposition."""
+    global _DECOMPOSITIONS
+    if _DECOMPOSITIONS is None:
+        from torch._decomp import core_aten_decompositions, decomposition_table
+
+        # Core ATen decompositions, plus composite ops that core ATen keeps whole but
+        # whose decompositions stay at the ATen level (others would go down to prims).
+        table = dict(core_aten_decompositions())
+        for op in _EXTRA_DECOMPOSED:
+            if op in decomposition_table:
+                table[op] = decomposition_table[op]
+        _DECOMPOSITIONS = {op: fn for op, fn in table.items() if op not in RULES}
+    return _DECOMPOSITIONS
 
 
 def _outside_functorch():
@@ -169,7 +197,6 @@ def _top_level_offsets(args: tuple) -> list[int]:
     return offsets
 
 
-_aten = torch.ops.aten
 # In-place view ops that ATen decompositions apply to fresh intermediates (matmul of
 # a vector squeezes its result in place); functionalization leaves them.
 _INPLACE_VIEWS = {

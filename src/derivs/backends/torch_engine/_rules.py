@@ -108,7 +108,7 @@ def _cat(ctx, node, J):
     return ctx.linear_n(parts, lambda xs: ctx.b.op(node.target, xs, *rest))
 
 
-@_register(aten.where.self)
+@_register(aten.where.self, torch.ops.prims.where.default)
 def _where(ctx, node, J):
     cond = J(node.args[0]).primal
     return ctx.linear_n([J(node.args[1]), J(node.args[2])],
@@ -221,6 +221,61 @@ def _max_min(ctx, node, J):
     cmp = aten.ge.Tensor if node.target == aten.maximum.default else aten.le.Tensor
     pick_a = ctx.b.op(cmp, a.primal, b.primal)
     return ctx.linear_n([a, b], lambda xs: ctx.b.op(aten.where.self, pick_a, xs[0], xs[1]))
+
+
+@_register(aten.var.correction, aten.var.dim)
+def _var(ctx, node, J):
+    """Variance: mean of squared deviations, rescaled for the correction."""
+    a, b = J(node.args[0]), ctx.b
+    shape = b.shape(a.node())
+    dims = node.args[1] if len(node.args) > 1 and node.args[1] is not None else None
+    dims = list(range(len(shape))) if not dims else [d % len(shape) for d in dims]
+    if node.target == aten.var.dim:
+        unbiased = node.args[2] if len(node.args) > 2 else True
+        correction = 1.0 if unbiased else 0.0
+        keepdim = bool(node.args[3]) if len(node.args) > 3 else False
+    else:
+        correction = node.kwargs.get("correction", 1.0)
+        correction = 1.0 if correction is None else float(correction)
+        keepdim = bool(node.kwargs.get("keepdim", False))
+    count = 1
+    for d in dims:
+        count *= shape[d]
+    mean = ctx.linear(a, lambda v: b.op(aten.mean.dim, v, dims, True))
+    dev = ctx.add(a, ctx.linear(mean, lambda v: b.op(aten.expand.default, v, list(shape)),
+                                transparent=True), -1.0)
+    sq = ctx.linear(ctx.mul(dev, dev), lambda v: b.op(aten.sum.dim_IntList, v, dims, keepdim))
+    return ctx.scale(sq, 1.0 / max(count - correction, 0.0) if count > correction
+                     else float("nan"))
+
+
+@_register(aten.amax.default, aten.amin.default)
+def _amax(ctx, node, J):
+    """max/min over dims: piecewise linear; the derivative picks the extreme entry,
+    shared evenly between ties (as PyTorch's own amax/amin backward)."""
+    a, b = J(node.args[0]), ctx.b
+    dims = list(node.args[1]) if len(node.args) > 1 else []
+    keepdim = bool(node.args[2]) if len(node.args) > 2 else False
+    x = a.node()
+    if not dims:
+        dims = list(range(len(b.shape(x))))
+    ext = b.op(node.target, x, dims, True)
+    hit = b.op(aten._to_copy.default, b.op(aten.eq.Tensor, x, ext), dtype=x.meta["val"].dtype)
+    weight = b.op(aten.div.Tensor, hit, b.op(aten.sum.dim_IntList, hit, dims, True))
+
+    def pick(v):
+        return b.op(aten.sum.dim_IntList, b.op(aten.mul.Tensor, v, weight), dims, keepdim)
+
+    return ctx.linear(a, pick)
+
+
+@_register(aten.pow.Tensor_Tensor)
+def _pow_tensor(ctx, node, J):
+    """a ** b for tensor b: exp(b * log(a)) (a > 0, as the derivative in b needs)."""
+    a, e = J(node.args[0]), J(node.args[1])
+    if e.const and not isinstance(e.primal, fx.Node):
+        return ctx.unary("pow", a, float(e.primal))
+    return ctx.unary("exp", ctx.mul(e, ctx.unary("log", a)))
 
 
 # -- bilinear ops --------------------------------------------------------------------
