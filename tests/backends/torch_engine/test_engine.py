@@ -158,6 +158,26 @@ def test_cache_is_keyed_on_shape_dtype_and_scalar_arguments():
     assert len(d.__derivs_transform__.cache) == 6
 
 
+SCALE = 2.0
+
+
+def test_changed_closure_and_global_numbers_give_a_new_graph():
+    """Numbers f reads from its closure or module globals are baked into a trace,
+    so they are part of the cache key: changing one never reuses a stale graph."""
+    global SCALE
+    c = 1.0
+    f_closure = lambda x: torch.sin(c * x).sum()
+    f_global = lambda x: torch.sin(SCALE * x).sum()
+    d_closure = derivs.partial(f_closure, (0, 0))
+    d_global = derivs.partial(f_global, (0, 0))
+    for value in (1.0, 3.0):
+        c = value  # rebinds the cell f_closure reads
+        SCALE = value
+        for d in (d_closure, d_global):
+            torch.testing.assert_close(d(X), -value**2 * torch.sin(value * X[0]))
+    SCALE = 2.0
+
+
 def test_cache_is_bounded():
     d = derivs.partial(lambda x: (x**3).sum(), (0, 0))
     for n in range(1, 45):

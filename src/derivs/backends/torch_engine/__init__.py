@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ._engine import Compiled as Compiled
 from ._engine import Fallback as Fallback
-from ._engine import build, signature, tracing_active
+from ._engine import build, captured_values, signature, tracing_active
 from ._engine import lookup as lookup
 from ._engine import run as execute
 
@@ -21,6 +21,7 @@ def prepare(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
     sig = signature(args, kwargs)
     if sig is None:
         return Fallback("a non-tensor argument is not hashable, so no graph can be cached")
+    sig = (sig, captured_values(transform.fun))
     entry = transform.cache.get(sig)
     if entry is None:
         entry = build(transform, args, kwargs)

@@ -36,6 +36,10 @@ class Narrow(NamedTuple):
 Val = Union[fx.Node, float, Narrow, None]
 
 
+def _is_neg(v: Any) -> bool:
+    return isinstance(v, fx.Node) and v.target == aten.neg.default
+
+
 def _narrow(n: Narrow, val: Any) -> Val:
     return None if val is None else n._replace(val=val)
 
@@ -126,7 +130,15 @@ class Builder:
         if isinstance(a, float):
             a, b = b, a
         if isinstance(b, float):
-            return a if b == 0.0 else self.op(aten.add.Tensor, a, b)
+            if b == 0.0:
+                return a
+            if _is_neg(a):  # -x + c = c - x
+                return self.op(aten.rsub.Scalar, a.args[0], b)
+            return self.op(aten.add.Tensor, a, b)
+        if _is_neg(b):  # a + (-y) = a - y
+            return self.op(aten.sub.Tensor, a, b.args[0])
+        if _is_neg(a):
+            return self.op(aten.sub.Tensor, b, a.args[0])
         return self.op(aten.add.Tensor, a, b)
 
     def mul(self, a: Val, b: Val) -> Val:
@@ -145,6 +157,8 @@ class Builder:
         if isinstance(a, float):
             a, b = b, a
         if isinstance(b, float):
+            if _is_neg(a):  # -(x) * c = x * (-c): no separate negation
+                a, b = a.args[0], -b
             if b == 1.0:
                 return a
             if b == 0.0:
@@ -162,6 +176,35 @@ class Builder:
         for t in terms:
             out = self.add(out, t)
         return out
+
+    def sum_of_products(self, terms) -> Val:
+        """``sum m * x * y`` over ``(x, y, m)``; products of two tensors accumulate
+        with one fused ``addcmul`` each instead of a mul, a scale and an add."""
+        out: Val = None
+        for x, y, m in terms:
+            if x is None or y is None:
+                continue
+            x, y, m = self._pull_sign(x, y, float(m))
+            if (isinstance(out, fx.Node) and isinstance(x, fx.Node) and isinstance(y, fx.Node)
+                    and self._broadcasts_to(x, y, out)):
+                out = self.op(aten.addcmul.default, out, x, y, value=m)
+            else:
+                out = self.add(out, self.scale(self.mul(x, y), m))
+        return out
+
+    def _pull_sign(self, x: Val, y: Val, m: float):
+        """Moves negations of the factors into the multiplicity (exact)."""
+        for _ in range(2):
+            if _is_neg(x):
+                x, m = x.args[0], -m
+            if _is_neg(y):
+                y, m = y.args[0], -m
+        return x, y, m
+
+    def _broadcasts_to(self, x: fx.Node, y: fx.Node, out: fx.Node) -> bool:
+        """addcmul would keep ``out``'s shape (no broadcasting of the accumulator)."""
+        shape = torch.broadcast_shapes(self.shape(x), self.shape(y), self.shape(out))
+        return tuple(shape) == self.shape(out)
 
     def column(self, b: Val, n: Narrow) -> Val:
         """The part of ``b`` that multiplies ``n``'s nonzero position."""

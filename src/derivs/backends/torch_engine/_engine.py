@@ -55,6 +55,40 @@ class Fallback:
     reason: str
 
 
+_PLAIN = (int, float, bool, str, complex, type(None))
+
+
+def captured_values(fun) -> tuple:
+    """Python values that ``fun`` reads from its closure cells and module globals
+    and that a trace would bake in as constants (numbers, strings, and tuples of
+    them): part of the cache key, so changing one gives a new graph. Values read
+    deeper, inside functions that ``fun`` calls, are not seen (see the README)."""
+    code = getattr(fun, "__code__", None)
+    if code is None:
+        return ()
+    out = []
+    for cell in getattr(fun, "__closure__", None) or ():
+        try:
+            v = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if _plain(v):
+            out.append(v)
+    glb = getattr(fun, "__globals__", {})
+    for name in code.co_names:
+        v = glb.get(name, _ABSENT)
+        if v is not _ABSENT and _plain(v):
+            out.append((name, v))
+    return tuple(out)
+
+
+_ABSENT = object()
+
+
+def _plain(v) -> bool:
+    return isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(map(_plain, v)))
+
+
 def signature(args: tuple, kwargs: dict) -> Any:
     """What the derivative graph depends on besides f and the request: tensor
     metadata and the values of non-tensor arguments. None if not hashable."""
@@ -86,7 +120,8 @@ def lookup(transform, args: tuple, kwargs: dict) -> Compiled | None:
     for a in args:
         if not isinstance(a, torch.Tensor):
             return None
-    entry = transform.cache.get(tuple((a.shape, a.dtype, a.device) for a in args))
+    key = (tuple((a.shape, a.dtype, a.device) for a in args), captured_values(transform.fun))
+    entry = transform.cache.get(key)
     return entry if isinstance(entry, Compiled) else None
 
 

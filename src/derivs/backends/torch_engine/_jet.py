@@ -182,6 +182,9 @@ class Context:
             return self.const(primal)
 
         def rule(kappa):
+            if op is None:
+                return bld.sum_of_products((a.get(t), b.get(r), m)
+                                           for t, r, m in _jets.leibniz_terms(kappa))
             return bld.total(
                 bld.scale(apply(a.get(t), b.get(r), a.primal, b.primal), m)
                 for t, r, m in _jets.leibniz_terms(kappa))
@@ -201,8 +204,8 @@ class Context:
             if not holder:
                 holder.append(psi(result))
             d = holder[0]
-            return self.b.total(self.b.scale(self.b.mul(d.get(t), a.get(r)), m)
-                                for t, r, m in _jets.chain_terms(kappa))
+            return self.b.sum_of_products((d.get(t), a.get(r), m)
+                                          for t, r, m in _jets.chain_terms(kappa))
 
         result.rule = rule
         return result
