@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from ._plan import Pass, Plan
+from ._plan import Plan
 
 
 class Backend(Protocol):
@@ -77,4 +77,4 @@ def _nested(backend: Backend, call: Callable, selected: tuple,
     return [*primal_out, *tangent_out], aux
 
 
-__all__ = ["Backend", "Pass", "Plan", "run_plan"]
+__all__ = ["Backend", "run_plan"]

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.fx as fx
 
 from ...core import _jets
@@ -64,16 +65,15 @@ class Context:
         self.groups = groups
         self.batch_axis = batch_axis
         self._derived: dict[Any, Jet] = {}
+        self._indices: dict[tuple[int, ...], fx.Node] = {}
 
     def index_constant(self, positions: list[int], like: fx.Node) -> fx.Node:
         """An int64 index tensor, stored once in the graph module."""
-        import torch
-
-        key = ("index", tuple(positions))
-        if key not in self._derived:
+        key = tuple(positions)
+        if key not in self._indices:
             device = like.meta["val"].device
-            self._derived[key] = self.b.constant(torch.tensor(positions, device=device))
-        return self._derived[key]
+            self._indices[key] = self.b.constant(torch.tensor(positions, device=device))
+        return self._indices[key]
 
     def const(self, value: Any) -> Jet:
         return Jet(self, value, None)
