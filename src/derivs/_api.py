@@ -95,7 +95,7 @@ class _Transform:
                 return engine.execute(compiled, args, kwargs, len(self.plan.requests)), None
         backend, selected, _ = self.shapes_and_backend(args)
         args = self.with_selected(args, selected)
-        strategy, compiled, _ = self.resolve(backend, args, kwargs)
+        _, compiled, _ = self.resolve(backend, args, kwargs)
         if compiled is not None:
             return backend.engine.execute(compiled, args, kwargs, len(self.plan.requests)), None
 

@@ -36,6 +36,15 @@ class Narrow(NamedTuple):
 Val = Union[fx.Node, float, Narrow, None]
 
 
+def is_random(target) -> bool:
+    return torch.Tag.nondeterministic_seeded in getattr(target, "tags", ())
+
+
+def is_mutating(target) -> bool:
+    schema = getattr(target, "_schema", None)
+    return schema is not None and schema.is_mutable
+
+
 def _is_neg(v: Any) -> bool:
     return isinstance(v, fx.Node) and v.target == aten.neg.default
 
@@ -104,10 +113,8 @@ class Builder:
         fx.node.map_arg((args, kwargs), nodes.append)
         if not nodes or not all(n in self._real for n in nodes):
             return False
-        tags = getattr(target, "tags", ())
         schema = getattr(target, "_schema", None)
-        return (torch.Tag.nondeterministic_seeded not in tags
-                and not (schema is not None and schema.is_mutable)
+        return (not is_random(target) and not is_mutating(target)
                 and len(getattr(schema, "returns", ())) == 1)
 
     @staticmethod

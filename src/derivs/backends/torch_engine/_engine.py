@@ -32,7 +32,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
 
 from .._common import numel, sample_shape
-from ._builder import Builder, Narrow
+from ._builder import Builder, Narrow, is_mutating, is_random
 from ._jet import Context, Jet
 from ._rules import RULES, Unsupported
 
@@ -89,21 +89,24 @@ def _plain(v) -> bool:
     return isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(map(_plain, v)))
 
 
-def signature(args: tuple, kwargs: dict) -> Any:
+def cache_key(transform, args: tuple, kwargs: dict) -> Any:
     """What the derivative graph depends on besides f and the request: tensor
-    metadata and the values of non-tensor arguments. None if not hashable."""
+    metadata, the values of non-tensor arguments, and the plain values f captures.
+    None if not hashable."""
     if not kwargs and all(isinstance(a, torch.Tensor) for a in args):
-        return tuple((a.shape, a.dtype, a.device) for a in args)
-    leaves, spec = pytree.tree_flatten((args, kwargs))
-    parts = []
-    for leaf in leaves:
-        if isinstance(leaf, torch.Tensor):
-            parts.append((leaf.shape, leaf.dtype, leaf.device))
-        elif isinstance(leaf, (int, float, bool, str, type(None))):
-            parts.append((type(leaf), leaf))
-        else:
-            return None
-    return (str(spec), tuple(parts))
+        sig = tuple((a.shape, a.dtype, a.device) for a in args)
+    else:
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        parts = []
+        for leaf in leaves:
+            if isinstance(leaf, torch.Tensor):
+                parts.append((leaf.shape, leaf.dtype, leaf.device))
+            elif isinstance(leaf, _PLAIN):
+                parts.append((type(leaf), leaf))
+            else:
+                return None
+        sig = (str(spec), tuple(parts))
+    return sig, captured_values(transform.fun)
 
 
 def tracing_active(args: tuple) -> bool:
@@ -115,13 +118,9 @@ def tracing_active(args: tuple) -> bool:
 def lookup(transform, args: tuple, kwargs: dict) -> Compiled | None:
     """The hot path: a graph already built for these tensors' signature (which was
     validated when it was built), or None. Only plain calls: tensors, no kwargs."""
-    if kwargs:
+    if kwargs or not all(isinstance(a, torch.Tensor) for a in args):
         return None
-    for a in args:
-        if not isinstance(a, torch.Tensor):
-            return None
-    key = (tuple((a.shape, a.dtype, a.device) for a in args), captured_values(transform.fun))
-    entry = transform.cache.get(key)
+    entry = transform.cache.get(cache_key(transform, args, kwargs))
     return entry if isinstance(entry, Compiled) else None
 
 
@@ -158,8 +157,7 @@ def build(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
             # as copy_ and is rejected by _check_pure.
             traced = make_fx(torch.func.functionalize(flat_fn), _decompositions(),
                              tracing_mode="fake")(*examples)
-            module, n_ops = _derivative_module(transform, traced, leaves, is_tensor,
-                                               selected_leaf)
+            module, n_ops = _derivative_module(transform, traced, is_tensor, selected_leaf)
         if transform.torch_compile:
             # Compiles lazily on the first run; the user asked for it by name.
             module = torch.compile(module, fullgraph=True, dynamic=False)
@@ -254,8 +252,11 @@ def _out_of_place_views(graph: fx.Graph) -> None:
             node.target = twin
 
 
-def _derivative_module(transform, traced: fx.GraphModule, leaves, is_tensor, selected_leaf):
+def _derivative_module(transform, traced: fx.GraphModule, is_tensor, selected_leaf):
     _out_of_place_views(traced.graph)
+    for node in traced.graph.nodes:
+        if node.op == "call_function":
+            _check_pure(node)
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     fake_mode = getattr(placeholders[0].meta.get("val") if placeholders else None,
                         "fake_mode", None)
@@ -283,7 +284,7 @@ def _derivative_module(transform, traced: fx.GraphModule, leaves, is_tensor, sel
     out_nodes = traced.graph.output_node().args[0]
     for i, p in enumerate(plan.passes):
         groups = sorted(set(p.directions))
-        ctx = Context(b, len(groups), transform.batch_axis)
+        ctx = Context(b, transform.batch_axis)
         env: dict[fx.Node, Jet] = {}
         for k, (ph, new) in enumerate(zip(placeholders, new_ph)):
             env[ph] = _input_jet(ctx, new, slot_of_ph.get(k), groups, transform.batch_axis,
@@ -293,7 +294,6 @@ def _derivative_module(transform, traced: fx.GraphModule, leaves, is_tensor, sel
         for node in traced.graph.nodes:
             if node.op != "call_function":
                 continue
-            _check_pure(node)
             if node not in depends:
                 env[node] = ctx.const(_copy(b, node, J))
                 continue
@@ -323,11 +323,9 @@ def _check_pure(node: fx.Node) -> None:
     """Random draws and in-place updates run on the general path (issue: a cached
     graph must mean exactly what f means, call after call)."""
     target = node.target
-    tags = getattr(target, "tags", ())
-    if torch.Tag.nondeterministic_seeded in tags:
+    if is_random(target):
         raise Unsupported(f"f draws random numbers ({target})")
-    schema = getattr(target, "_schema", None)
-    if schema is not None and schema.is_mutable:
+    if is_mutating(target):
         raise Unsupported(f"f updates a tensor in place ({target})")
 
 

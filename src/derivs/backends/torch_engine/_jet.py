@@ -58,11 +58,10 @@ _MISSING = object()
 
 
 class Context:
-    """Per-pass state: the builder, the pass's groups, and memoized derived jets."""
+    """Per-pass state: the builder, the batch axis, and memoized derived jets."""
 
-    def __init__(self, builder: Builder, groups: int, batch_axis: int | None):
+    def __init__(self, builder: Builder, batch_axis: int | None):
         self.b = builder
-        self.groups = groups
         self.batch_axis = batch_axis
         self._derived: dict[Any, Jet] = {}
         self._indices: dict[tuple[int, ...], fx.Node] = {}
@@ -164,8 +163,6 @@ class Context:
         bld = self.b
 
         def apply(x: Val, y: Val, like_x, like_y) -> Val:
-            if op is None:
-                return bld.mul(x, y)
             if x is None or y is None:
                 return None
             if op == aten.mm.default:
