@@ -9,7 +9,8 @@ import derivs
 
 
 def test_explain_request_form_reports_strategy_passes_cost():
-    e = derivs.explain(jnp.prod, [(0,), (0, 2), (0, 2, 4), (1, 1)], jnp.ones(5))
+    e = derivs.explain(jnp.prod, [(0,), (0, 2), (0, 2, 4), (1, 1)], jnp.ones(5),
+                       strategy="nested-forward")
     assert e.strategy == "nested-forward" and e.backend == "jax"
     assert [p.directions for p in e.passes] == [((0, 0), (0, 2), (0, 4)), ((0, 1), (0, 1))]
     assert e.estimated_cost == 27 + 9
@@ -34,3 +35,13 @@ def test_explain_without_arguments_and_range_check():
         assert "out of range" in str(err)
     else:
         raise AssertionError("explain did not check the index range")
+
+
+def test_explain_jet_plan_is_one_pass_sharing_lower_coefficients():
+    """The jet engines compute every request in one lazy pass: the union of the
+    requests' lower sets, each coefficient once."""
+    e = derivs.explain(jnp.prod, [(0,), (0, 2), (0, 2, 4), (1, 1)], jnp.ones(5))
+    assert e.strategy == "traced-jet" and len(e.passes) == 1
+    # keys over (x0, x1, x2, x4): lower set of (1,0,1,1) has 8 keys with 27 Leibniz
+    # terms; (0,2,0,0) adds (0,1,0,0) and (0,2,0,0): 2 + 3 terms
+    assert e.estimated_cost == 27 + 5

@@ -15,8 +15,9 @@ from ._expressions import exact_partial, make_cases, to_array_fn
 from ._frameworks import array, math_ns, to_numpy
 
 CASES = make_cases(240, seed=20261122)
-# Every backend and strategy: JAX, the PyTorch trace-once engine, PyTorch nested forward.
-ROUTES = [("jax", None), ("torch", "traced-jet"), ("torch", "nested-forward")]
+# Every backend and strategy: the jet engines (jaxpr; ATen graph) and nested forward mode.
+ROUTES = [("jax", "traced-jet"), ("jax", "nested-forward"), ("torch", "traced-jet"),
+          ("torch", "nested-forward")]
 TWO_ARG_CASES = [c for c in make_cases(120, seed=7) if c[1] >= 2][:40]
 
 

@@ -38,15 +38,10 @@ class _Transform:
     def resolve(self, backend, args: tuple, kwargs: dict):
         """``(strategy, compiled-or-None, notes)`` for this call."""
         engine = getattr(backend, "engine", None)
-        if engine is None and self.torch_compile:
+        if backend.name != "torch" and self.torch_compile:
             raise ValueError(
                 f"{self.api}: torch_compile=True is for PyTorch functions; for {backend.name} "
                 "functions wrap the transform in jax.jit instead.")
-        if engine is None and self.strategy == _plan.TRACED_JET:
-            raise ValueError(
-                f"{self.api}: strategy='traced-jet' is for PyTorch functions; {backend.name} "
-                "functions run nested forward mode (jit them to let XLA fuse the passes). "
-                "Pass strategy=None.")
         if engine is None or self.strategy == _plan.NESTED_FORWARD:
             return _plan.NESTED_FORWARD, None, []
         entry = engine.prepare(self, args, kwargs)
@@ -56,9 +51,9 @@ class _Transform:
                     f"{self.api}: strategy='traced-jet' cannot be used here: {entry.reason}. "
                     "Pass strategy=None to fall back to nested forward mode automatically.")
             return _plan.NESTED_FORWARD, None, [f"traced-jet not used: {entry.reason}"]
-        return _plan.TRACED_JET, entry, [
+        return _plan.TRACED_JET, entry, [getattr(entry, "note", None) or (
             f"derivative graph of {entry.ops} ops, built in {entry.build_seconds:.3f} s, "
-            "cached per argument signature"]
+            "cached per argument signature")]
 
     def shapes_and_backend(self, args: tuple):
         if not args:
@@ -92,12 +87,12 @@ class _Transform:
             engine = backends.engine_for_plain_call(args)
             compiled = engine.lookup(self, args, kwargs) if engine is not None else None
             if compiled is not None:  # checked when it was built for this signature
-                return engine.execute(compiled, args, kwargs, len(self.plan.requests)), None
+                return engine.execute(compiled, args, kwargs, self.plan.n_results), None
         backend, selected, _ = self.shapes_and_backend(args)
         args = self.with_selected(args, selected)
         _, compiled, _ = self.resolve(backend, args, kwargs)
         if compiled is not None:
-            return backend.engine.execute(compiled, args, kwargs, len(self.plan.requests)), None
+            return backend.engine.execute(compiled, args, kwargs, self.plan.n_results), None
 
         def call(sel: tuple) -> tuple[Any, Any]:
             out = self.fun(*self.with_selected(args, sel), **kwargs)
@@ -113,7 +108,25 @@ class _Transform:
             backend.check_output(out, self.api)
             return out, aux
 
-        return run_plan(backend, self.plan, call, selected, self.batch_axis)
+        results, aux = run_plan(backend, self.plan, call, selected, self.batch_axis)
+        if self.plan.operator is not None:  # nested forward mode: sum the terms
+            results = [_combine(self.plan.operator, results)]
+        return results, aux
+
+
+def _combine(coefficients, results):
+    """``sum c * r`` over matching output pytrees."""
+    def tree_sum(*leaves):
+        total = None
+        for c, leaf in zip(coefficients, leaves):
+            total = leaf * c if total is None else total + leaf * c
+        return total
+    first = results[0]
+    if isinstance(first, (list, tuple)):
+        return type(first)(tree_sum(*parts) for parts in zip(*results))
+    if isinstance(first, dict):
+        return {k: tree_sum(*(r[k] for r in results)) for k in first}
+    return tree_sum(*results)
 
 
 def _build(fun: Callable, specs: Sequence[Any], argnums: Any, has_aux: bool,
@@ -179,8 +192,9 @@ def partial(f: Callable, index: Any, argnums: int | Sequence[int] = 0,
         functions, per-sample models. Otherwise use ``jax.vmap`` /
         ``torch.func.vmap`` over the unbatched transform.
       strategy: None (automatic, see :func:`explain`), ``"nested-forward"`` or
-        ``"traced-jet"`` (PyTorch only: fails with the reason instead of falling
-        back when ``f`` cannot be traced).
+        ``"traced-jet"`` (``f`` traced to an ATen graph or a jaxpr and propagated as
+        Taylor jets; fails with the reason instead of falling back when ``f``
+        cannot be traced).
       torch_compile: PyTorch only: run the built derivative graph through
         ``torch.compile`` (compiled on the first call per argument signature, which
         takes seconds to a minute; then it runs fused). Ignored where the engine falls
@@ -288,7 +302,7 @@ class Explanation:
     def __init__(self, plan: _plan.Plan, strategy: str, report: str, backend: str | None):
         self.plan = plan
         self.strategy = strategy
-        self.passes = plan.passes
+        self.passes = plan.passes_for(strategy)
         self.estimated_cost = plan.estimated_cost(strategy)
         self.backend = backend
         self._report = report
@@ -319,7 +333,7 @@ def explain(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
       >>> import jax.numpy as jnp, derivs
       >>> e = derivs.explain(jnp.prod, [(0,), (0, 2), (0, 2, 4)], jnp.ones(5))
       >>> e.strategy, len(e.passes), e.estimated_cost
-      ('nested-forward', 1, 27.0)
+      ('traced-jet', 1, 27.0)
     """
     t = getattr(f, "__derivs_transform__", None)
     if t is None:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _common
+from . import jax_engine as engine  # noqa: F401  (the traced-jet strategy)
 
 name = "jax"
 

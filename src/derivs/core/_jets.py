@@ -21,6 +21,7 @@ request with distinct coordinates costs the same as hyper-dual numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -69,3 +70,87 @@ def box_cost(box: Kappa) -> float:
     """Leibniz terms summed over every coefficient of a box: the jet engine's cost
     of one product, relative to the product itself."""
     return float(math.prod((m + 1) * (m + 2) // 2 for m in box))
+
+
+# -- collapsed operator coefficients ---------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Collapsed:
+    """The coefficient ``sum_alpha c_alpha * v[alpha]`` of a linear differential
+    operator ``L = sum_alpha c_alpha d^alpha``, propagated as one value.
+
+    NOTE [collapsed Taylor mode]: ``L`` is linear, so in the product rule
+    ``L(ab) = a L(b) + L(a) b + sum_alpha c_alpha sum_{0 < tau < alpha} C a[tau] b[alpha-tau]``
+    the top-order coefficients enter only through ``L(a)`` and ``L(b)``: they are
+    summed before propagation instead of carried one by one. The chain rule
+    collapses the same way (``phi'(a) L(a) + lower terms``). A Laplacian in ``D``
+    coordinates then carries ``2 + D`` values per intermediate instead of ``1 + 2D``,
+    and every lower coefficient ``tau`` is shared by all the terms that need it.
+    """
+
+    terms: tuple[tuple[float, Kappa], ...]
+
+    @property
+    def groups(self) -> int:
+        return len(self.terms[0][1])
+
+
+Key = Kappa | Collapsed
+
+
+def is_zero(key: Key) -> bool:
+    return not isinstance(key, Collapsed) and not any(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def collapsed_leibniz_terms(key: Collapsed) -> tuple[tuple[Key, Key, float], ...]:
+    """``(left key, right key, multiplicity)`` of ``(a*b)[key]``."""
+    z = zero(key.groups)
+    out: dict[tuple[Key, Key], float] = {(z, key): 1.0, (key, z): 1.0}
+    for c, alpha in key.terms:
+        for t, r, m in leibniz_terms(alpha):
+            if any(t) and any(r):
+                out[(t, r)] = out.get((t, r), 0.0) + c * m
+    return tuple((t, r, m) for (t, r), m in out.items() if m != 0)
+
+
+@functools.lru_cache(maxsize=4096)
+def collapsed_chain_terms(key: Collapsed) -> tuple[tuple[Key, Key, float], ...]:
+    """``(psi key, a key, multiplicity)`` of ``phi(a)[key]``."""
+    z = zero(key.groups)
+    out: dict[tuple[Key, Key], float] = {(z, key): 1.0}
+    for c, alpha in key.terms:
+        for t, r, m in chain_terms(alpha):
+            if any(t):
+                out[(t, r)] = out.get((t, r), 0.0) + c * m
+    return tuple((t, r, m) for (t, r), m in out.items() if m != 0)
+
+
+def product_terms(key: Key):
+    return (collapsed_leibniz_terms(key) if isinstance(key, Collapsed)
+            else leibniz_terms(key))
+
+
+def composition_terms(key: Key):
+    return (collapsed_chain_terms(key) if isinstance(key, Collapsed)
+            else chain_terms(key))
+
+
+def closure(key: Key) -> tuple[Key, ...]:
+    """Every key that ``key``'s rules can read: its lower set (and itself)."""
+    if not isinstance(key, Collapsed):
+        return below(key)
+    seen: dict[Key, None] = {}
+    for _, alpha in key.terms:
+        for t in below(alpha):
+            if t != alpha:
+                seen[t] = None
+    return (*sorted(seen, key=lambda t: (sum(t), t)), key)
+
+
+def jet_cost(keys) -> float:
+    """Products per product of f when computing ``keys`` lazily in one pass: one per
+    Leibniz term of every coefficient read (each lower coefficient once)."""
+    needed: dict[Key, None] = {}
+    for key in keys:
+        needed.update(dict.fromkeys(closure(key)))
+    return float(sum(len(product_terms(k)) for k in needed))

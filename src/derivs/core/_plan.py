@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from ._jets import box_cost
+from ._jets import Collapsed, box_cost, jet_cost
 from ._request import Coord, MultiIndex
 
 LEVEL_FACTOR = 3.0
@@ -33,8 +33,8 @@ NESTED_FORWARD = "nested-forward"
 TRACED_JET = "traced-jet"
 STRATEGIES = {
     NESTED_FORWARD: "nested JVPs with one-hot tangents",
-    TRACED_JET: "f traced once to an ATen graph; derivative graph of exactly the requested "
-                "coefficients, simplified and cached",
+    TRACED_JET: "f traced to a graph (ATen / jaxpr) and propagated as Taylor jets of exactly "
+                "the requested coefficients",
 }
 
 
@@ -65,18 +65,59 @@ class Pass:
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """How a set of requests is computed. ``lookup[i] = (pass_index, mask)`` says
-    where request ``i`` (in ``requests`` order) is read off."""
+    where request ``i`` (in ``requests`` order) is read off by nested forward mode.
+
+    ``operator``: when not None, the plan computes the single value
+    ``sum_i operator[i] * d^requests[i] f`` (a linear differential operator); jet
+    strategies propagate it collapsed (``_jets.Collapsed``).
+
+    NOTE [jet plans]: jets are lazy, so a jet strategy runs every request in one
+    pass over all their coordinates and computes only the union of the requests'
+    lower sets: shared lower-order coefficients (and the primal) once. Its cost is
+    the number of Leibniz terms over that union, per product in f."""
 
     requests: tuple[MultiIndex, ...]
     passes: tuple[Pass, ...]
     lookup: tuple[tuple[int, int], ...]
+    operator: tuple[float, ...] | None = None
+
+    def passes_for(self, strategy: str) -> tuple[Pass, ...]:
+        if strategy != TRACED_JET:
+            return self.passes
+        need: Counter = Counter()
+        for mi in self.requests:
+            need |= Counter(mi)
+        return (Pass(tuple(sorted(need.elements()))),)
+
+    def groups(self) -> list[Coord]:
+        return sorted({c for mi in self.requests for c in mi})
+
+    def jet_keys(self) -> list:
+        """The count-vector key of each request over :meth:`groups` (one collapsed
+        key for an operator plan)."""
+        groups = self.groups()
+        keys = [tuple(Counter(mi)[g] for g in groups) for mi in self.requests]
+        if self.operator is None:
+            return keys
+        return [Collapsed(tuple((float(c), k) for c, k in zip(self.operator, keys)))]
+
+    def jet_reads(self) -> list[tuple[list[Coord], list[tuple[int, Any]]]]:
+        """For the jet engines: one pass, ``[(groups, [(result index, key), ...])]``."""
+        return [(self.groups(), list(enumerate(self.jet_keys())))]
+
+    @property
+    def n_results(self) -> int:
+        return 1 if self.operator is not None else len(self.requests)
 
     def estimated_cost(self, strategy: str = NESTED_FORWARD) -> float:
-        """Estimated cost in evaluations of ``f`` (see the cost model note)."""
+        """Estimated cost in evaluations of ``f`` (see the cost model notes)."""
+        if strategy == TRACED_JET:
+            return jet_cost(self.jet_keys())
         return float(sum(p.cost_for(strategy) for p in self.passes))
 
 
-def make_plan(requests: Sequence[MultiIndex]) -> Plan:
+def make_plan(requests: Sequence[MultiIndex],
+              operator: Sequence[float] | None = None) -> Plan:
     """Covers ``requests`` (canonical multi-indices; ``()`` is the value) with
     nested-forward passes."""
     requests = tuple(requests)
@@ -100,7 +141,8 @@ def make_plan(requests: Sequence[MultiIndex]) -> Plan:
         pass_counts.append(Counter())
     passes = tuple(Pass(tuple(sorted(pc.elements()))) for pc in pass_counts)
     lookup = tuple(_locate(mi, passes) for mi in requests)
-    return Plan(requests, passes, lookup)
+    return Plan(requests, passes, lookup,
+                None if operator is None else tuple(float(c) for c in operator))
 
 
 def _contains(have: Counter, need: Counter) -> bool:
@@ -138,14 +180,21 @@ def describe(plan: Plan, strategy: str, *, keys: Sequence[Any], argnums: tuple[i
     if batch_axis is not None:
         lines.append(f"batch axis      : {batch_axis} (one pass serves every sample; valid when "
                      "samples are independent)")
-    lines.append(f"passes          : {len(plan.passes)}")
-    for i, p in enumerate(plan.passes):
+    passes = plan.passes_for(strategy)
+    lines.append(f"passes          : {len(passes)}")
+    for i, p in enumerate(passes):
         dirs = ", ".join(coord(c) for c in p.directions) or "(value only)"
-        served = [repr(k) for k, (j, _) in zip(keys, plan.lookup) if j == i]
+        served = [repr(k) for k, (j, _) in zip(keys, plan.lookup)
+                  if j == i or strategy == TRACED_JET]
+        cost = plan.estimated_cost(strategy) if strategy == TRACED_JET else p.cost
+        if plan.operator is not None:
+            served = ["the operator " + " + ".join(
+                f"{c:g}*d{k!r}" for c, k in zip(plan.operator, keys))]
         lines.append(f"  pass {i}: {p.levels} level(s) [{dirs}] "
-                     f"~{p.cost_for(strategy):g} f-evals; serves {', '.join(served)}")
-    model = ("prod over coordinates of (m+1)(m+2)/2 per pass" if strategy == TRACED_JET
-             else f"{LEVEL_FACTOR:g}^levels per pass")
+                     f"~{cost:g} f-evals; serves {', '.join(served)}")
+    model = ("Leibniz terms summed over the requested coefficients and their lower sets"
+             + (", top order collapsed" if plan.operator is not None else "")
+             if strategy == TRACED_JET else f"{LEVEL_FACTOR:g}^levels per pass")
     lines.append(f"estimated cost  : {plan.estimated_cost(strategy):g} x f  (model: {model})")
     lines += [f"note            : {n}" for n in notes]
     return "\n".join(lines)

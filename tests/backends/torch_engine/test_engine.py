@@ -226,11 +226,11 @@ def test_float32_agrees_with_float64():
         assert math.isclose(float(lo), float(hi), rel_tol=1e-5, abs_tol=1e-6)
 
 
-def test_jax_rejects_forced_traced_jet():
+def test_jax_rejects_torch_compile():
     import jax.numpy as jnp
 
     with pytest.raises(ValueError, match="for PyTorch functions"):
-        derivs.partial(jnp.sin, 0, strategy="traced-jet")(jnp.ones(()))
+        derivs.partial(jnp.sin, 0, torch_compile=True)(jnp.ones(()))
 
 
 def test_build_time_of_problem2_is_small():

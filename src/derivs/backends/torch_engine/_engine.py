@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections import Counter
 from typing import Any
 
 import torch
@@ -278,12 +277,10 @@ def _derivative_module(transform, traced: fx.GraphModule, is_tensor, selected_le
     slot_of_ph = {p: selected_leaf[leaf] for p, leaf in enumerate(tensor_leaf_index)
                   if leaf in selected_leaf}
     depends = _dependent_nodes(traced, {placeholders[p] for p in slot_of_ph})
-    plan = transform.plan
     seed_nodes: dict[tuple[int, int], Any] = {}
     results: list[fx.Node] = []
     out_nodes = traced.graph.output_node().args[0]
-    for i, p in enumerate(plan.passes):
-        groups = sorted(set(p.directions))
+    for groups, keys in transform.plan.jet_reads():
         ctx = Context(b, transform.batch_axis)
         env: dict[fx.Node, Jet] = {}
         for k, (ph, new) in enumerate(zip(placeholders, new_ph)):
@@ -304,13 +301,9 @@ def _derivative_module(transform, traced: fx.GraphModule, is_tensor, selected_le
             if isinstance(jet.primal, fx.Node):
                 jet.primal = _copy(b, node, J)  # the exact op f itself ran
             env[node] = jet
-        for r, (j, _) in enumerate(plan.lookup):
-            if j != i:
-                continue
-            counts = Counter(plan.requests[r])
-            kappa = tuple(counts[g] for g in groups)
+        for r, key in keys:
             for out in out_nodes:
-                results.append((r, b.materialize(env[out].get(kappa), env[out].primal)))
+                results.append((r, b.materialize(env[out].get(key), env[out].primal)))
     results.sort(key=lambda rv: rv[0])
     b.graph.output(tuple(v for _, v in results))
     b.graph.eliminate_dead_code()
@@ -389,6 +382,6 @@ def _input_jet(ctx: Context, node: fx.Node, slot: int | None, groups, batch_axis
         return seed(mine[g]) if g in mine else None
 
     jet = Jet(ctx, node, rule)
-    jet.seeds = mine
+    jet.seeds, jet.expands = mine, True
     return jet
 

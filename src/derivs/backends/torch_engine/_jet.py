@@ -26,22 +26,29 @@ class Jet:
     ``rule(kappa)`` computes coefficient ``kappa != 0``; ``const`` jets have no
     derivative at all."""
 
-    __slots__ = ("ctx", "primal", "rule", "const", "memo", "seeds")
+    __slots__ = ("ctx", "primal", "rule", "const", "memo", "seeds", "expands")
 
     def __init__(self, ctx: "Context", primal: Any, rule: Callable[[Kappa], Val] | None):
         self.ctx, self.primal, self.rule = ctx, primal, rule
         self.const = rule is None
         self.memo: dict[Kappa, Val] = {}
         self.seeds: dict[int, int] | None = None  # group -> flat index, input jets only
+        # A rule that knows count vectors only: collapsed keys are summed from terms.
+        self.expands = False
 
     def get(self, kappa: Kappa) -> Val:
-        if not any(kappa):
+        if _jets.is_zero(kappa):
             return self.primal
         if self.const:
             return None
         v = self.memo.get(kappa, _MISSING)
         if v is _MISSING:
-            v = self.ctx.b.uniform(self.rule(kappa))
+            if self.expands and isinstance(kappa, _jets.Collapsed):
+                b = self.ctx.b
+                raw = b.total(b.scale(self.get(alpha), c) for c, alpha in kappa.terms)
+            else:
+                raw = self.rule(kappa)
+            v = self.ctx.b.uniform(raw)
             if isinstance(self.primal, fx.Node):
                 v = self.ctx.b.fit(v, self.primal)
             self.memo[kappa] = v
@@ -181,10 +188,10 @@ class Context:
         def rule(kappa):
             if op is None:
                 return bld.sum_of_products((a.get(t), b.get(r), m)
-                                           for t, r, m in _jets.leibniz_terms(kappa))
+                                           for t, r, m in _jets.product_terms(kappa))
             return bld.total(
                 bld.scale(apply(a.get(t), b.get(r), a.primal, b.primal), m)
-                for t, r, m in _jets.leibniz_terms(kappa))
+                for t, r, m in _jets.product_terms(kappa))
 
         return Jet(self, primal, rule)
 
@@ -202,7 +209,7 @@ class Context:
                 holder.append(psi(result))
             d = holder[0]
             return self.b.sum_of_products((d.get(t), a.get(r), m)
-                                          for t, r, m in _jets.chain_terms(kappa))
+                                          for t, r, m in _jets.composition_terms(kappa))
 
         result.rule = rule
         return result

@@ -385,5 +385,7 @@ def _prod_of_seeds(ctx, a: Jet, shape, dim, keepdim) -> Jet:
         index = ctx.index_constant(positions, a.node())
         return reduce(b.op(aten.index_fill.int_Scalar, a.node(), d, index, 1.0))
 
-    return Jet(ctx, reduce(a.node()), rule)
+    jet = Jet(ctx, reduce(a.node()), rule)
+    jet.expands = True  # collapsed keys: summed from their terms
+    return jet
 

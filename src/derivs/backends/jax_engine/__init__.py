@@ -1,0 +1,13 @@
+"""The JAX jaxpr jet engine (strategy ``"traced-jet"``).
+
+``prepare`` traces ``f`` to a jaxpr for a call, or gives a ``Fallback`` with the
+reason; ``execute`` interprets it with jets.
+"""
+
+from __future__ import annotations
+
+from ._engine import Compiled as Compiled
+from ._engine import Fallback as Fallback
+from ._engine import execute as execute
+from ._engine import prepare as prepare
+from ._engine import run_reads as run_reads

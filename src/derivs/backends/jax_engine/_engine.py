@@ -1,0 +1,157 @@
+"""The JAX derivative engine (strategy ``"traced-jet"``): f as a jaxpr, interpreted
+with jets.
+
+``prepare`` traces ``f`` to a jaxpr for the call's arguments (``jax.make_jaxpr``;
+values ``f`` closes over become the jaxpr's constants) and checks that every
+primitive can be differentiated exactly; ``execute`` interprets the jaxpr with
+jets seeded at the requested coordinates. The result is an ordinary traceable JAX
+computation: it composes with ``jit`` (XLA then fuses it and drops anything no
+request reads), ``vmap``, ``grad`` and further derivs transforms.
+
+Nothing is cached across calls: a jaxpr may hold tracers of an enclosing
+transformation. Under ``jax.jit`` the interpretation runs once per compilation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+from jax.extend import core as jcore
+
+from .. import _jax
+from ._interpret import UNSUPPORTED, Interpreter
+from ._jet import Jet
+
+
+@dataclasses.dataclass
+class Compiled:
+    closed: Any  # ClosedJaxpr of f over its array leaves
+    out_tree: Any
+    arrays: list  # the array leaves of (args, kwargs), in jaxpr input order
+    selected: dict[int, int]  # array-leaf position -> slot in argnums
+    ops: int
+    reads: list  # per pass: (groups, [(request index, key), ...])
+    batch_axis: int | None
+    build_seconds: float = 0.0
+
+    @property
+    def note(self) -> str:
+        return (f"jaxpr of {self.ops} equations interpreted with jets (each call traces; "
+                "jit the transform to compile once)")
+
+
+@dataclasses.dataclass
+class Fallback:
+    reason: str
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray))
+
+
+def prepare(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
+    if transform.has_aux:
+        return Fallback("has_aux=True (auxiliary outputs run on the general path)")
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    is_arr = [_is_array(x) for x in leaves]
+    side: dict[str, Any] = {}
+
+    def flat_fun(*arrays):
+        it = iter(arrays)
+        full = [next(it) if a else leaf for a, leaf in zip(is_arr, leaves)]
+        a, kw = jax.tree_util.tree_unflatten(treedef, full)
+        out = transform.fun(*a, **kw)
+        out_leaves, side["tree"] = jax.tree_util.tree_flatten(out)
+        return out_leaves
+
+    arrays = [x for x, a in zip(leaves, is_arr) if a]
+    closed = jax.make_jaxpr(flat_fun)(*arrays)
+    for aval in closed.out_avals:
+        if not np.issubdtype(aval.dtype, np.inexact):
+            return Fallback("f returns a non-floating-point output")
+    bad = _unsupported(closed.jaxpr)
+    if bad:
+        return Fallback(f"f uses {bad}, which has no forward-mode derivative "
+                        "(custom_vjp functions define reverse mode only)")
+    # Top-level selected arguments are single arrays (converted by the backend).
+    positions, k = {}, 0
+    for i, (x, a) in enumerate(zip(leaves, is_arr)):
+        if a:
+            positions[i] = k
+            k += 1
+    offsets, n = [], 0
+    for a in args:
+        offsets.append(n)
+        n += len(jax.tree_util.tree_leaves(a))
+    selected = {positions[offsets[a]]: slot for slot, a in enumerate(transform.argnums)}
+    return Compiled(closed, side["tree"], arrays, selected, _count_eqns(closed.jaxpr),
+                    transform.plan.jet_reads(), transform.batch_axis)
+
+
+def _unsupported(jaxpr) -> str | None:
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in UNSUPPORTED:
+            return eqn.primitive.name
+        for sub in _subjaxprs(eqn):
+            found = _unsupported(sub)
+            if found:
+                return found
+    return None
+
+
+def _subjaxprs(eqn):
+    for v in eqn.params.values():
+        for x in (v if isinstance(v, (tuple, list)) else (v,)):
+            if isinstance(x, jcore.ClosedJaxpr):
+                yield x.jaxpr
+            elif isinstance(x, jcore.Jaxpr):
+                yield x
+
+
+def _count_eqns(jaxpr) -> int:
+    return sum(1 + sum(_count_eqns(s) for s in _subjaxprs(e)) for e in jaxpr.eqns)
+
+
+def execute(compiled: Compiled, args: tuple, kwargs: dict, n_requests: int) -> list[Any]:
+    return run_reads(compiled, compiled.reads, n_requests, compiled.batch_axis)
+
+
+def run_reads(compiled: Compiled, reads, n_results: int, batch_axis: int | None) -> list[Any]:
+    """``reads``: per pass, ``(groups, [(result index, key), ...])`` where groups
+    are ``(slot, flat)`` coordinates; returns the results as pytrees like f's output."""
+    results: list[Any] = [None] * n_results
+    for groups, keys in reads:
+        it = Interpreter(len(groups), batch_axis)
+        inputs = [_input_jet(x, compiled.selected.get(p), groups, batch_axis)
+                  for p, x in enumerate(compiled.arrays)]
+        outs = it.run_closed(compiled.closed, inputs)
+        for r, key in keys:
+            results[r] = jax.tree_util.tree_unflatten(compiled.out_tree,
+                                                      [o.dense(key) for o in outs])
+    return results
+
+
+def _input_jet(x, slot: int | None, groups, batch_axis) -> Jet:
+    mine = {g: flat for g, (s, flat) in enumerate(groups) if s == slot} if slot is not None else {}
+    if not mine:
+        return Jet(x)
+    seeds: dict[int, Any] = {}
+
+    def rule(key):
+        if sum(key) != 1:
+            return None
+        g = key.index(1)
+        if g not in mine:
+            return None
+        if g not in seeds:
+            seeds[g] = _jax.one_hot(x, mine[g], batch_axis)
+        return seeds[g]
+
+    jet = Jet(x, rule, expands=True)
+    jet.seeds = mine
+    return jet
+
+

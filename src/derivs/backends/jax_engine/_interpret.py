@@ -1,0 +1,276 @@
+"""A jaxpr interpreter that carries jets (``_jet.Jet``) instead of values.
+
+Every equation whose inputs are all constant is simply evaluated. Otherwise the
+primitive's rule builds the output jets:
+
+* primitives linear in their floating-point operands (reshape, slicing, sums,
+  concatenation, select, gather/scatter, ...): coefficient-wise;
+* bilinear ones (mul, dot_general, conv): the Leibniz rule;
+* elementwise nonlinear ones (sin, tan, atan, pow, logistic, max, ...): the chain
+  rule, with each partial derivative ``d phi / d x_i`` obtained as a jet by
+  interpreting JAX's own JVP of the primitive at a unit tangent (so every JAX
+  elementwise primitive is covered, with JAX's derivative formulas);
+* dedicated rules (``_rules.py``): reduce_prod, div, calls, control flow;
+* anything else, including ``custom_jvp`` functions (whose custom rule is used,
+  never bypassed): the JVP recursion ``v[kappa] = jvp(phi)(a, d_g a)[kappa - e_g]``,
+  i.e. JAX's JVP of the primitive interpreted on jets one order lower. Exact, and
+  as cheap as the chain rule for elementwise functions.
+
+NOTE [memo]: equations are memoized on (primitive, params, input jets), so the
+``tan(x)`` inside the JVP of ``tan`` is the very jet being computed, and its lower
+coefficients are reused instead of recomputed at every order.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jcore
+
+from ...core import _jets
+from . import _jet
+from ._jet import Jet
+
+# Jointly linear in their floating-point operands; integer operands (indices,
+# predicates) are parameters.
+LINEAR = {
+    "neg", "reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice",
+    "rev", "reduce_sum", "copy", "copy_p", "convert_element_type", "cumsum",
+    "reduce_precision", "pad", "concatenate", "add", "sub", "add_any", "select_n",
+    "dynamic_slice", "dynamic_update_slice", "gather", "scatter-add", "scatter_add",
+    "scatter", "sharding_constraint", "real", "imag", "complex", "conj", "squeeze",
+    "split", "mesh_cast", "reshard", "pvary",
+}
+BILINEAR = {"mul", "dot_general", "conv_general_dilated"}
+ELEMENTWISE = {
+    "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh",
+    "atanh", "exp", "exp2", "log", "log1p", "expm1", "logistic", "sqrt", "rsqrt", "cbrt",
+    "integer_pow", "pow", "erf", "erfc", "erf_inv", "lgamma", "digamma", "abs", "sign",
+    "max", "min", "atan2", "rem", "square", "floor", "ceil", "round", "clamp", "div",
+    "nextafter", "tan",
+}
+# Forward-mode derivatives through custom_vjp functions are undefined in JAX too.
+UNSUPPORTED = {"custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin"}
+
+
+class Unsupported(Exception):
+    """f uses something the interpreter cannot differentiate exactly; fall back."""
+
+
+def bind(prim, params: dict, *args):
+    # As jax.core.eval_jaxpr does: call primitives turn params back into functions.
+    return prim.bind(*args, **prim.get_bind_params(params))
+
+
+def is_float(x: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+class Interpreter:
+    """Jets for one pass over ``groups`` coordinate groups."""
+
+    def __init__(self, groups: int, batch_axis: int | None = None):
+        self.groups = groups
+        self.batch_axis = batch_axis
+        self._memo: dict[Any, tuple[list[Jet], list[Jet]]] = {}
+
+    # -- jaxprs -----------------------------------------------------------------------
+    def run(self, jaxpr: jcore.Jaxpr, consts: list[Jet], args: list[Jet]) -> list[Jet]:
+        env: dict[Any, Jet] = {}
+
+        def read(v):
+            return _jet.const(v.val) if isinstance(v, jcore.Literal) else env[v]
+
+        for v, j in zip(jaxpr.constvars, consts):
+            env[v] = j
+        for v, j in zip(jaxpr.invars, args):
+            env[v] = j
+        for eqn in jaxpr.eqns:
+            outs = self.eqn(eqn.primitive, eqn.params, [read(v) for v in eqn.invars])
+            for v, j in zip(eqn.outvars, outs):
+                env[v] = j
+        return [read(v) for v in jaxpr.outvars]
+
+    def run_closed(self, closed: jcore.ClosedJaxpr, args: list[Jet]) -> list[Jet]:
+        return self.run(closed.jaxpr, [_jet.const(c) for c in closed.consts], args)
+
+    # -- equations ----------------------------------------------------------------------
+    def eqn(self, prim, params: dict, jets: list[Jet]) -> list[Jet]:
+        if all(j.const for j in jets):
+            out = bind(prim, params, *[j.primal for j in jets])
+            return [_jet.const(o) for o in (out if prim.multiple_results else [out])]
+        key = _memo_key(prim, params, jets)
+        if key is not None and key in self._memo:
+            return self._memo[key][0]
+        outs = self._rule(prim, params, jets)
+        # Integer and boolean results (comparisons, argmax, indices) carry no derivative.
+        outs = [j if is_float(j.primal) else _jet.const(j.primal) for j in outs]
+        if key is not None:
+            self._memo[key] = (outs, jets)  # keeps the input jets (and their ids) alive
+        return outs
+
+    def _rule(self, prim, params: dict, jets: list[Jet]) -> list[Jet]:
+        from ._rules import RULES
+
+        name = prim.name
+        if name in UNSUPPORTED:
+            raise Unsupported(f"{name}: forward-mode derivatives of custom_vjp functions "
+                              "are not defined (give the function a custom_jvp rule)")
+        rule = RULES.get(name)
+        if rule is not None:
+            return rule(self, prim, params, jets)
+        if name in LINEAR:
+            fixed = [not is_float(j.primal) for j in jets]
+            outs = _linear_multi(prim, params, jets, fixed)
+            return outs
+        if name in BILINEAR:
+            a, b = jets
+            return [_jet.bilinear(a, b, lambda x, y: bind(prim, params, x, y))]
+        if name in ELEMENTWISE and not prim.multiple_results:
+            return [self.elementwise(prim, params, jets)]
+        return self.jvp_recursion(prim, params, jets)
+
+    def elementwise(self, prim, params: dict, jets: list[Jet]) -> Jet:
+        primal = bind(prim, params, *[j.primal for j in jets])
+
+        def psis(result: Jet) -> list[Jet | None]:
+            out = []
+            for i, j in enumerate(jets):
+                if j.const:
+                    out.append(None)
+                    continue
+                one = _jet.const(jnp.ones_like(j.primal))
+                lin = _jvp_jaxpr(prim, _params_key(params), params, _avals(jets), (i,))
+                out.append(self.run_closed(lin, [*jets, one])[0])
+            return out
+
+        return _jet.chain(jets, primal, psis)
+
+    def jvp_recursion(self, prim, params: dict, jets: list[Jet]) -> list[Jet]:
+        """``phi(a)[kappa] = jvp(phi)(a, d_g a)[kappa - e_g]`` with ``g`` the last
+        group of ``kappa``: JAX's JVP of the primitive, interpreted one order lower."""
+        primals = bind(prim, params, *[j.primal for j in jets])
+        primals = primals if prim.multiple_results else [primals]
+        diff = tuple(i for i, j in enumerate(jets) if not j.const and is_float(j.primal))
+        tangents_of: dict[int, list[Jet]] = {}
+
+        def tangent_jets(g: int) -> list[Jet]:
+            if g not in tangents_of:
+                lin = _jvp_jaxpr(prim, _params_key(params), params, _avals(jets), diff)
+                shifted = [_jet.shifted(jets[i], g, self.groups) for i in diff]
+                tangents_of[g] = self.run_closed(lin, [*jets, *shifted])
+            return tangents_of[g]
+
+        def make(k: int):
+            def rule(kappa):
+                g = max(i for i, c in enumerate(kappa) if c)
+                reduced = tuple(c - (i == g) for i, c in enumerate(kappa))
+                return tangent_jets(g)[k].get(reduced)
+            return Jet(primals[k], rule, expands=True)
+
+        return [make(k) for k in range(len(primals))]
+
+    def rebuild(self, coeffs: dict) -> Jet:
+        """A jet with exactly the given coefficients (a dense evaluation's input)."""
+        zero = _jets.zero(self.groups)
+        primal = coeffs[zero]
+        if all(v is None for k, v in coeffs.items() if k != zero):
+            return _jet.const(primal)
+        jet = Jet(primal, lambda key: None)
+        jet.memo.update({k: v for k, v in coeffs.items() if k != zero})
+        return jet
+
+
+def _linear_multi(prim, params, jets: list[Jet], fixed: list[bool]) -> list[Jet]:
+    """A primitive jointly linear in its non-fixed operands, for each of its outputs."""
+    primals = bind(prim, params, *[j.primal for j in jets])
+    if not prim.multiple_results:
+        return [_linear_one(prim, params, jets, fixed, primals, None)]
+    return [_linear_one(prim, params, jets, fixed, p, k) for k, p in enumerate(primals)]
+
+
+def _linear_one(prim, params, jets, fixed, primal, k):
+    cache: dict[Any, Any] = {}
+
+    def rule(key):
+        if key not in cache:
+            vals = [j.get(key) for j, f in zip(jets, fixed) if not f]
+            if all(v is None for v in vals):
+                cache[key] = None
+            else:
+                args = [j.primal if f else j.dense(key) for j, f in zip(jets, fixed)]
+                cache[key] = bind(prim, params, *args)
+        out = cache[key]
+        return out if (out is None or k is None) else out[k]
+
+    return Jet(primal, rule)
+
+
+# -- JVP jaxprs of single primitives, cached by abstract signature -----------------------------
+def _avals(jets: list[Jet]) -> tuple:
+    out = []
+    for j in jets:
+        a = jax.typeof(j.primal) if hasattr(jax, "typeof") else jcore.get_aval(j.primal)
+        out.append(jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=getattr(a, "weak_type", False)))
+    return tuple(out)
+
+
+def _jvp_jaxpr(prim, params_key, params: dict, avals: tuple, diff: tuple[int, ...]):
+    if params_key is None:
+        return _make_jvp_jaxpr(prim, params, avals, diff)
+    return _cached_jvp_jaxpr(prim, params_key, avals, diff, _Box(params))
+
+
+class _Box:
+    """Carries unhashable params past lru_cache; equality is not used for lookup."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __hash__(self):
+        return 0
+
+    def __eq__(self, other):
+        return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_jvp_jaxpr(prim, params_key, avals, diff, box):
+    return _make_jvp_jaxpr(prim, box.value, avals, diff)
+
+
+def _make_jvp_jaxpr(prim, params, avals, diff):
+    n = len(avals)
+
+    def lin(*args):
+        primals, tangents = list(args[:n]), args[n:]
+
+        def g(*dx):
+            full = list(primals)
+            for i, v in zip(diff, dx):
+                full[i] = v
+            return bind(prim, params, *full)
+
+        _, out = jax.jvp(g, tuple(primals[i] for i in diff), tuple(tangents))
+        return out if prim.multiple_results else [out]
+
+    return jax.make_jaxpr(lin)(*avals, *[avals[i] for i in diff])
+
+
+def _params_key(params: dict):
+    try:
+        key = tuple(sorted(params.items()))
+        hash(key)
+        return key
+    except TypeError:
+        return None
+
+
+def _memo_key(prim, params, jets):
+    pk = _params_key(params)
+    if pk is None:
+        return None
+    return (prim, pk, tuple(id(j) for j in jets))

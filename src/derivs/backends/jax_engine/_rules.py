@@ -1,0 +1,230 @@
+"""Dedicated jet rules: calls, constants, division, products along axes, control flow.
+
+Each rule is ``rule(interpreter, primitive, params, input_jets) -> output jets``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.extend import core as jcore
+
+from ...core import _jets
+from . import _jet
+from ._interpret import Interpreter, bind, is_float
+from ._jet import Jet
+
+RULES: dict[str, Callable] = {}
+
+
+def _register(*names: str):
+    def deco(fn):
+        for n in names:
+            RULES[n] = fn
+        return fn
+    return deco
+
+
+# -- calls: interpret the callee inline -------------------------------------------------
+@_register("pjit", "jit", "closed_call", "core_call")
+def _call(it: Interpreter, prim, params, jets):
+    return it.run_closed(params.get("jaxpr") or params["call_jaxpr"], jets)
+
+
+@_register("remat", "remat2", "checkpoint")
+def _remat(it: Interpreter, prim, params, jets):
+    # Rematerialization only changes what reverse mode stores; forward jets ignore it.
+    return it.run(params["jaxpr"], [], jets)
+
+
+@_register("stop_gradient")
+def _stop_gradient(it, prim, params, jets):
+    return [_jet.const(jets[0].primal)]
+
+
+@_register("div")
+def _div(it: Interpreter, prim, params, jets):
+    a, b = jets
+    if b.const:  # linear in the numerator
+        return [_jet.linear([a], lambda x: lax.div(x, b.primal))]
+    return [it.elementwise(prim, params, jets)]
+
+
+# -- products along axes ----------------------------------------------------------------
+@_register("reduce_prod")
+def _reduce_prod(it: Interpreter, prim, params, jets):
+    (a,) = jets
+    axes = tuple(sorted(params["axes"]))
+    shape = a.primal.shape
+    if a.seeds is not None and _seeded_axes(it, shape) == axes:
+        return [_prod_of_seeds(a, axes)]
+    # General case: a balanced tree of pairwise products (log depth), over the
+    # reduced axes moved last and flattened.
+    keep = [d for d in range(len(shape)) if d not in axes]
+    perm = keep + list(axes)
+    kept_shape = tuple(shape[d] for d in keep)
+    n = 1
+    for d in axes:
+        n *= shape[d]
+    flat_shape = kept_shape + (n,)  # bound now: n changes below, coefficients come later
+    x = _jet.linear([a], lambda v: jnp.reshape(jnp.transpose(v, perm), flat_shape))
+    while n > 1:
+        if n % 2:
+            ones = _jet.const(jnp.ones(kept_shape + (1,), a.primal.dtype))
+            x = _jet.linear([x, ones], lambda u, o: jnp.concatenate([u, o], axis=-1))
+            n += 1
+        h = n // 2
+        left = _jet.linear([x], lambda v, h=h: v[..., :h])
+        right = _jet.linear([x], lambda v, h=h: v[..., h:])
+        x, n = _jet.bilinear(left, right, lambda u, v: u * v), h
+    return [_jet.linear([x], lambda v: v[..., 0])]
+
+
+def _seeded_axes(it: Interpreter, shape) -> tuple[int, ...] | None:
+    """The axes of one sample of a seeded input."""
+    if it.batch_axis is None:
+        return tuple(range(len(shape)))
+    b = it.batch_axis % len(shape)
+    return tuple(d for d in range(len(shape)) if d != b)
+
+
+def _prod_of_seeds(a: Jet, axes: tuple[int, ...]) -> Jet:
+    """prod is multilinear in the entries: d^k prod / dx_p1 .. dx_pk (distinct p) is
+    the product of the other entries, and 0 if an entry repeats. This is the
+    hand-written derivative: one product per coefficient, no n^k work."""
+    seeds = a.seeds
+    x = a.primal
+    keep = [d for d in range(x.ndim) if d not in axes]
+    flat = jnp.moveaxis(x, axes, list(range(x.ndim - len(axes), x.ndim))).reshape(
+        tuple(x.shape[d] for d in keep) + (-1,))
+
+    def rule(kappa):
+        if any(k > 1 for k in kappa) or any(k and g not in seeds for g, k in enumerate(kappa)):
+            return None
+        positions = jnp.array(sorted(seeds[g] for g, k in enumerate(kappa) if k))
+        return jnp.prod(flat.at[..., positions].set(1), axis=-1)
+
+    return Jet(jnp.prod(flat, axis=-1), rule, expands=True)
+
+
+# -- control flow ---------------------------------------------------------------------------
+def _dense_rule(it: Interpreter, jets: list[Jet], primals: list, compute) -> list[Jet]:
+    """Output jets whose coefficient ``key`` comes from one dense evaluation
+    ``compute(key, coeffs)``, given every input coefficient in the lower set of
+    ``key`` (``coeffs[i][t]``: array or None); it returns the outputs' ``key``
+    coefficients. Control flow cannot be lazy inside, so each key reruns the
+    construct with its lower set; orders are small, so this stays cheap."""
+    cache: dict = {}
+
+    def make(k):
+        def rule(key):
+            if key not in cache:
+                keys = _jets.closure(key)
+                cache[key] = compute(key, keys, [{t: j.get(t) for t in keys} for j in jets])
+            return cache[key][k]
+        return Jet(primals[k], rule)
+
+    return [make(k) if is_float(p) else _jet.const(p) for k, p in enumerate(primals)]
+
+
+def _pack(coeffs: dict, keys) -> tuple[list, list]:
+    """Nonzero coefficients as a list, and the keys they belong to (static)."""
+    present = [t for t in keys if coeffs[t] is not None]
+    return [coeffs[t] for t in present], present
+
+
+def _unpack(it: Interpreter, values, present, keys) -> Jet:
+    d = {t: None for t in keys}
+    d.update(zip(present, values))
+    return it.rebuild(d)
+
+
+@_register("cond")
+def _cond(it: Interpreter, prim, params, jets):
+    index, *ops = jets
+    branches = params["branches"]
+    primals = bind(prim, params, *[j.primal for j in jets])
+
+    def compute(key, keys, coeffs):
+        packed = [_pack(c, keys) for c in coeffs[1:]]
+
+        def branch_fn(br):
+            def fn(*flat):
+                inputs, pos = [], 0
+                for vals, present in packed:
+                    inputs.append(_unpack(it, flat[pos:pos + len(vals)], present, keys))
+                    pos += len(vals)
+                return [o.dense(key) for o in Interpreter(it.groups, it.batch_axis).run_closed(
+                    br, inputs)]
+            return fn
+
+        flat = [v for vals, _ in packed for v in vals]
+        return lax.switch(index.primal, [branch_fn(br) for br in branches], *flat)
+
+    return _dense_rule(it, jets, primals, compute)
+
+
+def _dense_carry(coeffs: dict, keys, like) -> list:
+    return [jnp.zeros_like(like) if coeffs[t] is None else coeffs[t] for t in keys]
+
+
+@_register("scan")
+def _scan(it: Interpreter, prim, params, jets):
+    body = params["jaxpr"]
+    nc, ncar = params["num_consts"], params["num_carry"]
+    primals = bind(prim, params, *[j.primal for j in jets])
+
+    def compute(key, keys, coeffs):
+        consts = [it.rebuild(c) for c in coeffs[:nc]]
+        carry0 = [_dense_carry(c, keys, j.primal) for c, j in zip(coeffs[nc:nc + ncar],
+                                                                  jets[nc:nc + ncar])]
+        xs_packed = [_pack(c, keys) for c in coeffs[nc + ncar:]]
+
+        def step(carry, xs):
+            inner = Interpreter(it.groups, it.batch_axis)
+            cjets = [it.rebuild(dict(zip(keys, c))) for c in carry]
+            xjets = [_unpack(it, x, present, keys) for x, (_, present) in zip(xs, xs_packed)]
+            outs = inner.run_closed(body, [*consts, *cjets, *xjets])
+            new = [[o.dense(t) for t in keys] for o in outs[:ncar]]
+            new = [[v.astype(c.dtype) for v, c in zip(n, old)] for n, old in zip(new, carry)]
+            return new, [o.dense(key) for o in outs[ncar:]]
+
+        carry, ys = lax.scan(step, carry0, [vals for vals, _ in xs_packed],
+                             length=params["length"], reverse=params["reverse"],
+                             unroll=params.get("unroll", 1))
+        return [c[keys.index(key)] for c in carry] + list(ys)
+
+    return _dense_rule(it, jets, primals, compute)
+
+
+@_register("while")
+def _while(it: Interpreter, prim, params, jets):
+    cnc, bnc = params["cond_nconsts"], params["body_nconsts"]
+    cond_jaxpr, body = params["cond_jaxpr"], params["body_jaxpr"]
+    primals = bind(prim, params, *[j.primal for j in jets])
+    zero = _jets.zero(it.groups)
+
+    def compute(key, keys, coeffs):
+        cconsts = [j.primal for j in jets[:cnc]]
+        bconsts = [it.rebuild(c) for c in coeffs[cnc:cnc + bnc]]
+        init = [_dense_carry(c, keys, j.primal) for c, j in zip(coeffs[cnc + bnc:],
+                                                                jets[cnc + bnc:])]
+
+        def cond_fn(carry):
+            return jcore.jaxpr_as_fun(cond_jaxpr)(*cconsts,
+                                       *[c[keys.index(zero)] for c in carry])[0]
+
+        def body_fn(carry):
+            inner = Interpreter(it.groups, it.batch_axis)
+            cjets = [it.rebuild(dict(zip(keys, c))) for c in carry]
+            outs = inner.run_closed(body, [*bconsts, *cjets])
+            return [[o.dense(t).astype(c.dtype) for t, c in zip(keys, old)]
+                    for o, old in zip(outs, carry)]
+
+        final = lax.while_loop(cond_fn, body_fn, init)
+        return [c[keys.index(key)] for c in final]
+
+    return _dense_rule(it, jets, primals, compute)
