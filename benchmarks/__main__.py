@@ -8,8 +8,9 @@ import sys
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("suite", choices=["seeds", "engine"],
-                        help="seeds: both PROBLEMS.md problems; engine: PyTorch higher orders")
+    parser.add_argument("suite", choices=["seeds", "engine", "taylor"],
+                        help="seeds: both PROBLEMS.md problems; engine: PyTorch higher orders; "
+                        "taylor: pure orders, Laplacian, Hessian diagonal")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes and few repeats (under 2 minutes)")
     args = parser.parse_args(argv)

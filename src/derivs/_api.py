@@ -131,7 +131,8 @@ def _combine(coefficients, results):
 
 def _build(fun: Callable, specs: Sequence[Any], argnums: Any, has_aux: bool,
            batch_axis: Any, *, api: str, allow_value: bool, extra_value: bool = False,
-           strategy: str | None = None, torch_compile: bool = False) -> _Transform:
+           strategy: str | None = None, torch_compile: bool = False,
+           operator: Sequence[float] | None = None) -> _Transform:
     if not callable(fun):
         raise TypeError(
             f"{api}: f must be callable, got {type(fun).__name__}. Pass the function "
@@ -153,7 +154,7 @@ def _build(fun: Callable, specs: Sequence[Any], argnums: Any, has_aux: bool,
     if extra_value:
         requests.append(())
     return _Transform(fun, api, argnums_t, has_aux, batch_axis, keys,
-                      _plan.make_plan(requests), strategy, torch_compile,
+                      _plan.make_plan(requests, operator), strategy, torch_compile,
                       LRUCache(maxsize=32))
 
 

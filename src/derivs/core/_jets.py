@@ -88,6 +88,10 @@ class Collapsed:
     """
 
     terms: tuple[tuple[float, Kappa], ...]
+    # When set, the terms run over a vmapped family of directions with this axis
+    # name (JAX): the lower coefficients are per direction, and the collapsed one is
+    # their sum across the family (``lax.psum``), e.g. a Laplacian's D directions.
+    family: str | None = None
 
     @property
     def groups(self) -> int:
@@ -154,3 +158,26 @@ def jet_cost(keys) -> float:
     for key in keys:
         needed.update(dict.fromkeys(closure(key)))
     return float(sum(len(product_terms(k)) for k in needed))
+
+
+@functools.lru_cache(maxsize=4096)
+def second_order_pairs(key: Key) -> tuple[tuple[Kappa, Kappa, float], ...] | None:
+    """For a key of total order <= 2 (or a collapsed key whose terms all are): the
+    ``(tau, kappa - tau, weight)`` pairs of Faa di Bruno's second-order term, so that
+    ``phi(a)[key] = phi'(a) a[key] + phi''(a) sum weight * a[tau] a[kappa - tau]``.
+    None for higher orders."""
+    if isinstance(key, Collapsed):
+        out: dict[tuple[Kappa, Kappa], float] = {}
+        for c, alpha in key.terms:
+            if sum(alpha) > 2:
+                return None
+            for t, r, m in second_order_pairs(alpha):
+                out[(t, r)] = out.get((t, r), 0.0) + c * m
+        return tuple((t, r, m) for (t, r), m in out.items() if m != 0)
+    if sum(key) > 2:
+        return None
+    if sum(key) < 2:
+        return ()
+    g = key.index(next(k for k in key if k))
+    t = unit(len(key), g)
+    return ((t, sub(key, t), 1.0),)

@@ -155,3 +155,39 @@ def _input_jet(x, slot: int | None, groups, batch_axis) -> Jet:
     return jet
 
 
+
+
+FAMILY_AXIS = "derivs_directions"
+
+
+def run_family(compiled: Compiled, slot: int, key, batch_axis: int | None,
+               collapsed: bool) -> Any:
+    """Coefficient ``key`` of one-coordinate-group jets along every unit direction of
+    argument ``slot``, vmapped over the directions (not unrolled). ``collapsed``:
+    ``key`` is a family-collapsed operator key and the result is the family sum
+    (one value); otherwise results are stacked along a new leading axis."""
+    position = next(p for p, s in compiled.selected.items() if s == slot)
+    x = compiled.arrays[position]
+    sample = x.shape if batch_axis is None else tuple(
+        d for i, d in enumerate(x.shape) if i != batch_axis % x.ndim)
+    n = int(np.prod(sample, dtype=np.int64))
+    directions = jax.numpy.eye(n, dtype=x.dtype).reshape((n,) + tuple(sample))
+
+    def along(v):
+        if batch_axis is not None:
+            v = jax.numpy.broadcast_to(jax.numpy.expand_dims(v, batch_axis % x.ndim), x.shape)
+        it = Interpreter(1, batch_axis)
+        inputs = []
+        for p, arr in enumerate(compiled.arrays):
+            if p == position:
+                jet = Jet(arr, lambda k, v=v: v if k == (1,) else None, expands=True)
+                inputs.append(jet)
+            else:
+                inputs.append(Jet(arr))
+        outs = it.run_closed(compiled.closed, inputs)
+        return [o.dense(key) for o in outs]
+
+    outs = jax.vmap(along, axis_name=FAMILY_AXIS)(directions)
+    if collapsed:  # the family sum is the same in every lane
+        outs = [o[0] for o in outs]
+    return jax.tree_util.tree_unflatten(compiled.out_tree, outs)

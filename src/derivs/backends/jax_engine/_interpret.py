@@ -135,6 +135,12 @@ class Interpreter:
 
     def elementwise(self, prim, params: dict, jets: list[Jet]) -> Jet:
         primal = bind(prim, params, *[j.primal for j in jets])
+        live = [i for i, j in enumerate(jets) if not j.const]
+        if len(live) == 1:
+            return self._unary(prim, params, jets, live[0], primal)
+        return self._chain_rule(prim, params, jets, primal)
+
+    def _chain_rule(self, prim, params, jets, primal) -> Jet:
 
         def psis(result: Jet) -> list[Jet | None]:
             out = []
@@ -148,6 +154,42 @@ class Interpreter:
             return out
 
         return _jet.chain(jets, primal, psis)
+
+    def _unary(self, prim, params, jets, i, primal) -> Jet:
+        """``phi(a)`` in one live input. Orders <= 2 (first and second derivatives,
+        Laplacians, Hessian diagonals) use Faa di Bruno with ``phi'`` and ``phi''``
+        as plain arrays: ``phi(a)[k] = phi' a[k] + phi'' a[t] a[k-t]``, so the
+        per-direction work is one product instead of a jet of ``phi'``. Higher
+        orders use the general chain rule."""
+        a = jets[i]
+        general = self._chain_rule(prim, params, jets, primal)
+        derivs: list = []
+
+        def phi_derivatives():
+            if not derivs:
+                def phi(z):
+                    args = [j.primal for j in jets]
+                    args[i] = z
+                    return bind(prim, params, *args)
+
+                one = jnp.ones_like(a.primal)
+                d1 = lambda z: jax.jvp(phi, (z,), (one,))[1]
+                derivs.extend(jax.jvp(d1, (a.primal,), (one,)))
+            return derivs
+
+        def rule(key):
+            pairs = _jets.second_order_pairs(key)
+            if pairs is None:
+                return general.get(key)
+            d1, d2 = phi_derivatives()
+            quad = _jet.family_sum(key, _jet.total(
+                _jet.scale(a.get(t) * a.get(r), m) for t, r, m in pairs
+                if a.get(t) is not None and a.get(r) is not None))
+            first = a.get(key)
+            return _jet.add(None if first is None else d1 * first,
+                            None if quad is None else d2 * quad)
+
+        return Jet(primal, rule)
 
     def jvp_recursion(self, prim, params: dict, jets: list[Jet]) -> list[Jet]:
         """``phi(a)[kappa] = jvp(phi)(a, d_g a)[kappa - e_g]`` with ``g`` the last

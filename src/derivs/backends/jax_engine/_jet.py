@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax.numpy as jnp
+from jax import lax
 
 from ...core import _jets
 
@@ -45,7 +46,7 @@ class Jet:
         if key in self.memo:
             return self.memo[key]
         if self.expands and isinstance(key, _jets.Collapsed):
-            v = total(scale(self.get(alpha), c) for c, alpha in key.terms)
+            v = family_sum(key, total(scale(self.get(alpha), c) for c, alpha in key.terms))
         else:
             v = self.rule(key)
         self.memo[key] = v
@@ -89,6 +90,25 @@ def sum_of_products(terms, product=lambda x, y: x * y):
                  if x is not None and y is not None)
 
 
+def family_sum(key: Key, value):
+    """Sums per-direction terms of a collapsed key over its family of directions."""
+    if value is None or not isinstance(key, _jets.Collapsed) or key.family is None:
+        return value
+    return lax.psum(value, key.family)
+
+
+def collapsed_sum(key: Key, terms, x, y, product=lambda u, v: u * v):
+    """``sum m * product(x[t], y[r])`` over ``terms`` of ``key``: terms that hold
+    ``key`` itself are family-wide already; the others are summed over the family."""
+    if not isinstance(key, _jets.Collapsed) or key.family is None:
+        return sum_of_products(((x(t), y(r), m) for t, r, m in terms), product)
+    own = [(t, r, m) for t, r, m in terms if t == key or r == key]
+    rest = [(t, r, m) for t, r, m in terms if t != key and r != key]
+    return add(sum_of_products(((x(t), y(r), m) for t, r, m in own), product),
+               family_sum(key, sum_of_products(((x(t), y(r), m) for t, r, m in rest),
+                                               product)))
+
+
 # -- the algebra ------------------------------------------------------------------------
 def linear(parts: list[Jet], fn: Callable[..., Any]) -> Jet:
     """``fn`` jointly linear in ``parts`` (add, concatenate, reshape, reduce_sum,
@@ -114,8 +134,7 @@ def bilinear(a: Jet, b: Jet, fn: Callable[[Any, Any], Any]) -> Jet:
         return const(primal)
 
     def rule(key):
-        return sum_of_products(((a.get(t), b.get(r), m) for t, r, m in _jets.product_terms(key)),
-                               fn)
+        return collapsed_sum(key, _jets.product_terms(key), a.get, b.get, fn)
 
     return Jet(primal, rule)
 
@@ -136,8 +155,7 @@ def chain(parts: list[Jet], primal: Any, psis: Callable[[Jet], list[Jet | None]]
         for p, d in zip(parts, holder[0]):
             if d is None or p.const:
                 continue
-            out = add(out, sum_of_products(
-                (d.get(t), p.get(r), m) for t, r, m in _jets.composition_terms(key)))
+            out = add(out, collapsed_sum(key, _jets.composition_terms(key), d.get, p.get))
         return out
 
     result.rule = rule

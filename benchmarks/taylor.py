@@ -1,0 +1,306 @@
+"""Issue 3: Taylor mode and differential operators, side by side in one process.
+
+- pure ``d^k f / dx0^k``, k = 2..8, n = 100, for a sin-exp function and a tanh MLP:
+  derivs (jaxpr jets under ``jax.jit``) against nested ``jax.jvp`` (run time and
+  first-call compile time), and derivs PyTorch (ATen jets) as a ratio to f;
+- the Laplacian of a tanh MLP (D = 50, and D = 3 with 10^4 points): derivs'
+  collapsed Taylor mode against the nested-AD Laplacian (trace of the Hessian),
+  the loop of Hessian-vector products, and folx's forward Laplacian when installed;
+- the Hessian diagonal at D = 1000 of a function with a dense Hessian: the jet
+  strategy and the HVP strategy against D vmapped HVPs and the full Hessian.
+
+Medians of interleaved repeats; results in ``benchmarks/results/taylor[-quick].{md,json}``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+import derivs
+from derivs._timing import first_call_seconds, interleaved_medians
+
+from . import _harness
+
+
+def _mlp_params(rng, sizes):
+    return [(rng.normal(size=(a, b)) / np.sqrt(a), rng.normal(size=b) * 0.1)
+            for a, b in zip(sizes[:-1], sizes[1:])]
+
+
+def _jax_pure(quick: bool) -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+
+    n, batch = 100, 256
+    rng = np.random.default_rng(0)
+    params = [(jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32))
+              for w, b in _mlp_params(rng, [n, 64, 64, 1])]
+
+    def sinexp(x):
+        return jnp.sum(jnp.sin(x) * x**2) * jnp.exp(jnp.mean(x))
+
+    def mlp(x):
+        h = x
+        for w, b in params[:-1]:
+            h = jnp.tanh(h @ w + b)
+        return (h @ params[-1][0] + params[-1][1])[0]
+
+    x = jnp.asarray(rng.uniform(0.1, 0.9, size=(batch, n)), jnp.float32)
+    rows = []
+    ks = [2, 4, 8] if quick else list(range(2, 9))
+    for name, f in {"sin-exp": sinexp, "tanh MLP 100-64-64-1": mlp}.items():
+        for k in ks:
+            ours = jax.jit(jax.vmap(derivs.partial(f, (0,) * k)))
+            nested = jax.jit(jax.vmap(lambda z, k=k, f=f: _nested_jvp(f, z, k)))
+            fj = jax.jit(jax.vmap(f))
+            t_ours = first_call_seconds(lambda: ours(x))
+            t_nested = first_call_seconds(lambda: nested(x))
+            np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(nested(x)),
+                                       rtol=2e-3, atol=1e-3 * float(jnp.abs(nested(x)).max()))
+            med = interleaved_medians({"ours": lambda: ours(x), "nested": lambda: nested(x),
+                                       "f": lambda: fj(x)}, repeats=5 if quick else 11,
+                                      inner=3)
+            rows.append({"function": name, "k": k, "derivs_s": med["ours"],
+                         "nested_jvp_s": med["nested"], "f_s": med["f"],
+                         "ratio_to_nested": med["ours"] / med["nested"],
+                         "derivs_compile_s": t_ours, "nested_compile_s": t_nested})
+            print(f"  jax pure k={k} {name}: {med['ours'] / med['nested']:.2f}x nested, "
+                  f"compile {t_ours:.2f}s vs {t_nested:.2f}s", flush=True)
+    return rows
+
+
+def _nested_jvp(f, x, k):
+    import jax
+    import jax.numpy as jnp
+
+    e = jnp.zeros_like(x).at[0].set(1.0)
+    g = f
+    for _ in range(k):
+        g = (lambda h: lambda z: jax.jvp(h, (z,), (e,))[1])(g)
+    return g(x)
+
+
+def _torch_pure(quick: bool) -> list[dict]:
+    import torch
+
+    torch.manual_seed(0)
+    n, batch = 100, 1024
+    w = [torch.randn(n, 64) / 10, torch.randn(64) * 0.1, torch.randn(64, 64) / 8,
+         torch.randn(64) * 0.1, torch.randn(64, 1) / 8]
+
+    def sinexp(x):
+        return (torch.sin(x) * x**2).sum(-1) * torch.exp(x.mean(-1))
+
+    # Weights are arguments: the engine falls back to nested forward mode for
+    # closed-over tensors (see the README).
+    def mlp(x, w0, w1, w2, w3, w4):
+        h = torch.tanh(x @ w0 + w1)
+        h = torch.tanh(h @ w2 + w3)
+        return (h @ w4)[..., 0]
+
+    x = torch.rand(batch, n) * 0.8 + 0.1
+    rows = []
+    for name, (f, extra) in {"sin-exp": (sinexp, ()),
+                             "tanh MLP 100-64-64-1": (mlp, tuple(w))}.items():
+        for k in ([2, 8] if quick else [2, 4, 6, 8]):
+            d = derivs.partial(f, (0,) * k, batch_axis=0)
+            d(x, *extra)
+            med = interleaved_medians({"ours": lambda: d(x, *extra), "f": lambda: f(x, *extra)},
+                                      repeats=5 if quick else 11, inner=3)
+            rows.append({"function": name, "k": k, "ratio_to_f": med["ours"] / med["f"]})
+            print(f"  torch pure k={k} {name}: {med['ours'] / med['f']:.1f}x f", flush=True)
+    return rows
+
+
+def _laplacian_cases(quick: bool):
+    return [("D=50, 256 points", 50, 256), ("D=3, 10^4 points", 3, 2000 if quick else 10_000)]
+
+
+def _jax_laplacian(quick: bool) -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+
+    rows = []
+    try:
+        import folx  # noqa: F401
+        from folx import forward_laplacian
+    except ImportError:
+        forward_laplacian = None
+    for label, D, B in _laplacian_cases(quick):
+        rng = np.random.default_rng(1)
+        params = [(jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32))
+                  for w, b in _mlp_params(rng, [D, 64, 64, 64, 1])]
+
+        def u(x, params=params):
+            h = x
+            for w, b in params[:-1]:
+                h = jnp.tanh(h @ w + b)
+            return (h @ params[-1][0] + params[-1][1])[0]
+
+        x = jnp.asarray(rng.normal(size=(B, D)), jnp.float32)
+        fns = {
+            "derivs": jax.jit(jax.vmap(derivs.laplacian(u, strategy="traced-jet"))),
+            "derivs-auto": jax.jit(jax.vmap(derivs.laplacian(u))),
+            "trace(hessian)": jax.jit(jax.vmap(lambda z: jnp.trace(jax.hessian(u)(z)))),
+            "HVP loop": jax.jit(jax.vmap(derivs.laplacian(u, strategy="reverse"))),
+            "f": jax.jit(jax.vmap(u)),
+        }
+        if forward_laplacian is not None:
+            fns["folx"] = jax.jit(jax.vmap(lambda z: forward_laplacian(u)(z).laplacian))
+        ref = np.asarray(fns["trace(hessian)"](x), np.float64)
+        for name, fn in fns.items():
+            if name != "f":
+                np.testing.assert_allclose(np.asarray(fn(x)), ref, rtol=1e-3,
+                                           atol=1e-4 * np.abs(ref).max())
+        med = interleaved_medians({k: (lambda fn=fn: fn(x)) for k, fn in fns.items()},
+                                  repeats=5 if quick else 11, inner=3)
+        row = {"case": label, "framework": "jax", **{f"{k}_s": v for k, v in med.items()}}
+        rows.append(row)
+        print(f"  jax laplacian {label}: " + ", ".join(
+            f"{k} {v / med['trace(hessian)']:.2f}x" for k, v in med.items()), flush=True)
+    return rows
+
+
+def _torch_laplacian(quick: bool) -> list[dict]:
+    import torch
+
+    rows = []
+    for label, D, B in _laplacian_cases(quick):
+        g = torch.Generator().manual_seed(1)
+        sizes = [D, 64, 64, 64, 1]
+        ws = [(torch.randn(a, b, generator=g) / a**0.5, torch.randn(b, generator=g) * 0.1)
+              for a, b in zip(sizes[:-1], sizes[1:])]
+
+        flat = [t for pair in ws for t in pair]
+
+        def u(x, *flat):  # weights as arguments, as the engine needs
+            h = x
+            for i in range(0, len(flat) - 2, 2):
+                h = torch.tanh(h @ flat[i] + flat[i + 1])
+            return (h @ flat[-2] + flat[-1])[..., 0]
+
+        x = torch.randn(B, D, generator=g)
+        ours = derivs.laplacian(u, batch_axis=0, strategy="traced-jet")
+        hvp = derivs.laplacian(u, batch_axis=0, strategy="reverse")
+        hess = torch.func.vmap(lambda z: torch.trace(torch.func.hessian(u)(z, *flat)))
+        ref = hess(x)
+        for fn in (ours, hvp):
+            torch.testing.assert_close(fn(x, *flat), ref, rtol=1e-3,
+                                       atol=1e-4 * float(ref.abs().max()))
+        fns = {"derivs": lambda: ours(x, *flat), "trace(hessian)": lambda: hess(x),
+               "HVP loop": lambda: hvp(x, *flat), "f": lambda: u(x, *flat)}
+        med = interleaved_medians(fns, repeats=5 if quick else 11, inner=3)
+        rows.append({"case": label, "framework": "torch", **{f"{k}_s": v for k, v in med.items()}})
+        print(f"  torch laplacian {label}: " + ", ".join(
+            f"{k} {v / med['trace(hessian)']:.2f}x" for k, v in med.items()), flush=True)
+    return rows
+
+
+def _hessian_diagonal(quick: bool) -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    D = 300 if quick else 1000
+    rng = np.random.default_rng(2)
+    A = rng.normal(size=(D, D)) / np.sqrt(D)
+    Aj = jnp.asarray(A, jnp.float32)
+    At = torch.tensor(A, dtype=torch.float32)
+
+    def fj(x):  # dense Hessian: A^T diag(-sin(Ax)) A + diag(...)
+        return jnp.sum(jnp.sin(Aj @ x)) + jnp.sum(x**4) / 4
+
+    def ft(x):
+        return torch.sin(At @ x).sum() + (x**4).sum() / 4
+
+    x = rng.normal(size=D)
+    xj, xt = jnp.asarray(x, jnp.float32), torch.tensor(x, dtype=torch.float32)
+    eye = jnp.eye(D, dtype=jnp.float32)
+    rows = []
+    jfns = {
+        "derivs traced-jet": jax.jit(derivs.hessian_diagonal(fj, strategy="traced-jet")),
+        "derivs reverse": jax.jit(derivs.hessian_diagonal(fj, strategy="reverse")),
+        "derivs auto": jax.jit(derivs.hessian_diagonal(fj)),
+        "D HVPs (vmap)": jax.jit(lambda z: jnp.sum(jax.vmap(
+            lambda v: jax.jvp(jax.grad(fj), (z,), (v,))[1])(eye) * eye, axis=1)),
+        "diag(jax.hessian)": jax.jit(lambda z: jnp.diag(jax.hessian(fj)(z))),
+        "f": jax.jit(fj),
+    }
+    ref = np.asarray(jfns["diag(jax.hessian)"](xj))
+    for name, fn in jfns.items():
+        if name != "f":
+            np.testing.assert_allclose(np.asarray(fn(xj)), ref, rtol=1e-3, atol=1e-3)
+    med = interleaved_medians({k: (lambda fn=fn: fn(xj)) for k, fn in jfns.items()},
+                              repeats=5 if quick else 11)
+    mem = {k: _harness.peak_rss_delta_mb(lambda fn=fn: fn(xj + 0.5)) for k, fn in jfns.items()}
+    rows.append({"framework": "jax", "D": D, **{f"{k}_s": v for k, v in med.items()},
+                 **{f"{k}_peak_MiB": v for k, v in mem.items()}})
+    print(f"  jax hessian diagonal D={D}: " + ", ".join(
+        f"{k} {v / med['D HVPs (vmap)']:.2f}x" for k, v in med.items()), flush=True)
+    eyet = torch.eye(D)
+    tfns = {
+        "derivs reverse": derivs.hessian_diagonal(ft, strategy="reverse"),
+        "derivs auto": derivs.hessian_diagonal(ft),
+        "D HVPs (vmap)": lambda z: (torch.func.vmap(
+            lambda v: torch.func.jvp(torch.func.grad(ft), (z,), (v,))[1])(eyet) * eyet).sum(1),
+        "diag(torch.func.hessian)": lambda z: torch.diagonal(torch.func.hessian(ft)(z)),
+        "f": ft,
+    }
+    ref = tfns["diag(torch.func.hessian)"](xt)
+    for name, fn in tfns.items():
+        if name != "f":
+            torch.testing.assert_close(fn(xt), ref, rtol=1e-3, atol=1e-3)
+    med = interleaved_medians({k: (lambda fn=fn: fn(xt)) for k, fn in tfns.items()},
+                              repeats=5 if quick else 11)
+    rows.append({"framework": "torch", "D": D, **{f"{k}_s": v for k, v in med.items()}})
+    print(f"  torch hessian diagonal D={D}: " + ", ".join(
+        f"{k} {v / med['D HVPs (vmap)']:.2f}x" for k, v in med.items()), flush=True)
+    return rows
+
+
+def run(quick: bool = False) -> str:
+    import jax
+
+    jax.config.update("jax_enable_x64", False)
+    t0 = time.perf_counter()
+    data = {"quick": quick}
+    print("hessian diagonal", flush=True)
+    data["hessian_diagonal"] = _hessian_diagonal(quick)
+    print("laplacian", flush=True)
+    data["laplacian"] = _jax_laplacian(quick) + _torch_laplacian(quick)
+    print("pure k-th derivatives", flush=True)
+    data["pure_jax"] = _jax_pure(quick)
+    data["pure_torch"] = _torch_pure(quick)
+    sections = [
+        ("Pure d^k f/dx0^k, JAX (batch 256 via vmap, n = 100, float32, jit)", _harness.markdown_table(
+            ["function", "k", "derivs / nested jvp", "derivs compile s", "nested compile s"],
+            [[r["function"], r["k"], f"{r['ratio_to_nested']:.2f}",
+              f"{r['derivs_compile_s']:.2f}", f"{r['nested_compile_s']:.2f}"]
+             for r in data["pure_jax"]])),
+        ("Pure d^k f/dx0^k, PyTorch eager (batch 1024, n = 100)", _harness.markdown_table(
+            ["function", "k", "derivs / f"],
+            [[r["function"], r["k"], f"{r['ratio_to_f']:.1f}x"] for r in data["pure_torch"]])),
+        ("Laplacian of a tanh MLP (time relative to trace of the Hessian)",
+         _harness.markdown_table(
+             ["framework", "case", "contender", "ms", "ratio"],
+             [[r["framework"], r["case"], k[:-2], f"{v * 1e3:.2f}",
+               f"{v / r['trace(hessian)_s']:.2f}x"]
+              for r in data["laplacian"] for k, v in r.items() if k.endswith("_s")])),
+        ("Hessian diagonal, dense Hessian (time relative to D vmapped HVPs)",
+         _harness.markdown_table(
+             ["framework", "D", "contender", "ms", "ratio", "peak RSS MiB"],
+             [[r["framework"], r["D"], k[:-2], f"{v * 1e3:.2f}",
+               f"{v / r['D HVPs (vmap)_s']:.2f}x",
+               _fmt(r.get(k[:-2] + "_peak_MiB"))]
+              for r in data["hessian_diagonal"] for k, v in r.items() if k.endswith("_s")])),
+    ]
+    data["seconds"] = time.perf_counter() - t0
+    path = _harness.write("taylor-quick" if quick else "taylor",
+                          "Taylor mode and differential operators (issue 3)", sections, data)
+    return f"wrote {path} in {data['seconds']:.0f} s"
+
+
+def _fmt(v):
+    return "" if v is None else f"{v:.0f}"

@@ -1,0 +1,283 @@
+"""Linear differential operators: ``differential_operator``, ``laplacian``,
+``hessian_diagonal``.
+
+All three are exact. The jet strategy propagates Taylor coefficients: the top
+coefficient of an operator is collapsed (summed before it is propagated, see
+``derivs.core._jets.Collapsed``), and families of directions are vmapped (JAX),
+not unrolled. The ``"reverse"`` strategy takes Hessian-vector products (forward
+over reverse mode) along every unit direction; it needs a scalar output per sample.
+
+NOTE [cost model for operators]: per unit direction, a second-order Taylor jet
+costs ``jet_cost([(2,)]) = 6`` products per product of f, and a collapsed
+Laplacian ``2`` per direction plus ``4`` shared. A Hessian-vector product costs
+``HVP_COST`` evaluations of f: reverse mode (~3 f, stores intermediates) under one
+forward level. ``benchmarks/operators.py`` measures both on the benchmark cases;
+``HVP_COST`` is set from those measurements (see the results file).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _api, backends
+from .backends import _common
+from .core import _jets
+
+TAYLOR = "traced-jet"
+REVERSE = "reverse"
+OPERATOR_STRATEGIES = (TAYLOR, REVERSE)
+HVP_COST = 8.0
+
+
+def differential_operator(f: Callable, terms: Sequence[tuple[float, Any]],
+                          argnums: int | Sequence[int] = 0, *, batch_axis: int | None = None,
+                          strategy: str | None = None, torch_compile: bool = False
+                          ) -> Callable:
+    """``sum c * d^index f`` for ``terms = [(c, index), ...]``, in one pass.
+
+    Indices are spelled as for :func:`derivs.partial`. The jet strategy computes the
+    whole operator in one lazy pass: every lower-order coefficient that several
+    terms need (and the value of f) is computed once, and the top-order
+    coefficients are summed before they are propagated (collapsed Taylor mode),
+    so the operator costs about as much as its lower-order terms. ``strategy=
+    "nested-forward"`` sums nested-forward partials instead.
+
+    Returns a function of ``f``'s arguments returning an array shaped like ``f``'s
+    output.
+
+    Example (a heat-equation residual ``u_t - nu * (u_xx + u_yy)`` with
+    ``(t, x, y) = z[0], z[1], z[2]``):
+
+      >>> import jax.numpy as jnp, derivs
+      >>> u = lambda z: jnp.exp(-z[0]) * jnp.sin(z[1]) * jnp.cos(z[2])
+      >>> nu = 0.5
+      >>> residual = derivs.differential_operator(
+      ...     u, [(1.0, 0), (-nu, (1, 1)), (-nu, (2, 2))])
+      >>> z = jnp.array([0.3, 0.2, 0.1])
+      >>> bool(jnp.allclose(residual(z), 0.0))  # u solves u_t = 0.5 (u_xx + u_yy)
+      True
+    """
+    api = "derivs.differential_operator"
+    if not isinstance(terms, (list, tuple)) or not terms:
+        raise TypeError(f"{api}: terms must be a non-empty list of (coefficient, index) "
+                        "pairs, e.g. [(1.0, (0, 0)), (1.0, (1, 1))].")
+    coefficients, specs = [], []
+    for term in terms:
+        if not (isinstance(term, (list, tuple)) and len(term) == 2
+                and isinstance(term[0], (int, float)) and not isinstance(term[0], bool)):
+            raise TypeError(f"{api}: each term must be a (coefficient, index) pair with a "
+                            f"number first, e.g. (-0.5, (1, 1)); got {term!r}.")
+        coefficients.append(float(term[0]))
+        specs.append(term[1])
+    if strategy == REVERSE:
+        raise ValueError(f"{api}: strategy='reverse' is for laplacian and hessian_diagonal; "
+                         "pass None, 'traced-jet' or 'nested-forward'.")
+    t = _api._build(f, specs, argnums, False, batch_axis, api=api, allow_value=False,
+                    strategy=strategy, torch_compile=torch_compile, operator=coefficients)
+    return _api._wrap(f, t, lambda r, aux: r[0])
+
+
+def laplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
+              strategy: str | None = None) -> Callable:
+    """The Laplacian ``sum_i d^2 f / dx_i^2`` over every coordinate of argument
+    ``argnum``, exactly.
+
+    Strategies: ``"traced-jet"`` propagates the value, the ``D`` first-order
+    coefficients and one collapsed second-order coefficient (``2 + D`` values per
+    intermediate instead of ``1 + 2D``); in JAX the ``D`` directions are one
+    vmapped axis. ``"reverse"`` sums ``D`` Hessian-vector products (needs a scalar
+    output per sample). None picks by the cost model (see :func:`derivs.explain`-like
+    ``laplacian_plan``). ``batch_axis`` as in :func:`derivs.partial`.
+
+    Example:
+
+      >>> import torch, derivs
+      >>> f = lambda x: (x ** 3).sum() + x[0] * x[1] ** 2
+      >>> derivs.laplacian(f)(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+      tensor(38., dtype=torch.float64)
+    """
+    return _make_operator(f, argnum, batch_axis, strategy, "derivs.laplacian", collapsed=True)
+
+
+def hessian_diagonal(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
+                     strategy: str | None = None) -> Callable:
+    """The diagonal ``d^2 f / dx_i^2`` of the Hessian of ``f`` in argument ``argnum``,
+    exactly, without forming the Hessian. Shape: ``f``'s output shape followed by
+    the argument's (sample) shape.
+
+    No exact method is cheaper than ``D`` Hessian-vector products in general (the
+    diagonal of a dense Hessian has ``D`` independent entries); what derivs saves is
+    memory (``O(D)`` per output instead of ``O(D^2)``) and, for many outputs or
+    high cost of reverse mode, time. Strategies as for :func:`laplacian`
+    (``"traced-jet"``: second-order Taylor jets along the ``D`` unit directions).
+
+    Example:
+
+      >>> import jax.numpy as jnp, derivs
+      >>> f = lambda x: jnp.sum(x ** 3) + x[0] * x[1] ** 2
+      >>> derivs.hessian_diagonal(f)(jnp.array([1.0, 2.0, 3.0]))
+      Array([ 6., 14., 18.], dtype=float32)
+    """
+    return _make_operator(f, argnum, batch_axis, strategy, "derivs.hessian_diagonal",
+                          collapsed=False)
+
+
+def choose_strategy(collapsed: bool, n: int, scalar_output: bool, framework: str) -> str:
+    """The operator strategy the cost model picks for ``n`` directions.
+
+    PyTorch's Hessian diagonal by jets unrolls one coefficient pair per coordinate
+    in the built graph (the engine has no vmapped direction family), so its cost
+    grows with graph size as well: there the model prefers HVPs for scalar outputs."""
+    if not scalar_output:
+        return TAYLOR
+    if framework == "torch" and not collapsed:
+        return REVERSE
+    taylor = (2 * n + 4) if collapsed else 6 * n
+    return TAYLOR if taylor <= HVP_COST * n else REVERSE
+
+
+def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool) -> Callable:
+    if not callable(f):
+        raise TypeError(f"{api}: f must be callable, got {type(f).__name__}.")
+    if isinstance(argnum, bool) or not isinstance(argnum, int) or argnum < 0:
+        raise TypeError(f"{api}: argnum must be a non-negative int (one argument), got "
+                        f"{argnum!r}; for several arguments concatenate them into one.")
+    if strategy not in (None, *OPERATOR_STRATEGIES):
+        raise ValueError(f"{api}: strategy={strategy!r} is not one of None (automatic), "
+                         "'traced-jet', 'reverse'.")
+    if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):
+        raise TypeError(f"{api}: batch_axis must be None or an int axis, got {batch_axis!r}.")
+    per_shape: dict = {}  # torch: the operator transform per sample size
+
+    @functools.wraps(f)
+    def op(*args, **kwargs):
+        if argnum >= len(args):
+            raise ValueError(f"{api}: argnum={argnum} but the function was called with "
+                             f"{len(args)} positional argument(s).")
+        backend = backends.backend_for(args, api)
+        x = backend.as_input(args[argnum], argnum, api, batch_axis)
+        args = args[:argnum] + (x,) + args[argnum + 1:]
+        sample = _common.sample_shape(tuple(x.shape), batch_axis)
+        n = _common.numel(sample)
+        chosen = strategy or choose_strategy(collapsed, n, _scalar_output(
+            backend, f, args, kwargs, batch_axis), backend.name)
+        if chosen == REVERSE:
+            return _reverse(backend, f, args, kwargs, argnum, batch_axis, sample, collapsed, api)
+        if backend.name == "jax":
+            return _jax_taylor(f, args, kwargs, argnum, batch_axis, sample, collapsed)
+        key = (sample, collapsed)
+        if key not in per_shape:
+            coords = list(range(n))
+            if collapsed:
+                per_shape[key] = differential_operator(
+                    f, [(1.0, (i, i)) for i in coords], argnum, batch_axis=batch_axis)
+            else:
+                per_shape[key] = _api.partials(f, [(i, i) for i in coords], argnum,
+                                               batch_axis=batch_axis)
+        out = per_shape[key](*args, **kwargs)
+        if collapsed:
+            return out
+        import torch
+
+        stacked = torch.stack([out[(i, i)] for i in range(n)], dim=-1)
+        return stacked.reshape(stacked.shape[:-1] + tuple(sample))
+
+    op.__derivs_operator__ = api
+    return op
+
+
+def _scalar_output(backend, f, args, kwargs, batch_axis) -> bool:
+    """Whether f returns one number per sample (shape probe, no real compute in JAX)."""
+    if backend.name == "jax":
+        import jax
+
+        out = jax.eval_shape(lambda *a: f(*a, **kwargs), *args)
+    else:
+        import torch
+
+        with torch.no_grad():  # one evaluation of f: small next to D directions
+            out = f(*args, **kwargs)
+    shape = getattr(out, "shape", None)
+    if shape is None:
+        return False
+    return math.prod(shape) == 1 if batch_axis is None else len(shape) == 1
+
+
+def _jax_taylor(f, args, kwargs, argnum, batch_axis, sample, collapsed):
+    import jax.numpy as jnp
+
+    from .backends import jax_engine
+    from .backends.jax_engine._engine import FAMILY_AXIS
+
+    t = _api._build(f, [0], argnum, False, batch_axis, api="derivs.laplacian",
+                    allow_value=False)
+    compiled = jax_engine.prepare(t, args, kwargs)
+    if isinstance(compiled, jax_engine.Fallback):
+        raise ValueError(f"derivs: the Taylor operator cannot run here: {compiled.reason}. "
+                         "Pass strategy='reverse' for a scalar-valued f.")
+    if collapsed:
+        key = _jets.Collapsed(((1.0, (2,)),), family=FAMILY_AXIS)
+        return jax_engine.run_family(compiled, 0, key, batch_axis, collapsed=True)
+    out = jax_engine.run_family(compiled, 0, (2,), batch_axis, collapsed=False)
+    import jax
+
+    return jax.tree_util.tree_map(
+        lambda o: jnp.moveaxis(o, 0, -1).reshape(o.shape[1:] + tuple(sample)), out)
+
+
+def _reverse(backend, f, args, kwargs, argnum, batch_axis, sample, collapsed, api):
+    """Hessian-vector products along every unit direction (forward over reverse),
+    vmapped; valid for one scalar output per sample."""
+    n = _common.numel(sample)
+    x = args[argnum]
+
+    def total(z):
+        out = f(*args[:argnum], z, *args[argnum + 1:], **kwargs)
+        return out.sum()
+
+    if backend.name == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        eye = jnp.eye(n, dtype=x.dtype).reshape((n,) + tuple(sample))
+        grad = jax.grad(total)
+        expand = (lambda v: v) if batch_axis is None else (
+            lambda v: jnp.broadcast_to(jnp.expand_dims(v, batch_axis % x.ndim), x.shape))
+
+        def quad(v):
+            v = expand(v)
+            hv = jax.jvp(grad, (x,), (v,))[1]
+            return _sample_sum(hv * v, batch_axis, x.ndim, jnp.sum)
+
+        diag = jax.vmap(quad)(eye)  # (n, batch...) or (n,)
+        if collapsed:
+            return diag.sum(0)
+        return jnp.moveaxis(diag, 0, -1).reshape(diag.shape[1:] + tuple(sample))
+    import torch
+
+    eye = torch.eye(n, dtype=x.dtype, device=x.device).reshape((n,) + tuple(sample))
+    grad = torch.func.grad(total)
+    expand = (lambda v: v) if batch_axis is None else (
+        lambda v: v.unsqueeze(batch_axis % x.dim()).expand(x.shape))
+
+    def quad(v):
+        v = expand(v)
+        hv = torch.func.jvp(grad, (x,), (v,))[1]
+        return _sample_sum(hv * v, batch_axis, x.dim(), torch.sum)
+
+    diag = torch.func.vmap(quad)(eye)
+    if collapsed:
+        return diag.sum(0)
+    return torch.movedim(diag, 0, -1).reshape(diag.shape[1:] + tuple(sample))
+
+
+def _sample_sum(v, batch_axis, ndim, sum_fn):
+    """Sum over the sample axes (all but the batch axis)."""
+    if batch_axis is None:
+        return sum_fn(v)
+    b = batch_axis % ndim
+    axes = tuple(i for i in range(ndim) if i != b)
+    return sum_fn(v, axes) if axes else v

@@ -1,0 +1,188 @@
+"""Differential operators against independent oracles: sympy's exact derivatives,
+dense float64 ``jax.hessian`` / ``torch.func.hessian``, nested forward mode, and
+the timings recorded by ``python -m benchmarks taylor`` (for the planner's choice)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import derivs
+from derivs import _operators
+
+from ._expressions import exact_partial, make_cases, to_array_fn
+from ._frameworks import FRAMEWORKS, array, math_ns, to_numpy
+
+STRATEGIES = ["traced-jet", "reverse"]
+
+
+def _mlp(fw, dtype="float64"):
+    rng = np.random.default_rng(3)
+    w1, b1 = rng.normal(size=(4, 8)) / 2, rng.normal(size=8) * 0.1
+    w2 = rng.normal(size=8) / 3
+    if fw == "jax":
+        W1, B1, W2 = (jnp.asarray(a, dtype) for a in (w1, b1, w2))
+        return lambda x: jnp.tanh(jnp.tanh(x @ W1 + B1) @ W2) * jnp.sum(jnp.sin(x) * x, -1)
+    W1, B1, W2 = (torch.tensor(a, dtype=getattr(torch, dtype)) for a in (w1, b1, w2))
+    return lambda x: torch.tanh(torch.tanh(x @ W1 + B1) @ W2) * (torch.sin(x) * x).sum(-1)
+
+
+def _dense_hessian(x):
+    f = _mlp("jax")
+    return np.asarray(jax.hessian(f)(jnp.asarray(x)))
+
+
+X = np.array([0.3, -0.7, 0.5, 1.1])
+XB = np.random.default_rng(4).normal(size=(6, 4))
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_laplacian_and_diagonal_equal_dense_hessian(fw, strategy):
+    f = _mlp(fw)
+    H = _dense_hessian(X)
+    lap = to_numpy(derivs.laplacian(f, strategy=strategy)(array(fw, X)))
+    diag = to_numpy(derivs.hessian_diagonal(f, strategy=strategy)(array(fw, X)))
+    np.testing.assert_allclose(lap, np.trace(H), rtol=1e-12)
+    np.testing.assert_allclose(diag, np.diag(H), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_batch_axis_gives_each_sample_its_operator(fw, strategy):
+    f = _mlp(fw)
+    Hs = [_dense_hessian(x) for x in XB]
+    lap = to_numpy(derivs.laplacian(f, batch_axis=0, strategy=strategy)(array(fw, XB)))
+    diag = to_numpy(derivs.hessian_diagonal(f, batch_axis=0, strategy=strategy)(array(fw, XB)))
+    np.testing.assert_allclose(lap, [np.trace(H) for H in Hs], rtol=1e-11)
+    np.testing.assert_allclose(diag, [np.diag(H) for H in Hs], rtol=1e-11, atol=1e-13)
+
+
+def test_hessian_diagonal_of_vector_output_and_matrix_argument():
+    """Shape: output shape + argument shape; each output's own diagonal."""
+    f = lambda x: jnp.stack([jnp.sum(jnp.sin(x) ** 2), jnp.prod(x) * jnp.sum(x ** 3)])
+    x = jnp.asarray(np.linspace(0.2, 1.3, 6).reshape(2, 3))
+    out = derivs.hessian_diagonal(f)(x)
+    assert out.shape == (2, 2, 3)
+    H = jax.hessian(f)(x).reshape(2, 6, 6)
+    np.testing.assert_allclose(out.reshape(2, 6), np.stack([np.diag(h) for h in H]), rtol=1e-12)
+
+
+CASES = make_cases(40, seed=99)
+
+
+@pytest.mark.parametrize("fw,strategy", [("jax", "traced-jet"), ("jax", "nested-forward"),
+                                         ("torch", "traced-jet"), ("torch", "nested-forward")])
+@pytest.mark.parametrize("case", range(20))
+def test_differential_operator_matches_sympy(fw, strategy, case):
+    tree, n, point, requests = CASES[case]
+    requests = [mi for mi in requests if mi] or [(0,)]
+    rng = random.Random(case)
+    terms = [(round(rng.uniform(-2, 2), 3), mi) for mi in requests]
+    body = to_array_fn(tree, math_ns(fw))
+    f = lambda x: body(lambda i: x[i])
+    got = float(to_numpy(derivs.differential_operator(f, terms, strategy=strategy)(
+        array(fw, point))))
+    exact = sum(c * exact_partial(tree, n, point, mi) for c, mi in terms)
+    assert abs(got - exact) <= 1e-10 * max(1.0, abs(exact)), (terms, got, exact)
+
+
+def test_heat_residual_shares_lower_terms_in_one_collapsed_pass():
+    u = lambda z: jnp.exp(-z[0]) * jnp.sin(z[1]) * jnp.cos(z[2])
+    op = derivs.differential_operator(u, [(1.0, 0), (-0.5, (1, 1)), (-0.5, (2, 2))])
+    e = derivs.explain(op, jnp.array([0.1, 0.2, 0.3]))
+    assert e.strategy == "traced-jet" and len(e.passes) == 1
+    # keys read: 0, e_x, e_y and the collapsed one (u_t enters it linearly, so e_t is
+    # never a coefficient of its own): Leibniz terms 1 + 2 + 2 + (2 + 1 + 1)
+    assert e.estimated_cost == 1 + 2 + 2 + 4
+    assert "top order collapsed" in str(e)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_float32_agrees_with_float64(fw):
+    f32, f64 = _mlp(fw, "float32"), _mlp(fw, "float64")
+    for op in (derivs.laplacian, derivs.hessian_diagonal):
+        for strategy in STRATEGIES:
+            lo = to_numpy(op(f32, strategy=strategy)(array(fw, X, "float32")))
+            hi = to_numpy(op(f64, strategy=strategy)(array(fw, X)))
+            np.testing.assert_allclose(lo, hi, rtol=1e-4, atol=1e-4 * np.abs(hi).max())
+    d4_32 = to_numpy(derivs.partial(f32, (1, 1, 1, 1))(array(fw, X, "float32")))
+    d4_64 = to_numpy(derivs.partial(f64, (1, 1, 1, 1))(array(fw, X)))
+    np.testing.assert_allclose(d4_32, d4_64, rtol=1e-4)
+
+
+def test_operators_compose_with_jit_vmap_grad():
+    f = _mlp("jax")
+    lap = derivs.laplacian(f)
+    xb = jnp.asarray(XB)
+    np.testing.assert_allclose(jax.jit(jax.vmap(lap))(xb),
+                               [np.trace(_dense_hessian(x)) for x in XB], rtol=1e-11)
+    g = jax.grad(lap)(jnp.asarray(X))
+    eps = 1e-6
+    fd = [(lap(jnp.asarray(X) + eps * e) - lap(jnp.asarray(X) - eps * e)) / (2 * eps)
+          for e in np.eye(4)]
+    np.testing.assert_allclose(g, fd, rtol=1e-6)
+
+
+def test_torch_operator_trains():
+    """Gradients flow to parameters through the Laplacian (a PINN loss)."""
+    w = torch.tensor([0.5, -0.3, 0.8], dtype=torch.float64, requires_grad=True)
+    u = lambda x, w: torch.tanh(x @ w) ** 2
+    x = torch.tensor([[0.1, 0.2, 0.3], [0.4, -0.5, 0.6]], dtype=torch.float64)
+    loss = (derivs.laplacian(u, batch_axis=0)(x, w) ** 2).sum()
+    loss.backward()
+    # oracle: double torch.func.hessian per sample, same loss
+    w2 = w.detach().clone().requires_grad_(True)
+    lap = torch.stack([torch.trace(torch.func.hessian(lambda z: u(z, w2))(xi)) for xi in x])
+    (lap ** 2).sum().backward()
+    torch.testing.assert_close(w.grad, w2.grad, rtol=1e-10, atol=1e-12)
+    assert w.grad.abs().sum() > 0
+
+
+def test_operator_errors_name_the_fix():
+    with pytest.raises(TypeError, match="coefficient, index"):
+        derivs.differential_operator(jnp.sin, [((0, 0), 1.0)])
+    with pytest.raises(TypeError, match="non-empty list"):
+        derivs.differential_operator(jnp.sin, [])
+    with pytest.raises(ValueError, match="strategy="):
+        derivs.laplacian(jnp.sin, strategy="polarization")(jnp.ones(2))
+    with pytest.raises(TypeError, match="one argument"):
+        derivs.laplacian(jnp.sin, argnum=(0, 1))
+    with pytest.raises(TypeError, match="integer dtype"):
+        derivs.hessian_diagonal(lambda x: x.sum())(jnp.arange(3))
+    with pytest.raises(IndexError, match="out of range"):
+        derivs.differential_operator(jnp.sum, [(1.0, (5, 5))])(jnp.ones(3))
+
+
+def _measured():
+    root = Path(__file__).parent.parent / "benchmarks" / "results"
+    for name in ("taylor.json", "taylor-quick.json"):
+        if (root / name).exists():
+            return json.loads((root / name).read_text())
+    pytest.skip("no recorded benchmark results")
+
+
+def test_planner_picks_the_measured_faster_strategy():
+    """The operators' cost model against the timings recorded by
+    ``python -m benchmarks taylor`` (jets vs Hessian-vector products)."""
+    data = _measured()
+    checked = 0
+    for row in data["laplacian"]:
+        D = 50 if row["case"].startswith("D=50") else 3
+        faster = "traced-jet" if row["derivs_s"] < row["HVP loop_s"] else "reverse"
+        assert _operators.choose_strategy(True, D, True, row["framework"]) == faster, row
+        checked += 1
+    for row in data["hessian_diagonal"]:
+        if "derivs traced-jet_s" in row:
+            faster = ("traced-jet" if row["derivs traced-jet_s"] < row["derivs reverse_s"]
+                      else "reverse")
+            assert _operators.choose_strategy(False, row["D"], True, row["framework"]) == faster
+            checked += 1
+    assert checked >= 5
