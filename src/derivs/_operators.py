@@ -11,8 +11,11 @@ NOTE [cost model for operators]: per unit direction, a second-order Taylor jet
 costs ``jet_cost([(2,)]) = 6`` products per product of f, and a collapsed
 Laplacian ``2`` per direction plus ``4`` shared. A Hessian-vector product costs
 ``HVP_COST`` evaluations of f: reverse mode (~3 f, stores intermediates) under one
-forward level. ``benchmarks/operators.py`` measures both on the benchmark cases;
-``HVP_COST`` is set from those measurements (see the results file).
+forward level. ``python -m benchmarks taylor`` measures both; in JAX the jet
+strategy took 0.53x the time of the HVPs for the Hessian diagonal (D = 1000) and
+0.37x for the Laplacian (D = 50), so ``HVP_COST = 8`` (> 6). PyTorch's jet Hessian
+diagonal unrolls its directions (see ``choose_strategy``). A test checks the
+model's choice against the recorded timings.
 """
 
 from __future__ import annotations
@@ -118,7 +121,7 @@ def hessian_diagonal(f: Callable, argnum: int = 0, *, batch_axis: int | None = N
 
       >>> import jax.numpy as jnp, derivs
       >>> f = lambda x: jnp.sum(x ** 3) + x[0] * x[1] ** 2
-      >>> derivs.hessian_diagonal(f)(jnp.array([1.0, 2.0, 3.0]))
+      >>> derivs.hessian_diagonal(f)(jnp.array([1.0, 2.0, 3.0], dtype=jnp.float32))
       Array([ 6., 14., 18.], dtype=float32)
     """
     return _make_operator(f, argnum, batch_axis, strategy, "derivs.hessian_diagonal",
