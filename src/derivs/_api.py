@@ -51,9 +51,7 @@ class _Transform:
                     f"{self.api}: strategy='traced-jet' cannot be used here: {entry.reason}. "
                     "Pass strategy=None to fall back to nested forward mode automatically.")
             return _plan.NESTED_FORWARD, None, [f"traced-jet not used: {entry.reason}"]
-        return _plan.TRACED_JET, entry, [getattr(entry, "note", None) or (
-            f"derivative graph of {entry.ops} ops, built in {entry.build_seconds:.3f} s, "
-            "cached per argument signature")]
+        return _plan.TRACED_JET, entry, [entry.note]
 
     def shapes_and_backend(self, args: tuple):
         if not args:

@@ -23,11 +23,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from . import _api, backends
 from .backends import _common
 from .core import _jets
+from .core._cache import LRUCache
 
 TAYLOR = "traced-jet"
 REVERSE = "reverse"
@@ -153,7 +155,9 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool) -> Cal
                          "'traced-jet', 'reverse'.")
     if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):
         raise TypeError(f"{api}: batch_axis must be None or an int axis, got {batch_axis!r}.")
-    per_shape: dict = {}  # torch: the operator transform per sample size
+    # JAX: f's jaxpr is traced per call by the engine; this only carries f and argnum.
+    jax_transform = _api._build(f, [0], argnum, False, batch_axis, api=api, allow_value=False)
+    per_shape = LRUCache(maxsize=32)  # torch: the operator transform per sample shape
 
     @functools.wraps(f)
     def op(*args, **kwargs):
@@ -167,29 +171,54 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool) -> Cal
         n = _common.numel(sample)
         chosen = strategy or choose_strategy(collapsed, n, _scalar_output(
             backend, f, args, kwargs, batch_axis), backend.name)
+        fw = _framework(backend.name)
         if chosen == REVERSE:
-            return _reverse(backend, f, args, kwargs, argnum, batch_axis, sample, collapsed, api)
+            return _reverse(fw, f, args, kwargs, argnum, batch_axis, sample, collapsed)
         if backend.name == "jax":
-            return _jax_taylor(f, args, kwargs, argnum, batch_axis, sample, collapsed)
+            return _jax_taylor(fw, jax_transform, args, kwargs, batch_axis, sample, collapsed)
         key = (sample, collapsed)
-        if key not in per_shape:
-            coords = list(range(n))
-            if collapsed:
-                per_shape[key] = differential_operator(
-                    f, [(1.0, (i, i)) for i in coords], argnum, batch_axis=batch_axis)
-            else:
-                per_shape[key] = _api.partials(f, [(i, i) for i in coords], argnum,
-                                               batch_axis=batch_axis)
-        out = per_shape[key](*args, **kwargs)
+        transform = per_shape.get(key)
+        if transform is None:
+            coords = range(n)
+            transform = (differential_operator(f, [(1.0, (i, i)) for i in coords], argnum,
+                                               batch_axis=batch_axis) if collapsed
+                         else _api.partials(f, [(i, i) for i in coords], argnum,
+                                            batch_axis=batch_axis))
+            per_shape.put(key, transform)
+        out = transform(*args, **kwargs)
         if collapsed:
             return out
-        import torch
-
-        stacked = torch.stack([out[(i, i)] for i in range(n)], dim=-1)
-        return stacked.reshape(stacked.shape[:-1] + tuple(sample))
+        return _directions_last(fw, fw.stack([out[(i, i)] for i in range(n)]), sample)
 
     op.__derivs_operator__ = api
     return op
+
+
+def _framework(name: str) -> SimpleNamespace:
+    """The few array operations the operators need, per framework."""
+    if name == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        return SimpleNamespace(
+            eye=lambda n, like: jnp.eye(n, dtype=like.dtype), unsqueeze=jnp.expand_dims,
+            broadcast=lambda v, like: jnp.broadcast_to(v, like.shape), stack=jnp.stack,
+            grad=jax.grad, jvp=lambda g, x, v: jax.jvp(g, (x,), (v,))[1], vmap=jax.vmap,
+            sum=jnp.sum, movedim=jnp.moveaxis, tree_map=jax.tree_util.tree_map)
+    import torch
+
+    return SimpleNamespace(
+        eye=lambda n, like: torch.eye(n, dtype=like.dtype, device=like.device),
+        unsqueeze=torch.unsqueeze, broadcast=lambda v, like: v.expand(like.shape),
+        stack=torch.stack, grad=torch.func.grad,
+        jvp=lambda g, x, v: torch.func.jvp(g, (x,), (v,))[1], vmap=torch.func.vmap,
+        sum=torch.sum, movedim=torch.movedim, tree_map=None)
+
+
+def _directions_last(fw, stacked, sample):
+    """``(n, *out)`` per unit direction -> ``(*out, *sample)``."""
+    moved = fw.movedim(stacked, 0, -1)
+    return moved.reshape(tuple(moved.shape[:-1]) + tuple(sample))
 
 
 def _scalar_output(backend, f, args, kwargs, batch_axis) -> bool:
@@ -209,72 +238,40 @@ def _scalar_output(backend, f, args, kwargs, batch_axis) -> bool:
     return math.prod(shape) == 1 if batch_axis is None else len(shape) == 1
 
 
-def _jax_taylor(f, args, kwargs, argnum, batch_axis, sample, collapsed):
-    import jax.numpy as jnp
-
+def _jax_taylor(fw, transform, args, kwargs, batch_axis, sample, collapsed):
     from .backends import jax_engine
     from .backends.jax_engine._engine import FAMILY_AXIS
 
-    t = _api._build(f, [0], argnum, False, batch_axis, api="derivs.laplacian",
-                    allow_value=False)
-    compiled = jax_engine.prepare(t, args, kwargs)
+    compiled = jax_engine.prepare(transform, args, kwargs)
     if isinstance(compiled, jax_engine.Fallback):
-        raise ValueError(f"derivs: the Taylor operator cannot run here: {compiled.reason}. "
-                         "Pass strategy='reverse' for a scalar-valued f.")
+        raise ValueError(f"{transform.api}: the Taylor operator cannot run here: "
+                         f"{compiled.reason}. Pass strategy='reverse' for a scalar-valued f.")
     if collapsed:
         key = _jets.Collapsed(((1.0, (2,)),), family=FAMILY_AXIS)
         return jax_engine.run_family(compiled, 0, key, batch_axis, collapsed=True)
     out = jax_engine.run_family(compiled, 0, (2,), batch_axis, collapsed=False)
-    import jax
-
-    return jax.tree_util.tree_map(
-        lambda o: jnp.moveaxis(o, 0, -1).reshape(o.shape[1:] + tuple(sample)), out)
+    return fw.tree_map(lambda o: _directions_last(fw, o, sample), out)
 
 
-def _reverse(backend, f, args, kwargs, argnum, batch_axis, sample, collapsed, api):
+def _reverse(fw, f, args, kwargs, argnum, batch_axis, sample, collapsed):
     """Hessian-vector products along every unit direction (forward over reverse),
     vmapped; valid for one scalar output per sample."""
     n = _common.numel(sample)
     x = args[argnum]
+    ndim = len(x.shape)
 
     def total(z):
-        out = f(*args[:argnum], z, *args[argnum + 1:], **kwargs)
-        return out.sum()
+        return f(*args[:argnum], z, *args[argnum + 1:], **kwargs).sum()
 
-    if backend.name == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        eye = jnp.eye(n, dtype=x.dtype).reshape((n,) + tuple(sample))
-        grad = jax.grad(total)
-        expand = (lambda v: v) if batch_axis is None else (
-            lambda v: jnp.broadcast_to(jnp.expand_dims(v, batch_axis % x.ndim), x.shape))
-
-        def quad(v):
-            v = expand(v)
-            hv = jax.jvp(grad, (x,), (v,))[1]
-            return _sample_sum(hv * v, batch_axis, x.ndim, jnp.sum)
-
-        diag = jax.vmap(quad)(eye)  # (n, batch...) or (n,)
-        if collapsed:
-            return diag.sum(0)
-        return jnp.moveaxis(diag, 0, -1).reshape(diag.shape[1:] + tuple(sample))
-    import torch
-
-    eye = torch.eye(n, dtype=x.dtype, device=x.device).reshape((n,) + tuple(sample))
-    grad = torch.func.grad(total)
-    expand = (lambda v: v) if batch_axis is None else (
-        lambda v: v.unsqueeze(batch_axis % x.dim()).expand(x.shape))
+    grad = fw.grad(total)
 
     def quad(v):
-        v = expand(v)
-        hv = torch.func.jvp(grad, (x,), (v,))[1]
-        return _sample_sum(hv * v, batch_axis, x.dim(), torch.sum)
+        if batch_axis is not None:  # the same direction in every sample
+            v = fw.broadcast(fw.unsqueeze(v, batch_axis % ndim), x)
+        return _sample_sum(fw.jvp(grad, x, v) * v, batch_axis, ndim, fw.sum)
 
-    diag = torch.func.vmap(quad)(eye)
-    if collapsed:
-        return diag.sum(0)
-    return torch.movedim(diag, 0, -1).reshape(diag.shape[1:] + tuple(sample))
+    diag = fw.vmap(quad)(fw.eye(n, x).reshape((n,) + tuple(sample)))  # (n, *batch)
+    return diag.sum(0) if collapsed else _directions_last(fw, diag, sample)
 
 
 def _sample_sum(v, batch_axis, ndim, sum_fn):

@@ -66,10 +66,14 @@ def unit(groups: int, g: int) -> Kappa:
     return tuple(int(i == g) for i in range(groups))
 
 
-def box_cost(box: Kappa) -> float:
-    """Leibniz terms summed over every coefficient of a box: the jet engine's cost
-    of one product, relative to the product itself."""
-    return float(math.prod((m + 1) * (m + 2) // 2 for m in box))
+def multilinear_positions(kappa: Kappa, seeds: dict[int, int]) -> list[int] | None:
+    """For a function multilinear in the entries of a seeded input (prod): the
+    sorted entry positions that coefficient ``kappa`` differentiates once each, or
+    None where the coefficient is zero (an entry twice, or a group that seeds
+    another argument)."""
+    if any(k > 1 for k in kappa) or any(k and g not in seeds for g, k in enumerate(kappa)):
+        return None
+    return sorted(seeds[g] for g, k in enumerate(kappa) if k)
 
 
 # -- collapsed operator coefficients ---------------------------------------------------

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from ._jets import Collapsed, box_cost, jet_cost
+from ._jets import Collapsed, jet_cost
 from ._request import Coord, MultiIndex
 
 LEVEL_FACTOR = 3.0
@@ -54,12 +54,6 @@ class Pass:
         """Nested-forward cost in evaluations of f (see the cost model note)."""
         return LEVEL_FACTOR ** self.levels
 
-    def cost_for(self, strategy: str) -> float:
-        if strategy == TRACED_JET:
-            # one coefficient per count vector below the pass's box; a product costs
-            # sum over coefficients of their Leibniz terms (derivs.core._jets)
-            return box_cost(tuple(Counter(self.directions).values()))
-        return self.cost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +107,7 @@ class Plan:
         """Estimated cost in evaluations of ``f`` (see the cost model notes)."""
         if strategy == TRACED_JET:
             return jet_cost(self.jet_keys())
-        return float(sum(p.cost_for(strategy) for p in self.passes))
+        return float(sum(p.cost for p in self.passes))
 
 
 def make_plan(requests: Sequence[MultiIndex],

@@ -35,7 +35,6 @@ class Compiled:
     ops: int
     reads: list  # per pass: (groups, [(request index, key), ...])
     batch_axis: int | None
-    build_seconds: float = 0.0
 
     @property
     def note(self) -> str:

@@ -41,8 +41,7 @@ LINEAR = {
     "rev", "reduce_sum", "copy", "copy_p", "convert_element_type", "cumsum",
     "reduce_precision", "pad", "concatenate", "add", "sub", "add_any", "select_n",
     "dynamic_slice", "dynamic_update_slice", "gather", "scatter-add", "scatter_add",
-    "scatter", "sharding_constraint", "real", "imag", "complex", "conj", "squeeze",
-    "split", "mesh_cast", "reshard", "pvary",
+    "scatter", "sharding_constraint", "real", "imag", "complex", "conj", "split", "mesh_cast", "reshard", "pvary",
 }
 BILINEAR = {"mul", "dot_general", "conv_general_dilated"}
 ELEMENTWISE = {
@@ -50,7 +49,7 @@ ELEMENTWISE = {
     "atanh", "exp", "exp2", "log", "log1p", "expm1", "logistic", "sqrt", "rsqrt", "cbrt",
     "integer_pow", "pow", "erf", "erfc", "erf_inv", "lgamma", "digamma", "abs", "sign",
     "max", "min", "atan2", "rem", "square", "floor", "ceil", "round", "clamp", "div",
-    "nextafter", "tan",
+    "nextafter",
 }
 # Forward-mode derivatives through custom_vjp functions are undefined in JAX too.
 UNSUPPORTED = {"custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin"}
@@ -123,9 +122,7 @@ class Interpreter:
         if rule is not None:
             return rule(self, prim, params, jets)
         if name in LINEAR:
-            fixed = [not is_float(j.primal) for j in jets]
-            outs = _linear_multi(prim, params, jets, fixed)
-            return outs
+            return _linear(prim, params, jets, [not is_float(j.primal) for j in jets])
         if name in BILINEAR:
             a, b = jets
             return [_jet.bilinear(a, b, lambda x, y: bind(prim, params, x, y))]
@@ -162,7 +159,10 @@ class Interpreter:
         per-direction work is one product instead of a jet of ``phi'``. Higher
         orders use the general chain rule."""
         a = jets[i]
-        general = self._chain_rule(prim, params, jets, primal)
+        # One jet: higher orders run the general chain rule, whose lower
+        # coefficients are then this jet's own (computed once, here).
+        jet = self._chain_rule(prim, params, jets, primal)
+        chain_rule = jet.rule
         derivs: list = []
 
         def phi_derivatives():
@@ -180,7 +180,7 @@ class Interpreter:
         def rule(key):
             pairs = _jets.second_order_pairs(key)
             if pairs is None:
-                return general.get(key)
+                return chain_rule(key)
             d1, d2 = phi_derivatives()
             quad = _jet.family_sum(key, _jet.total(
                 _jet.scale(a.get(t) * a.get(r), m) for t, r, m in pairs
@@ -189,7 +189,8 @@ class Interpreter:
             return _jet.add(None if first is None else d1 * first,
                             None if quad is None else d2 * quad)
 
-        return Jet(primal, rule)
+        jet.rule = rule
+        return jet
 
     def jvp_recursion(self, prim, params: dict, jets: list[Jet]) -> list[Jet]:
         """``phi(a)[kappa] = jvp(phi)(a, d_g a)[kappa - e_g]`` with ``g`` the last
@@ -226,29 +227,31 @@ class Interpreter:
         return jet
 
 
-def _linear_multi(prim, params, jets: list[Jet], fixed: list[bool]) -> list[Jet]:
-    """A primitive jointly linear in its non-fixed operands, for each of its outputs."""
+def _linear(prim, params, jets: list[Jet], fixed: list[bool]) -> list[Jet]:
+    """A primitive jointly linear in its non-fixed operands: one bind per
+    coefficient, shared by all of its outputs."""
     primals = bind(prim, params, *[j.primal for j in jets])
-    if not prim.multiple_results:
-        return [_linear_one(prim, params, jets, fixed, primals, None)]
-    return [_linear_one(prim, params, jets, fixed, p, k) for k, p in enumerate(primals)]
-
-
-def _linear_one(prim, params, jets, fixed, primal, k):
     cache: dict[Any, Any] = {}
 
-    def rule(key):
+    def coefficient(key):
         if key not in cache:
-            vals = [j.get(key) for j, f in zip(jets, fixed) if not f]
-            if all(v is None for v in vals):
+            if all(j.get(key) is None for j, f in zip(jets, fixed) if not f):
                 cache[key] = None
             else:
                 args = [j.primal if f else j.dense(key) for j, f in zip(jets, fixed)]
                 cache[key] = bind(prim, params, *args)
-        out = cache[key]
-        return out if (out is None or k is None) else out[k]
+        return cache[key]
 
-    return Jet(primal, rule)
+    if not prim.multiple_results:
+        return [Jet(primals, coefficient)]
+
+    def output(k):
+        def rule(key):
+            out = coefficient(key)
+            return None if out is None else out[k]
+        return Jet(primals[k], rule)
+
+    return [output(k) for k in range(len(primals))]
 
 
 # -- JVP jaxprs of single primitives, cached by abstract signature -----------------------------

@@ -102,10 +102,10 @@ def _prod_of_seeds(a: Jet, axes: tuple[int, ...]) -> Jet:
         tuple(x.shape[d] for d in keep) + (-1,))
 
     def rule(kappa):
-        if any(k > 1 for k in kappa) or any(k and g not in seeds for g, k in enumerate(kappa)):
+        positions = _jets.multilinear_positions(kappa, seeds)
+        if positions is None:
             return None
-        positions = jnp.array(sorted(seeds[g] for g, k in enumerate(kappa) if k))
-        return jnp.prod(flat.at[..., positions].set(1), axis=-1)
+        return jnp.prod(flat.at[..., jnp.array(positions)].set(1), axis=-1)
 
     return Jet(jnp.prod(flat, axis=-1), rule, expands=True)
 

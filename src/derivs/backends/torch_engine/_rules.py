@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.fx as fx
 
+from ...core import _jets
 from ._builder import Narrow, aten
 from ._jet import Context, Jet
 
@@ -379,9 +380,9 @@ def _prod_of_seeds(ctx, a: Jet, shape, dim, keepdim) -> Jet:
             aten.prod.dim_int, v, d, keepdim)
 
     def rule(kappa):
-        if any(k > 1 for k in kappa) or any(k and g not in seeds for g, k in enumerate(kappa)):
+        positions = _jets.multilinear_positions(kappa, seeds)
+        if positions is None:
             return None
-        positions = sorted(seeds[g] for g, k in enumerate(kappa) if k)
         index = ctx.index_constant(positions, a.node())
         return reduce(b.op(aten.index_fill.int_Scalar, a.node(), d, index, 1.0))
 
