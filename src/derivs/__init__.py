@@ -13,5 +13,14 @@ from ._api import value_and_partials as value_and_partials
 from ._operators import differential_operator as differential_operator
 from ._operators import hessian_diagonal as hessian_diagonal
 from ._operators import laplacian as laplacian
+from ._sparse import Prepared as Prepared
+from ._sparse import SparseDerivative as SparseDerivative
+from ._sparse import hessian as hessian
+from ._sparse import jacobian as jacobian
+from ._sparse import sparsity as sparsity
+from .sparsity._coloring import Coloring as Coloring
+from .sparsity._errors import SparsityWarning as SparsityWarning
+from .sparsity._errors import UnsupportedOpError as UnsupportedOpError
+from .sparsity._pattern import Pattern as Pattern
 
 __version__ = "0.1.0"

@@ -321,6 +321,9 @@ def explain(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
 
     * ``explain(transformed, *example_args)`` for a function made by
       :func:`partial`, :func:`partials` or :func:`value_and_partials`;
+    * ``explain(sparse_derivative, *example_args)`` for ``derivs.jacobian(f,
+      sparse=True)`` / ``derivs.hessian(f, sparse=True)``: the pattern, colors and
+      orderings tried (a readable report);
     * ``explain(f, request, *example_args, argnums=..., batch_axis=...)`` where
       ``request`` is one index (an int or a tuple, as for :func:`partial`) or a
       list of indices (as for :func:`partials`).
@@ -334,6 +337,8 @@ def explain(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
       >>> e.strategy, len(e.passes), e.estimated_cost
       ('traced-jet', 1, 27.0)
     """
+    if hasattr(f, "prepare") and hasattr(f, "explain"):  # a sparse Jacobian / Hessian
+        return f.explain(*args)
     t = getattr(f, "__derivs_transform__", None)
     if t is None:
         if not args:

@@ -1,0 +1,100 @@
+"""JAX side of sparse derivatives: detection entry points, compressed passes
+(vmapped JVPs, VJPs or Hessian-vector products over the color seeds) and
+native outputs. Everything after detection is traceable, so a prepared sparse
+derivative runs under ``jax.jit``."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+
+from . import _jax_detect
+
+name = "jax"
+FORMATS = ("native", "coo", "csr", "scipy", "dense")
+
+
+def _bind(fun, args, argnum, has_aux):
+    """``x -> (f(..., x, ...), aux)`` for the selected argument."""
+    def f_x(x):
+        full = list(args)
+        full[argnum] = x
+        out = fun(*full)
+        return out if has_aux else (out, None)
+    return f_x
+
+
+def detect(kind, fun, args, argnum, has_aux, unknown):
+    if kind == "jacobian":
+        target = (lambda *a: fun(*a)[0]) if has_aux else fun
+    else:  # the Hessian pattern is the Jacobian pattern of the gradient
+        grad = jax.grad(fun, argnums=argnum, has_aux=has_aux)
+        target = (lambda *a: grad(*a)[0]) if has_aux else grad
+    return _jax_detect.detect(target, args, argnum, unknown)
+
+
+def compressed(mode, fun, args, argnum, has_aux, seeds):
+    """The stack of compressed products, one row per seed, and ``aux``."""
+    x = args[argnum]
+    f_x = _bind(fun, args, argnum, has_aux)
+    seeds = jnp.asarray(seeds, x.dtype).reshape((-1,) + x.shape)
+    if mode == "column":
+        def one(s):
+            return jax.jvp(f_x, (x,), (s,), has_aux=True)
+        out, tangents, aux = jax.vmap(one, out_axes=(None, 0, None))(seeds)
+        return tangents.reshape(seeds.shape[0], -1), aux
+    if mode == "row":
+        out, vjp, aux = jax.vjp(f_x, x, has_aux=True)
+        cot = seeds.reshape((-1,) + out.shape)
+        (rows,) = jax.vmap(vjp)(cot)
+        return rows.reshape(cot.shape[0], -1), aux
+    grad = jax.grad(f_x, has_aux=True)
+
+    def hvp(s):
+        return jax.jvp(grad, (x,), (s,), has_aux=True)
+    _, hv, aux = jax.vmap(hvp, out_axes=(None, 0, None))(seeds)
+    return hv.reshape(seeds.shape[0], -1), aux
+
+
+def assemble(stack, gather, pattern, fmt, dtype):
+    data = stack.reshape(-1)[jnp.asarray(gather)]
+    m, n = pattern.shape
+    if fmt in ("native", "coo"):
+        from jax.experimental import sparse as jsparse
+
+        idx = np.stack([pattern.rows, pattern.cols], 1).astype(np.int32)
+        return jsparse.BCOO((data, jnp.asarray(idx)), shape=(m, n), indices_sorted=True,
+                            unique_indices=True)
+    if fmt == "csr":
+        from jax.experimental import sparse as jsparse
+
+        return jsparse.BCSR((data, jnp.asarray(pattern.cols, jnp.int32),
+                             jnp.asarray(pattern.indptr, jnp.int32)), shape=(m, n))
+    if fmt == "scipy":
+        if isinstance(data, jax.core.Tracer):
+            raise TypeError("format='scipy' gives a host (NumPy) matrix and cannot be used "
+                            "under jax.jit; use format='native' (BCOO) inside jit.")
+        return sp.csr_array((np.asarray(data), pattern.cols, pattern.indptr), shape=(m, n))
+    dense = jnp.zeros((m, n), data.dtype).at[pattern.rows, pattern.cols].set(data)
+    return dense.reshape(pattern.out_shape + pattern.in_shape)
+
+
+def is_tracing(args) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in args)
+
+
+def to_numpy(x) -> np.ndarray:
+    return np.asarray(x)
+
+
+def dense(kind, fun, args, argnum, has_aux):
+    if kind == "hessian":
+        return jax.hessian(fun, argnums=argnum, has_aux=has_aux)(*args)
+    out = jax.eval_shape(fun, *args)
+    out = out[0] if has_aux else out
+    # Forward mode when the input is no larger than the output, reverse otherwise.
+    fwd = np.size(args[argnum]) <= int(np.prod(out.shape, dtype=np.int64))
+    jac = jax.jacfwd if fwd else jax.jacrev
+    return jac(fun, argnums=argnum, has_aux=has_aux)(*args)
