@@ -87,6 +87,24 @@ def elementwise(deps: Sequence, shapes: Sequence[tuple], out_shape: tuple):
     return union([broadcast(d, s, out_shape) for d, s in zip(deps, shapes)])
 
 
+def masked(deps, keep: np.ndarray):
+    """Rows where ``keep`` is False become empty (a product with a known zero)."""
+    if deps is None or keep.all():
+        return deps
+    rows = np.nonzero(keep.reshape(-1))[0]
+    return _apply(rows, rows, keep.size, deps)
+
+
+def product(deps: Sequence, shapes: Sequence[tuple], known: Sequence, out_shape: tuple):
+    """Elementwise product: like :func:`elementwise`, but an element where a known
+    factor is zero depends on nothing (``0 * anything`` is 0 for every input)."""
+    out = elementwise(deps, shapes, out_shape)
+    for v in known:
+        if v is not None and np.ndim(v) <= len(out_shape):
+            out = masked(out, np.broadcast_to(np.asarray(v) != 0, out_shape))
+    return out
+
+
 def reduce(deps, shape: tuple, axes: Sequence[int], keepdims: bool = False):
     """Union over ``axes``; the result keeps the other axes in order."""
     if deps is None:

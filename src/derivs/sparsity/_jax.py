@@ -39,8 +39,10 @@ def compressed(mode, fun, args, argnum, has_aux, seeds):
     """The stack of compressed products, one row per seed, and ``aux``."""
     x = args[argnum]
     f_x = _bind(fun, args, argnum, has_aux)
-    seeds = jnp.asarray(seeds, x.dtype).reshape((-1,) + x.shape)
+    seeds = jnp.asarray(seeds, x.dtype)
     if mode == "column":
+        seeds = seeds.reshape((-1,) + x.shape)
+
         def one(s):
             return jax.jvp(f_x, (x,), (s,), has_aux=True)
         out, tangents, aux = jax.vmap(one, out_axes=(None, 0, None))(seeds)
@@ -50,6 +52,7 @@ def compressed(mode, fun, args, argnum, has_aux, seeds):
         cot = seeds.reshape((-1,) + out.shape)
         (rows,) = jax.vmap(vjp)(cot)
         return rows.reshape(cot.shape[0], -1), aux
+    seeds = seeds.reshape((-1,) + x.shape)
     grad = jax.grad(f_x, has_aux=True)
 
     def hvp(s):

@@ -131,7 +131,10 @@ class Detector:
             shape = outs[0].aval.shape
             if name == "select_n" and vals[0] is not None:
                 return [self.structural(eqn, deps, vals, tuple(range(1, len(deps))))[0]]
-            return [A.elementwise(deps, [v.aval.shape for v in eqn.invars], shape)]
+            shapes = [v.aval.shape for v in eqn.invars]
+            if name == "mul":
+                return [A.product(deps, shapes, vals, shape)]
+            return [A.elementwise(deps, shapes, shape)]
         if name == "convert_element_type":
             return [deps[0]]
         if name in DATA_OPERANDS:
