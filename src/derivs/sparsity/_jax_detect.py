@@ -49,7 +49,7 @@ tridiagonal tridiagonal_solve custom_linear_solve cholesky_update geqrf geqp3 or
 DATA_OPERANDS = {
     "broadcast_in_dim": (0,), "reshape": (0,), "transpose": (0,), "squeeze": (0,),
     "expand_dims": (0,), "rev": (0,), "slice": (0,), "concatenate": None, "pad": (0, 1),
-    "gather": (0,), "dynamic_slice": (0,), "dynamic_update_slice": (0, 1),
+    "stack": None, "gather": (0,), "dynamic_slice": (0,), "dynamic_update_slice": (0, 1),
     "scatter": (0, 2), "split": (0,),
 }
 REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or "
@@ -61,6 +61,11 @@ CALLS = frozenset("pjit jit closed_call core_call remat remat2 checkpoint custom
                   "custom_vjp_call custom_vjp_call_jaxpr".split())
 WINDOWS = frozenset("reduce_window_sum reduce_window_max reduce_window_min reduce_window "
                     "cumsum_window".split())
+
+
+# Scans up to this length are stepped exactly (precise for fori_loop bodies);
+# longer ones use a union fixpoint (conservative, bounded work).
+EXACT_SCAN_STEPS = 512
 
 
 def _size(aval) -> int:
@@ -213,7 +218,7 @@ class Detector:
         name = eqn.primitive.name
         try:
             if name in ("reshape", "squeeze", "expand_dims", "broadcast_in_dim", "transpose",
-                        "rev", "slice", "concatenate", "split"):
+                        "rev", "slice", "concatenate", "split", "stack"):
                 outs = _numpy_structural(name, args, eqn.params, eqn.outvars)
             else:
                 params = dict(eqn.params)
@@ -377,21 +382,52 @@ class Detector:
         consts_d, consts_v = deps[:nc], vals[:nc]
         init = deps[nc:nc + nk]
         xs = eqn.invars[nc + nk:]
-        # A slice x[t] may be any of the slices: union over the scanned axis.
-        xs_d = [A.reduce(d, v.aval.shape, [0]) for d, v in zip(deps[nc + nk:], xs)]
-        nx = len(xs)
+        xs_deps = deps[nc + nk:]
+        length = p["length"]
 
-        def body_run(c):
-            return self.run_closed(body, consts_d + list(c) + xs_d,
-                                   consts_v + [None] * (nk + nx))[0]
+        def body_run(c, x_d):
+            return self.run_closed(body, consts_d + list(c) + list(x_d),
+                                   consts_v + [None] * (nk + len(xs)))[0]
 
-        carry = self._fixpoint(lambda c: body_run(c)[:nk], list(init))
-        ys = body_run(carry)[nk:]
+        ys_avals = [v.aval for v in eqn.outvars[nk:]]
+        if length <= EXACT_SCAN_STEPS:
+            # Step exactly: slice t of xs in, slice t of ys out, the carry threaded.
+            carry = list(init)
+            per_step = [None] * length
+            steps = range(length - 1, -1, -1) if p["reverse"] else range(length)
+            for t in steps:
+                x_t = [A.take(d, np.arange(_size(v.aval)).reshape(v.aval.shape)[t])
+                       for d, v in zip(xs_deps, xs)]
+                res = body_run(carry, x_t)
+                per_step[t] = res[nk:]
+                if all(d is None for d in xs_deps) and all(
+                        _equal(a, b) for a, b in zip(carry, res[:nk])):
+                    for u in steps:  # a fixpoint: every later step repeats this one
+                        if per_step[u] is None:
+                            per_step[u] = res[nk:]
+                    break
+                carry = res[:nk]
+            ys = []
+            for j, aval in enumerate(ys_avals):
+                slice_size = _size(aval) // max(length, 1)
+                parts = [step[j] for step in per_step]
+                ys.append(A.stack(parts, [slice_size] * length, self.n) if length else None)
+            return list(carry) + ys
+        # Long scans: a slice x[t] may be any slice (union over the scanned axis), and
+        # the carry is a union fixpoint (conservative, bounded work).
+        xs_d = [A.reduce(d, v.aval.shape, [0]) for d, v in zip(xs_deps, xs)]
+        carry = self._fixpoint(lambda c: body_run(c, xs_d)[:nk], list(init))
+        ys = body_run(carry, xs_d)[nk:]
         out = list(carry)
-        for d, v in zip(ys, eqn.outvars[nk:]):
-            slice_shape = (1,) + tuple(v.aval.shape[1:])
-            out.append(A.broadcast(d, slice_shape, v.aval.shape))
+        for d, aval in zip(ys, ys_avals):
+            out.append(A.broadcast(d, (1,) + tuple(aval.shape[1:]), aval.shape))
         return out
+
+
+def _equal(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.nnz == b.nnz and (a != b).nnz == 0
 
 
 def _same(a, b) -> bool:
@@ -423,6 +459,8 @@ def _numpy_structural(name, args, params, outvars):
         return [x[idx]]
     if name == "concatenate":
         return [np.concatenate(args, axis=params["dimension"])]
+    if name == "stack":
+        return [np.stack(args, axis=params["axis"])]
     if name == "split":
         cuts = np.cumsum(params["sizes"])[:-1]
         return np.split(x, cuts, axis=params["axis"])

@@ -1,0 +1,246 @@
+"""Sparse Jacobians and Hessians against dense derivatives (the oracle), both
+frameworks, float64 and float32, all output formats."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import derivs
+from tests._frameworks import FRAMEWORKS, array, to_numpy
+
+from . import _problems as P
+
+
+def ns(fw):
+    return jnp if fw == "jax" else torch
+
+
+def pad(fw):
+    if fw == "jax":
+        return lambda U: jnp.pad(U, 1)
+    return lambda U: torch.nn.functional.pad(U, (1, 1, 1, 1))
+
+
+def dense_jac(fw, f, x, hessian=False):
+    if fw == "jax":
+        J = jax.hessian(f)(x) if hessian else jax.jacfwd(f)(x)
+    else:
+        J = torch.func.hessian(f)(x) if hessian else torch.func.jacfwd(f)(x)
+    return to_numpy(J).reshape(-1, int(np.prod(x.shape)))
+
+
+def as_dense(M) -> np.ndarray:
+    if isinstance(M, torch.Tensor):
+        return M.to_dense().detach().numpy() if M.layout != torch.strided else M.numpy()
+    if sp.issparse(M):
+        return M.toarray()
+    if hasattr(M, "todense"):
+        return np.asarray(M.todense())
+    return np.asarray(M)
+
+
+def problems(fw):
+    return {
+        "fd1d": (P.fd1d(ns(fw)), 40, False),
+        "rosenbrock": (P.rosenbrock(ns(fw)), 40, True),
+        "laplace2d": (P.laplace2d(ns(fw), pad(fw)), 49, False),
+    }
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+@pytest.mark.parametrize("name", ["fd1d", "rosenbrock", "laplace2d"])
+def test_values_match_dense(fw, name):
+    f, n, hess = problems(fw)[name]
+    x = array(fw, np.random.default_rng(0).uniform(-1, 1, n))
+    D = (derivs.hessian if hess else derivs.jacobian)(f, sparse=True)
+    got = as_dense(D(x))
+    np.testing.assert_allclose(got, dense_jac(fw, f, x, hess), rtol=1e-12, atol=1e-12)
+    # Far fewer passes than columns: the point of coloring.
+    assert D.prepare(x).n_colors <= 5
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_five_point_stencil_gets_five_colors(fw):
+    f = P.laplace2d(ns(fw), pad(fw))
+    x = array(fw, np.ones(30 * 30))
+    prepared = derivs.jacobian(f, sparse=True).prepare(x)
+    assert np.array_equal(prepared.pattern.todense(), P.five_point_pattern(30))
+    assert prepared.n_colors == 5  # optimal: a 5-point stencil row has 5 entries
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_float32_agrees_with_float64(fw):
+    f, n, _ = problems(fw)["laplace2d"]
+    v = np.random.default_rng(1).uniform(-1, 1, n)
+    D = derivs.jacobian(f, sparse=True, format="dense")
+    j32 = to_numpy(D(array(fw, v, "float32")))
+    j64 = to_numpy(D(array(fw, v, "float64")))
+    assert j32.dtype == np.float32
+    np.testing.assert_allclose(j32, j64, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+@pytest.mark.parametrize("fmt", ["native", "coo", "csr", "scipy", "dense"])
+def test_formats(fw, fmt):
+    f = P.fd1d(ns(fw))
+    x = array(fw, np.linspace(-1, 1, 12))
+    J = derivs.jacobian(f, sparse=True, format=fmt)(x)
+    expect = dense_jac(fw, f, x)
+    if fmt == "scipy":
+        assert isinstance(J, sp.csr_array)
+    elif fmt == "dense":
+        assert tuple(J.shape) == (10, 12)
+    elif fw == "torch":
+        assert J.layout == (torch.sparse_csr if fmt == "csr" else torch.sparse_coo)
+    else:
+        from jax.experimental import sparse as jsparse
+        assert isinstance(J, jsparse.BCSR if fmt == "csr" else jsparse.BCOO)
+    np.testing.assert_allclose(as_dense(J), expect, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_row_coloring_for_few_dense_outputs(fw):
+    # Two outputs that each read every input: columns all conflict, rows do not.
+    def f(x):
+        return ns(fw).stack([(x ** 2).sum(), (x * x[0]).sum()])
+    x = array(fw, np.linspace(0.5, 2, 30))
+    D = derivs.jacobian(f, sparse=True)
+    assert D.prepare(x).coloring.mode == "row"
+    np.testing.assert_allclose(as_dense(D(x)), dense_jac(fw, f, x), rtol=1e-12)
+    forced = derivs.jacobian(f, sparse=True, coloring="column")
+    assert forced.prepare(x).coloring.mode == "column"
+    np.testing.assert_allclose(as_dense(forced(x)), dense_jac(fw, f, x), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_matrix_input_argnums_and_aux(fw):
+    def f(a, x):
+        return (x[:, 1:] * x[:, :-1] * a).reshape(-1), x.sum()
+    a = array(fw, 2.0)
+    x = array(fw, np.random.default_rng(2).uniform(-1, 1, (3, 5)))
+    D = derivs.jacobian(f, argnums=1, sparse=True, has_aux=True, format="dense")
+    J, aux = D(a, x)
+    assert tuple(J.shape) == (12, 3, 5)
+    expect = dense_jac(fw, lambda x: f(a, x)[0], x)
+    np.testing.assert_allclose(to_numpy(J).reshape(12, 15), expect, rtol=1e-12)
+    np.testing.assert_allclose(to_numpy(aux), to_numpy(x).sum())
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_tuple_argnums_gives_blocks(fw):
+    def f(x, y):
+        return x[1:] * y[:-1] + x[:-1]
+    x = array(fw, np.linspace(-1, 1, 6))
+    y = array(fw, np.linspace(1, 2, 6))
+    Jx, Jy = derivs.jacobian(f, argnums=(0, 1), sparse=True)(x, y)
+    np.testing.assert_allclose(as_dense(Jx), dense_jac(fw, lambda x: f(x, y), x), rtol=1e-12)
+    np.testing.assert_allclose(as_dense(Jy), dense_jac(fw, lambda y: f(x, y), y), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_hessian_of_a_coupled_function(fw):
+    def f(x):
+        m = ns(fw)
+        return m.sum(m.tanh(x[1:] * x[:-1])) + m.sum(m.sin(x[::2]) * x[1::2]) + m.sum(x ** 4)
+    x = array(fw, np.random.default_rng(3).uniform(-1, 1, 20))
+    H = derivs.hessian(f, sparse=True, check=True)
+    got = as_dense(H(x))
+    np.testing.assert_allclose(got, dense_jac(fw, f, x, hessian=True), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got, got.T)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_dense_mode_matches_framework(fw):
+    f = P.fd1d(ns(fw))
+    x = array(fw, np.linspace(-1, 1, 9))
+    np.testing.assert_allclose(to_numpy(derivs.jacobian(f)(x)), dense_jac(fw, f, x))
+    g = P.rosenbrock(ns(fw))
+    np.testing.assert_allclose(to_numpy(derivs.hessian(g)(x)), dense_jac(fw, g, x, True))
+
+
+def test_jax_jit_and_reuse():
+    f = P.fd1d(jnp)
+    D = derivs.jacobian(f, sparse=True)
+    x = jnp.linspace(-1.0, 1.0, 50)
+    jitted = jax.jit(lambda x: D(x).data)
+    np.testing.assert_allclose(jitted(x), D(x).data)
+    first = D.prepare(x)
+    assert D.prepare(x + 1.0) is first  # same signature: pattern and coloring reused
+    assert D.prepare(jnp.ones(60)) is not first
+    # Under jit the BCOO result is traceable end to end.
+    J = jax.jit(D)(x)
+    np.testing.assert_allclose(J.todense(), jax.jacfwd(f)(x))
+
+
+def test_jax_grad_through_sparse_values():
+    f = P.fd1d(jnp)
+    D = derivs.jacobian(f, sparse=True)
+    x = jnp.linspace(-1.0, 1.0, 20)
+    g = jax.grad(lambda x: jnp.sum(D(x).data ** 2))(x)
+    ref = jax.grad(lambda x: jnp.sum(jax.jacfwd(f)(x) ** 2))(x)
+    np.testing.assert_allclose(g, ref, rtol=1e-12)
+
+
+def test_torch_autograd_through_sparse_values():
+    f = P.fd1d(torch)
+    D = derivs.jacobian(f, sparse=True)
+    x = torch.linspace(-1, 1, 20, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad((D(x).coalesce().values() ** 2).sum(), x)
+    x2 = x.detach().requires_grad_()
+    (ref,) = torch.autograd.grad((torch.autograd.functional.jacobian(f, x2, create_graph=True)
+                                  ** 2).sum(), x2)
+    np.testing.assert_allclose(g.numpy(), ref.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_check_catches_a_wrong_pattern(fw, monkeypatch):
+    f = P.fd1d(ns(fw))
+    x = array(fw, np.linspace(-1, 1, 12))
+    mod = derivs._sparse.importlib.import_module(derivs._sparse._FRAMEWORKS[fw])
+    real = mod.detect
+
+    def drop_superdiagonal(*a, **k):
+        m, out_shape, in_shape, cons = real(*a, **k)
+        m = sp.csr_array(m).tolil()
+        for i in range(m.shape[0]):
+            m[i, i + 2] = False  # the entry u[i+2] of row i
+        return sp.csr_array(m.tocsr()), out_shape, in_shape, cons
+    monkeypatch.setattr(mod, "detect", drop_superdiagonal)
+    with pytest.raises(ValueError, match="misses entries"):
+        derivs.jacobian(f, sparse=True, check=True)(x)
+    monkeypatch.setattr(mod, "detect", real)
+    derivs.jacobian(f, sparse=True, check=True)(x)  # the true pattern passes
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_explain_reports_colors(fw):
+    f = P.laplace2d(ns(fw), pad(fw))
+    x = array(fw, np.ones(100))
+    report = str(derivs.explain(derivs.jacobian(f, sparse=True), x))
+    assert "colors: 5" in report and "nnz 460" in report and "smallest-last" in report
+
+
+def test_errors():
+    f = P.fd1d(jnp)
+    x = jnp.ones(5)
+    with pytest.raises(ValueError, match="format"):
+        derivs.jacobian(f, sparse=True, format="bsr")
+    with pytest.raises(ValueError, match="coloring"):
+        derivs.jacobian(f, sparse=True, coloring="diagonal")
+    with pytest.raises(TypeError, match="callable"):
+        derivs.jacobian(3, sparse=True)
+    with pytest.raises(TypeError, match="argnums"):
+        derivs.hessian(f, argnums=(0, 1), sparse=True)
+    with pytest.raises(ValueError, match="argument 2"):
+        derivs.jacobian(f, argnums=2, sparse=True)(x)
+    with pytest.raises(TypeError, match="example arguments"):
+        derivs.sparsity(f)
+    with pytest.raises(TypeError, match="integer"):
+        derivs.jacobian(f, sparse=True)(jnp.arange(5))
+    with pytest.raises(TypeError, match="scipy"):
+        jax.jit(derivs.jacobian(f, sparse=True, format="scipy"))(x)
