@@ -8,9 +8,10 @@ import sys
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("suite", choices=["seeds", "engine", "taylor"],
+    parser.add_argument("suite", choices=["seeds", "engine", "taylor", "sparse"],
                         help="seeds: both PROBLEMS.md problems; engine: PyTorch higher orders; "
-                        "taylor: pure orders, Laplacian, Hessian diagonal")
+                        "taylor: pure orders, Laplacian, Hessian diagonal; "
+                        "sparse: sparse Jacobians/Hessians against asdex and sparsejac")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes and few repeats (under 2 minutes)")
     args = parser.parse_args(argv)

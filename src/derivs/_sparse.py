@@ -44,9 +44,19 @@ def _check_argnum(argnum: Any, n_args: int | None, api: str) -> int:
     return argnum
 
 
-def _signature(args: tuple) -> tuple:
-    return tuple((type(a).__name__, tuple(getattr(a, "shape", ())), str(getattr(a, "dtype", "")),
-                  str(getattr(a, "device", ""))) for a in args)
+def _signature(args: tuple) -> tuple | None:
+    """Shapes, dtypes and devices of array arguments, and the values of plain
+    Python ones (a trace bakes those in: ``f(x, k)`` may slice with ``k``)."""
+    sig = []
+    for a in args:
+        if hasattr(a, "shape") and hasattr(a, "dtype"):
+            sig.append((type(a).__name__, tuple(a.shape), str(a.dtype),
+                        str(getattr(a, "device", ""))))
+        elif isinstance(a, (int, float, bool, str, complex, type(None))):
+            sig.append((type(a), a))
+        else:
+            return None  # not a signature derivs can key on: prepare afresh
+    return tuple(sig)
 
 
 class Prepared:
@@ -66,18 +76,18 @@ class Prepared:
         self.coloring_seconds = color_s
         self.conservative_ops = conservative
         self._seeds = coloring.seeds(np.float64)
+        self._layout = fw.layout(pattern)
+        self._evaluate = fw.evaluator(coloring.mode, owner.fun, owner.argnum, owner.has_aux,
+                                      self._seeds, coloring.gather)
 
     @property
     def n_colors(self) -> int:
         return self.coloring.n_colors
 
     def __call__(self, *args):
-        o = self.owner
-        stack, aux = self._fw.compressed(self.coloring.mode, o.fun, args, o.argnum, o.has_aux,
-                                         self._seeds)
-        out = self._fw.assemble(stack, self.coloring.gather, self.pattern, o.format,
-                                stack.dtype)
-        return (out, aux) if o.has_aux else out
+        data, aux = self._evaluate(args)
+        out = self._fw.assemble(data, self._layout, self.pattern, self.owner.format)
+        return (out, aux) if self.owner.has_aux else out
 
     def check(self, *args, n_probes: int = 3, seed: int = 0) -> float:
         """Verify the pattern numerically: ``J @ v`` from the sparse result against
@@ -91,9 +101,8 @@ class Prepared:
         mode = "column" if o.kind == "jacobian" else "hessian"
         exact, _ = fw.compressed(mode, o.fun, args, o.argnum, o.has_aux, vs)
         exact = np.asarray(fw.to_numpy(exact), np.float64)
-        stack, _ = fw.compressed(self.coloring.mode, o.fun, args, o.argnum, o.has_aux,
-                                 self._seeds)
-        data = np.asarray(fw.to_numpy(stack), np.float64).reshape(-1)[self.coloring.gather]
+        data, _ = self._evaluate(args)
+        data = np.asarray(fw.to_numpy(data), np.float64)
         import scipy.sparse as sp
 
         mat = sp.csr_array((data, self.pattern.cols, self.pattern.indptr),
@@ -101,7 +110,8 @@ class Prepared:
         got = np.stack([mat @ v for v in vs])
         scale = np.abs(exact).max() + np.abs(got).max() + 1e-30
         err = float(np.abs(got - exact).max() / scale)
-        tol = 1e-3 if str(stack.dtype).endswith(("float32", "float16", "bfloat16")) else 1e-8
+        low = ("float32", "float16", "bfloat16")
+        tol = 1e-3 if str(args[o.argnum].dtype).endswith(low) else 1e-8
         if err > tol:
             raise ValueError(
                 f"{o.api}: check=True found the sparse result disagreeing with exact "
@@ -163,11 +173,11 @@ class SparseDerivative:
         _check_argnum(self.argnum, len(args), self.api)
         fw, backend = _framework(args, self.api)
         key = _signature(args)
-        hit = self._cache.get(key)
+        hit = None if key is None else self._cache.get(key)
         if hit is not None:
             return hit
         with self._lock:
-            hit = self._cache.get(key)
+            hit = None if key is None else self._cache.get(key)
             if hit is not None:
                 return hit
             t0 = time.perf_counter()
@@ -181,7 +191,8 @@ class SparseDerivative:
             prepared = Prepared(self, fw, pattern, col, t1 - t0, t2 - t1, conservative)
             if self.check_on_prepare and not fw.is_tracing(args):
                 prepared.check(*args)
-            self._cache.put(key, prepared)
+            if key is not None:
+                self._cache.put(key, prepared)
             return prepared
 
     def detect(self, fw, backend, args: tuple) -> tuple[Pattern, list[str]]:

@@ -61,20 +61,35 @@ def compressed(mode, fun, args, argnum, has_aux, seeds):
     return hv.reshape(seeds.shape[0], -1), aux
 
 
-def assemble(stack, gather, pattern, fmt, dtype):
-    data = stack.reshape(-1)[jnp.asarray(gather)]
+def evaluator(mode, fun, argnum, has_aux, seeds, gather):
+    """``args -> (nonzero values in pattern order, aux)``: the compressed passes
+    and one gather (traceable: runs under ``jit``)."""
+    gather = np.asarray(gather)
+
+    def evaluate(args):
+        stack, aux = compressed(mode, fun, args, argnum, has_aux, seeds)
+        return stack.reshape(-1)[gather], aux
+    return evaluate
+
+
+def layout(pattern):
+    """Index arrays of the output, built once per prepared derivative."""
+    return {"coo": np.stack([pattern.rows, pattern.cols], 1).astype(np.int32),
+            "cols": pattern.cols.astype(np.int32), "indptr": pattern.indptr.astype(np.int32)}
+
+
+def assemble(data, lay, pattern, fmt):
     m, n = pattern.shape
     if fmt in ("native", "coo"):
         from jax.experimental import sparse as jsparse
 
-        idx = np.stack([pattern.rows, pattern.cols], 1).astype(np.int32)
-        return jsparse.BCOO((data, jnp.asarray(idx)), shape=(m, n), indices_sorted=True,
+        return jsparse.BCOO((data, jnp.asarray(lay["coo"])), shape=(m, n), indices_sorted=True,
                             unique_indices=True)
     if fmt == "csr":
         from jax.experimental import sparse as jsparse
 
-        return jsparse.BCSR((data, jnp.asarray(pattern.cols, jnp.int32),
-                             jnp.asarray(pattern.indptr, jnp.int32)), shape=(m, n))
+        return jsparse.BCSR((data, jnp.asarray(lay["cols"]), jnp.asarray(lay["indptr"])),
+                            shape=(m, n))
     if fmt == "scipy":
         if isinstance(data, jax.core.Tracer):
             raise TypeError("format='scipy' gives a host (NumPy) matrix and cannot be used "

@@ -55,24 +55,168 @@ def compressed(mode, fun, args, argnum, has_aux, seeds):
     return t.reshape(seeds.shape[0], -1), aux
 
 
-def assemble(stack, gather, pattern, fmt, dtype):
-    data = stack.reshape(-1)[torch.as_tensor(gather, device=stack.device)]
+def evaluator(mode, fun, argnum, has_aux, seeds, gather):
+    """``args -> (nonzero values in pattern order, aux)``.
+
+    The compressed passes go through ``torch.func`` transforms, whose Python
+    dispatch costs far more than the arithmetic at moderate sizes. So the pass and
+    the gather are captured once per signature as a plain ATen graph (``make_fx``),
+    simplified (aliases, no-op copies and dead code removed) and run directly,
+    with autograd intact. Functions that cannot be captured that way (closures
+    over tensors, whose values a graph would freeze; ``has_aux``; data-dependent
+    control flow) run the transforms eagerly."""
+    gather_np = np.asarray(gather)
+    graphs: dict = {}
+
+    def eager(args):
+        stack, aux = compressed(mode, fun, args, argnum, has_aux, seeds)
+        return stack.reshape(-1)[torch.as_tensor(gather_np, device=stack.device)], aux
+
+    if has_aux or _closes_over_tensors(fun):
+        return eager
+
+    def evaluate(args):
+        if _tracing_active(args):
+            return eager(args)
+        key = tuple((a.shape, a.dtype, a.device) if isinstance(a, torch.Tensor) else
+                    (type(a), a) for a in args)
+        g = graphs.get(key)
+        if g is None:
+            g = graphs[key] = _capture(mode, fun, args, argnum, seeds, gather_np)
+        if g is False:
+            return eager(args)
+        return g(args), None
+    return evaluate
+
+
+def _capture(mode, fun, args, argnum, seeds, gather):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from ..backends.torch_engine._engine import _BUILD_LOCK, _outside_functorch
+
+    slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    x = args[argnum]
+    seeds_t = torch.as_tensor(seeds, dtype=x.dtype, device=x.device)
+    gather_t = torch.as_tensor(gather, device=x.device)
+
+    def g(*ts):
+        *tensors, s, gi = ts
+        full = list(args)
+        for i, t in zip(slots, tensors):
+            full[i] = t
+        stack, _ = compressed(mode, fun, tuple(full), argnum, False, s)
+        return stack.reshape(-1)[gi]
+
+    examples = [torch.empty(args[i].shape, dtype=args[i].dtype, device=args[i].device)
+                for i in slots] + [seeds_t, gather_t]
+    try:
+        with _BUILD_LOCK, _outside_functorch():
+            gm = make_fx(g, tracing_mode="fake")(*examples)
+        _simplify(gm)
+    except Exception:  # not capturable: the eager transforms handle it
+        return False
+    return lambda a: gm(*[a[i] for i in slots], seeds_t, gather_t)
+
+
+def _simplify(gm) -> None:
+    """Drop what functorch's tracing leaves behind: aliases, copies that change
+    nothing, the algebra of its generic rules (``x ** 1.0``, ``x ** 0.0 * 1.0``,
+    ``* 1.0``, products with broadcast ones), and dead code."""
+    aten = torch.ops.aten
+    ones: set = set()  # nodes known to be all ones
+
+    def shape(n):
+        v = n.meta.get("val") if isinstance(n, torch.fx.Node) else None
+        return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+    def same_meta(a, b):
+        va, vb = a.meta.get("val"), b.meta.get("val")
+        return (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)
+                and va.shape == vb.shape and va.dtype == vb.dtype and va.device == vb.device
+                and va.layout == vb.layout)
+
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        t, a = node.target, node.args
+        keep = None  # an existing node equal to this one
+        if t is aten.alias.default:
+            keep = a[0]
+        elif t is aten._to_copy.default and len(a) == 1 and same_meta(a[0], node):
+            keep = a[0]
+        elif t is aten.pow.Tensor_Scalar and a[1] == 1:
+            keep = a[0]
+        elif t is aten.pow.Tensor_Scalar and a[1] == 0 or t is aten.ones_like.default:
+            ones.add(node)
+        elif t is aten.mul.Scalar and a[1] == 1:
+            keep = a[0]
+        elif t is aten.expand.default and a[0] in ones:
+            ones.add(node)
+        elif t is aten.mul.Tensor:
+            x, y = a
+            if y in ones and isinstance(x, torch.fx.Node) and same_meta(x, node):
+                keep = x
+            elif x in ones and isinstance(y, torch.fx.Node) and same_meta(y, node):
+                keep = y
+        if keep is not None and isinstance(keep, torch.fx.Node):
+            if keep in ones:
+                ones.add(node)
+            node.replace_all_uses_with(keep)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+
+
+def _closes_over_tensors(fun) -> bool:
+    cells = getattr(fun, "__closure__", None) or ()
+    for c in cells:
+        try:
+            v = c.cell_contents
+        except ValueError:
+            continue
+        if isinstance(v, (torch.Tensor, torch.nn.Module)) or (
+                isinstance(v, (list, tuple, dict)) and any(
+                    isinstance(t, (torch.Tensor, torch.nn.Module))
+                    for t in (v.values() if isinstance(v, dict) else v))):
+            return True
+    glb = getattr(fun, "__globals__", {})
+    code = getattr(fun, "__code__", None)
+    names = code.co_names if code is not None else ()
+    return any(isinstance(glb.get(nm), (torch.Tensor, torch.nn.Module)) for nm in names) or (
+        code is None)  # a callable object: its state is not visible here
+
+
+def _tracing_active(args) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    return get_proxy_mode() is not None or any(isinstance(a, FakeTensor) for a in args) or \
+        torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def layout(pattern):
+    return {"coo": torch.as_tensor(np.stack([pattern.rows, pattern.cols])),
+            "indptr": torch.as_tensor(pattern.indptr), "cols": torch.as_tensor(pattern.cols),
+            "rows": torch.as_tensor(pattern.rows)}
+
+
+def assemble(data, lay, pattern, fmt):
     m, n = pattern.shape
-    dev = stack.device
+    dev = data.device
+
+    def idx(name):
+        t = lay[name]
+        return t if t.device == dev else t.to(dev)
     if fmt in ("native", "coo"):
-        idx = torch.as_tensor(np.stack([pattern.rows, pattern.cols]), device=dev)
-        return torch.sparse_coo_tensor(idx, data, (m, n), is_coalesced=True,
+        return torch.sparse_coo_tensor(idx("coo"), data, (m, n), is_coalesced=True,
                                        check_invariants=False)
     if fmt == "csr":
-        return torch.sparse_csr_tensor(torch.as_tensor(pattern.indptr, device=dev),
-                                       torch.as_tensor(pattern.cols, device=dev), data, (m, n),
+        return torch.sparse_csr_tensor(idx("indptr"), idx("cols"), data, (m, n),
                                        check_invariants=False)
     if fmt == "scipy":
         return sp.csr_array((data.detach().cpu().numpy(), pattern.cols, pattern.indptr),
                             shape=(m, n))
     dense = torch.zeros((m, n), dtype=data.dtype, device=dev)
-    dense = dense.index_put((torch.as_tensor(pattern.rows, device=dev),
-                             torch.as_tensor(pattern.cols, device=dev)), data)
+    dense = dense.index_put((idx("rows"), idx("cols")), data)
     return dense.reshape(pattern.out_shape + pattern.in_shape)
 
 
