@@ -168,10 +168,18 @@ class SparseDerivative:
         self._cache = LRUCache(maxsize=32)
         self._lock = threading.Lock()
 
-    def prepare(self, *args) -> Prepared:
-        """Detect and color for these arguments' signature (cached)."""
+    def _normalize(self, args: tuple) -> tuple:
+        """``args`` with the differentiated one as an array of its framework (a
+        Python number becomes one; integer arrays are refused with the fix)."""
         _check_argnum(self.argnum, len(args), self.api)
         fw, backend = _framework(args, self.api)
+        args = list(args)
+        args[self.argnum] = backend.as_input(args[self.argnum], self.argnum, self.api, None)
+        return fw, backend, tuple(args)
+
+    def prepare(self, *args) -> Prepared:
+        """Detect and color for these arguments' signature (cached)."""
+        fw, backend, args = self._normalize(args)
         key = _signature(args)
         hit = None if key is None else self._cache.get(key)
         if hit is not None:
@@ -198,7 +206,6 @@ class SparseDerivative:
     def detect(self, fw, backend, args: tuple) -> tuple[Pattern, list[str]]:
         """The pattern for these arguments (not cached) and the ops that got the
         conservative dense rule."""
-        backend.as_input(args[self.argnum], self.argnum, self.api, None)
         matrix, out_shape, in_shape, conservative = fw.detect(
             self.kind, self.fun, args, self.argnum, self.has_aux, self.unknown)
         m, n = int(np.prod(out_shape, dtype=np.int64)), int(np.prod(in_shape, dtype=np.int64))
@@ -209,6 +216,7 @@ class SparseDerivative:
         return Pattern(matrix, (n, n), in_shape, in_shape, symmetric=True), conservative
 
     def __call__(self, *args):
+        args = self._normalize(args)[2]
         return self.prepare(*args)(*args)
 
     def explain(self, *args) -> str:
@@ -318,8 +326,9 @@ def _dense(f, kind, argnum, has_aux, api):
     def dense(*args):
         _check_argnum(argnum, len(args), api)
         fw, backend = _framework(args, api)
-        backend.as_input(args[argnum], argnum, api, None)
-        return fw.dense(kind, f, args, argnum, has_aux)
+        args = list(args)
+        args[argnum] = backend.as_input(args[argnum], argnum, api, None)
+        return fw.dense(kind, f, tuple(args), argnum, has_aux)
     dense.__doc__ = f"Dense {kind} of {getattr(f, '__name__', 'f')} (derivs)."
     return dense
 
@@ -347,5 +356,5 @@ def sparsity(f: Callable, *args: Any, argnums: int = 0, has_aux: bool = False,
     kind = "hessian" if hessian else "jacobian"
     d = SparseDerivative(f, kind, _check_argnum(argnums, len(args), api), has_aux, "native",
                          "auto", False, unknown, api)
-    fw, backend = _framework(args, api)
-    return d.detect(fw, backend, tuple(args))[0]
+    fw, backend, args = d._normalize(tuple(args))
+    return d.detect(fw, backend, args)[0]

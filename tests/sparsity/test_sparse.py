@@ -244,3 +244,29 @@ def test_errors():
         derivs.jacobian(f, sparse=True)(jnp.arange(5))
     with pytest.raises(TypeError, match="scipy"):
         jax.jit(derivs.jacobian(f, sparse=True, format="scipy"))(x)
+
+
+def test_torch_trainable_closure_zeros_are_not_structural():
+    """A zero-initialized layer f closes over will train away from zero: its zeros
+    must not become structural zeros of the pattern, and the values must follow
+    the live weights (the closure runs eagerly, not as a frozen graph)."""
+    layer = torch.nn.Linear(6, 4, dtype=torch.float64)
+    torch.nn.init.zeros_(layer.weight)
+
+    def f(x):
+        return torch.tanh(layer(x)) * x[:4]
+    D = derivs.jacobian(f, sparse=True, format="dense")
+    x = torch.linspace(-1, 1, 6, dtype=torch.float64)
+    assert D.prepare(x).pattern.todense()[:, 4:].all()  # every output reads every input
+    with torch.no_grad():
+        layer.weight.normal_()
+    np.testing.assert_allclose(to_numpy(D(x)), to_numpy(torch.func.jacfwd(f)(x)), rtol=1e-12)
+
+
+def test_python_scalar_arguments_are_part_of_the_signature():
+    def f(x, k):
+        return x[k:] * x[:-k]
+    D = derivs.jacobian(f, sparse=True, format="dense")
+    x = jnp.linspace(-1.0, 1.0, 8)
+    for k in (1, 3):
+        np.testing.assert_allclose(D(x, k), jax.jacfwd(f)(x, k))

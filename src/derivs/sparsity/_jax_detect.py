@@ -472,16 +472,23 @@ def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn"):
 
     Returns ``(csr matrix or None, out_shape, in_shape, conservative ops)``.
     """
-    structs = [jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)) for a in args]
-    closed, out_shape = jax.make_jaxpr(fun, return_shape=True)(*structs)
+    # Arrays are traced; plain Python values stay static (f may slice with them).
+    slots = [i for i, a in enumerate(args) if hasattr(a, "shape") and hasattr(a, "dtype")]
+
+    def traced(*arrays):
+        full = list(args)
+        for i, a in zip(slots, arrays):
+            full[i] = a
+        return fun(*full)
+    structs = [jax.ShapeDtypeStruct(np.shape(args[i]), jnp.result_type(args[i])) for i in slots]
+    closed, out_shape = jax.make_jaxpr(traced, return_shape=True)(*structs)
     if not isinstance(out_shape, jax.ShapeDtypeStruct):
         raise TypeError("sparsity detection needs f to return one array (use has_aux=True "
                         "to return (output, aux)).")
     in_shape = tuple(np.shape(args[argnum]))
     n = int(np.prod(in_shape, dtype=np.int64))
     det = Detector(n, unknown)
-    deps = [None] * len(args)
-    deps[argnum] = A.identity(n)
-    vals = [None] * len(args)
+    deps = [A.identity(n) if i == argnum else None for i in slots]
+    vals = [None] * len(slots)
     out_deps, _ = det.run_closed(closed, deps, vals)
     return out_deps[0], tuple(out_shape.shape), in_shape, det.conservative

@@ -93,7 +93,11 @@ class Detector:
             if node.op == "placeholder":
                 env[node] = (next(it), None)
             elif node.op == "get_attr":
-                env[node] = (None, getattr(self.gm, node.target))
+                # A tensor f closes over. Trainable ones (requires_grad) will change:
+                # their values are not used (no zeros taken as structural).
+                v = getattr(self.gm, node.target)
+                trainable = isinstance(v, torch.Tensor) and v.requires_grad
+                env[node] = (None, None if trainable else v)
             elif node.op == "call_function":
                 env[node] = self.call(node, env)
                 if _inplace(node.target) and isinstance(node.args[0], torch.fx.Node):
