@@ -308,10 +308,10 @@ def hessian(f: Callable, argnums: int = 0, *, has_aux: bool = False, sparse: boo
       >>> f = lambda x: ((x[1:] - x[:-1] ** 2) ** 2).sum()
       >>> H = derivs.hessian(f, sparse=True, format="dense")(torch.ones(4, dtype=torch.float64))
       >>> H
-      tensor([[  8.,  -4.,   0.,   0.],
-              [ -4.,  10.,  -4.,   0.],
-              [  0.,  -4.,  10.,  -4.],
-              [  0.,   0.,  -4.,   2.]], dtype=torch.float64)
+      tensor([[ 8., -4.,  0.,  0.],
+              [-4., 10., -4.,  0.],
+              [ 0., -4., 10., -4.],
+              [ 0.,  0., -4.,  2.]], dtype=torch.float64)
     """
     api = "derivs.hessian"
     _validate(f, format, "auto", unknown, api)
