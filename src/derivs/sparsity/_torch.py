@@ -120,22 +120,41 @@ def _capture(mode, fun, args, argnum, seeds, gather):
 
 def _simplify(gm) -> None:
     """Drop what functorch's tracing leaves behind: aliases, copies that change
-    nothing, the algebra of its generic rules (``x ** 1.0``, ``x ** 0.0 * 1.0``,
-    ``* 1.0``, products with broadcast ones), and dead code."""
+    nothing, the algebra of its generic rules (``x ** 1.0``, ``* 1.0``), values
+    that do not depend on the inputs (``ones_like(loss)`` seeding the backward
+    pass, zero tangents: folded into constants once), and dead code."""
     aten = torch.ops.aten
-    ones: set = set()  # nodes known to be all ones
+    consts: dict = {}  # node -> its value, for nodes that do not depend on the inputs
 
-    def shape(n):
+    def meta(n):
         v = n.meta.get("val") if isinstance(n, torch.fx.Node) else None
-        return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+        return v if isinstance(v, torch.Tensor) else None
 
     def same_meta(a, b):
-        va, vb = a.meta.get("val"), b.meta.get("val")
-        return (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)
-                and va.shape == vb.shape and va.dtype == vb.dtype and va.device == vb.device
-                and va.layout == vb.layout)
+        va, vb = meta(a), meta(b)
+        return (va is not None and vb is not None and va.shape == vb.shape
+                and va.dtype == vb.dtype and va.device == vb.device and va.layout == vb.layout)
 
-    for node in list(gm.graph.nodes):
+    def is_ones(n):
+        v = consts.get(n)
+        return v is not None and bool((v == 1).all())
+
+    def value(a):
+        if isinstance(a, torch.fx.Node):
+            return consts[a]
+        if isinstance(a, (list, tuple)):
+            return type(a)(value(x) for x in a)
+        return a
+
+    def known(a):
+        if isinstance(a, torch.fx.Node):
+            return a in consts
+        if isinstance(a, (list, tuple)):
+            return all(known(x) for x in a)
+        return True
+
+    graph = gm.graph
+    for node in list(graph.nodes):
         if node.op != "call_function":
             continue
         t, a = node.target, node.args
@@ -146,23 +165,40 @@ def _simplify(gm) -> None:
             keep = a[0]
         elif t is aten.pow.Tensor_Scalar and a[1] == 1:
             keep = a[0]
-        elif t is aten.pow.Tensor_Scalar and a[1] == 0 or t is aten.ones_like.default:
-            ones.add(node)
         elif t is aten.mul.Scalar and a[1] == 1:
             keep = a[0]
-        elif t is aten.expand.default and a[0] in ones:
-            ones.add(node)
-        elif t is aten.mul.Tensor:
-            x, y = a
-            if y in ones and isinstance(x, torch.fx.Node) and same_meta(x, node):
-                keep = x
-            elif x in ones and isinstance(y, torch.fx.Node) and same_meta(y, node):
-                keep = y
+        elif t is aten.mul.Tensor and is_ones(a[1]) and same_meta(a[0], node):
+            keep = a[0]
+        elif t is aten.mul.Tensor and is_ones(a[0]) and same_meta(a[1], node):
+            keep = a[1]
         if keep is not None and isinstance(keep, torch.fx.Node):
-            if keep in ones:
-                ones.add(node)
             node.replace_all_uses_with(keep)
-    gm.graph.eliminate_dead_code()
+            continue
+        m = meta(node)
+        if m is None or m.numel() > 1 << 16:  # keep large constants out of the graph
+            continue
+        if t is aten.ones_like.default or (t is aten.pow.Tensor_Scalar and a[1] == 0):
+            # Only the shape of the input matters: cut the dependency.
+            consts[node] = torch.ones(m.shape, dtype=m.dtype, device=m.device)
+        elif known(list(a)) and known(list(node.kwargs.values())) and not (
+                torch.Tag.nondeterministic_seeded in getattr(t, "tags", ())):
+            try:
+                consts[node] = t(*value(list(a)), **{k: value(v) for k, v in node.kwargs.items()})
+            except Exception:
+                continue
+        else:
+            continue
+    # Replace the folded nodes that something outside the folded set still reads.
+    for i, (node, v) in enumerate(consts.items()):
+        if not isinstance(v, torch.Tensor) or all(u in consts for u in node.users):
+            continue
+        name = f"_derivs_const_{i}"
+        gm.register_buffer(name, v)
+        with graph.inserting_before(node):
+            getter = graph.get_attr(name)
+        getter.meta["val"] = node.meta.get("val")
+        node.replace_all_uses_with(getter)
+    graph.eliminate_dead_code()
     gm.recompile()
 
 
