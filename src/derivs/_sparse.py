@@ -206,6 +206,8 @@ class SparseDerivative:
     def detect(self, fw, backend, args: tuple) -> tuple[Pattern, list[str]]:
         """The pattern for these arguments (not cached) and the ops that got the
         conservative dense rule."""
+        if self.kind == "hessian":
+            self._check_scalar(fw, args)
         matrix, out_shape, in_shape, conservative = fw.detect(
             self.kind, self.fun, args, self.argnum, self.has_aux, self.unknown)
         m, n = int(np.prod(out_shape, dtype=np.int64)), int(np.prod(in_shape, dtype=np.int64))
@@ -214,6 +216,17 @@ class SparseDerivative:
         if matrix is not None:
             matrix = (matrix + matrix.T).tocsr()  # a Hessian is symmetric
         return Pattern(matrix, (n, n), in_shape, in_shape, symmetric=True), conservative
+
+    def _check_scalar(self, fw, args) -> None:
+        try:
+            shape = fw.output_shape(self.fun, args, self.has_aux)
+        except Exception:  # f cannot run abstractly: the gradient's own check speaks
+            return
+        if shape != ():
+            raise ValueError(
+                f"{self.api}: f must return a scalar (one number) for a Hessian, but it "
+                f"returns shape {shape}. For a vector output use derivs.jacobian (of its "
+                "gradient, or of each component), or reduce it to a scalar first.")
 
     def __call__(self, *args):
         args = self._normalize(args)[2]

@@ -289,3 +289,17 @@ def test_torch_captured_pass_equals_the_eager_transforms(kind):
     eager, _ = T.compressed(kind, f, (x,), 0, False, seeds)
     np.testing.assert_allclose(run((x,)).numpy(), eager.reshape(-1)[gather].numpy(),
                                rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_hessian_errors_and_aux(fw):
+    x = array(fw, np.linspace(0.5, 1.5, 6))
+    with pytest.raises(ValueError, match="must return a scalar"):
+        derivs.hessian(lambda x: x ** 2, sparse=True)(x)
+
+    def f(x):
+        return (x[1:] * x[:-1] ** 2).sum(), x[0] * 2
+    H, aux = derivs.hessian(f, sparse=True, has_aux=True, format="dense")(x)
+    np.testing.assert_allclose(to_numpy(H), dense_jac(fw, lambda x: f(x)[0], x, hessian=True),
+                               rtol=1e-12)
+    np.testing.assert_allclose(to_numpy(aux), 2 * to_numpy(x)[0])

@@ -118,3 +118,8 @@ def dense(kind, fun, args, argnum, has_aux):
     fwd = np.size(args[argnum]) <= int(np.prod(out.shape, dtype=np.int64))
     jac = jax.jacfwd if fwd else jax.jacrev
     return jac(fun, argnums=argnum, has_aux=has_aux)(*args)
+
+
+def output_shape(fun, args, has_aux) -> tuple:
+    out = jax.eval_shape(fun, *args)
+    return tuple((out[0] if has_aux else out).shape)

@@ -275,3 +275,12 @@ def dense(kind, fun, args, argnum, has_aux):
     fwd = args[argnum].numel() <= out.numel()
     jac = torch.func.jacfwd if fwd else torch.func.jacrev
     return jac(fun, argnums=argnum, has_aux=has_aux)(*args)
+
+
+def output_shape(fun, args, has_aux) -> tuple:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        out = fun(*fake)
+    return tuple((out[0] if has_aux else out).shape)
