@@ -75,6 +75,22 @@ class Interpreter:
         self.groups = groups
         self.batch_axis = batch_axis
         self._memo: dict[Any, tuple[list[Jet], list[Jet]]] = {}
+        self._primal_memo: dict[Any, tuple[Any, tuple]] = {}
+
+    def bind(self, prim, params: dict, *args):
+        """``bind`` memoized on the operand arrays themselves: a primitive of the same
+        primal reached through different jets (the value, the chain rule's ``phi'``
+        jaxpr, the order-2 fast path) is emitted once, e.g. one ``cos(a)`` per ``a``
+        instead of one per route (XLA's CSE merges most copies, but each copy costs
+        trace and compile time first)."""
+        pk = _params_key(params)
+        if pk is None:
+            return bind(prim, params, *args)
+        key = (prim, pk, tuple(id(a) for a in args))
+        hit = self._primal_memo.get(key)
+        if hit is None:
+            hit = self._primal_memo[key] = (bind(prim, params, *args), args)  # keep alive
+        return hit[0]
 
     # -- jaxprs -----------------------------------------------------------------------
     def run(self, jaxpr: jcore.Jaxpr, consts: list[Jet], args: list[Jet]) -> list[Jet]:
@@ -99,7 +115,7 @@ class Interpreter:
     # -- equations ----------------------------------------------------------------------
     def eqn(self, prim, params: dict, jets: list[Jet]) -> list[Jet]:
         if all(j.const for j in jets):
-            out = bind(prim, params, *[j.primal for j in jets])
+            out = self.bind(prim, params, *[j.primal for j in jets])
             return [_jet.const(o) for o in (out if prim.multiple_results else [out])]
         key = _memo_key(prim, params, jets)
         if key is not None and key in self._memo:
@@ -131,7 +147,7 @@ class Interpreter:
         return self.jvp_recursion(prim, params, jets)
 
     def elementwise(self, prim, params: dict, jets: list[Jet]) -> Jet:
-        primal = bind(prim, params, *[j.primal for j in jets])
+        primal = self.bind(prim, params, *[j.primal for j in jets])
         live = [i for i, j in enumerate(jets) if not j.const]
         if len(live) == 1:
             return self._unary(prim, params, jets, live[0], primal)
@@ -166,15 +182,11 @@ class Interpreter:
         derivs: list = []
 
         def phi_derivatives():
-            if not derivs:
-                def phi(z):
-                    args = [j.primal for j in jets]
-                    args[i] = z
-                    return bind(prim, params, *args)
-
-                one = jnp.ones_like(a.primal)
-                d1 = lambda z: jax.jvp(phi, (z,), (one,))[1]
-                derivs.extend(jax.jvp(d1, (a.primal,), (one,)))
+            if not derivs:  # phi' and phi'' from JAX's JVP, run through the primal memo
+                second = _second_jaxpr(prim, params, _avals(jets), i)
+                consts = [_jet.const(j.primal) for j in jets]
+                outs = self.run_closed(second, [*consts, _jet.const(jnp.ones_like(a.primal))])
+                derivs.extend(o.primal for o in outs)
             return derivs
 
         def rule(key):
@@ -195,7 +207,7 @@ class Interpreter:
     def jvp_recursion(self, prim, params: dict, jets: list[Jet]) -> list[Jet]:
         """``phi(a)[kappa] = jvp(phi)(a, d_g a)[kappa - e_g]`` with ``g`` the last
         group of ``kappa``: JAX's JVP of the primitive, interpreted one order lower."""
-        primals = bind(prim, params, *[j.primal for j in jets])
+        primals = self.bind(prim, params, *[j.primal for j in jets])
         primals = primals if prim.multiple_results else [primals]
         diff = tuple(i for i, j in enumerate(jets) if not j.const and is_float(j.primal))
         tangents_of: dict[int, list[Jet]] = {}
@@ -303,6 +315,36 @@ def _make_jvp_jaxpr(prim, params, avals, diff):
         return out if prim.multiple_results else [out]
 
     return jax.make_jaxpr(lin)(*avals, *[avals[i] for i in diff])
+
+
+def _second_jaxpr(prim, params: dict, avals: tuple, i: int):
+    """``(primals..., one) -> (phi', phi'')`` along input ``i``, as a jaxpr."""
+    params_key = _params_key(params)
+    if params_key is None:
+        return _make_second_jaxpr(prim, params, avals, i)
+    return _cached_second_jaxpr(prim, params_key, avals, i, _Box(params))
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_second_jaxpr(prim, params_key, avals, i, box):
+    return _make_second_jaxpr(prim, box.value, avals, i)
+
+
+def _make_second_jaxpr(prim, params: dict, avals: tuple, i: int):
+    n = len(avals)
+
+    def both(*args):
+        primals, one = list(args[:n]), args[n]
+
+        def phi(z):
+            full = list(primals)
+            full[i] = z
+            return bind(prim, params, *full)
+
+        d1 = lambda z: jax.jvp(phi, (z,), (one,))[1]  # noqa: E731
+        return list(jax.jvp(d1, (primals[i],), (one,)))
+
+    return jax.make_jaxpr(both)(*avals, avals[i])
 
 
 def _params_key(params: dict):
