@@ -40,25 +40,19 @@ def compressed(mode, fun, args, argnum, has_aux, seeds):
     x = args[argnum]
     f_x = _bind(fun, args, argnum, has_aux)
     seeds = jnp.asarray(seeds, x.dtype)
-    if mode == "column":
-        seeds = seeds.reshape((-1,) + x.shape)
-
-        def one(s):
-            return jax.jvp(f_x, (x,), (s,), has_aux=True)
-        out, tangents, aux = jax.vmap(one, out_axes=(None, 0, None))(seeds)
-        return tangents.reshape(seeds.shape[0], -1), aux
-    if mode == "row":
+    if mode == "row":  # seeds live in the output space
         out, vjp, aux = jax.vjp(f_x, x, has_aux=True)
         cot = seeds.reshape((-1,) + out.shape)
         (rows,) = jax.vmap(vjp)(cot)
         return rows.reshape(cot.shape[0], -1), aux
     seeds = seeds.reshape((-1,) + x.shape)
-    grad = jax.grad(f_x, has_aux=True)
-
-    def hvp(s):
-        return jax.jvp(grad, (x,), (s,), has_aux=True)
-    _, hv, aux = jax.vmap(hvp, out_axes=(None, 0, None))(seeds)
-    return hv.reshape(seeds.shape[0], -1), aux
+    # Column mode: JVPs of f; Hessian: JVPs of its gradient (forward over reverse).
+    # linearize evaluates the primal once and vmaps only the linear map (measured
+    # faster than vmapping jvp, whose batched trace keeps more of the primal work).
+    g = f_x if mode == "column" else jax.grad(f_x, has_aux=True)
+    _, lin, aux = jax.linearize(g, x, has_aux=True)
+    out = jax.vmap(lin)(seeds)
+    return out.reshape(seeds.shape[0], -1), aux
 
 
 def evaluator(mode, fun, argnum, has_aux, seeds, gather):
