@@ -165,6 +165,8 @@ def _simplify(gm) -> None:
             keep = a[0]
         elif t is aten.pow.Tensor_Scalar and a[1] == 1:
             keep = a[0]
+        elif t is aten.expand.default and same_meta(a[0], node):  # already that shape
+            keep = a[0]
         elif t is aten.mul.Scalar and a[1] == 1:
             keep = a[0]
         elif t is aten.mul.Tensor and is_ones(a[1]) and same_meta(a[0], node):
