@@ -154,7 +154,7 @@ def color_hessian(pattern: Pattern, orderings: tuple[str, ...] = ORDERINGS) -> C
     if _graph_nnz_bound(p) <= MAX_GRAPH_NNZ:
         name, colors, tried = _best_distance1(indptr, indices, star_orders or ("natural",),
                                               kernel=_kernels.star)
-        gather = _star_gather(pattern, colors, indptr, indices)
+        gather = _star_gather(pattern, colors)
         if gather is not None:  # always, for a correct star coloring
             candidates.append(("star", name, colors, gather, {f"star/{k}": v
                                                               for k, v in tried.items()}))
@@ -176,7 +176,7 @@ def color_hessian(pattern: Pattern, orderings: tuple[str, ...] = ORDERINGS) -> C
     return Coloring(kind, name, colors, k, gather, tried)
 
 
-def _star_gather(pattern: Pattern, colors, indptr, indices) -> np.ndarray | None:
+def _star_gather(pattern: Pattern, colors) -> np.ndarray | None:
     """Where each entry of a symmetric matrix is read from ``H @ seeds``.
 
     ``H @ seed_c`` at ``i`` sums row ``i`` over columns of color ``c``; entry

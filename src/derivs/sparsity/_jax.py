@@ -13,7 +13,6 @@ import scipy.sparse as sp
 from . import _jax_detect
 
 name = "jax"
-FORMATS = ("native", "coo", "csr", "scipy", "dense")
 
 
 def _bind(fun, args, argnum, has_aux):

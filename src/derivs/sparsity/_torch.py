@@ -99,23 +99,39 @@ def _capture(mode, fun, args, argnum, seeds, gather):
     seeds_t = torch.as_tensor(seeds, dtype=x.dtype, device=x.device)
     gather_t = torch.as_tensor(gather, device=x.device)
 
-    def g(*ts):
-        *tensors, s, gi = ts
+    def g(*tensors):
         full = list(args)
         for i, t in zip(slots, tensors):
             full[i] = t
-        stack, _ = compressed(mode, fun, tuple(full), argnum, False, s)
-        return stack.reshape(-1)[gi]
+        # Seeds and gather indices are constants of the graph: everything computed
+        # from them alone (the linear part of each tangent) folds at build time.
+        stack, _ = compressed(mode, fun, tuple(full), argnum, False, seeds_t)
+        return stack.reshape(-1)[gather_t]
 
     examples = [torch.empty(args[i].shape, dtype=args[i].dtype, device=args[i].device)
-                for i in slots] + [seeds_t, gather_t]
+                for i in slots]
     try:
         with _BUILD_LOCK, _outside_functorch():
-            gm = make_fx(g, tracing_mode="fake")(*examples)
+            gm = make_fx(g, tracing_mode="fake", _allow_non_fake_inputs=True)(*examples)
         _simplify(gm)
+        gm = _shared_subexpressions(gm)
     except Exception:  # not capturable: the eager transforms handle it
         return False
-    return lambda a: gm(*[a[i] for i in slots], seeds_t, gather_t)
+    return lambda a: gm(*[a[i] for i in slots])
+
+
+def _shared_subexpressions(gm):
+    """One node per distinct (op, inputs) (forward and backward passes slice and
+    scale the same values); torch's own CSE pass, skipped if it is unavailable."""
+    try:
+        from torch.fx.passes.dialect.common.cse_pass import CSEPass
+    except ImportError:  # a private module: without it the graph is just longer
+        return gm
+    return CSEPass()(gm).graph_module
+
+
+# Largest folded constant, in elements (8 MiB of float64).
+FOLD_LIMIT = 1 << 20
 
 
 def _simplify(gm) -> None:
@@ -155,6 +171,11 @@ def _simplify(gm) -> None:
 
     graph = gm.graph
     for node in list(graph.nodes):
+        if node.op == "get_attr":  # constants of the graph (seeds, gather indices)
+            v = getattr(gm, node.target, None)
+            if isinstance(v, torch.Tensor) and v.numel() <= FOLD_LIMIT:
+                consts[node] = v
+            continue
         if node.op != "call_function":
             continue
         t, a = node.target, node.args
@@ -177,7 +198,7 @@ def _simplify(gm) -> None:
             node.replace_all_uses_with(keep)
             continue
         m = meta(node)
-        if m is None or m.numel() > 1 << 16:  # keep large constants out of the graph
+        if m is None or m.numel() > FOLD_LIMIT:  # keep huge constants out of memory
             continue
         if t is aten.ones_like.default or (t is aten.pow.Tensor_Scalar and a[1] == 0):
             # Only the shape of the input matters: cut the dependency.
@@ -192,7 +213,8 @@ def _simplify(gm) -> None:
             continue
     # Replace the folded nodes that something outside the folded set still reads.
     for i, (node, v) in enumerate(consts.items()):
-        if not isinstance(v, torch.Tensor) or all(u in consts for u in node.users):
+        if node.op == "get_attr" or not isinstance(v, torch.Tensor) or all(
+                u in consts for u in node.users):
             continue
         name = f"_derivs_const_{i}"
         gm.register_buffer(name, v)
