@@ -223,7 +223,77 @@ def _simplify(gm) -> None:
         getter.meta["val"] = node.meta.get("val")
         node.replace_all_uses_with(getter)
     graph.eliminate_dead_code()
+    _fold_scales(gm)
+    graph.eliminate_dead_code()
     gm.recompile()
+
+
+def _fold_scales(gm) -> None:
+    """Merge chains of scalings into one product with a constant: the backward pass
+    of ``c * u ** 2`` reads ``-(C * (2 * u))``; it becomes ``(-2 C) * u``.
+
+    Rules (the inner node must have no other user): ``C * (y * s)`` and
+    ``C1 * (C2 * y)`` and ``-(C * y)`` fold into one ``C' * y``; ``a + (-b)``
+    becomes ``a - b``. ``C`` is a constant tensor of the graph."""
+    aten = torch.ops.aten
+    graph = gm.graph
+
+    def const(n):
+        if isinstance(n, torch.fx.Node) and n.op == "get_attr":
+            v = getattr(gm, n.target, None)
+            return v if isinstance(v, torch.Tensor) else None
+        return None
+
+    def single(n):
+        return isinstance(n, torch.fx.Node) and len(n.users) == 1
+
+    def split(n):
+        """``(C, y)`` if ``n`` is ``C * y`` with a constant ``C``, else None."""
+        if n.op != "call_function" or n.target is not aten.mul.Tensor:
+            return None
+        a, b = n.args
+        if const(a) is not None:
+            return const(a), b
+        if const(b) is not None:
+            return const(b), a
+        return None
+
+    def replace(node, c, y):
+        name = f"_derivs_scale_{len(list(gm.buffers()))}"
+        gm.register_buffer(name, c)
+        with graph.inserting_before(node):
+            getter = graph.get_attr(name)
+            new = graph.call_function(aten.mul.Tensor, (getter, y))
+        new.meta["val"] = node.meta.get("val")
+        node.replace_all_uses_with(new)
+
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is aten.neg.default and single(node.args[0]):
+            inner = split(node.args[0])
+            if inner is not None:
+                replace(node, -inner[0], inner[1])
+            continue
+        outer = split(node)
+        if outer is None or not single(outer[1]):
+            continue
+        c, y = outer
+        if y.op != "call_function":
+            continue
+        if y.target is aten.mul.Scalar and isinstance(y.args[1], (int, float)):
+            replace(node, c * y.args[1], y.args[0])
+        elif (inner := split(y)) is not None:
+            replace(node, c * inner[0], inner[1])
+    for node in list(graph.nodes):  # a + (-b) -> a - b
+        if node.op == "call_function" and node.target is aten.add.Tensor:
+            a, b = node.args[:2]
+            if (isinstance(b, torch.fx.Node) and b.op == "call_function"
+                    and b.target is aten.neg.default and len(node.args) == 2):
+                with graph.inserting_before(node):
+                    new = graph.call_function(aten.sub.Tensor, (a, b.args[0]))
+                new.meta["val"] = node.meta.get("val")
+                node.replace_all_uses_with(new)
 
 
 def _closes_over_tensors(fun) -> bool:
