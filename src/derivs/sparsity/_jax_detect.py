@@ -10,7 +10,6 @@ be known is handled conservatively: never a pattern that misses an entry.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import jax
@@ -20,7 +19,7 @@ from jax import lax
 from jax.extend import core as jcore
 
 from . import _algebra as A
-from ._errors import SparsityWarning, UnsupportedOpError
+from ._errors import no_rule
 
 # Elementwise primitives: an output element depends on the same element of
 # every operand (lax operands already have equal shapes, bar scalars).
@@ -181,18 +180,7 @@ class Detector:
         return self.fallback(name, eqn, deps)
 
     def fallback(self, name, eqn, deps):
-        if self.unknown == "error":
-            raise UnsupportedOpError(
-                f"sparsity detection has no rule for the JAX primitive '{name}'. Pass "
-                "unknown='warn' to treat it as dense over its inputs (a correct but "
-                "less sparse pattern).")
-        if name not in self.conservative:
-            self.conservative.append(name)
-            if self.unknown == "warn":
-                warnings.warn(
-                    f"sparsity detection has no rule for the JAX primitive '{name}'; its "
-                    "outputs are taken to depend on all of its inputs (correct, but the "
-                    "pattern may be denser than the true one).", SparsityWarning, stacklevel=2)
+        no_rule(f"the JAX primitive '{name}'", self.unknown, self.conservative)
         return [A.dense(deps, _size(v.aval)) for v in eqn.outvars]
 
     def structural(self, eqn, deps, vals, data):

@@ -25,21 +25,28 @@ except ImportError:  # pragma: no cover - exercised by the pure-Python test
 
 
 @_jit
+def _smallest_free(indptr, indices, colors, mark, v):
+    """The smallest color no colored neighbor of ``v`` has (``mark`` is scratch:
+    ``mark[c] == v`` means color ``c`` is taken near ``v``)."""
+    for p in range(indptr[v], indptr[v + 1]):
+        c = colors[indices[p]]
+        if c >= 0:
+            mark[c] = v
+    c = 0
+    while mark[c] == v:
+        c += 1
+    return c
+
+
+@_jit
 def greedy(indptr, indices, order):
     """Distance-1 greedy coloring of the graph with adjacency ``(indptr, indices)``
     visiting vertices in ``order``. Returns colors 0, 1, ..."""
     n = indptr.size - 1
     colors = np.full(n, -1, np.int64)
-    mark = np.full(n + 1, -1, np.int64)  # mark[c] == v: color c is taken near v
+    mark = np.full(n + 1, -1, np.int64)
     for v in order:
-        for p in range(indptr[v], indptr[v + 1]):
-            c = colors[indices[p]]
-            if c >= 0:
-                mark[c] = v
-        c = 0
-        while mark[c] == v:
-            c += 1
-        colors[v] = c
+        colors[v] = _smallest_free(indptr, indices, colors, mark, v)
     return colors
 
 
@@ -153,13 +160,7 @@ def dsatur(indptr, indices):
         neg_sat, neg_deg, v = heapq.heappop(heap)
         if colors[v] >= 0 or -neg_sat != sat[v]:
             continue
-        for p in range(indptr[v], indptr[v + 1]):
-            c = colors[indices[p]]
-            if c >= 0:
-                mark[c] = v
-        c = 0
-        while mark[c] == v:
-            c += 1
+        c = _smallest_free(indptr, indices, colors, mark, v)
         colors[v] = c
         done += 1
         for p in range(indptr[v], indptr[v + 1]):

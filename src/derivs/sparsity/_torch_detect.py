@@ -13,7 +13,6 @@ known. Ops without a rule are dense over their inputs, with a warning.
 from __future__ import annotations
 
 import operator
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from . import _algebra as A
-from ._errors import SparsityWarning, UnsupportedOpError
+from ._errors import no_rule
 
 aten = torch.ops.aten
 
@@ -227,18 +226,7 @@ class Detector:
         return A.window_sum(deps_of(x), np.arange(_size(_meta(x))), np.arange(_size(out)), table)
 
     def fallback(self, name, deps, outs):
-        if self.unknown == "error":
-            raise UnsupportedOpError(
-                f"sparsity detection has no rule for the ATen op '{name}'. Pass "
-                "unknown='warn' to treat it as dense over its inputs (a correct but less "
-                "sparse pattern).")
-        if name not in self.conservative:
-            self.conservative.append(name)
-            if self.unknown == "warn":
-                warnings.warn(
-                    f"sparsity detection has no rule for the ATen op '{name}'; its outputs "
-                    "are taken to depend on all of its inputs (correct, but the pattern may "
-                    "be denser than the true one).", SparsityWarning, stacklevel=2)
+        no_rule(f"the ATen op '{name}'", self.unknown, self.conservative)
         return [A.dense(deps, _size(o)) for o in outs]
 
     def structural(self, node, name, args, kwargs, deps_of, val_of, outs):
