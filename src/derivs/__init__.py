@@ -15,6 +15,7 @@ from ._operators import hessian_diagonal as hessian_diagonal
 from ._operators import laplacian as laplacian
 from ._sparse import Prepared as Prepared
 from ._sparse import SparseDerivative as SparseDerivative
+from ._sparse import SparseExplanation as SparseExplanation
 from ._sparse import hessian as hessian
 from ._sparse import jacobian as jacobian
 from ._sparse import sparsity as sparsity

@@ -59,6 +59,31 @@ def _signature(args: tuple) -> tuple | None:
     return tuple(sig)
 
 
+class SparseExplanation:
+    """What ``derivs.explain`` reports for a sparse Jacobian or Hessian.
+
+    Attributes: ``strategy`` (``"colored-forward"``, ``"colored-reverse"`` or
+    ``"colored-hvp"``), ``colors``, ``estimated_cost`` (passes: one per color),
+    ``pattern``, ``coloring`` and ``backend``; ``str()`` is the report.
+    """
+
+    def __init__(self, prepared: "Prepared", report: str):
+        mode = prepared.coloring.mode
+        self.strategy = {"column": "colored-forward", "row": "colored-reverse"}.get(
+            mode, "colored-hvp")
+        self.colors = prepared.coloring.n_colors
+        self.estimated_cost = float(self.colors)
+        self.pattern = prepared.pattern
+        self.coloring = prepared.coloring
+        self.backend = prepared.framework
+        self._report = report
+
+    def __str__(self) -> str:
+        return self._report
+
+    __repr__ = __str__
+
+
 class Prepared:
     """A sparse derivative prepared for one argument signature: its ``pattern``
     (:class:`Pattern`), ``coloring`` (:class:`derivs.sparsity.Coloring`) and the
@@ -120,7 +145,8 @@ class Prepared:
                 "use sparse=False.")
         return err
 
-    def explain(self) -> str:
+    def explain(self) -> "SparseExplanation":
+        """The plan for this signature; ``str()`` gives a readable report."""
         c = self.coloring
         how = {"column": "forward mode (vmapped JVPs)", "row": "reverse mode (vmapped VJPs)",
                "star": "Hessian-vector products, star coloring",
@@ -140,7 +166,7 @@ class Prepared:
         if self.conservative_ops:
             lines.append("  dense (conservative) rules used for: "
                          + ", ".join(self.conservative_ops))
-        return "\n".join(lines)
+        return SparseExplanation(self, "\n".join(lines))
 
 
 class SparseDerivative:
@@ -238,7 +264,7 @@ class SparseDerivative:
         args = self._normalize(args)[2]
         return self.prepare(*args)(*args)
 
-    def explain(self, *args) -> str:
+    def explain(self, *args) -> "SparseExplanation":
         return self.prepare(*args).explain()
 
     def __repr__(self) -> str:

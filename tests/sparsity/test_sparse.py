@@ -221,8 +221,13 @@ def test_check_catches_a_wrong_pattern(fw, monkeypatch):
 def test_explain_reports_colors(fw):
     f = P.laplace2d(ns(fw), pad(fw))
     x = array(fw, np.ones(100))
-    report = str(derivs.explain(derivs.jacobian(f, sparse=True), x))
+    e = derivs.explain(derivs.jacobian(f, sparse=True), x)
+    report = str(e)
     assert "colors: 5" in report and "nnz 460" in report and "smallest-last" in report
+    assert e.colors == 5 and e.strategy == "colored-forward" and e.backend == fw
+    assert e.pattern.nnz == 460
+    h = derivs.explain(derivs.hessian(P.rosenbrock(ns(fw)), sparse=True), x)
+    assert h.strategy == "colored-hvp" and h.colors == 3
 
 
 def test_errors():
@@ -303,3 +308,15 @@ def test_hessian_errors_and_aux(fw):
     np.testing.assert_allclose(to_numpy(H), dense_jac(fw, lambda x: f(x)[0], x, hessian=True),
                                rtol=1e-12)
     np.testing.assert_allclose(to_numpy(aux), 2 * to_numpy(x)[0])
+
+
+def test_vmap_over_sparse_jacobians():
+    f = lambda x: x[1:] * x[:-1] ** 2  # noqa: E731
+    xs = np.random.default_rng(6).uniform(-1, 1, (4, 6))
+    ref = np.stack([to_numpy(jax.jacfwd(f)(jnp.asarray(x))) for x in xs])
+    J = jax.vmap(derivs.jacobian(f, sparse=True))(jnp.asarray(xs))  # a batched BCOO
+    np.testing.assert_allclose(J.todense(), ref, rtol=1e-12)
+    dense = jax.vmap(derivs.jacobian(f, sparse=True, format="dense"))(jnp.asarray(xs))
+    np.testing.assert_allclose(dense, ref, rtol=1e-12)
+    tdense = torch.func.vmap(derivs.jacobian(f, sparse=True, format="dense"))(torch.as_tensor(xs))
+    np.testing.assert_allclose(tdense.numpy(), ref, rtol=1e-12)
