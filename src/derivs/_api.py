@@ -322,8 +322,8 @@ def explain(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
     * ``explain(transformed, *example_args)`` for a function made by
       :func:`partial`, :func:`partials` or :func:`value_and_partials`;
     * ``explain(sparse_derivative, *example_args)`` for ``derivs.jacobian(f,
-      sparse=True)`` / ``derivs.hessian(f, sparse=True)``: the pattern, colors and
-      orderings tried (a readable report);
+      sparse=True)`` / ``derivs.hessian(f, sparse=True)``: a
+      ``SparseExplanation`` (pattern, colors, every ordering tried);
     * ``explain(f, request, *example_args, argnums=..., batch_axis=...)`` where
       ``request`` is one index (an int or a tuple, as for :func:`partial`) or a
       list of indices (as for :func:`partials`).
