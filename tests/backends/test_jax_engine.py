@@ -86,3 +86,43 @@ def test_trace_grows_polynomially_with_order():
     np.testing.assert_allclose(derivs.partial(f, (0,) * 6)(x),
                                derivs.partial(f, (0,) * 6, strategy="nested-forward")(x),
                                rtol=1e-10)
+
+
+def _nested_pure(f, x, i, k):
+    e = jnp.zeros(x.size, x.dtype).at[i].set(1).reshape(x.shape)
+    g = f
+    for _ in range(k):
+        g = (lambda g: lambda z: jax.jvp(g, (z,), (e,))[1])(g)
+    return g(x)
+
+
+NARROW_CASES = {
+    # one-hot seeds stay narrow through elementwise ops, products, reductions and a
+    # vector entering a dense layer; everything else sees them densified
+    "elementwise-reduce": lambda x: jnp.sum(jnp.sin(x) * x ** 2) * jnp.exp(jnp.mean(x)),
+    "partial-reduce": lambda x: jnp.sum(jnp.tanh(x.reshape(4, 3)) ** 2, axis=1).prod(),
+    "dense-layer-lhs": lambda x: jnp.sum(jnp.tanh(x @ jnp.linspace(-1, 1, 36).reshape(12, 3))),
+    "dense-layer-rhs": lambda x: jnp.sum(jnp.cos(jnp.linspace(-1, 1, 36).reshape(3, 12) @ x)),
+    "mixed-with-slices": lambda x: jnp.sum(x[1:] * jnp.exp(x[:-1])) + x[3] ** 3,
+    "division": lambda x: jnp.sum(jnp.sin(x) / (2 + x ** 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NARROW_CASES))
+@pytest.mark.parametrize("i,k", [(0, 1), (3, 2), (5, 3), (11, 4)])
+def test_narrow_pure_partials_match_nested_jvp(name, i, k):
+    f = NARROW_CASES[name]
+    x = jnp.linspace(0.1, 1.2, 12)
+    got = derivs.partial(f, (i,) * k)(x)
+    np.testing.assert_allclose(got, _nested_pure(f, x, i, k), rtol=1e-10, atol=1e-12)
+
+
+def test_narrow_seeds_in_a_matrix_argument_and_mixed_indices():
+    f = lambda x: jnp.sum(jnp.sin(x) * x.T @ x)  # noqa: E731
+    x = jnp.linspace(0.1, 1.2, 9).reshape(3, 3)
+    got = derivs.partials(f, [(4, 4), (0, 4), (2, 2, 7)])(x)
+    e = lambda i: jnp.zeros(9).at[i].set(1).reshape(3, 3)  # noqa: E731
+    d = lambda g, i: (lambda z: jax.jvp(g, (z,), (e(i),))[1])  # noqa: E731
+    np.testing.assert_allclose(got[(4, 4)], d(d(f, 4), 4)(x), rtol=1e-10)
+    np.testing.assert_allclose(got[(0, 4)], d(d(f, 0), 4)(x), rtol=1e-10)
+    np.testing.assert_allclose(got[(2, 2, 7)], d(d(d(f, 2), 2), 7)(x), rtol=1e-10)

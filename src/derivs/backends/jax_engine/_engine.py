@@ -23,7 +23,7 @@ from jax.extend import core as jcore
 
 from .. import _jax
 from ._interpret import UNSUPPORTED, Interpreter
-from ._jet import Jet
+from ._jet import Jet, Narrow
 
 
 @dataclasses.dataclass
@@ -146,7 +146,11 @@ def _input_jet(x, slot: int | None, groups, batch_axis) -> Jet:
         if g not in mine:
             return None
         if g not in seeds:
-            seeds[g] = _jax.one_hot(x, mine[g], batch_axis)
+            if batch_axis is None:  # one nonzero element: a narrow coefficient
+                seeds[g] = Narrow(jax.numpy.ones((1,), x.dtype),
+                                  np.array([mine[g]], np.int64), x.shape)
+            else:
+                seeds[g] = _jax.one_hot(x, mine[g], batch_axis)
         return seeds[g]
 
     jet = Jet(x, rule, expands=True)

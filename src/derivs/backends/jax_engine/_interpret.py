@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend import core as jcore
 
 from ...core import _jets
@@ -139,6 +140,12 @@ class Interpreter:
             return rule(self, prim, params, jets)
         if name in LINEAR:
             return _linear(prim, params, jets, [not is_float(j.primal) for j in jets])
+        if name == "mul":  # elementwise: narrow coefficients stay narrow
+            a, b = jets
+            return [_jet.bilinear(a, b, _narrow_mul(prim, params), narrow=True)]
+        if name == "dot_general":
+            a, b = jets
+            return [_jet.bilinear(a, b, _narrow_dot(prim, params), narrow=True)]
         if name in BILINEAR:
             a, b = jets
             return [_jet.bilinear(a, b, lambda x, y: bind(prim, params, x, y))]
@@ -194,10 +201,11 @@ class Interpreter:
             if pairs is None:
                 return chain_rule(key)
             d1, d2 = phi_derivatives()
+            get = _jet.narrow_getter(a, key)
             quad = _jet.family_sum(key, _jet.total(
-                _jet.scale(a.get(t) * a.get(r), m) for t, r, m in pairs
-                if a.get(t) is not None and a.get(r) is not None))
-            first = a.get(key)
+                _jet.scale(get(t) * get(r), m) for t, r, m in pairs
+                if get(t) is not None and get(r) is not None))
+            first = get(key)
             return _jet.add(None if first is None else d1 * first,
                             None if quad is None else d2 * quad)
 
@@ -239,13 +247,42 @@ class Interpreter:
         return jet
 
 
+def _narrow_mul(prim, params):
+    def mul(x, y):
+        if isinstance(x, _jet.Narrow) or isinstance(y, _jet.Narrow):
+            return x * y
+        return bind(prim, params, x, y)
+    return mul
+
+
+def _narrow_dot(prim, params):
+    """``dot_general`` where one factor may be a narrow vector contracted along its
+    only axis (a seeded input entering a dense layer): only the rows of the other
+    factor at the nonzero positions are read."""
+    (lc, rc), (lb, rb) = params["dimension_numbers"]
+
+    def dot(x, y):
+        nx, ny = isinstance(x, _jet.Narrow), isinstance(y, _jet.Narrow)
+        if nx and not ny and not lb and len(x.shape) == 1 and tuple(lc) == (0,):
+            return bind(prim, params, x.values, jnp.take(y, x.positions, axis=rc[0]))
+        if ny and not nx and not rb and len(y.shape) == 1 and tuple(rc) == (0,):
+            return bind(prim, params, jnp.take(x, y.positions, axis=lc[0]), y.values)
+        return bind(prim, params, _jet.densify(x), _jet.densify(y))
+    return dot
+
+
 def _linear(prim, params, jets: list[Jet], fixed: list[bool]) -> list[Jet]:
     """A primitive jointly linear in its non-fixed operands: one bind per
     coefficient, shared by all of its outputs."""
     primals = bind(prim, params, *[j.primal for j in jets])
     cache: dict[Any, Any] = {}
+    live = [j for j, f in zip(jets, fixed) if not f]
 
     def coefficient(key):
+        if key not in cache and prim.name == "reduce_sum" and len(live) == 1:
+            v = live[0].get_narrow(key)
+            if isinstance(v, _jet.Narrow):  # sum only the nonzero positions
+                cache[key] = _narrow_reduce_sum(v, params["axes"], primals)
         if key not in cache:
             if all(j.get(key) is None for j, f in zip(jets, fixed) if not f):
                 cache[key] = None
@@ -264,6 +301,19 @@ def _linear(prim, params, jets: list[Jet], fixed: list[bool]) -> list[Jet]:
         return Jet(primals[k], rule)
 
     return [output(k) for k in range(len(primals))]
+
+
+def _narrow_reduce_sum(v, axes, out):
+    """``reduce_sum`` of a narrow coefficient: a segment sum of its values into
+    the output positions (a scalar sum when every axis is reduced)."""
+    if len(axes) == len(v.shape):
+        return v.values.sum().astype(out.dtype).reshape(out.shape)
+    coords = np.unravel_index(v.positions, v.shape)
+    kept = [c for i, c in enumerate(coords) if i not in set(axes)]
+    target = np.ravel_multi_index(kept, out.shape) if kept else np.zeros_like(v.positions)
+    flat = jnp.zeros(int(np.prod(out.shape, dtype=np.int64)), v.values.dtype).at[target].add(
+        v.values)
+    return flat.reshape(out.shape)
 
 
 # -- JVP jaxprs of single primitives, cached by abstract signature -----------------------------

@@ -14,11 +14,80 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ...core import _jets
 
 Key = _jets.Key
+
+
+class Narrow:
+    """A coefficient that is zero outside a few static flat positions of its value.
+
+    A one-hot seed is one of these, and so is everything elementwise downstream of
+    it: ``sin(x)[e_0]`` is ``cos(x_0)`` at position 0 and zero elsewhere. Products
+    and sums with other coefficients stay narrow (full arrays are gathered at the
+    positions), so the tangent work of a pure partial costs ``len(positions)``
+    elements per coefficient instead of the whole array until a reduction or a
+    matrix product mixes the positions. Rules that do not know narrow
+    coefficients see dense arrays (``Jet.get``)."""
+
+    __slots__ = ("values", "positions", "shape", "_dense")
+
+    def __init__(self, values, positions: np.ndarray, shape: tuple):
+        self.values, self.positions, self.shape = values, positions, tuple(shape)
+        self._dense = None
+
+    def dense(self):
+        if self._dense is None:
+            size = int(np.prod(self.shape, dtype=np.int64))
+            flat = jnp.zeros(size, self.values.dtype).at[self.positions].set(
+                self.values, unique_indices=True, indices_are_sorted=True)
+            self._dense = flat.reshape(self.shape)
+        return self._dense
+
+    def _gather(self, other):
+        """``other`` at this coefficient's positions, or None if shapes differ."""
+        if isinstance(other, (int, float)) or np.ndim(other) == 0:
+            return other
+        if tuple(np.shape(other)) != self.shape:
+            return None
+        return jnp.reshape(other, (-1,))[self.positions]
+
+    def _same(self, other) -> bool:
+        return (isinstance(other, Narrow) and other.shape == self.shape
+                and np.array_equal(other.positions, self.positions))
+
+    def __mul__(self, other):
+        if isinstance(other, Narrow):
+            if self._same(other):
+                return Narrow(self.values * other.values, self.positions, self.shape)
+            return self.dense() * other.dense()
+        g = self._gather(other)
+        return self.dense() * other if g is None else Narrow(self.values * g, self.positions,
+                                                             self.shape)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        g = None if isinstance(other, Narrow) else self._gather(other)
+        return self.dense() / (other.dense() if isinstance(other, Narrow) else other) \
+            if g is None else Narrow(self.values / g, self.positions, self.shape)
+
+    def __add__(self, other):
+        if self._same(other):
+            return Narrow(self.values + other.values, self.positions, self.shape)
+        return self.dense() + (other.dense() if isinstance(other, Narrow) else other)
+
+    __radd__ = __add__
+
+    def __neg__(self):
+        return Narrow(-self.values, self.positions, self.shape)
+
+
+def densify(v):
+    return v.dense() if isinstance(v, Narrow) else v
 
 
 class Jet:
@@ -39,6 +108,11 @@ class Jet:
         return self.rule is None
 
     def get(self, key: Key) -> Any:
+        """Coefficient ``key`` as an array, or None for a structural zero."""
+        return densify(self.get_narrow(key))
+
+    def get_narrow(self, key: Key) -> Any:
+        """Coefficient ``key``, possibly :class:`Narrow` (for rules that know it)."""
         if _jets.is_zero(key):
             return self.primal
         if self.rule is None:
@@ -94,7 +168,12 @@ def family_sum(key: Key, value):
     """Sums per-direction terms of a collapsed key over its family of directions."""
     if value is None or not isinstance(key, _jets.Collapsed) or key.family is None:
         return value
-    return lax.psum(value, key.family)
+    return lax.psum(densify(value), key.family)
+
+
+def narrow_getter(jet: "Jet", key: Key):
+    """``jet.get_narrow`` for plain keys; collapsed keys (operators) stay dense."""
+    return jet.get if isinstance(key, _jets.Collapsed) else jet.get_narrow
 
 
 def collapsed_sum(key: Key, terms, x, y, product=lambda u, v: u * v):
@@ -127,13 +206,17 @@ def linear(parts: list[Jet], fn: Callable[..., Any]) -> Jet:
     return Jet(primal, rule)
 
 
-def bilinear(a: Jet, b: Jet, fn: Callable[[Any, Any], Any]) -> Jet:
-    """``fn`` bilinear (mul, dot_general, conv): the Leibniz rule."""
+def bilinear(a: Jet, b: Jet, fn: Callable[[Any, Any], Any], narrow: bool = False) -> Jet:
+    """``fn`` bilinear (mul, dot_general, conv): the Leibniz rule. ``narrow``:
+    ``fn`` accepts :class:`Narrow` coefficients (elementwise products)."""
     primal = fn(a.primal, b.primal)
     if a.const and b.const:
         return const(primal)
 
     def rule(key):
+        if narrow:
+            return collapsed_sum(key, _jets.product_terms(key), narrow_getter(a, key),
+                                 narrow_getter(b, key), fn)
         return collapsed_sum(key, _jets.product_terms(key), a.get, b.get, fn)
 
     return Jet(primal, rule)
@@ -155,7 +238,8 @@ def chain(parts: list[Jet], primal: Any, psis: Callable[[Jet], list[Jet | None]]
         for p, d in zip(parts, holder[0]):
             if d is None or p.const:
                 continue
-            out = add(out, collapsed_sum(key, _jets.composition_terms(key), d.get, p.get))
+            out = add(out, collapsed_sum(key, _jets.composition_terms(key),
+                                         narrow_getter(d, key), narrow_getter(p, key)))
         return out
 
     result.rule = rule
