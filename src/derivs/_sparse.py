@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from . import backends
 from .core._cache import LRUCache
@@ -42,6 +43,16 @@ def _check_argnum(argnum: Any, n_args: int | None, api: str) -> int:
         raise ValueError(f"{api}: argnums={argnum} selects argument {argnum}, but f was called "
                          f"with {n_args} positional argument(s).")
     return argnum
+
+
+def _normalize(args: tuple, argnum: int, api: str) -> tuple:
+    """``(framework module, backend, args)`` with ``args[argnum]`` an array of its
+    framework (a Python number becomes one; integer arrays are refused with the fix)."""
+    _check_argnum(argnum, len(args), api)
+    fw, backend = _framework(args, api)
+    args = list(args)
+    args[argnum] = backend.as_input(args[argnum], argnum, api, None)
+    return fw, backend, tuple(args)
 
 
 def _signature(args: tuple) -> tuple | None:
@@ -128,8 +139,6 @@ class Prepared:
         exact = np.asarray(fw.to_numpy(exact), np.float64)
         data, _ = self._evaluate(args)
         data = np.asarray(fw.to_numpy(data), np.float64)
-        import scipy.sparse as sp
-
         mat = sp.csr_array((data, self.pattern.cols, self.pattern.indptr),
                            shape=self.pattern.shape)
         got = np.stack([mat @ v for v in vs])
@@ -195,13 +204,7 @@ class SparseDerivative:
         self._lock = threading.Lock()
 
     def _normalize(self, args: tuple) -> tuple:
-        """``args`` with the differentiated one as an array of its framework (a
-        Python number becomes one; integer arrays are refused with the fix)."""
-        _check_argnum(self.argnum, len(args), self.api)
-        fw, backend = _framework(args, self.api)
-        args = list(args)
-        args[self.argnum] = backend.as_input(args[self.argnum], self.argnum, self.api, None)
-        return fw, backend, tuple(args)
+        return _normalize(args, self.argnum, self.api)
 
     def prepare(self, *args) -> Prepared:
         """Detect and color for these arguments' signature (cached)."""
@@ -369,11 +372,8 @@ def hessian(f: Callable, argnums: int = 0, *, has_aux: bool = False, sparse: boo
 
 def _dense(f, kind, argnum, has_aux, api):
     def dense(*args):
-        _check_argnum(argnum, len(args), api)
-        fw, backend = _framework(args, api)
-        args = list(args)
-        args[argnum] = backend.as_input(args[argnum], argnum, api, None)
-        return fw.dense(kind, f, tuple(args), argnum, has_aux)
+        fw, _, args = _normalize(args, argnum, api)
+        return fw.dense(kind, f, args, argnum, has_aux)
     dense.__doc__ = f"Dense {kind} of {getattr(f, '__name__', 'f')} (derivs)."
     return dense
 

@@ -1,7 +1,8 @@
-"""Helpers shared by the backends: shape bookkeeping and error texts."""
+"""Helpers shared by the backends: shape bookkeeping, error texts, the engines' fallback."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 
@@ -69,3 +70,11 @@ def jvp_passing_aux(jvp_has_aux, tree_flatten, is_array, fun, primal, tangent):
     it = iter(arrays)
     leaves = [next(it) if is_array(leaf) else leaf for leaf in side["leaves"]]
     return primal_out, tangent_out, side["spec"].unflatten(leaves)
+
+
+@dataclasses.dataclass
+class Fallback:
+    """An engine could not take this call (``reason`` says why, for ``explain``);
+    the general path runs it. Shared by the JAX and PyTorch engines."""
+
+    reason: str

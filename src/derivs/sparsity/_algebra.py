@@ -233,19 +233,15 @@ def convolution(lhs, rhs, lhs_ids: np.ndarray, rhs_ids: np.ndarray, out_ids: np.
     s = np.arange(S)[:, None]
     t = table[s, w[None]]  # (S, nnz)
     ok = t >= 0
-    parts = []
+    chan = (o // per_group) * cg + c  # the input channel each kernel entry reads
+    lhs_pairs, rhs_pairs = [], []
     for n in range(N):
         rows = out_ids[n][o[None, :], s][ok]
         if lhs is not None:
-            chan = (o // per_group) * cg + c
-            cols = lhs_ids[n][np.broadcast_to(chan[None], t.shape)[ok], t[ok]]
-            parts.append((rows, cols, "lhs"))
+            lhs_pairs.append((rows, lhs_ids[n][np.broadcast_to(chan[None], t.shape)[ok], t[ok]]))
         if rhs is not None:
-            parts.append((rows, np.broadcast_to(rhs_ids[o, c, w][None], t.shape)[ok], "rhs"))
-    out = []
-    for which, deps in (("lhs", lhs), ("rhs", rhs)):
-        sel = [(r, c_) for r, c_, k in parts if k == which]
-        if sel and deps is not None:
-            out.append(_apply(np.concatenate([r for r, _ in sel]),
-                              np.concatenate([c_ for _, c_ in sel]), out_ids.size, deps))
+            rhs_pairs.append((rows, np.broadcast_to(rhs_ids[o, c, w][None], t.shape)[ok]))
+    out = [_apply(np.concatenate([r for r, _ in pairs]), np.concatenate([q for _, q in pairs]),
+                  out_ids.size, deps)
+           for pairs, deps in ((lhs_pairs, lhs), (rhs_pairs, rhs)) if pairs]
     return union(out)

@@ -119,17 +119,17 @@ def color_jacobian(pattern: Pattern, mode: str = "auto",
     # A symmetric pattern has the same row and column graphs: color once.
     symmetric = m == n and (p != p.T).nnz == 0
     candidates = []
-    for kind, size in (("column", n), ("row", m)):
+    for kind, size, rows_of in (("column", n, p), ("row", m, p.T.tocsr())):
         if mode not in ("auto", kind) or (mode == "auto" and kind == "row" and symmetric):
             continue
-        # Column conflict graph: columns sharing a row (P^T P); rows likewise.
-        if _graph_nnz_bound(p if kind == "column" else p.T.tocsr()) > MAX_GRAPH_NNZ:
+        # ``rows_of``: the pattern whose rows group what must differ (J's rows for
+        # columns, J^T's rows for rows). Conflict graph: pairs sharing such a row.
+        if _graph_nnz_bound(rows_of) > MAX_GRAPH_NNZ:
             candidates.append((kind, "trivial", _trivial(size), {f"{kind}/trivial": size}))
             continue
-        g = (p.T @ p) if kind == "column" else (p @ p.T)
-        indptr, indices = _adjacency(g)
-        # The entries of one row (column) all need distinct colors.
-        bound = int(np.diff((p if kind == "column" else p.T.tocsr()).indptr).max(initial=0))
+        indptr, indices = _adjacency(rows_of.T @ rows_of)
+        # The entries of one such row all need distinct colors.
+        bound = int(np.diff(rows_of.indptr).max(initial=0))
         name, colors, tried = _best_distance1(indptr, indices, orderings, bound=bound)
         candidates.append((kind, name, colors, {f"{kind}/{k}": v for k, v in tried.items()}))
     tried = {k: v for *_, t in candidates for k, v in t.items()}

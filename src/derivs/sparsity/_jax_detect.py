@@ -348,7 +348,7 @@ class Detector:
         """Iterate ``carry <- carry | step(carry)`` until no set grows."""
         for _ in range(10_000):
             new = [A.union([c, s]) for c, s in zip(carry, step(carry))]
-            if all(_same(a, b) for a, b in zip(carry, new)):
+            if all(_equal(a, b) for a, b in zip(carry, new)):
                 return new
             carry = new
         raise RuntimeError("sparsity detection: loop fixpoint did not converge")
@@ -416,12 +416,6 @@ def _equal(a, b) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return a.nnz == b.nnz and (a != b).nnz == 0
-
-
-def _same(a, b) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return a.nnz == b.nnz
 
 
 def _numpy_structural(name, args, params, outvars):

@@ -297,22 +297,20 @@ def _fold_scales(gm) -> None:
 
 
 def _closes_over_tensors(fun) -> bool:
-    cells = getattr(fun, "__closure__", None) or ()
-    for c in cells:
-        try:
-            v = c.cell_contents
-        except ValueError:
-            continue
-        if isinstance(v, (torch.Tensor, torch.nn.Module)) or (
-                isinstance(v, (list, tuple, dict)) and any(
-                    isinstance(t, (torch.Tensor, torch.nn.Module))
-                    for t in (v.values() if isinstance(v, dict) else v))):
-            return True
-    glb = getattr(fun, "__globals__", {})
-    code = getattr(fun, "__code__", None)
-    names = code.co_names if code is not None else ()
-    return any(isinstance(glb.get(nm), (torch.Tensor, torch.nn.Module)) for nm in names) or (
-        code is None)  # a callable object: its state is not visible here
+    """Whether ``fun`` reads tensors or modules from its closure or globals (or is a
+    callable object, whose state is not visible): a captured graph would freeze them."""
+    from ..backends.torch_engine._engine import referenced_values
+
+    if getattr(fun, "__code__", None) is None:
+        return True
+
+    def holds_tensors(v) -> bool:
+        if isinstance(v, (list, tuple)):
+            return any(map(holds_tensors, v))
+        if isinstance(v, dict):
+            return any(map(holds_tensors, v.values()))
+        return isinstance(v, (torch.Tensor, torch.nn.Module))
+    return any(holds_tensors(v) for _, v in referenced_values(fun))
 
 
 def _tracing_active(args) -> bool:

@@ -22,6 +22,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from .. import _jax
+from .._common import Fallback
 from ._interpret import UNSUPPORTED, Interpreter
 from ._jet import Jet, Narrow
 
@@ -40,11 +41,6 @@ class Compiled:
     def note(self) -> str:
         return (f"jaxpr of {self.ops} equations interpreted with jets (each call traces; "
                 "jit the transform to compile once)")
-
-
-@dataclasses.dataclass
-class Fallback:
-    reason: str
 
 
 def _is_array(x: Any) -> bool:

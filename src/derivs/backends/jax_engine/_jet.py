@@ -72,13 +72,14 @@ class Narrow:
 
     def __truediv__(self, other):
         g = None if isinstance(other, Narrow) else self._gather(other)
-        return self.dense() / (other.dense() if isinstance(other, Narrow) else other) \
-            if g is None else Narrow(self.values / g, self.positions, self.shape)
+        if g is None:
+            return self.dense() / densify(other)
+        return Narrow(self.values / g, self.positions, self.shape)
 
     def __add__(self, other):
         if self._same(other):
             return Narrow(self.values + other.values, self.positions, self.shape)
-        return self.dense() + (other.dense() if isinstance(other, Narrow) else other)
+        return self.dense() + densify(other)
 
     __radd__ = __add__
 

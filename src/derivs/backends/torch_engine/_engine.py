@@ -30,7 +30,7 @@ import torch.utils._pytree as pytree
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
 
-from .._common import numel, sample_shape
+from .._common import Fallback, numel, sample_shape
 from ._builder import Builder, Narrow, is_mutating, is_random
 from ._jet import Context, Jet
 from ._rules import RULES, Unsupported
@@ -54,12 +54,26 @@ class Compiled:
                 "cached per argument signature")
 
 
-@dataclasses.dataclass
-class Fallback:
-    reason: str
-
-
 _PLAIN = (int, float, bool, str, complex, type(None))
+
+
+def referenced_values(fun):
+    """``(name or None, value)`` for what ``fun`` reads from its closure cells and
+    module globals (the values a trace would bake in). A callable without code
+    (an object with ``__call__``) yields nothing: its state is not visible here."""
+    code = getattr(fun, "__code__", None)
+    if code is None:
+        return
+    for cell in getattr(fun, "__closure__", None) or ():
+        try:
+            yield None, cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+    glb = getattr(fun, "__globals__", {})
+    for name in code.co_names:
+        v = glb.get(name, _ABSENT)
+        if v is not _ABSENT:
+            yield name, v
 
 
 def captured_values(fun) -> tuple:
@@ -67,23 +81,8 @@ def captured_values(fun) -> tuple:
     and that a trace would bake in as constants (numbers, strings, and tuples of
     them): part of the cache key, so changing one gives a new graph. Values read
     deeper, inside functions that ``fun`` calls, are not seen (see the README)."""
-    code = getattr(fun, "__code__", None)
-    if code is None:
-        return ()
-    out = []
-    for cell in getattr(fun, "__closure__", None) or ():
-        try:
-            v = cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
-        if _plain(v):
-            out.append(v)
-    glb = getattr(fun, "__globals__", {})
-    for name in code.co_names:
-        v = glb.get(name, _ABSENT)
-        if v is not _ABSENT and _plain(v):
-            out.append((name, v))
-    return tuple(out)
+    return tuple(v if name is None else (name, v)
+                 for name, v in referenced_values(fun) if _plain(v))
 
 
 _ABSENT = object()
