@@ -143,6 +143,12 @@ def _jax_laplacian(quick: bool) -> list[dict]:
         fns = {
             "derivs": jax.jit(jax.vmap(derivs.laplacian(u, strategy="traced-jet"))),
             "derivs-auto": jax.jit(jax.vmap(derivs.laplacian(u))),
+            # both direction layouts of the jet strategy, for the layout rule
+            # (NOTE [direction layout] in derivs._operators)
+            "derivs unrolled": _with_unroll_max(10**9, jax.jit(jax.vmap(
+                derivs.laplacian(u, strategy="traced-jet"))), x),
+            "derivs family": _with_unroll_max(0, jax.jit(jax.vmap(
+                derivs.laplacian(u, strategy="traced-jet"))), x),
             "trace(hessian)": jax.jit(jax.vmap(lambda z: jnp.trace(jax.hessian(u)(z)))),
             "HVP loop": jax.jit(jax.vmap(derivs.laplacian(u, strategy="reverse"))),
             "f": jax.jit(jax.vmap(u)),
@@ -161,6 +167,20 @@ def _jax_laplacian(quick: bool) -> list[dict]:
         print(f"  jax laplacian {label}: " + ", ".join(
             f"{k} {v / med['trace(hessian)']:.2f}x" for k, v in med.items()), flush=True)
     return rows
+
+
+def _with_unroll_max(limit, jitted, x):
+    """``jitted`` traced (and compiled) once with the direction-layout rule set to
+    ``limit``; later calls reuse that executable."""
+    from derivs import _operators
+
+    saved = _operators.UNROLL_MAX_DIRECTIONS
+    _operators.UNROLL_MAX_DIRECTIONS = limit
+    try:
+        jitted(x)
+    finally:
+        _operators.UNROLL_MAX_DIRECTIONS = saved
+    return jitted
 
 
 def _torch_laplacian(quick: bool) -> list[dict]:

@@ -21,6 +21,18 @@ from ._expressions import exact_partial, make_cases, to_array_fn
 from ._frameworks import FRAMEWORKS, array, math_ns, to_numpy
 
 STRATEGIES = ["traced-jet", "reverse"]
+# JAX's jet strategy has two direction layouts (NOTE [direction layout] in
+# derivs._operators); D = 4 here is unrolled, "/family" forces the vmapped family.
+ROUTES = ["traced-jet", "traced-jet/family", "reverse"]
+
+
+def _route(route, fw, monkeypatch):
+    strategy, _, layout = route.partition("/")
+    if layout == "family":
+        if fw == "torch":
+            pytest.skip("the PyTorch engine always unrolls directions")
+        monkeypatch.setattr(_operators, "UNROLL_MAX_DIRECTIONS", 0)
+    return strategy
 
 
 def _mlp(fw, dtype="float64"):
@@ -44,8 +56,9 @@ XB = np.random.default_rng(4).normal(size=(6, 4))
 
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_laplacian_and_diagonal_equal_dense_hessian(fw, strategy):
+@pytest.mark.parametrize("route", ROUTES)
+def test_laplacian_and_diagonal_equal_dense_hessian(fw, route, monkeypatch):
+    strategy = _route(route, fw, monkeypatch)
     f = _mlp(fw)
     H = _dense_hessian(X)
     lap = to_numpy(derivs.laplacian(f, strategy=strategy)(array(fw, X)))
@@ -55,8 +68,9 @@ def test_laplacian_and_diagonal_equal_dense_hessian(fw, strategy):
 
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_batch_axis_gives_each_sample_its_operator(fw, strategy):
+@pytest.mark.parametrize("route", ROUTES)
+def test_batch_axis_gives_each_sample_its_operator(fw, route, monkeypatch):
+    strategy = _route(route, fw, monkeypatch)
     f = _mlp(fw)
     Hs = [_dense_hessian(x) for x in XB]
     lap = to_numpy(derivs.laplacian(f, batch_axis=0, strategy=strategy)(array(fw, XB)))
@@ -106,7 +120,9 @@ def test_heat_residual_shares_lower_terms_in_one_collapsed_pass():
 
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)
-def test_float32_agrees_with_float64(fw):
+@pytest.mark.parametrize("unroll_max", [4, 0])
+def test_float32_agrees_with_float64(fw, unroll_max, monkeypatch):
+    monkeypatch.setattr(_operators, "UNROLL_MAX_DIRECTIONS", unroll_max)
     f32, f64 = _mlp(fw, "float32"), _mlp(fw, "float64")
     for op in (derivs.laplacian, derivs.hessian_diagonal):
         for strategy in STRATEGIES:
@@ -118,7 +134,9 @@ def test_float32_agrees_with_float64(fw):
     np.testing.assert_allclose(d4_32, d4_64, rtol=1e-4)
 
 
-def test_operators_compose_with_jit_vmap_grad():
+@pytest.mark.parametrize("unroll_max", [4, 0])
+def test_operators_compose_with_jit_vmap_grad(unroll_max, monkeypatch):
+    monkeypatch.setattr(_operators, "UNROLL_MAX_DIRECTIONS", unroll_max)
     f = _mlp("jax")
     lap = derivs.laplacian(f)
     xb = jnp.asarray(XB)
@@ -129,6 +147,21 @@ def test_operators_compose_with_jit_vmap_grad():
     fd = [(lap(jnp.asarray(X) + eps * e) - lap(jnp.asarray(X) - eps * e)) / (2 * eps)
           for e in np.eye(4)]
     np.testing.assert_allclose(g, fd, rtol=1e-6)
+
+
+def test_explain_shows_the_operator_plan():
+    f = lambda x: jnp.sum(jnp.tanh(x)) ** 2
+    small = derivs.explain(derivs.laplacian(f), jnp.ones(3))
+    assert (small.strategy, small.layout, small.directions) == ("traced-jet", "unrolled", 3)
+    assert small.model_costs == {"traced-jet": 2 * 3 + 4, "reverse": 8 * 3}
+    large = derivs.explain(derivs.laplacian(f), jnp.ones(50))
+    assert (large.strategy, large.layout) == ("traced-jet", "family")
+    assert "vmapped family" in str(large) and "chosen by the cost model" in str(large)
+    asked = derivs.explain(derivs.hessian_diagonal(f, strategy="reverse"), jnp.ones(3))
+    assert (asked.strategy, asked.layout) == ("reverse", None) and "requested" in str(asked)
+    g = lambda x: (torch.tanh(x) ** 2).sum(-1)
+    t = derivs.explain(derivs.hessian_diagonal(g, batch_axis=0), torch.ones(5, 3))
+    assert (t.backend, t.strategy, t.directions) == ("torch", "reverse", 3)
 
 
 def test_torch_operator_trains():
@@ -179,10 +212,14 @@ def test_planner_picks_the_measured_faster_strategy():
         faster = "traced-jet" if row["derivs_s"] < row["HVP loop_s"] else "reverse"
         assert _operators.choose_strategy(True, D, True, row["framework"]) == faster, row
         checked += 1
+        if "derivs family_s" in row:  # JAX: the direction layout rule
+            layout = "family" if row["derivs family_s"] < row["derivs unrolled_s"] else "unrolled"
+            assert ("unrolled" if _operators.unrolled("jax", D) else "family") == layout, row
+            checked += 1
     for row in data["hessian_diagonal"]:
         if "derivs traced-jet_s" in row:
             faster = ("traced-jet" if row["derivs traced-jet_s"] < row["derivs reverse_s"]
                       else "reverse")
             assert _operators.choose_strategy(False, row["D"], True, row["framework"]) == faster
             checked += 1
-    assert checked >= 5
+    assert checked >= 7

@@ -324,6 +324,9 @@ def explain(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
     * ``explain(sparse_derivative, *example_args)`` for ``derivs.jacobian(f,
       sparse=True)`` / ``derivs.hessian(f, sparse=True)``: a
       ``SparseExplanation`` (pattern, colors, every ordering tried);
+    * ``explain(operator, *example_args)`` for :func:`laplacian` /
+      :func:`hessian_diagonal`: the strategy, the direction layout and the cost
+      model's estimates;
     * ``explain(f, request, *example_args, argnums=..., batch_axis=...)`` where
       ``request`` is one index (an int or a tuple, as for :func:`partial`) or a
       list of indices (as for :func:`partials`).
@@ -338,6 +341,8 @@ def explain(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
       ('traced-jet', 1, 27.0)
     """
     if hasattr(f, "prepare") and hasattr(f, "explain"):  # a sparse Jacobian / Hessian
+        return f.explain(*args)
+    if getattr(f, "__derivs_operator__", None) and hasattr(f, "explain"):  # laplacian, ...
         return f.explain(*args)
     t = getattr(f, "__derivs_transform__", None)
     if t is None:

@@ -35,6 +35,18 @@ TAYLOR = "traced-jet"
 REVERSE = "reverse"
 OPERATOR_STRATEGIES = (TAYLOR, REVERSE)
 HVP_COST = 8.0
+# NOTE [direction layout]: JAX's jet strategy carries the D unit directions either
+# as one vmapped axis (a "family": one matmul of D stacked rows, compile time flat
+# in D) or unrolled, one coordinate group per direction (D separate products; the
+# layout the PyTorch engine always uses). XLA:CPU compiles the family's 3-D
+# tangents, and the reductions over their direction axis, into one large YNNPACK
+# fusion that runs 1.5-3x slower than the unrolled program for small D
+# (``python -m benchmarks taylor``: D = 3 with 10^4 points, unrolled 0.3x the
+# nested-AD Laplacian, family 0.4-0.9x from run to run). Unrolled wins up to
+# about D = 16 when each direction carries 2000 rows, and the family wins from
+# D = 8 with 256 rows; the sample count is not known inside ``jax.vmap``, so
+# the rule uses D alone.
+UNROLL_MAX_DIRECTIONS = 4
 
 
 def differential_operator(f: Callable, terms: Sequence[tuple[float, Any]],
@@ -94,8 +106,8 @@ def laplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
     coefficients and one collapsed second-order coefficient (``2 + D`` values per
     intermediate instead of ``1 + 2D``); in JAX the ``D`` directions are one
     vmapped axis. ``"reverse"`` sums ``D`` Hessian-vector products (needs a scalar
-    output per sample). None picks by the cost model (see :func:`derivs.explain`-like
-    ``laplacian_plan``). ``batch_axis`` as in :func:`derivs.partial`.
+    output per sample). None picks by the cost model; ``derivs.explain(op, *args)``
+    shows the choice. ``batch_axis`` as in :func:`derivs.partial`.
 
     Example:
 
@@ -140,8 +152,20 @@ def choose_strategy(collapsed: bool, n: int, scalar_output: bool, framework: str
         return TAYLOR
     if framework == "torch" and not collapsed:
         return REVERSE
-    taylor = (2 * n + 4) if collapsed else 6 * n
-    return TAYLOR if taylor <= HVP_COST * n else REVERSE
+    costs = model_costs(collapsed, n)
+    return TAYLOR if costs[TAYLOR] <= costs[REVERSE] else REVERSE
+
+
+def model_costs(collapsed: bool, n: int) -> dict[str, float]:
+    """The cost model's estimate of each strategy, in evaluations of f (see NOTE
+    [cost model for operators])."""
+    return {TAYLOR: float((2 * n + 4) if collapsed else 6 * n), REVERSE: HVP_COST * n}
+
+
+def unrolled(framework: str, n: int) -> bool:
+    """Whether the jet strategy carries ``n`` directions as ``n`` coordinate groups
+    (see NOTE [direction layout]); otherwise one vmapped family (JAX only)."""
+    return framework == "torch" or n <= UNROLL_MAX_DIRECTIONS
 
 
 def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool) -> Callable:
@@ -157,10 +181,9 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool) -> Cal
         raise TypeError(f"{api}: batch_axis must be None or an int axis, got {batch_axis!r}.")
     # JAX: f's jaxpr is traced per call by the engine; this only carries f and argnum.
     jax_transform = _api._build(f, [0], argnum, False, batch_axis, api=api, allow_value=False)
-    per_shape = LRUCache(maxsize=32)  # torch: the operator transform per sample shape
+    per_shape = LRUCache(maxsize=32)  # unrolled layout: the transform per sample shape
 
-    @functools.wraps(f)
-    def op(*args, **kwargs):
+    def decide(args, kwargs):
         if argnum >= len(args):
             raise ValueError(f"{api}: argnum={argnum} but the function was called with "
                              f"{len(args)} positional argument(s).")
@@ -169,12 +192,24 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool) -> Cal
         args = args[:argnum] + (x,) + args[argnum + 1:]
         sample = _common.sample_shape(tuple(x.shape), batch_axis)
         n = _common.numel(sample)
-        chosen = strategy or choose_strategy(collapsed, n, _scalar_output(
-            backend, f, args, kwargs, batch_axis), backend.name)
+        scalar = None
+        if strategy is None:
+            scalar = _scalar_output(backend, f, args, kwargs, batch_axis)
+        chosen = strategy or choose_strategy(collapsed, n, scalar, backend.name)
+        return backend, args, sample, n, chosen, scalar
+
+    def explain(*args, **kwargs) -> OperatorExplanation:
+        backend, _, sample, n, chosen, scalar = decide(args, kwargs)
+        return OperatorExplanation(api, backend.name, sample, n, chosen, strategy is None,
+                                   scalar, collapsed)
+
+    @functools.wraps(f)
+    def op(*args, **kwargs):
+        backend, args, sample, n, chosen, _ = decide(args, kwargs)
         fw = _framework(backend.name)
         if chosen == REVERSE:
             return _reverse(fw, f, args, kwargs, argnum, batch_axis, sample, collapsed)
-        if backend.name == "jax":
+        if not unrolled(backend.name, n):
             return _jax_taylor(fw, jax_transform, args, kwargs, batch_axis, sample, collapsed)
         key = (sample, collapsed)
         transform = per_shape.get(key)
@@ -191,7 +226,47 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool) -> Cal
         return _directions_last(fw, fw.stack([out[(i, i)] for i in range(n)]), sample)
 
     op.__derivs_operator__ = api
+    op.explain = explain
     return op
+
+
+class OperatorExplanation:
+    """What :func:`laplacian` / :func:`hessian_diagonal` do for given arguments:
+    the strategy, the direction layout of the jet strategy, and the cost model's
+    estimate of each strategy (in evaluations of f). ``str()`` is a readable
+    report; made by ``derivs.explain(op, *example_args)``."""
+
+    def __init__(self, api, backend, sample, n, strategy, automatic, scalar, collapsed):
+        self.api, self.backend, self.sample, self.directions = api, backend, sample, n
+        self.strategy, self.automatic = strategy, automatic
+        self.layout = (None if strategy == REVERSE
+                       else "unrolled" if unrolled(backend, n) else "family")
+        self.model_costs = model_costs(collapsed, n)
+        self.scalar_output, self.collapsed = scalar, collapsed
+
+    def __str__(self) -> str:
+        what = "collapsed second-order jet (2 + D values per intermediate)" if self.collapsed \
+            else "second-order jet per direction"
+        lines = [f"{self.api} ({self.backend}), sample shape {self.sample}: "
+                 f"D = {self.directions} unit directions",
+                 f"  strategy: {self.strategy} "
+                 + ("(chosen by the cost model)" if self.automatic else "(requested)")]
+        if self.strategy == TAYLOR:
+            lines.append(f"  {what}; directions "
+                         + ("unrolled, one coordinate group each" if self.layout == "unrolled"
+                            else "as one vmapped family axis"))
+        else:
+            lines.append("  D Hessian-vector products (forward over reverse), vmapped")
+        if self.automatic and self.backend == "torch" and not self.collapsed:
+            lines.append("  PyTorch jets unroll the directions in the built graph: for a "
+                         "scalar output HVPs are chosen")
+        lines.append("  cost model (evaluations of f): " + ", ".join(
+            f"{k} {v:g}" for k, v in self.model_costs.items()))
+        if self.automatic and self.scalar_output is False:
+            lines.append("  f's output is not one number per sample: only jets apply")
+        return "\n".join(lines)
+
+    __repr__ = __str__
 
 
 def _framework(name: str) -> SimpleNamespace:

@@ -1,0 +1,122 @@
+"""Hutchinson's Laplacian estimator against a dense float64 ``jax.hessian`` oracle:
+exact for diagonal Hessians (Rademacher directions), unbiased within a bound set
+by the documented variance, and that variance itself."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import derivs
+
+from ._frameworks import FRAMEWORKS, array, to_numpy
+
+RNG = np.random.default_rng(7)
+A = RNG.normal(size=(5, 5)) / 2
+X = np.array([0.3, -0.7, 0.5, 1.1, -0.2])
+
+
+def _coupled(fw):
+    """A function with a dense Hessian: sum(sin(A x)) * sum(x^2) / 4."""
+    if fw == "jax":
+        M = jnp.asarray(A)
+        return lambda x: jnp.sum(jnp.sin(x @ M.T), -1) * jnp.sum(x * x, -1) / 4
+    M = torch.as_tensor(A)
+    return lambda x: torch.sin(x @ M.T).sum(-1) * (x * x).sum(-1) / 4
+
+
+def _hessian(x):
+    return np.asarray(jax.hessian(_coupled("jax"))(jnp.asarray(x)))
+
+
+def _key(fw, seed):
+    return jax.random.key(seed) if fw == "jax" else seed
+
+
+def _variance(H, distribution):
+    """The documented variance of one term v^T H v."""
+    off = np.sum(H ** 2) - np.sum(np.diag(H) ** 2)
+    return 2 * off if distribution == "rademacher" else 2 * np.sum(H ** 2)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_rademacher_is_exact_for_a_diagonal_hessian(fw):
+    sep = (lambda x: jnp.sum(jnp.sin(x) * x ** 2)) if fw == "jax" else \
+        (lambda x: (torch.sin(x) * x ** 2).sum())
+    exact = np.sum(2 * np.sin(X) + 4 * X * np.cos(X) - X ** 2 * np.sin(X))
+    for seed in range(3):
+        est = derivs.hutchinson_laplacian(sep, samples=2)(_key(fw, seed), array(fw, X))
+        np.testing.assert_allclose(to_numpy(est), exact, rtol=1e-12)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+@pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
+def test_unbiased_with_the_documented_variance(fw, distribution):
+    H = _hessian(X)
+    var, S = _variance(H, distribution), 20_000
+    est = derivs.hutchinson_laplacian(_coupled(fw), samples=S, distribution=distribution,
+                                      with_stderr=True)
+    mean, stderr = (float(to_numpy(v)) for v in est(_key(fw, 1), array(fw, X)))
+    # a fixed seed: within 5 standard errors of the exact trace
+    assert abs(mean - np.trace(H)) < 5 * np.sqrt(var / S)
+    # the sample variance of 20000 terms is within 10% of the formula
+    np.testing.assert_allclose(stderr ** 2 * S, var, rtol=0.1)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_batch_axis_gives_each_sample_its_estimate(fw):
+    XB = RNG.normal(size=(3, 5))
+    S = 20_000
+    est = derivs.hutchinson_laplacian(_coupled(fw), samples=S, batch_axis=0)
+    got = to_numpy(est(_key(fw, 2), array(fw, XB)))
+    assert got.shape == (3,)
+    for g, x in zip(got, XB):
+        H = _hessian(x)
+        assert abs(g - np.trace(H)) < 5 * np.sqrt(_variance(H, "rademacher") / S)
+
+
+def test_jax_jit_vmap_and_float32():
+    f32 = lambda x: jnp.sum(jnp.sin(x @ jnp.asarray(A, jnp.float32).T)) * jnp.sum(x * x) / 4
+    est = derivs.hutchinson_laplacian(f32, samples=64)
+    x32 = jnp.asarray(X, jnp.float32)
+    key = jax.random.key(3)
+    eager = est(key, x32)
+    np.testing.assert_allclose(jax.jit(est)(key, x32), eager, rtol=1e-5)
+    assert eager.dtype == jnp.float32
+    hi = derivs.hutchinson_laplacian(_coupled("jax"), samples=64)(key, jnp.asarray(X))
+    np.testing.assert_allclose(eager, hi, rtol=1e-4)  # same directions, same draws
+    keys = jax.random.split(key, 4)
+    per_key = jax.vmap(est, in_axes=(0, None))(keys, x32)
+    assert per_key.shape == (4,) and len(set(np.asarray(per_key).tolist())) == 4
+
+
+def test_torch_generator_and_gradients():
+    f = _coupled("torch")
+    x = torch.tensor(X, requires_grad=True)
+    est = derivs.hutchinson_laplacian(f, samples=8)
+    a = est(torch.Generator().manual_seed(5), x)
+    b = est(5, x)
+    assert torch.equal(a, b)
+    a.backward()  # d/dx of the estimate: the same directions, differentiated once more
+    eps = 1e-6
+    fd = [(est(5, torch.tensor(X + eps * e)) - est(5, torch.tensor(X - eps * e))).item()
+          / (2 * eps) for e in np.eye(5)]
+    np.testing.assert_allclose(x.grad.numpy(), fd, rtol=1e-5, atol=1e-8)
+
+
+def test_errors_name_the_fix():
+    f = lambda x: jnp.sum(x ** 2)
+    with pytest.raises(ValueError, match="positive int"):
+        derivs.hutchinson_laplacian(f, samples=0)
+    with pytest.raises(ValueError, match="distribution"):
+        derivs.hutchinson_laplacian(f, distribution="sphere")
+    with pytest.raises(TypeError, match="jax.random key"):
+        derivs.hutchinson_laplacian(f)(0, jnp.ones(3))
+    with pytest.raises(TypeError, match="torch.Generator"):
+        derivs.hutchinson_laplacian(lambda x: (x ** 2).sum())(jax.random.key(0),
+                                                             torch.ones(3))
+    with pytest.raises(ValueError, match=r"estimate\(key, \*args\)"):
+        derivs.hutchinson_laplacian(f)(jax.random.key(0))
