@@ -50,7 +50,7 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
       >>> import jax, jax.numpy as jnp, derivs
       >>> f = lambda x: jnp.sum(x ** 3)          # diagonal Hessian: exact
       >>> est = derivs.hutchinson_laplacian(f, samples=4)
-      >>> est(jax.random.key(0), jnp.array([1.0, 2.0, 3.0]))
+      >>> est(jax.random.key(0), jnp.array([1.0, 2.0, 3.0], dtype=jnp.float32))
       Array(36., dtype=float32)
     """
     api = "derivs.hutchinson_laplacian"

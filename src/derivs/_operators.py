@@ -98,7 +98,7 @@ def differential_operator(f: Callable, terms: Sequence[tuple[float, Any]],
 
 
 def laplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
-              strategy: str | None = None) -> Callable:
+              strategy: str | None = None, chunk_size: int | None = None) -> Callable:
     """The Laplacian ``sum_i d^2 f / dx_i^2`` over every coordinate of argument
     ``argnum``, exactly.
 
@@ -109,6 +109,12 @@ def laplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
     output per sample). None picks by the cost model; ``derivs.explain(op, *args)``
     shows the choice. ``batch_axis`` as in :func:`derivs.partial`.
 
+    Memory: all ``D`` directions are carried at once, so intermediates are ``D``
+    times the size of f's (as in a dense Hessian). ``chunk_size=c`` carries ``c``
+    directions at a time (a ``lax.map`` over chunks in JAX, ``vmap(chunk_size=c)``
+    for PyTorch HVPs, ``c`` coordinate groups per built graph for PyTorch jets):
+    memory ``c / D`` of that, for some speed.
+
     Example:
 
       >>> import torch, derivs
@@ -116,11 +122,12 @@ def laplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
       >>> derivs.laplacian(f)(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
       tensor(38., dtype=torch.float64)
     """
-    return _make_operator(f, argnum, batch_axis, strategy, "derivs.laplacian", collapsed=True)
+    return _make_operator(f, argnum, batch_axis, strategy, "derivs.laplacian", collapsed=True,
+                          chunk_size=chunk_size)
 
 
 def hessian_diagonal(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
-                     strategy: str | None = None) -> Callable:
+                     strategy: str | None = None, chunk_size: int | None = None) -> Callable:
     """The diagonal ``d^2 f / dx_i^2`` of the Hessian of ``f`` in argument ``argnum``,
     exactly, without forming the Hessian. Shape: ``f``'s output shape followed by
     the argument's (sample) shape.
@@ -129,7 +136,8 @@ def hessian_diagonal(f: Callable, argnum: int = 0, *, batch_axis: int | None = N
     diagonal of a dense Hessian has ``D`` independent entries); what derivs saves is
     memory (``O(D)`` per output instead of ``O(D^2)``) and, for many outputs or
     high cost of reverse mode, time. Strategies as for :func:`laplacian`
-    (``"traced-jet"``: second-order Taylor jets along the ``D`` unit directions).
+    (``"traced-jet"``: second-order Taylor jets along the ``D`` unit directions),
+    and so is ``chunk_size`` (bounds memory to ``chunk_size`` directions at a time).
 
     Example:
 
@@ -139,7 +147,7 @@ def hessian_diagonal(f: Callable, argnum: int = 0, *, batch_axis: int | None = N
       Array([ 6., 14., 18.], dtype=float32)
     """
     return _make_operator(f, argnum, batch_axis, strategy, "derivs.hessian_diagonal",
-                          collapsed=False)
+                          collapsed=False, chunk_size=chunk_size)
 
 
 def choose_strategy(collapsed: bool, n: int, scalar_output: bool, framework: str) -> str:
@@ -168,9 +176,14 @@ def unrolled(framework: str, n: int) -> bool:
     return framework == "torch" or n <= UNROLL_MAX_DIRECTIONS
 
 
-def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool) -> Callable:
+def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
+                   chunk_size: int | None = None) -> Callable:
     if not callable(f):
         raise TypeError(f"{api}: f must be callable, got {type(f).__name__}.")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise ValueError(f"{api}: chunk_size must be None (all directions at once) or a "
+                         f"positive int, got {chunk_size!r}.")
     if isinstance(argnum, bool) or not isinstance(argnum, int) or argnum < 0:
         raise TypeError(f"{api}: argnum must be a non-negative int (one argument), got "
                         f"{argnum!r}; for several arguments concatenate them into one.")
@@ -208,22 +221,23 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool) -> Cal
         backend, args, sample, n, chosen, _ = decide(args, kwargs)
         fw = _framework(backend.name)
         if chosen == REVERSE:
-            return _reverse(fw, f, args, kwargs, argnum, batch_axis, sample, collapsed)
+            return _reverse(fw, f, args, kwargs, argnum, batch_axis, sample, collapsed,
+                            chunk_size)
         if not unrolled(backend.name, n):
-            return _jax_taylor(fw, jax_transform, args, kwargs, batch_axis, sample, collapsed)
-        key = (sample, collapsed)
-        transform = per_shape.get(key)
-        if transform is None:
-            coords = range(n)
-            transform = (differential_operator(f, [(1.0, (i, i)) for i in coords], argnum,
-                                               batch_axis=batch_axis) if collapsed
-                         else _api.partials(f, [(i, i) for i in coords], argnum,
-                                            batch_axis=batch_axis))
-            per_shape.put(key, transform)
-        out = transform(*args, **kwargs)
+            return _jax_taylor(fw, jax_transform, args, kwargs, batch_axis, sample, collapsed,
+                               chunk_size)
+        transforms = per_shape.get(sample)
+        if transforms is None:  # one transform per chunk of coordinate groups
+            step = chunk_size or n
+            transforms = [_unrolled_transform(f, range(lo, min(lo + step, n)), argnum,
+                                              batch_axis, collapsed)
+                          for lo in range(0, n, step)]
+            per_shape.put(sample, transforms)
+        outs = [t(*args, **kwargs) for t in transforms]
         if collapsed:
-            return out
-        return _directions_last(fw, fw.stack([out[(i, i)] for i in range(n)]), sample)
+            return functools.reduce(lambda a, b: a + b, outs)
+        diag = [o[(i, i)] for o in outs for i in sorted(k[0] for k in o)]
+        return _directions_last(fw, fw.stack(diag), sample)
 
     op.__derivs_operator__ = api
     op.explain = explain
@@ -269,6 +283,14 @@ class OperatorExplanation:
     __repr__ = __str__
 
 
+def _unrolled_transform(f, coords: range, argnum, batch_axis, collapsed: bool):
+    """The operator over ``coords`` with one coordinate group per direction."""
+    if collapsed:
+        return differential_operator(f, [(1.0, (i, i)) for i in coords], argnum,
+                                     batch_axis=batch_axis)
+    return _api.partials(f, [(i, i) for i in coords], argnum, batch_axis=batch_axis)
+
+
 def _framework(name: str) -> SimpleNamespace:
     """The few array operations the operators need, per framework."""
     if name == "jax":
@@ -276,18 +298,50 @@ def _framework(name: str) -> SimpleNamespace:
         import jax.numpy as jnp
 
         return SimpleNamespace(
-            eye=lambda n, like: jnp.eye(n, dtype=like.dtype), unsqueeze=jnp.expand_dims,
+            unsqueeze=jnp.expand_dims,
             broadcast=lambda v, like: jnp.broadcast_to(v, like.shape), stack=jnp.stack,
             grad=jax.grad, jvp=lambda g, x, v: jax.jvp(g, (x,), (v,))[1], vmap=jax.vmap,
+            over_units=_jax_over_units,
             sum=jnp.sum, movedim=jnp.moveaxis, tree_map=jax.tree_util.tree_map)
     import torch
 
     return SimpleNamespace(
-        eye=lambda n, like: torch.eye(n, dtype=like.dtype, device=like.device),
         unsqueeze=torch.unsqueeze, broadcast=lambda v, like: v.expand(like.shape),
         stack=torch.stack, grad=torch.func.grad,
         jvp=lambda g, x, v: torch.func.jvp(g, (x,), (v,))[1], vmap=torch.func.vmap,
+        over_units=_torch_over_units,
         sum=torch.sum, movedim=torch.movedim, tree_map=None)
+
+
+def _jax_over_units(g, n: int, sample, like, chunk_size):
+    """``g`` vmapped over the unit directions ``e_0 .. e_{n-1}`` shaped ``sample``,
+    stacked: ``chunk_size`` at a time in a ``lax.map``, making each chunk's
+    directions inside the loop (no ``n x n`` identity)."""
+    import jax
+
+    from .backends.jax_engine._engine import unit_rows
+
+    def chunk(start, count):
+        return jax.vmap(g)(unit_rows(start, count, n, like.dtype).reshape((count,) + sample))
+
+    if chunk_size is None or chunk_size >= n:
+        return chunk(0, n)
+    out = jax.lax.map(lambda s: chunk(s, chunk_size), jax.numpy.arange(0, n, chunk_size))
+    return out.reshape((-1,) + out.shape[2:])[:n]  # zero padding directions dropped
+
+
+def _torch_over_units(g, n: int, sample, like, chunk_size):
+    """As :func:`_jax_over_units`, chunks in a Python loop."""
+    import torch
+
+    step = chunk_size or n
+    outs = []
+    for lo in range(0, n, step):
+        count = min(step, n - lo)
+        rows = torch.zeros(count, n, dtype=like.dtype, device=like.device)
+        rows[torch.arange(count), torch.arange(lo, lo + count)] = 1
+        outs.append(torch.func.vmap(g)(rows.reshape((count,) + sample)))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def _directions_last(fw, stacked, sample):
@@ -313,7 +367,7 @@ def _scalar_output(backend, f, args, kwargs, batch_axis) -> bool:
     return math.prod(shape) == 1 if batch_axis is None else len(shape) == 1
 
 
-def _jax_taylor(fw, transform, args, kwargs, batch_axis, sample, collapsed):
+def _jax_taylor(fw, transform, args, kwargs, batch_axis, sample, collapsed, chunk_size):
     from .backends import jax_engine
     from .backends.jax_engine._engine import FAMILY_AXIS
 
@@ -323,12 +377,14 @@ def _jax_taylor(fw, transform, args, kwargs, batch_axis, sample, collapsed):
                          f"{compiled.reason}. Pass strategy='reverse' for a scalar-valued f.")
     if collapsed:
         key = _jets.Collapsed(((1.0, (2,)),), family=FAMILY_AXIS)
-        return jax_engine.run_family(compiled, 0, key, batch_axis, collapsed=True)
-    out = jax_engine.run_family(compiled, 0, (2,), batch_axis, collapsed=False)
+        return jax_engine.run_family(compiled, 0, key, batch_axis, collapsed=True,
+                                     chunk_size=chunk_size)
+    out = jax_engine.run_family(compiled, 0, (2,), batch_axis, collapsed=False,
+                                chunk_size=chunk_size)
     return fw.tree_map(lambda o: _directions_last(fw, o, sample), out)
 
 
-def _reverse(fw, f, args, kwargs, argnum, batch_axis, sample, collapsed):
+def _reverse(fw, f, args, kwargs, argnum, batch_axis, sample, collapsed, chunk_size):
     """Hessian-vector products along every unit direction (forward over reverse),
     vmapped; valid for one scalar output per sample."""
     n = _common.numel(sample)
@@ -345,7 +401,7 @@ def _reverse(fw, f, args, kwargs, argnum, batch_axis, sample, collapsed):
             v = fw.broadcast(fw.unsqueeze(v, batch_axis % ndim), x)
         return _sample_sum(fw.jvp(grad, x, v) * v, batch_axis, ndim, fw.sum)
 
-    diag = fw.vmap(quad)(fw.eye(n, x).reshape((n,) + tuple(sample)))  # (n, *batch)
+    diag = fw.over_units(quad, n, tuple(sample), x, chunk_size)  # (n, *batch)
     return diag.sum(0) if collapsed else _directions_last(fw, diag, sample)
 
 

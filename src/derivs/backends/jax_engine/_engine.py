@@ -160,17 +160,18 @@ FAMILY_AXIS = "derivs_directions"
 
 
 def run_family(compiled: Compiled, slot: int, key, batch_axis: int | None,
-               collapsed: bool) -> Any:
+               collapsed: bool, chunk_size: int | None = None) -> Any:
     """Coefficient ``key`` of one-coordinate-group jets along every unit direction of
     argument ``slot``, vmapped over the directions (not unrolled). ``collapsed``:
     ``key`` is a family-collapsed operator key and the result is the family sum
-    (one value); otherwise results are stacked along a new leading axis."""
+    (one value); otherwise results are stacked along a new leading axis.
+    ``chunk_size``: vmap that many directions at a time (``lax.map`` over chunks),
+    bounding memory; a collapsed key is linear in the family, so chunk sums add."""
     position = next(p for p, s in compiled.selected.items() if s == slot)
     x = compiled.arrays[position]
     sample = x.shape if batch_axis is None else tuple(
         d for i, d in enumerate(x.shape) if i != batch_axis % x.ndim)
     n = int(np.prod(sample, dtype=np.int64))
-    directions = jax.numpy.eye(n, dtype=x.dtype).reshape((n,) + tuple(sample))
 
     def along(v):
         if batch_axis is not None:
@@ -186,7 +187,24 @@ def run_family(compiled: Compiled, slot: int, key, batch_axis: int | None,
         outs = it.run_closed(compiled.closed, inputs)
         return [o.dense(key) for o in outs]
 
-    outs = jax.vmap(along, axis_name=FAMILY_AXIS)(directions)
-    if collapsed:  # the family sum is the same in every lane
-        outs = [o[0] for o in outs]
+    def family(start, count):
+        return jax.vmap(along, axis_name=FAMILY_AXIS)(
+            unit_rows(start, count, n, x.dtype).reshape((count,) + tuple(sample)))
+
+    if chunk_size is None or chunk_size >= n:
+        outs = family(0, n)
+        if collapsed:  # the family sum is the same in every lane
+            outs = [o[0] for o in outs]
+    else:  # each chunk's directions are made inside the loop: no n x n array
+        outs = jax.lax.map(lambda s: family(s, chunk_size), jax.numpy.arange(0, n, chunk_size))
+        outs = ([o[:, 0].sum(0) for o in outs] if collapsed
+                else [o.reshape((-1,) + o.shape[2:])[:n] for o in outs])
     return jax.tree_util.tree_unflatten(compiled.out_tree, outs)
+
+
+def unit_rows(start, count: int, n: int, dtype) -> jax.Array:
+    """Rows ``e_start .. e_{start+count-1}`` of the ``n x n`` identity; rows past
+    ``n`` are zero (padding of a last chunk: a zero direction contributes zero)."""
+    jnp = jax.numpy
+    index = start + jnp.arange(count)
+    return (index[:, None] == jnp.arange(n)[None, :]).astype(dtype)
