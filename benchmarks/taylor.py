@@ -183,6 +183,18 @@ def _with_unroll_max(limit, jitted, x):
     return jitted
 
 
+def _unroll_max_call(limit, fn, *args):
+    """One call of ``fn`` with the direction-layout rule set to ``limit``."""
+    from derivs import _operators
+
+    saved = _operators.UNROLL_MAX_DIRECTIONS
+    _operators.UNROLL_MAX_DIRECTIONS = limit
+    try:
+        return fn(*args)
+    finally:
+        _operators.UNROLL_MAX_DIRECTIONS = saved
+
+
 def _torch_laplacian(quick: bool) -> list[dict]:
     import torch
 
@@ -209,7 +221,11 @@ def _torch_laplacian(quick: bool) -> list[dict]:
         for fn in (ours, hvp):
             torch.testing.assert_close(fn(x, *flat), ref, rtol=1e-3,
                                        atol=1e-4 * float(ref.abs().max()))
-        fns = {"derivs": lambda: ours(x, *flat), "trace(hessian)": lambda: hess(x),
+        fns = {"derivs": lambda: ours(x, *flat),
+               # both direction layouts, for the layout rule
+               "derivs unrolled": lambda: _unroll_max_call(10**9, ours, x, *flat),
+               "derivs family": lambda: _unroll_max_call(0, ours, x, *flat),
+               "trace(hessian)": lambda: hess(x),
                "HVP loop": lambda: hvp(x, *flat), "f": lambda: u(x, *flat)}
         med = interleaved_medians(fns, repeats=5 if quick else 11, inner=3)
         rows.append({"case": label, "framework": "torch", **{f"{k}_s": v for k, v in med.items()}})

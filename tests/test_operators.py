@@ -28,9 +28,7 @@ ROUTES = ["traced-jet", "traced-jet/family", "reverse"]
 
 def _route(route, fw, monkeypatch):
     strategy, _, layout = route.partition("/")
-    if layout == "family":
-        if fw == "torch":
-            pytest.skip("the PyTorch engine always unrolls directions")
+    if layout == "family":  # PyTorch: the Laplacian only (torch_engine._family)
         monkeypatch.setattr(_operators, "UNROLL_MAX_DIRECTIONS", 0)
     return strategy
 
@@ -196,7 +194,7 @@ def test_explain_shows_the_operator_plan():
     assert small.model_costs == {"traced-jet": 2 * 3 + 4, "reverse": 8 * 3}
     large = derivs.explain(derivs.laplacian(f), jnp.ones(50))
     assert (large.strategy, large.layout) == ("traced-jet", "family")
-    assert "vmapped family" in str(large) and "chosen by the cost model" in str(large)
+    assert "family axis" in str(large) and "chosen by the cost model" in str(large)
     asked = derivs.explain(derivs.hessian_diagonal(f, strategy="reverse"), jnp.ones(3))
     assert (asked.strategy, asked.layout) == ("reverse", None) and "requested" in str(asked)
     g = lambda x: (torch.tanh(x) ** 2).sum(-1)
@@ -204,8 +202,63 @@ def test_explain_shows_the_operator_plan():
     assert (t.backend, t.strategy, t.directions) == ("torch", "reverse", 3)
 
 
-def test_torch_operator_trains():
+_W = torch.tensor([[0.5, -0.3], [0.8, 0.2], [-0.4, 0.6]], dtype=torch.float64)
+# Functions of x (3,) exercising the PyTorch family rules and its torch.func fallback
+_TORCH_FAMILY_CASES = {  # batch-aware: any leading axes are samples
+    "mlp": lambda x, w: torch.tanh(torch.tanh(x @ w) @ w.T).sum(-1),
+    "sigmoid-log-exp": lambda x, w: (torch.log(1 + torch.exp(x @ w)).sum(-1)
+                                     * torch.sigmoid(x).mean(-1)),
+    "sin-cos-pow": lambda x, w: ((torch.sin(x) ** 3).sum(-1)
+                                 + torch.cos(x[..., 0] * x[..., 2]) * x[..., 1] ** 2),
+    "div-atan (generic)": lambda x, w: (torch.atan(x[..., 0] / (2 + x[..., 1] ** 2))
+                                        + (x @ w).prod(-1)),
+    "views": lambda x, w: (x.unsqueeze(-1) * x.unsqueeze(-2)).transpose(-1, -2).sum(-2)
+    .pow(2).sum(-1),
+    "softplus-mean (decomposed)": lambda x, w: torch.nn.functional.softplus(x @ w).mean(-1),
+    "vector output": lambda x, w: torch.stack([(x ** 3).sum(-1), torch.tanh(x @ w).prod(-1)],
+                                              -1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_TORCH_FAMILY_CASES))
+@pytest.mark.parametrize("batched", [False, True])
+def test_torch_family_laplacian_equals_dense_hessian(case, batched, monkeypatch):
+    monkeypatch.setattr(_operators, "UNROLL_MAX_DIRECTIONS", 0)
+    f = _TORCH_FAMILY_CASES[case]
+    xs = torch.tensor(np.random.default_rng(9).normal(size=(4, 3)) / 2)
+
+    def dense(x):  # trace over the input axes of the full Hessian, per output
+        H = torch.func.jacfwd(torch.func.jacrev(lambda z: f(z, _W)))(x)
+        return torch.diagonal(H, dim1=-2, dim2=-1).sum(-1)
+
+    op = derivs.laplacian(f, batch_axis=0 if batched else None, strategy="traced-jet")
+    assert derivs.explain(op, xs if batched else xs[0], _W).layout == "family"
+    got = op(xs, _W) if batched else torch.stack([op(x, _W) for x in xs])
+    torch.testing.assert_close(got, torch.stack([dense(x) for x in xs]), rtol=1e-11,
+                               atol=1e-12)
+
+
+def test_torch_family_composes_and_falls_back(monkeypatch):
+    monkeypatch.setattr(_operators, "UNROLL_MAX_DIRECTIONS", 0)
+    f = _TORCH_FAMILY_CASES["mlp"]
+    xs = torch.tensor(np.random.default_rng(10).normal(size=(5, 3)))
+    lap = derivs.laplacian(f)
+    batched = derivs.laplacian(f, batch_axis=0)(xs, _W)
+    torch.testing.assert_close(torch.func.vmap(lap, in_dims=(0, None))(xs, _W), batched)
+    # f closing over a tensor: the unrolled engine (which reads live values)
+    w = _W.clone()
+    closed = derivs.laplacian(lambda x: f(x, w))
+    assert derivs.explain(closed, xs[0]).layout == "unrolled"
+    before = closed(xs[0])
+    w.mul_(2)
+    torch.testing.assert_close(closed(xs[0]), lap(xs[0], w))
+    assert not torch.allclose(before, closed(xs[0]))
+
+
+@pytest.mark.parametrize("unroll_max", [4, 0])
+def test_torch_operator_trains(unroll_max, monkeypatch):
     """Gradients flow to parameters through the Laplacian (a PINN loss)."""
+    monkeypatch.setattr(_operators, "UNROLL_MAX_DIRECTIONS", unroll_max)
     w = torch.tensor([0.5, -0.3, 0.8], dtype=torch.float64, requires_grad=True)
     u = lambda x, w: torch.tanh(x @ w) ** 2
     x = torch.tensor([[0.1, 0.2, 0.3], [0.4, -0.5, 0.6]], dtype=torch.float64)
@@ -254,9 +307,10 @@ def test_planner_picks_the_measured_faster_strategy():
         faster = "traced-jet" if row["derivs_s"] < row["HVP loop_s"] else "reverse"
         assert _operators.choose_strategy(True, D, True, row["framework"]) == faster, row
         checked += 1
-        if "derivs family_s" in row:  # JAX: the direction layout rule
+        if "derivs family_s" in row:  # the direction layout rule
             layout = "family" if row["derivs family_s"] < row["derivs unrolled_s"] else "unrolled"
-            assert ("unrolled" if _operators.unrolled("jax", D) else "family") == layout, row
+            chosen = "unrolled" if _operators.unrolled(row["framework"], D) else "family"
+            assert chosen == layout, row
             checked += 1
     for row in data["hessian_diagonal"]:
         if "derivs traced-jet_s" in row:
@@ -264,4 +318,4 @@ def test_planner_picks_the_measured_faster_strategy():
                       else "reverse")
             assert _operators.choose_strategy(False, row["D"], True, row["framework"]) == faster
             checked += 1
-    assert checked >= 7
+    assert checked >= 9

@@ -35,17 +35,19 @@ TAYLOR = "traced-jet"
 REVERSE = "reverse"
 OPERATOR_STRATEGIES = (TAYLOR, REVERSE)
 HVP_COST = 8.0
-# NOTE [direction layout]: JAX's jet strategy carries the D unit directions either
-# as one vmapped axis (a "family": one matmul of D stacked rows, compile time flat
-# in D) or unrolled, one coordinate group per direction (D separate products; the
-# layout the PyTorch engine always uses). XLA:CPU compiles the family's 3-D
-# tangents, and the reductions over their direction axis, into one large YNNPACK
-# fusion that runs 1.5-3x slower than the unrolled program for small D
-# (``python -m benchmarks taylor``: D = 3 with 10^4 points, unrolled 0.3x the
-# nested-AD Laplacian, family 0.4-0.9x from run to run). Unrolled wins up to
-# about D = 16 when each direction carries 2000 rows, and the family wins from
-# D = 8 with 256 rows; the sample count is not known inside ``jax.vmap``, so
-# the rule uses D alone.
+# NOTE [direction layout]: the jet strategy carries the D unit directions either
+# unrolled, one coordinate group per direction (D separate products), or as one
+# "family" axis (D stacked rows: one product per op; JAX vmaps the directions,
+# PyTorch's Laplacian uses ``torch_engine._family``). In PyTorch the unrolled graph
+# pays eager dispatch per direction (about 1200 ATen ops per call for a 50-input
+# MLP, against about 150 for the family). XLA:CPU compiles JAX's family tangents,
+# and the reductions over their direction axis, into one large YNNPACK fusion that
+# runs 1.5-3x slower than the unrolled program for small D (D = 3 with 10^4
+# points: unrolled 0.3x the nested-AD Laplacian, family 0.4-0.9x from run to run).
+# In JAX unrolled wins up to about D = 16 when each direction carries 2000 rows,
+# and the family wins from D = 8 with 256 rows; the sample count is not known
+# inside ``jax.vmap``, so the rule uses D alone. ``python -m benchmarks taylor``
+# records both layouts and a test checks the rule against them.
 UNROLL_MAX_DIRECTIONS = 4
 
 
@@ -170,10 +172,11 @@ def model_costs(collapsed: bool, n: int) -> dict[str, float]:
     return {TAYLOR: float((2 * n + 4) if collapsed else 6 * n), REVERSE: HVP_COST * n}
 
 
-def unrolled(framework: str, n: int) -> bool:
+def unrolled(framework: str, n: int, collapsed: bool = True) -> bool:
     """Whether the jet strategy carries ``n`` directions as ``n`` coordinate groups
-    (see NOTE [direction layout]); otherwise one vmapped family (JAX only)."""
-    return framework == "torch" or n <= UNROLL_MAX_DIRECTIONS
+    (see NOTE [direction layout]); otherwise one family axis. PyTorch has a family
+    layout for the Laplacian only (``torch_engine._family``)."""
+    return n <= UNROLL_MAX_DIRECTIONS or (framework == "torch" and not collapsed)
 
 
 def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
@@ -211,10 +214,29 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         chosen = strategy or choose_strategy(collapsed, n, scalar, backend.name)
         return backend, args, sample, n, chosen, scalar
 
+    families = LRUCache(maxsize=32)  # PyTorch Laplacian: the family program per signature
+
+    def torch_family(args, kwargs):
+        """The PyTorch family program for these arguments, or None (unrolled)."""
+        from .backends.torch_engine import _engine, _family
+
+        key = _engine.cache_key(SimpleNamespace(fun=f), args, kwargs)
+        program = None if key is None else families.get(key)
+        if program is None:
+            program = _family.prepare(f, args, kwargs, argnum, batch_axis)
+            if key is not None:
+                families.put(key, program)
+        return None if isinstance(program, _common.Fallback) else program
+
     def explain(*args, **kwargs) -> OperatorExplanation:
-        backend, _, sample, n, chosen, scalar = decide(args, kwargs)
+        backend, args, sample, n, chosen, scalar = decide(args, kwargs)
+        layout = (None if chosen == REVERSE else
+                  "unrolled" if unrolled(backend.name, n, collapsed) else "family")
+        if layout == "family" and backend.name == "torch" and (
+                chunk_size is not None or torch_family(args, kwargs) is None):
+            layout = "unrolled"
         return OperatorExplanation(api, backend.name, sample, n, chosen, strategy is None,
-                                   scalar, collapsed)
+                                   scalar, collapsed, layout)
 
     @functools.wraps(f)
     def op(*args, **kwargs):
@@ -223,9 +245,13 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         if chosen == REVERSE:
             return _reverse(fw, f, args, kwargs, argnum, batch_axis, sample, collapsed,
                             chunk_size)
-        if not unrolled(backend.name, n):
-            return _jax_taylor(fw, jax_transform, args, kwargs, batch_axis, sample, collapsed,
-                               chunk_size)
+        if not unrolled(backend.name, n, collapsed):
+            if backend.name == "jax":
+                return _jax_taylor(fw, jax_transform, args, kwargs, batch_axis, sample,
+                                   collapsed, chunk_size)
+            program = torch_family(args, kwargs) if chunk_size is None else None
+            if program is not None:
+                return program(args, kwargs)
         transforms = per_shape.get(sample)
         if transforms is None:  # one transform per chunk of coordinate groups
             step = chunk_size or n
@@ -250,11 +276,9 @@ class OperatorExplanation:
     estimate of each strategy (in evaluations of f). ``str()`` is a readable
     report; made by ``derivs.explain(op, *example_args)``."""
 
-    def __init__(self, api, backend, sample, n, strategy, automatic, scalar, collapsed):
+    def __init__(self, api, backend, sample, n, strategy, automatic, scalar, collapsed, layout):
         self.api, self.backend, self.sample, self.directions = api, backend, sample, n
-        self.strategy, self.automatic = strategy, automatic
-        self.layout = (None if strategy == REVERSE
-                       else "unrolled" if unrolled(backend, n) else "family")
+        self.strategy, self.automatic, self.layout = strategy, automatic, layout
         self.model_costs = model_costs(collapsed, n)
         self.scalar_output, self.collapsed = scalar, collapsed
 
@@ -268,7 +292,7 @@ class OperatorExplanation:
         if self.strategy == TAYLOR:
             lines.append(f"  {what}; directions "
                          + ("unrolled, one coordinate group each" if self.layout == "unrolled"
-                            else "as one vmapped family axis"))
+                            else "stacked on one family axis"))
         else:
             lines.append("  D Hessian-vector products (forward over reverse), vmapped")
         if self.automatic and self.backend == "torch" and not self.collapsed:

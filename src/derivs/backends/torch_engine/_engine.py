@@ -127,21 +127,19 @@ def lookup(transform, args: tuple, kwargs: dict) -> Compiled | None:
     return entry if isinstance(entry, Compiled) else None
 
 
-def build(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
-    t0 = time.perf_counter()
-    if transform.has_aux:
-        return Fallback("has_aux=True (auxiliary outputs run on the general path)")
+def capture(fun, args: tuple, kwargs: dict, side: dict) -> tuple[fx.GraphModule, list[bool]]:
+    """``fun`` as a functional ATen graph (fake tensors, core decompositions) over
+    the tensor leaves of ``(args, kwargs)``, and which leaves are tensors.
+    ``side["spec"]`` receives the output tree. Raises Unsupported (or whatever
+    tracing raises) when f cannot be captured."""
     leaves, in_spec = pytree.tree_flatten((args, kwargs))
     is_tensor = [isinstance(leaf, torch.Tensor) for leaf in leaves]
-    offsets = _top_level_offsets(args)
-    selected_leaf = {offsets[a]: slot for slot, a in enumerate(transform.argnums)}
-    side: dict[str, Any] = {}
 
     def flat_fn(*tensors):
         it = iter(tensors)
         full = [next(it) if t else leaf for t, leaf in zip(is_tensor, leaves)]
         a, kw = pytree.tree_unflatten(full, in_spec)
-        out = transform.fun(*a, **kw)
+        out = fun(*a, **kw)
         out_leaves, side["spec"] = pytree.tree_flatten(out)
         for leaf in out_leaves:
             if not (isinstance(leaf, torch.Tensor) and leaf.is_floating_point()):
@@ -151,15 +149,31 @@ def build(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
     # Metadata is read here, where torch.func wrappers report per-sample shapes.
     examples = [torch.empty(leaf.shape, dtype=leaf.dtype, device=leaf.device)
                 for leaf, t in zip(leaves, is_tensor) if t]
+    # Tracing uses process-wide dispatcher state: one build at a time. Only the
+    # first call of each signature builds; cached graphs run concurrently.
+    with _BUILD_LOCK, _outside_functorch():
+        # functionalize: in-place updates of intermediates (common inside ATen
+        # decompositions) become pure ops; an update of an input stays visible
+        # as copy_ and is rejected by _check_pure.
+        traced = make_fx(torch.func.functionalize(flat_fn), _decompositions(),
+                         tracing_mode="fake")(*examples)
+    _out_of_place_views(traced.graph)
+    for node in traced.graph.nodes:
+        if node.op == "call_function":
+            _check_pure(node)
+    return traced, is_tensor
+
+
+def build(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
+    t0 = time.perf_counter()
+    if transform.has_aux:
+        return Fallback("has_aux=True (auxiliary outputs run on the general path)")
+    offsets = _top_level_offsets(args)
+    selected_leaf = {offsets[a]: slot for slot, a in enumerate(transform.argnums)}
+    side: dict[str, Any] = {}
     try:
-        # Tracing uses process-wide dispatcher state: one build at a time. Only the
-        # first call of each signature builds; cached graphs run concurrently.
+        traced, is_tensor = capture(transform.fun, args, kwargs, side)
         with _BUILD_LOCK, _outside_functorch():
-            # functionalize: in-place updates of intermediates (common inside ATen
-            # decompositions) become pure ops; an update of an input stays visible
-            # as copy_ and is rejected by _check_pure.
-            traced = make_fx(torch.func.functionalize(flat_fn), _decompositions(),
-                             tracing_mode="fake")(*examples)
             module, n_ops = _derivative_module(transform, traced, is_tensor, selected_leaf)
         if transform.torch_compile:
             # Compiles lazily on the first run; the user asked for it by name.
@@ -256,10 +270,6 @@ def _out_of_place_views(graph: fx.Graph) -> None:
 
 
 def _derivative_module(transform, traced: fx.GraphModule, is_tensor, selected_leaf):
-    _out_of_place_views(traced.graph)
-    for node in traced.graph.nodes:
-        if node.op == "call_function":
-            _check_pure(node)
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     fake_mode = getattr(placeholders[0].meta.get("val") if placeholders else None,
                         "fake_mode", None)
