@@ -126,3 +126,18 @@ def test_narrow_seeds_in_a_matrix_argument_and_mixed_indices():
     np.testing.assert_allclose(got[(4, 4)], d(d(f, 4), 4)(x), rtol=1e-10)
     np.testing.assert_allclose(got[(0, 4)], d(d(f, 0), 4)(x), rtol=1e-10)
     np.testing.assert_allclose(got[(2, 2, 7)], d(d(d(f, 2), 2), 7)(x), rtol=1e-10)
+
+
+@pytest.mark.parametrize("index", [(1, 1, 1), (0, 0, 0, 0, 0), (0, 1, 1), (0, 0, 1, 2, 2)])
+def test_tanh_logistic_and_squares_from_the_output(index):
+    """tanh' = 1 - y^2 and logistic' = y - y^2 as jets of the output, and squares
+    with paired Leibniz terms (NOTE [derivatives from the output]), against nested
+    forward mode at orders >= 3, where they are used."""
+    W = jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)
+    f = lambda x: (jnp.sum(jax.nn.sigmoid(jnp.tanh(x @ W) @ W.T) * x * x)  # noqa: E731
+                   + jnp.tanh(x[0] * x[2]) ** 2)
+    x = jnp.array([0.3, -0.5, 0.7])
+    g = f
+    for i in index:
+        g = (lambda g, i: lambda z: jax.jvp(g, (z,), (jnp.zeros(3).at[i].set(1.0),))[1])(g, i)
+    np.testing.assert_allclose(derivs.partial(f, index)(x), g(x), rtol=1e-10, atol=1e-12)

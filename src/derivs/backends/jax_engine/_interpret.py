@@ -163,6 +163,9 @@ class Interpreter:
     def _chain_rule(self, prim, params, jets, primal) -> Jet:
 
         def psis(result: Jet) -> list[Jet | None]:
+            by_output = _OUTPUT_DERIVATIVES.get(prim.name)
+            if by_output is not None and sum(not j.const for j in jets) == 1:
+                return [None if j.const else by_output(result) for j in jets]
             out = []
             for i, j in enumerate(jets):
                 if j.const:
@@ -245,6 +248,28 @@ class Interpreter:
         jet = Jet(primal, lambda key: None)
         jet.memo.update({k: v for k, v in coeffs.items() if k != zero})
         return jet
+
+
+def _affine(c: float, sign: float, v: Jet) -> Jet:
+    """The jet of ``c + sign * v``."""
+    return Jet(c + sign * v.primal, lambda key: _jet.scale(v.get(key), sign))
+
+
+def _square(v: Jet) -> Jet:
+    return _jet.bilinear(v, v, lambda x, y: x * y)
+
+
+# NOTE [derivatives from the output]: the chain rule at orders >= 3 propagates the
+# jet of phi'. JAX's JVP rules write tanh' as (1 + y)(1 - y) and logistic' as
+# y (1 - y): products of two different jets, a full Leibniz sum per order. As
+# 1 - y^2 and y - y^2 they are squares, whose Leibniz terms pair up (see
+# ``_jet.bilinear``): fewer products (pure d^4 of the benchmark's tanh MLP: 56
+# multiplies and 23 additions in the optimized program, from 62 and 30; nested
+# jax.jvp compiles to 40 and 40).
+_OUTPUT_DERIVATIVES = {
+    "tanh": lambda y: _affine(1.0, -1.0, _square(y)),
+    "logistic": lambda y: _jet.linear([y, _square(y)], lambda a, b: a - b),
+}
 
 
 def _narrow_mul(prim, params):

@@ -215,12 +215,27 @@ def bilinear(a: Jet, b: Jet, fn: Callable[[Any, Any], Any], narrow: bool = False
         return const(primal)
 
     def rule(key):
+        terms = _jets.product_terms(key)
+        if a is b:  # a square: (t, r) and (r, t) are the same product
+            terms = _symmetric(terms)
         if narrow:
-            return collapsed_sum(key, _jets.product_terms(key), narrow_getter(a, key),
-                                 narrow_getter(b, key), fn)
-        return collapsed_sum(key, _jets.product_terms(key), a.get, b.get, fn)
+            return collapsed_sum(key, terms, narrow_getter(a, key), narrow_getter(b, key), fn)
+        return collapsed_sum(key, terms, a.get, b.get, fn)
 
     return Jet(primal, rule)
+
+
+def _symmetric(terms):
+    """Leibniz terms ``(t, r, m)`` of a product of a value with itself, with each
+    unordered pair once (multiplicities added)."""
+    merged: dict = {}
+    for t, r, m in terms:
+        pair = frozenset((t, r))
+        if pair in merged:
+            merged[pair] = (merged[pair][0], merged[pair][1], merged[pair][2] + m)
+        else:
+            merged[pair] = (t, r, m)
+    return list(merged.values())
 
 
 def chain(parts: list[Jet], primal: Any, psis: Callable[[Jet], list[Jet | None]]) -> Jet:
