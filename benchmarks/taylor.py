@@ -183,6 +183,50 @@ def _with_unroll_max(limit, jitted, x):
     return jitted
 
 
+def _first_order(quick: bool) -> list[dict]:
+    """``partials(f, [0, 1, ..., n-1])`` of a scalar tanh MLP: the planner's reverse
+    plan (one gradient) against forward jets, with the framework's gradient."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    n = 200
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(n, 64)) / np.sqrt(n)
+    reqs = list(range(n))
+    rows = []
+    W = jnp.asarray(w, jnp.float32)
+    fj = lambda x: jnp.sum(jnp.tanh(x @ W) ** 2)  # noqa: E731
+    x = jnp.asarray(rng.normal(size=n), jnp.float32)
+    stack = lambda t: jax.jit(lambda z: jnp.stack(list(t(z).values())))  # noqa: E731
+    jfns = {"derivs": stack(derivs.partials(fj, reqs)),
+            "derivs traced-jet": stack(derivs.partials(fj, reqs, strategy="traced-jet")),
+            "gradient": jax.jit(jax.grad(fj))}
+    assert derivs.explain(derivs.partials(fj, reqs), x).strategy == "reverse"
+    for fn in jfns.values():
+        np.testing.assert_allclose(np.asarray(fn(x)), np.asarray(jfns["gradient"](x)),
+                                   rtol=1e-4, atol=1e-5)
+    med = interleaved_medians({k: (lambda fn=fn: fn(x)) for k, fn in jfns.items()},
+                              repeats=5 if quick else 11, inner=5)
+    rows.append({"framework": "jax", "n": n, **{f"{k}_s": v for k, v in med.items()}})
+    Wt = torch.tensor(w, dtype=torch.float32)
+    ft = lambda x, W: (torch.tanh(x @ W) ** 2).sum()  # noqa: E731
+    xt = torch.tensor(np.asarray(x))
+    ours, jets = derivs.partials(ft, reqs), derivs.partials(ft, reqs, strategy="traced-jet")
+    tfns = {"derivs": lambda: torch.stack(list(ours(xt, Wt).values())),
+            "derivs traced-jet": lambda: torch.stack(list(jets(xt, Wt).values())),
+            "gradient": lambda: torch.func.grad(ft)(xt, Wt)}
+    for fn in tfns.values():
+        torch.testing.assert_close(fn(), tfns["gradient"](), rtol=1e-4, atol=1e-5)
+    med = interleaved_medians(tfns, repeats=5 if quick else 11, inner=5)
+    rows.append({"framework": "torch", "n": n, **{f"{k}_s": v for k, v in med.items()}})
+    for r in rows:
+        print(f"  first-order {r['framework']} n={n}: derivs {r['derivs_s'] / r['gradient_s']:.2f}x, "
+              f"traced-jet {r['derivs traced-jet_s'] / r['gradient_s']:.2f}x the gradient",
+              flush=True)
+    return rows
+
+
 def _unroll_max_call(limit, fn, *args):
     """One call of ``fn`` with the direction-layout rule set to ``limit``."""
     from derivs import _operators
@@ -315,6 +359,8 @@ def run(quick: bool = False) -> str:
     print("pure k-th derivatives", flush=True)
     data["pure_jax"] = _jax_pure(quick)
     data["pure_torch"] = _torch_pure(quick)
+    print("first-order request sets", flush=True)
+    data["first_order"] = _first_order(quick)
     sections = [
         ("Pure d^k f/dx0^k, JAX (batch 256 via vmap, n = 100, float32, jit)", _harness.markdown_table(
             ["function", "k", "derivs / nested jvp", "derivs compile s", "nested compile s"],
@@ -337,6 +383,11 @@ def run(quick: bool = False) -> str:
                f"{v / r['D HVPs (vmap)_s']:.2f}x",
                _fmt(r.get(k[:-2] + "_temp_MiB"))]
               for r in data["hessian_diagonal"] for k, v in r.items() if k.endswith("_s")])),
+        ("All n first-order partials of a scalar MLP (planner: reverse vs jets)",
+         _harness.markdown_table(
+             ["framework", "n", "contender", "ms", "ratio to the gradient"],
+             [[r["framework"], r["n"], k[:-2], f"{v * 1e3:.3f}", f"{v / r['gradient_s']:.2f}x"]
+              for r in data["first_order"] for k, v in r.items() if k.endswith("_s")])),
     ]
     data["seconds"] = time.perf_counter() - t0
     path = _harness.write("taylor-quick" if quick else "taylor",

@@ -319,3 +319,19 @@ def test_planner_picks_the_measured_faster_strategy():
             assert _operators.choose_strategy(False, row["D"], True, row["framework"]) == faster
             checked += 1
     assert checked >= 9
+
+
+def test_planner_picks_reverse_where_it_measured_faster():
+    """First-order request sets (NOTE [reverse plans]): the recorded timings of the
+    reverse plan and of forward jets, against the cost model's choice."""
+    from derivs.core import _plan
+
+    data = _measured()
+    if "first_order" not in data:
+        pytest.skip("no recorded first-order timings")
+    for row in data["first_order"]:
+        plan = _plan.make_plan([(((0, i),)) for i in range(row["n"])])
+        model = ("reverse" if plan.estimated_cost("reverse") < plan.estimated_cost("traced-jet")
+                 else "traced-jet")
+        faster = "reverse" if row["derivs_s"] < row["derivs traced-jet_s"] else "traced-jet"
+        assert model == faster, row

@@ -42,6 +42,18 @@ class _Transform:
             raise ValueError(
                 f"{self.api}: torch_compile=True is for PyTorch functions; for {backend.name} "
                 "functions wrap the transform in jax.jit instead.")
+        if self.strategy == _plan.REVERSE:
+            reason = self._reverse_blocker(backend, args, kwargs)
+            if reason is not None:
+                raise ValueError(f"{self.api}: strategy='reverse' cannot be used here: "
+                                 f"{reason}. Pass strategy=None to choose automatically.")
+            return _plan.REVERSE, None, []
+        if (self.strategy is None and self.plan.reverse_is_cheaper
+                and self._reverse_blocker(backend, args, kwargs) is None):
+            return _plan.REVERSE, None, [
+                f"reverse mode: one gradient (~{self.plan.estimated_cost(_plan.REVERSE):g} "
+                f"f-evals) against ~{self.plan.estimated_cost(_plan.TRACED_JET):g} for "
+                "forward jets"]
         if engine is None or self.strategy == _plan.NESTED_FORWARD:
             return _plan.NESTED_FORWARD, None, []
         entry = engine.prepare(self, args, kwargs)
@@ -52,6 +64,34 @@ class _Transform:
                     "Pass strategy=None to fall back to nested forward mode automatically.")
             return _plan.NESTED_FORWARD, None, [f"traced-jet not used: {entry.reason}"]
         return _plan.TRACED_JET, entry, [entry.note]
+
+    def _reverse_blocker(self, backend, args: tuple, kwargs: dict) -> str | None:
+        """Why a reverse plan (NOTE [reverse plans]) cannot serve this call, or None."""
+        if not self.plan.first_order:
+            return "it serves first-order partials (and the value) only"
+        if self.has_aux:
+            return "has_aux=True"
+        if self.batch_axis is not None:
+            return ("with batch_axis the gradient would sum over samples; vmap the "
+                    "unbatched transform instead")
+        size = self._output_size(backend, args, kwargs)
+        if size != 1:
+            return ("f's output is not one number" if size is None
+                    else f"f's output has {size} elements, not 1")
+        return None
+
+    def _output_size(self, backend, args: tuple, kwargs: dict) -> int | None:
+        """The number of elements of f's output (None for a container), probed
+        once per argument signature."""
+        key = ("output size", backend.signature(self.fun, args, kwargs))
+        if key[1] is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit[0]
+        size = backend.output_size(self.fun, args, kwargs)
+        if key[1] is not None:
+            self.cache.put(key, (size,))
+        return size
 
     def shapes_and_backend(self, args: tuple):
         if not args:
@@ -88,7 +128,7 @@ class _Transform:
                 return engine.execute(compiled, args, kwargs, self.plan.n_results), None
         backend, selected, _ = self.shapes_and_backend(args)
         args = self.with_selected(args, selected)
-        _, compiled, _ = self.resolve(backend, args, kwargs)
+        strategy, compiled, _ = self.resolve(backend, args, kwargs)
         if compiled is not None:
             return backend.engine.execute(compiled, args, kwargs, self.plan.n_results), None
 
@@ -106,6 +146,9 @@ class _Transform:
             backend.check_output(out, self.api)
             return out, aux
 
+        if strategy == _plan.REVERSE:
+            return backend.first_order_reverse(lambda sel: call(sel)[0], selected,
+                                               self.plan.requests), None
         results, aux = run_plan(backend, self.plan, call, selected, self.batch_axis)
         if self.plan.operator is not None:  # nested forward mode: sum the terms
             results = [_combine(self.plan.operator, results)]
@@ -190,10 +233,12 @@ def partial(f: Callable, index: Any, argnums: int | Sequence[int] = 0,
         alone (the Jacobian is block-diagonal over the batch): elementwise
         functions, per-sample models. Otherwise use ``jax.vmap`` /
         ``torch.func.vmap`` over the unbatched transform.
-      strategy: None (automatic, see :func:`explain`), ``"nested-forward"`` or
+      strategy: None (automatic, see :func:`explain`), ``"nested-forward"``,
         ``"traced-jet"`` (``f`` traced to an ATen graph or a jaxpr and propagated as
         Taylor jets; fails with the reason instead of falling back when ``f``
-        cannot be traced).
+        cannot be traced) or ``"reverse"`` (one gradient: first-order partials of a
+        scalar output; chosen automatically when it is cheaper, e.g. for three or
+        more first-order partials).
       torch_compile: PyTorch only: run the built derivative graph through
         ``torch.compile`` (compiled on the first call per argument signature, which
         takes seconds to a minute; then it runs fused). Ignored where the engine falls

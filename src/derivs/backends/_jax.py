@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 
 from . import _common
@@ -59,3 +60,36 @@ def jvp(fun, primal, tangent):
     return _common.jvp_passing_aux(
         lambda g, p, t: jax.jvp(g, (p,), (t,), has_aux=True),
         jax.tree_util.tree_flatten, owns, fun, primal, tangent)
+
+
+def signature(fun, args: tuple, kwargs: dict):
+    """Shapes and dtypes of the array leaves (and plain values): what f's output
+    shape can depend on. None when a leaf is neither."""
+    parts = []
+    for leaf in jax.tree_util.tree_leaves((args, kwargs)):
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+            parts.append((tuple(leaf.shape), str(leaf.dtype)))
+        elif isinstance(leaf, (int, float, bool, str, type(None))):
+            parts.append((type(leaf), leaf))
+        else:
+            return None
+    return (str(jax.tree_util.tree_structure((args, kwargs))), tuple(parts))
+
+
+def output_size(fun, args: tuple, kwargs: dict) -> int | None:
+    """Elements of f's output (abstract evaluation), None if not one array."""
+    out = jax.eval_shape(lambda *a: fun(*a, **kwargs), *args)
+    return None if not hasattr(out, "shape") else int(np.prod(out.shape, dtype=np.int64))
+
+
+def first_order_reverse(fun, selected: tuple, requests) -> list:
+    """The value and the gradient of a one-number output, read off per request
+    (``()`` the value, ``((slot, flat),)`` a first-order partial)."""
+    def scalar(sel):
+        out = fun(sel)
+        return jnp.reshape(out, ()), out
+
+    (_, out), grads = jax.value_and_grad(scalar, has_aux=True)(tuple(selected))
+    return [out if not mi else jnp.reshape(jnp.reshape(grads[mi[0][0]], (-1,))[mi[0][1]],
+                                           jnp.shape(out))
+            for mi in requests]

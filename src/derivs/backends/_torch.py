@@ -9,6 +9,7 @@ can be trained through with ``loss.backward()``. Nothing is written to
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -89,3 +90,33 @@ def _materialize(t: Any) -> Any:
     if isinstance(t, torch.Tensor) and t._is_zerotensor():
         return torch.zeros(t.shape, dtype=t.dtype, device=t.device)
     return t
+
+
+def signature(fun, args: tuple, kwargs: dict):
+    """What f's output shape can depend on (see ``torch_engine.cache_key``)."""
+    from .torch_engine import _engine
+
+    return _engine.cache_key(SimpleNamespace(fun=fun), args, kwargs)
+
+
+def output_size(fun, args: tuple, kwargs: dict) -> int | None:
+    """Elements of f's output (one evaluation without autograd), None if not one
+    tensor."""
+    with torch.no_grad():
+        out = fun(*args, **kwargs)
+    return out.numel() if isinstance(out, torch.Tensor) else None
+
+
+def first_order_reverse(fun, selected: tuple, requests) -> list:
+    """As ``_jax.first_order_reverse``, with ``torch.func.grad`` (functional: the
+    result is differentiable again and nothing is written to ``.grad``)."""
+    def scalar(*sel):
+        out = fun(sel)
+        return out.reshape(()), out
+
+    grads, out = torch.func.grad(scalar, argnums=tuple(range(len(selected))),
+                                 has_aux=True)(*selected)
+    # one unbind per argument: n views in one op, not n indexing ops
+    entries = [g.reshape(-1).unbind(0) for g in grads]
+    shaped = (lambda v: v) if out.dim() == 0 else (lambda v: v.reshape(out.shape))
+    return [out if not mi else shaped(entries[mi[0][0]][mi[0][1]]) for mi in requests]

@@ -21,6 +21,7 @@ on the requested orders only, never on the input size beyond the cost of f.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -29,12 +30,22 @@ from ._jets import Collapsed, jet_cost
 from ._request import Coord, MultiIndex
 
 LEVEL_FACTOR = 3.0
+# NOTE [reverse plans]: a request set of first-order partials (and the value) of a
+# scalar output is one gradient: a forward pass that keeps its intermediates and
+# one backward pass, modelled as REVERSE_COST evaluations of f whatever the number
+# of coordinates, against 1 + k for k first-order coordinates by jets. Higher
+# orders stay forward (Taylor mode), where the requested set, not the input size,
+# sets the cost.
+REVERSE_COST = 3.0
 NESTED_FORWARD = "nested-forward"
 TRACED_JET = "traced-jet"
+REVERSE = "reverse"
 STRATEGIES = {
     NESTED_FORWARD: "nested JVPs with one-hot tangents",
     TRACED_JET: "f traced to a graph (ATen / jaxpr) and propagated as Taylor jets of exactly "
                 "the requested coefficients",
+    REVERSE: "one reverse-mode pass (the gradient of a scalar output) gives every first-order "
+             "partial at once",
 }
 
 
@@ -75,7 +86,25 @@ class Plan:
     lookup: tuple[tuple[int, int], ...]
     operator: tuple[float, ...] | None = None
 
+    @property
+    def first_order(self) -> bool:
+        """Only first-order partials (and the value): a reverse plan can serve it."""
+        return (self.operator is None and all(len(mi) <= 1 for mi in self.requests)
+                and any(len(mi) == 1 for mi in self.requests))
+
+    @functools.cached_property
+    def _jet_cost(self) -> float:
+        return jet_cost(self.jet_keys())
+
+    @functools.cached_property
+    def reverse_is_cheaper(self) -> bool:
+        """The cost model prefers one gradient to forward jets (computed once: the
+        jet cost is quadratic in the number of coordinates)."""
+        return self.first_order and REVERSE_COST < self.estimated_cost(TRACED_JET)
+
     def passes_for(self, strategy: str) -> tuple[Pass, ...]:
+        if strategy == REVERSE:
+            return ()
         if strategy != TRACED_JET:
             return self.passes
         need: Counter = Counter()
@@ -106,7 +135,9 @@ class Plan:
     def estimated_cost(self, strategy: str = NESTED_FORWARD) -> float:
         """Estimated cost in evaluations of ``f`` (see the cost model notes)."""
         if strategy == TRACED_JET:
-            return jet_cost(self.jet_keys())
+            return self._jet_cost
+        if strategy == REVERSE:
+            return REVERSE_COST
         return float(sum(p.cost for p in self.passes))
 
 
@@ -186,9 +217,13 @@ def describe(plan: Plan, strategy: str, *, keys: Sequence[Any], argnums: tuple[i
                 f"{c:g}*d{k!r}" for c, k in zip(plan.operator, keys))]
         lines.append(f"  pass {i}: {p.levels} level(s) [{dirs}] "
                      f"~{cost:g} f-evals; serves {', '.join(served)}")
+    if strategy == REVERSE:
+        lines.append(f"  one gradient: serves {', '.join(repr(k) for k in keys)}")
     model = ("Leibniz terms summed over the requested coefficients and their lower sets"
              + (", top order collapsed" if plan.operator is not None else "")
-             if strategy == TRACED_JET else f"{LEVEL_FACTOR:g}^levels per pass")
+             if strategy == TRACED_JET else
+             "a forward pass keeping intermediates, then one backward pass"
+             if strategy == REVERSE else f"{LEVEL_FACTOR:g}^levels per pass")
     lines.append(f"estimated cost  : {plan.estimated_cost(strategy):g} x f  (model: {model})")
     lines += [f"note            : {n}" for n in notes]
     return "\n".join(lines)
