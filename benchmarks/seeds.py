@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 
 from derivs import _seeds
 from derivs._timing import first_call_seconds, interleaved_medians

@@ -58,7 +58,6 @@ def test_batch_axis_equals_vmap_of_unbatched(fw):
     vmapping the unbatched partial (and the dense per-sample oracle)."""
     rng = np.random.default_rng(0)
     xb = rng.normal(size=(5, 2, 3))
-    f = f_jax if fw == "jax" else f_torch
     g = (lambda v: jax.vmap(f_jax)(v)) if fw == "jax" else (lambda v: torch.func.vmap(f_torch)(v))
     for mi in [(1,), (0, 4), (2, 2, 5)]:
         batched = to_numpy(derivs.partial(g, mi, batch_axis=0)(array(fw, xb)))
