@@ -172,14 +172,7 @@ def _jax_laplacian(quick: bool) -> list[dict]:
 def _with_unroll_max(limit, jitted, x):
     """``jitted`` traced (and compiled) once with the direction-layout rule set to
     ``limit``; later calls reuse that executable."""
-    from derivs import _operators
-
-    saved = _operators.UNROLL_MAX_DIRECTIONS
-    _operators.UNROLL_MAX_DIRECTIONS = limit
-    try:
-        jitted(x)
-    finally:
-        _operators.UNROLL_MAX_DIRECTIONS = saved
+    _unroll_max_call(limit, jitted, x)
     return jitted
 
 

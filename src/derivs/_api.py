@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -74,24 +75,25 @@ class _Transform:
         if self.batch_axis is not None:
             return ("with batch_axis the gradient would sum over samples; vmap the "
                     "unbatched transform instead")
-        size = self._output_size(backend, args, kwargs)
-        if size != 1:
-            return ("f's output is not one number" if size is None
-                    else f"f's output has {size} elements, not 1")
+        shape = self.output_shape(backend, args, kwargs)
+        if shape is None:
+            return "f's output is not one number"
+        if math.prod(shape) != 1:
+            return f"f's output has {math.prod(shape)} elements, not 1"
         return None
 
-    def _output_size(self, backend, args: tuple, kwargs: dict) -> int | None:
-        """The number of elements of f's output (None for a container), probed
-        once per argument signature."""
-        key = ("output size", backend.signature(self.fun, args, kwargs))
+    def output_shape(self, backend, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
+        """The shape of f's output (None for a container), probed once per
+        argument signature (``backend.signature``)."""
+        key = ("output shape", backend.signature(self.fun, args, kwargs))
         if key[1] is not None:
             hit = self.cache.get(key)
             if hit is not None:
                 return hit[0]
-        size = backend.output_size(self.fun, args, kwargs)
+        shape = backend.output_shape(self.fun, args, kwargs)
         if key[1] is not None:
-            self.cache.put(key, (size,))
-        return size
+            self.cache.put(key, (shape,))
+        return shape
 
     def shapes_and_backend(self, args: tuple):
         if not args:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import backends
-from ._operators import _framework
+from ._operators import _framework, check_operator_arguments
 from .backends import _common
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
@@ -54,18 +54,12 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
       Array(36., dtype=float32)
     """
     api = "derivs.hutchinson_laplacian"
-    if not callable(f):
-        raise TypeError(f"{api}: f must be callable, got {type(f).__name__}.")
+    check_operator_arguments(api, f, argnum, batch_axis)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"{api}: samples must be a positive int, got {samples!r}.")
-    if isinstance(argnum, bool) or not isinstance(argnum, int) or argnum < 0:
-        raise TypeError(f"{api}: argnum must be a non-negative int (one argument), got "
-                        f"{argnum!r}.")
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"{api}: distribution={distribution!r} is not one of "
                          f"{DISTRIBUTIONS}.")
-    if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):
-        raise TypeError(f"{api}: batch_axis must be None or an int axis, got {batch_axis!r}.")
 
     @functools.wraps(f)
     def estimate(key: Any, *args: Any, **kwargs: Any) -> Any:

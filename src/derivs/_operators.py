@@ -179,27 +179,49 @@ def unrolled(framework: str, n: int, collapsed: bool = True) -> bool:
     return n <= UNROLL_MAX_DIRECTIONS or (framework == "torch" and not collapsed)
 
 
-def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
-                   chunk_size: int | None = None) -> Callable:
+def check_operator_arguments(api: str, f: Callable, argnum: Any, batch_axis: Any) -> None:
+    """The checks every operator and estimator makes on its arguments."""
     if not callable(f):
         raise TypeError(f"{api}: f must be callable, got {type(f).__name__}.")
+    if isinstance(argnum, bool) or not isinstance(argnum, int) or argnum < 0:
+        raise TypeError(f"{api}: argnum must be a non-negative int (one argument), got "
+                        f"{argnum!r}; for several arguments concatenate them into one.")
+    if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):
+        raise TypeError(f"{api}: batch_axis must be None or an int axis, got {batch_axis!r}.")
+
+
+def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
+                   chunk_size: int | None = None) -> Callable:
+    check_operator_arguments(api, f, argnum, batch_axis)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
         raise ValueError(f"{api}: chunk_size must be None (all directions at once) or a "
                          f"positive int, got {chunk_size!r}.")
-    if isinstance(argnum, bool) or not isinstance(argnum, int) or argnum < 0:
-        raise TypeError(f"{api}: argnum must be a non-negative int (one argument), got "
-                        f"{argnum!r}; for several arguments concatenate them into one.")
     if strategy not in (None, *OPERATOR_STRATEGIES):
         raise ValueError(f"{api}: strategy={strategy!r} is not one of None (automatic), "
                          "'traced-jet', 'reverse'.")
-    if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):
-        raise TypeError(f"{api}: batch_axis must be None or an int axis, got {batch_axis!r}.")
-    # JAX: f's jaxpr is traced per call by the engine; this only carries f and argnum.
-    jax_transform = _api._build(f, [0], argnum, False, batch_axis, api=api, allow_value=False)
-    per_shape = LRUCache(maxsize=32)  # unrolled layout: the transform per sample shape
+    # Carries f and argnum: JAX's engine traces f's jaxpr per call through it, and its
+    # cache holds the output-shape probe.
+    transform = _api._build(f, [0], argnum, False, batch_axis, api=api, allow_value=False)
+    per_shape = LRUCache(maxsize=32)  # unrolled layout: the transforms per sample shape
+    families = LRUCache(maxsize=32)  # PyTorch Laplacian: the family program per signature
+
+    def torch_family(backend, args, kwargs):
+        """The PyTorch family program for these arguments, or None (unrolled)."""
+        from .backends.torch_engine import _family
+
+        key = backend.signature(f, args, kwargs)
+        program = None if key is None else families.get(key)
+        if program is None:
+            program = _family.prepare(f, args, kwargs, argnum, batch_axis)
+            if key is not None:
+                families.put(key, program)
+        return None if isinstance(program, _common.Fallback) else program
 
     def decide(args, kwargs):
+        """Everything a call depends on: the backend, the converted arguments, the
+        sample shape and direction count, the strategy and, for jets, the direction
+        layout (with the PyTorch family program when that is the layout)."""
         if argnum >= len(args):
             raise ValueError(f"{api}: argnum={argnum} but the function was called with "
                              f"{len(args)} positional argument(s).")
@@ -210,48 +232,35 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         n = _common.numel(sample)
         scalar = None
         if strategy is None:
-            scalar = _scalar_output(backend, f, args, kwargs, batch_axis)
+            scalar = _scalar_output(transform.output_shape(backend, args, kwargs), batch_axis)
         chosen = strategy or choose_strategy(collapsed, n, scalar, backend.name)
-        return backend, args, sample, n, chosen, scalar
-
-    families = LRUCache(maxsize=32)  # PyTorch Laplacian: the family program per signature
-
-    def torch_family(args, kwargs):
-        """The PyTorch family program for these arguments, or None (unrolled)."""
-        from .backends.torch_engine import _engine, _family
-
-        key = _engine.cache_key(SimpleNamespace(fun=f), args, kwargs)
-        program = None if key is None else families.get(key)
-        if program is None:
-            program = _family.prepare(f, args, kwargs, argnum, batch_axis)
-            if key is not None:
-                families.put(key, program)
-        return None if isinstance(program, _common.Fallback) else program
+        layout, program = None, None
+        if chosen != REVERSE:
+            layout = "unrolled" if unrolled(backend.name, n, collapsed) else "family"
+            if layout == "family" and backend.name == "torch":
+                program = torch_family(backend, args, kwargs) if chunk_size is None else None
+                layout = "family" if program is not None else "unrolled"
+        return SimpleNamespace(backend=backend, args=args, sample=sample, n=n, chosen=chosen,
+                               scalar=scalar, layout=layout, program=program)
 
     def explain(*args, **kwargs) -> OperatorExplanation:
-        backend, args, sample, n, chosen, scalar = decide(args, kwargs)
-        layout = (None if chosen == REVERSE else
-                  "unrolled" if unrolled(backend.name, n, collapsed) else "family")
-        if layout == "family" and backend.name == "torch" and (
-                chunk_size is not None or torch_family(args, kwargs) is None):
-            layout = "unrolled"
-        return OperatorExplanation(api, backend.name, sample, n, chosen, strategy is None,
-                                   scalar, collapsed, layout)
+        d = decide(args, kwargs)
+        return OperatorExplanation(api, d.backend.name, d.sample, d.n, d.chosen,
+                                   strategy is None, d.scalar, collapsed, d.layout)
 
     @functools.wraps(f)
     def op(*args, **kwargs):
-        backend, args, sample, n, chosen, _ = decide(args, kwargs)
-        fw = _framework(backend.name)
-        if chosen == REVERSE:
+        d = decide(args, kwargs)
+        fw = _framework(d.backend.name)
+        args, sample, n = d.args, d.sample, d.n
+        if d.chosen == REVERSE:
             return _reverse(fw, f, args, kwargs, argnum, batch_axis, sample, collapsed,
                             chunk_size)
-        if not unrolled(backend.name, n, collapsed):
-            if backend.name == "jax":
-                return _jax_taylor(fw, jax_transform, args, kwargs, batch_axis, sample,
-                                   collapsed, chunk_size)
-            program = torch_family(args, kwargs) if chunk_size is None else None
-            if program is not None:
-                return program(args, kwargs)
+        if d.program is not None:
+            return d.program(args, kwargs)
+        if d.layout == "family":
+            return _jax_taylor(fw, transform, args, kwargs, batch_axis, sample, collapsed,
+                               chunk_size)
         transforms = per_shape.get(sample)
         if transforms is None:  # one transform per chunk of coordinate groups
             step = chunk_size or n
@@ -339,18 +348,10 @@ def _framework(name: str) -> SimpleNamespace:
 
 def _jax_over_units(g, n: int, sample, like, chunk_size):
     """``g`` vmapped over the unit directions ``e_0 .. e_{n-1}`` shaped ``sample``,
-    stacked: ``chunk_size`` at a time in a ``lax.map``, making each chunk's
-    directions inside the loop (no ``n x n`` identity)."""
-    import jax
+    stacked, ``chunk_size`` at a time (``jax_engine.map_units``)."""
+    from .backends.jax_engine._engine import map_units
 
-    from .backends.jax_engine._engine import unit_rows
-
-    def chunk(start, count):
-        return jax.vmap(g)(unit_rows(start, count, n, like.dtype).reshape((count,) + sample))
-
-    if chunk_size is None or chunk_size >= n:
-        return chunk(0, n)
-    out = jax.lax.map(lambda s: chunk(s, chunk_size), jax.numpy.arange(0, n, chunk_size))
+    out = map_units(g, n, sample, like.dtype, chunk_size)
     return out.reshape((-1,) + out.shape[2:])[:n]  # zero padding directions dropped
 
 
@@ -374,18 +375,9 @@ def _directions_last(fw, stacked, sample):
     return moved.reshape(tuple(moved.shape[:-1]) + tuple(sample))
 
 
-def _scalar_output(backend, f, args, kwargs, batch_axis) -> bool:
-    """Whether f returns one number per sample (shape probe, no real compute in JAX)."""
-    if backend.name == "jax":
-        import jax
-
-        out = jax.eval_shape(lambda *a: f(*a, **kwargs), *args)
-    else:
-        import torch
-
-        with torch.no_grad():  # one evaluation of f: small next to D directions
-            out = f(*args, **kwargs)
-    shape = getattr(out, "shape", None)
+def _scalar_output(shape: tuple[int, ...] | None, batch_axis: int | None) -> bool:
+    """Whether f's output (of this shape; None: not one array) is one number per
+    sample."""
     if shape is None:
         return False
     return math.prod(shape) == 1 if batch_axis is None else len(shape) == 1

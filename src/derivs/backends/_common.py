@@ -1,4 +1,5 @@
-"""Helpers shared by the backends: shape bookkeeping, error texts, the engines' fallback."""
+"""Helpers shared by the backends: shape bookkeeping, error texts, the engines' fallback,
+what a function reads from its closure, and coefficient sums with None as zero."""
 
 from __future__ import annotations
 
@@ -78,3 +79,34 @@ class Fallback:
     the general path runs it. Shared by the JAX and PyTorch engines."""
 
     reason: str
+
+
+def add(x, y):
+    """``x + y`` with None as a structural zero (the jet algebras' coefficient sum)."""
+    if x is None:
+        return y
+    if y is None:
+        return x
+    return x + y
+
+
+_ABSENT = object()
+
+
+def referenced_values(fun):
+    """``(name or None, value)`` for what ``fun`` reads from its closure cells and
+    module globals (the values a trace would bake in). A callable without code
+    (an object with ``__call__``) yields nothing: its state is not visible here."""
+    code = getattr(fun, "__code__", None)
+    if code is None:
+        return
+    for cell in getattr(fun, "__closure__", None) or ():
+        try:
+            yield None, cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+    glb = getattr(fun, "__globals__", {})
+    for name in code.co_names:
+        v = glb.get(name, _ABSENT)
+        if v is not _ABSENT:
+            yield name, v

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import numpy as np
 import jax.numpy as jnp
 
 from . import _common
@@ -63,8 +62,9 @@ def jvp(fun, primal, tangent):
 
 
 def signature(fun, args: tuple, kwargs: dict):
-    """Shapes and dtypes of the array leaves (and plain values): what f's output
-    shape can depend on. None when a leaf is neither."""
+    """What f's output shape can depend on: shapes and dtypes of the array leaves
+    and of the arrays f reads from its closure and globals, and plain values.
+    None when a leaf is neither."""
     parts = []
     for leaf in jax.tree_util.tree_leaves((args, kwargs)):
         if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
@@ -73,13 +73,15 @@ def signature(fun, args: tuple, kwargs: dict):
             parts.append((type(leaf), leaf))
         else:
             return None
-    return (str(jax.tree_util.tree_structure((args, kwargs))), tuple(parts))
+    read = tuple((tuple(v.shape), str(v.dtype)) for _, v in _common.referenced_values(fun)
+                 if isinstance(v, jax.Array))
+    return str(jax.tree_util.tree_structure((args, kwargs))), tuple(parts), read
 
 
-def output_size(fun, args: tuple, kwargs: dict) -> int | None:
-    """Elements of f's output (abstract evaluation), None if not one array."""
+def output_shape(fun, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
+    """The shape of f's output (abstract evaluation), None if not one array."""
     out = jax.eval_shape(lambda *a: fun(*a, **kwargs), *args)
-    return None if not hasattr(out, "shape") else int(np.prod(out.shape, dtype=np.int64))
+    return tuple(out.shape) if hasattr(out, "shape") else None
 
 
 def first_order_reverse(fun, selected: tuple, requests) -> list:

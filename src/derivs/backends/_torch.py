@@ -93,18 +93,22 @@ def _materialize(t: Any) -> Any:
 
 
 def signature(fun, args: tuple, kwargs: dict):
-    """What f's output shape can depend on (see ``torch_engine.cache_key``)."""
-    from .torch_engine import _engine
+    """What f's output shape can depend on: the engine's cache key (tensor
+    metadata, plain values) and the shapes of tensors f reads from its closure and
+    globals. None when not hashable."""
+    key = engine._engine.cache_key(SimpleNamespace(fun=fun), args, kwargs)
+    if key is None:
+        return None
+    return key, tuple((tuple(v.shape), v.dtype) for _, v in _common.referenced_values(fun)
+                      if isinstance(v, torch.Tensor))
 
-    return _engine.cache_key(SimpleNamespace(fun=fun), args, kwargs)
 
-
-def output_size(fun, args: tuple, kwargs: dict) -> int | None:
-    """Elements of f's output (one evaluation without autograd), None if not one
+def output_shape(fun, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
+    """The shape of f's output (one evaluation without autograd), None if not one
     tensor."""
     with torch.no_grad():
         out = fun(*args, **kwargs)
-    return out.numel() if isinstance(out, torch.Tensor) else None
+    return tuple(out.shape) if isinstance(out, torch.Tensor) else None
 
 
 def first_order_reverse(fun, selected: tuple, requests) -> list:

@@ -187,19 +187,26 @@ def run_family(compiled: Compiled, slot: int, key, batch_axis: int | None,
         outs = it.run_closed(compiled.closed, inputs)
         return [o.dense(key) for o in outs]
 
-    def family(start, count):
-        return jax.vmap(along, axis_name=FAMILY_AXIS)(
-            unit_rows(start, count, n, x.dtype).reshape((count,) + tuple(sample)))
+    outs = map_units(along, n, tuple(sample), x.dtype, chunk_size, FAMILY_AXIS)
+    # collapsed: a chunk's family sum is the same in each of its lanes
+    outs = ([o[:, 0].sum(0) for o in outs] if collapsed
+            else [o.reshape((-1,) + o.shape[2:])[:n] for o in outs])
+    return jax.tree_util.tree_unflatten(compiled.out_tree, outs)
+
+
+def map_units(g, n: int, sample: tuple, dtype, chunk_size: int | None = None,
+              axis_name: str | None = None):
+    """``g`` vmapped over the unit directions ``e_0 .. e_{n-1}`` shaped ``sample``,
+    ``chunk_size`` at a time in a ``lax.map`` (all at once for None). Each chunk's
+    directions are made inside the loop, so no ``n x n`` identity exists. Outputs
+    are ``(chunks, chunk, ...)``; the last chunk is padded with zero directions."""
+    def chunk(start, count):
+        rows = unit_rows(start, count, n, dtype).reshape((count,) + sample)
+        return jax.vmap(g, axis_name=axis_name)(rows)
 
     if chunk_size is None or chunk_size >= n:
-        outs = family(0, n)
-        if collapsed:  # the family sum is the same in every lane
-            outs = [o[0] for o in outs]
-    else:  # each chunk's directions are made inside the loop: no n x n array
-        outs = jax.lax.map(lambda s: family(s, chunk_size), jax.numpy.arange(0, n, chunk_size))
-        outs = ([o[:, 0].sum(0) for o in outs] if collapsed
-                else [o.reshape((-1,) + o.shape[2:])[:n] for o in outs])
-    return jax.tree_util.tree_unflatten(compiled.out_tree, outs)
+        return jax.tree_util.tree_map(lambda o: o[None], chunk(0, n))
+    return jax.lax.map(lambda s: chunk(s, chunk_size), jax.numpy.arange(0, n, chunk_size))
 
 
 def unit_rows(start, count: int, n: int, dtype) -> jax.Array:

@@ -18,6 +18,7 @@ import numpy as np
 from jax import lax
 
 from ...core import _jets
+from .. import _common
 
 Key = _jets.Key
 
@@ -138,12 +139,7 @@ def const(value: Any) -> Jet:
 
 
 # -- coefficient arithmetic with None as zero ---------------------------------------------
-def add(x, y):
-    if x is None:
-        return y
-    if y is None:
-        return x
-    return x + y
+add = _common.add
 
 
 def scale(x, c: float):
@@ -230,11 +226,8 @@ def _symmetric(terms):
     unordered pair once (multiplicities added)."""
     merged: dict = {}
     for t, r, m in terms:
-        pair = frozenset((t, r))
-        if pair in merged:
-            merged[pair] = (merged[pair][0], merged[pair][1], merged[pair][2] + m)
-        else:
-            merged[pair] = (t, r, m)
+        first_t, first_r, total = merged.get(frozenset((t, r)), (t, r, 0))
+        merged[frozenset((t, r))] = (first_t, first_r, total + m)
     return list(merged.values())
 
 

@@ -30,7 +30,7 @@ import torch.utils._pytree as pytree
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
 
-from .._common import Fallback, numel, sample_shape
+from .._common import Fallback, numel, referenced_values, sample_shape
 from ._builder import Builder, Narrow, is_mutating, is_random
 from ._jet import Context, Jet
 from ._rules import RULES, Unsupported
@@ -57,25 +57,6 @@ class Compiled:
 _PLAIN = (int, float, bool, str, complex, type(None))
 
 
-def referenced_values(fun):
-    """``(name or None, value)`` for what ``fun`` reads from its closure cells and
-    module globals (the values a trace would bake in). A callable without code
-    (an object with ``__call__``) yields nothing: its state is not visible here."""
-    code = getattr(fun, "__code__", None)
-    if code is None:
-        return
-    for cell in getattr(fun, "__closure__", None) or ():
-        try:
-            yield None, cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
-    glb = getattr(fun, "__globals__", {})
-    for name in code.co_names:
-        v = glb.get(name, _ABSENT)
-        if v is not _ABSENT:
-            yield name, v
-
-
 def captured_values(fun) -> tuple:
     """Python values that ``fun`` reads from its closure cells and module globals
     and that a trace would bake in as constants (numbers, strings, and tuples of
@@ -83,9 +64,6 @@ def captured_values(fun) -> tuple:
     deeper, inside functions that ``fun`` calls, are not seen (see the README)."""
     return tuple(v if name is None else (name, v)
                  for name, v in referenced_values(fun) if _plain(v))
-
-
-_ABSENT = object()
 
 
 def _plain(v) -> bool:
@@ -161,6 +139,12 @@ def capture(fun, args: tuple, kwargs: dict, side: dict) -> tuple[fx.GraphModule,
     for node in traced.graph.nodes:
         if node.op == "call_function":
             _check_pure(node)
+        elif node.op == "get_attr" and not all(
+                u.target == torch.ops.aten.lift_fresh_copy.default for u in node.users):
+            # Tensors that f creates from Python data (torch.tensor(2.0)) are traced
+            # as constants copied by lift_fresh_copy: part of f, safe to keep. Any
+            # other constant is a tensor f closes over, which may change between calls.
+            raise Unsupported("f closes over a tensor; pass it as an argument instead")
     return traced, is_tensor
 
 
@@ -276,16 +260,8 @@ def _derivative_module(transform, traced: fx.GraphModule, is_tensor, selected_le
     if fake_mode is None:
         raise Unsupported("f has no tensor inputs to trace with")
     b = Builder(fake_mode)
-    literals = {}
-    for n in traced.graph.nodes:
-        if n.op != "get_attr":
-            continue
-        # Tensors that f creates from Python data (torch.tensor(2.0)) are traced as
-        # constants copied by lift_fresh_copy: part of f, safe to keep. Any other
-        # constant is a tensor f closes over, which may change between calls.
-        if not all(u.target == torch.ops.aten.lift_fresh_copy.default for u in n.users):
-            raise Unsupported("f closes over a tensor; pass it as an argument instead")
-        literals[n] = b.constant(getattr(traced, n.target))
+    literals = {n: b.constant(getattr(traced, n.target)) for n in traced.graph.nodes
+                if n.op == "get_attr"}  # Python-data constants (checked by capture)
     new_ph = [b.placeholder(f"arg{i}", n.meta["val"]) for i, n in enumerate(placeholders)]
     tensor_leaf_index = [i for i, t in enumerate(is_tensor) if t]
     slot_of_ph = {p: selected_leaf[leaf] for p, leaf in enumerate(tensor_leaf_index)

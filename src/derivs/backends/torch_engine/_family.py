@@ -23,9 +23,9 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from .._common import Fallback
+from .._common import Fallback, add as _add, numel, referenced_values
+from ._engine import _top_level_offsets, capture
 from ._rules import Unsupported
-from ._engine import capture, referenced_values
 
 aten = torch.ops.aten
 
@@ -66,10 +66,6 @@ def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
     for _, v in referenced_values(f):
         if isinstance(v, torch.Tensor):  # a capture would freeze it
             return Fallback("f closes over a tensor; pass it as an argument instead")
-    offsets, k = [], 0
-    for a in args:
-        offsets.append(k)
-        k += len(pytree.tree_leaves(a))
     side: dict[str, Any] = {}
     try:
         traced, is_tensor = capture(f, args, kwargs, side)
@@ -77,11 +73,8 @@ def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
         return Fallback(str(e))
     except Exception as e:  # tracing failed: data-dependent control flow, ...
         return Fallback(f"could not capture f as a graph ({type(e).__name__})")
-    for n in traced.graph.nodes:
-        if n.op == "get_attr" and not all(
-                u.target == aten.lift_fresh_copy.default for u in n.users):
-            return Fallback("f closes over a tensor; pass it as an argument instead")
-    program = FamilyLaplacian(traced, is_tensor, side["spec"], offsets[argnum], batch_axis)
+    program = FamilyLaplacian(traced, is_tensor, side["spec"], _top_level_offsets(args)[argnum],
+                              batch_axis)
     live = {program.placeholders[program.selected]}
     for n in traced.graph.nodes:  # what the rules cannot see: keep to the unrolled engine
         if n.op != "call_function" or not any(a in live for a in n.all_input_nodes):
@@ -136,23 +129,13 @@ def _seeds(x: torch.Tensor, batch_axis: int | None) -> torch.Tensor:
         return torch.eye(n, dtype=x.dtype, device=x.device).reshape((n,) + tuple(x.shape))
     b = batch_axis % x.ndim
     sample = tuple(x.shape[:b]) + tuple(x.shape[b + 1:])
-    n = 1
-    for s in sample:
-        n *= s
+    n = numel(sample)
     eye = torch.eye(n, dtype=x.dtype, device=x.device).reshape((n,) + sample)
     return eye.unsqueeze(1 + b).expand((n,) + tuple(x.shape))
 
 
 def _laplacian_of(j: _Jet) -> torch.Tensor:
     return torch.zeros_like(j.p) if j.l is None else j.l.expand_as(j.p)
-
-
-def _add(x, y):
-    if x is None:
-        return y
-    if y is None:
-        return x
-    return x + y
 
 
 def _lift(g: torch.Tensor | None, ndim: int) -> torch.Tensor | None:
