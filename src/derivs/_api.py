@@ -84,15 +84,17 @@ class _Transform:
 
     def output_shape(self, backend, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
         """The shape of f's output (None for a container), probed once per
-        argument signature (``backend.signature``)."""
+        argument signature (``backend.signature``) and state of what f reads
+        (``backend.state_check``)."""
         key = ("output shape", backend.signature(self.fun, args, kwargs))
         if key[1] is not None:
             hit = self.cache.get(key)
-            if hit is not None:
+            if hit is not None and hit[1]():
                 return hit[0]
-        shape = backend.output_shape(self.fun, args, kwargs)
-        if key[1] is not None:
-            self.cache.put(key, (shape,))
+        check = backend.state_check(self.fun)
+        shape = backend.output_shape(self.fun, args, kwargs, self.cache)
+        if key[1] is not None and check is not None:
+            self.cache.put(key, (shape, check))
         return shape
 
     def shapes_and_backend(self, args: tuple):
@@ -342,11 +344,14 @@ class Explanation:
 
     Attributes: ``strategy``, ``passes`` (each with its ``directions``),
     ``estimated_cost`` (in evaluations of ``f``), ``backend`` (None without
-    example arguments) and ``plan`` (the full :class:`derivs.core._plan.Plan`).
+    example arguments), ``notes`` (why a strategy was or was not used) and
+    ``plan`` (the full :class:`derivs.core._plan.Plan`).
     """
 
-    def __init__(self, plan: _plan.Plan, strategy: str, report: str, backend: str | None):
+    def __init__(self, plan: _plan.Plan, strategy: str, report: str, backend: str | None,
+                 notes: Sequence[str] = ()):
         self.plan = plan
+        self.notes = list(notes)  # why a strategy was or was not used
         self.strategy = strategy
         self.passes = plan.passes_for(strategy)
         self.estimated_cost = plan.estimated_cost(strategy)
@@ -415,7 +420,7 @@ def explain(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
     report = _plan.describe(t.plan, strategy, keys=t.keys, argnums=t.argnums,
                             backend=backend_name, shapes=shapes, batch_axis=t.batch_axis,
                             notes=notes)
-    return Explanation(t.plan, strategy, report, backend_name)
+    return Explanation(t.plan, strategy, report, backend_name, notes)
 
 
 def _check_request_list(requests: Any, api: str) -> list[Any]:

@@ -207,16 +207,30 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
     families = LRUCache(maxsize=32)  # PyTorch Laplacian: the family program per signature
 
     def torch_family(backend, args, kwargs):
-        """The PyTorch family program for these arguments, or None (unrolled)."""
-        from .backends.torch_engine import _family
+        """The PyTorch family program for these arguments and None, or None and
+        why there is none (then the layout is unrolled)."""
+        from .backends.torch_engine import _family, cache_key, guarded_get
 
-        key = backend.signature(f, args, kwargs)
-        program = None if key is None else families.get(key)
+        key = cache_key(args, kwargs)
+        program = None if key is None else guarded_get(families, key)
         if program is None:
-            program = _family.prepare(f, args, kwargs, argnum, batch_axis)
+            program = _family.prepare(f, args, kwargs, argnum, batch_axis, transform.cache)
             if key is not None:
                 families.put(key, program)
-        return None if isinstance(program, _common.Fallback) else program
+        if isinstance(program, _common.Fallback):
+            return None, program.reason
+        return program, None
+
+    def unrolled_transforms(sample, n):
+        """One transform per chunk of coordinate groups (the unrolled layout)."""
+        transforms = per_shape.get(sample)
+        if transforms is None:
+            step = chunk_size or n
+            transforms = [_unrolled_transform(f, range(lo, min(lo + step, n)), argnum,
+                                              batch_axis, collapsed)
+                          for lo in range(0, n, step)]
+            per_shape.put(sample, transforms)
+        return transforms
 
     def decide(args, kwargs):
         """Everything a call depends on: the backend, the converted arguments, the
@@ -234,19 +248,31 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         if strategy is None:
             scalar = _scalar_output(transform.output_shape(backend, args, kwargs), batch_axis)
         chosen = strategy or choose_strategy(collapsed, n, scalar, backend.name)
-        layout, program = None, None
+        layout, program, why = None, None, None
         if chosen != REVERSE:
             layout = "unrolled" if unrolled(backend.name, n, collapsed) else "family"
             if layout == "family" and backend.name == "torch":
-                program = torch_family(backend, args, kwargs) if chunk_size is None else None
+                if chunk_size is None:
+                    program, why = torch_family(backend, args, kwargs)
+                else:
+                    why = "chunk_size is set (the family layout carries every direction)"
                 layout = "family" if program is not None else "unrolled"
         return SimpleNamespace(backend=backend, args=args, sample=sample, n=n, chosen=chosen,
-                               scalar=scalar, layout=layout, program=program)
+                               scalar=scalar, layout=layout, program=program, why=why)
 
     def explain(*args, **kwargs) -> OperatorExplanation:
         d = decide(args, kwargs)
+        notes, engine = [], None
+        if d.why is not None:
+            notes.append(f"family layout not used: {d.why}")
+        if d.chosen != REVERSE and d.layout == "unrolled":
+            # what the unrolled transforms actually run (the engine may fall back)
+            inner = _api.explain(unrolled_transforms(d.sample, d.n)[0], *d.args)
+            engine = inner.strategy
+            notes += inner.notes
         return OperatorExplanation(api, d.backend.name, d.sample, d.n, d.chosen,
-                                   strategy is None, d.scalar, collapsed, d.layout)
+                                   strategy is None, d.scalar, collapsed, d.layout, engine,
+                                   notes)
 
     @functools.wraps(f)
     def op(*args, **kwargs):
@@ -261,14 +287,7 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         if d.layout == "family":
             return _jax_taylor(fw, transform, args, kwargs, batch_axis, sample, collapsed,
                                chunk_size)
-        transforms = per_shape.get(sample)
-        if transforms is None:  # one transform per chunk of coordinate groups
-            step = chunk_size or n
-            transforms = [_unrolled_transform(f, range(lo, min(lo + step, n)), argnum,
-                                              batch_axis, collapsed)
-                          for lo in range(0, n, step)]
-            per_shape.put(sample, transforms)
-        outs = [t(*args, **kwargs) for t in transforms]
+        outs = [t(*args, **kwargs) for t in unrolled_transforms(sample, n)]
         if collapsed:
             return functools.reduce(lambda a, b: a + b, outs)
         diag = [o[(i, i)] for o in outs for i in sorted(k[0] for k in o)]
@@ -285,9 +304,13 @@ class OperatorExplanation:
     estimate of each strategy (in evaluations of f). ``str()`` is a readable
     report; made by ``derivs.explain(op, *example_args)``."""
 
-    def __init__(self, api, backend, sample, n, strategy, automatic, scalar, collapsed, layout):
+    def __init__(self, api, backend, sample, n, strategy, automatic, scalar, collapsed, layout,
+                 engine=None, notes=()):
         self.api, self.backend, self.sample, self.directions = api, backend, sample, n
         self.strategy, self.automatic, self.layout = strategy, automatic, layout
+        # unrolled layout: the strategy its transforms run ("traced-jet", or
+        # "nested-forward" where the engine fell back), and why
+        self.engine, self.notes = engine, list(notes)
         self.model_costs = model_costs(collapsed, n)
         self.scalar_output, self.collapsed = scalar, collapsed
 
@@ -302,6 +325,9 @@ class OperatorExplanation:
             lines.append(f"  {what}; directions "
                          + ("unrolled, one coordinate group each" if self.layout == "unrolled"
                             else "stacked on one family axis"))
+            if self.engine == "nested-forward":
+                lines.append("  runs as nested forward mode (nested JVPs per direction): the "
+                             "traced engine fell back")
         else:
             lines.append("  D Hessian-vector products (forward over reverse), vmapped")
         if self.automatic and self.backend == "torch" and not self.collapsed:
@@ -311,6 +337,7 @@ class OperatorExplanation:
             f"{k} {v:g}" for k, v in self.model_costs.items()))
         if self.automatic and self.scalar_output is False:
             lines.append("  f's output is not one number per sample: only jets apply")
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     __repr__ = __str__

@@ -32,8 +32,14 @@ def engine_for_plain_call(args: tuple) -> ModuleType | None:
     check in front of the engine's cache lookup on every call."""
     torch = sys.modules.get("torch")
     if torch is not None and args and isinstance(args[0], torch.Tensor):
-        return backend_named("torch").engine
+        engine = _ENGINE.get("torch")
+        if engine is None:  # imported once, not on every call (the hot path)
+            engine = _ENGINE["torch"] = backend_named("torch").engine
+        return engine
     return None
+
+
+_ENGINE: dict[str, ModuleType] = {}
 
 
 def backend_named(name: str) -> ModuleType:

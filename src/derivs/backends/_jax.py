@@ -78,7 +78,17 @@ def signature(fun, args: tuple, kwargs: dict):
     return str(jax.tree_util.tree_structure((args, kwargs))), tuple(parts), read
 
 
-def output_shape(fun, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
+def state_check(fun):
+    """Always valid: the signature already holds the shapes of closed-over arrays,
+    and a jaxpr is traced per call."""
+    return _always
+
+
+def _always() -> bool:
+    return True
+
+
+def output_shape(fun, args: tuple, kwargs: dict, cache=None) -> tuple[int, ...] | None:
     """The shape of f's output (abstract evaluation), None if not one array."""
     out = jax.eval_shape(lambda *a: fun(*a, **kwargs), *args)
     return tuple(out.shape) if hasattr(out, "shape") else None

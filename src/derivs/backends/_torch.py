@@ -9,7 +9,6 @@ can be trained through with ``loss.backward()``. Nothing is written to
 from __future__ import annotations
 
 import threading
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -93,19 +92,39 @@ def _materialize(t: Any) -> Any:
 
 
 def signature(fun, args: tuple, kwargs: dict):
-    """What f's output shape can depend on: the engine's cache key (tensor
-    metadata, plain values) and the shapes of tensors f reads from its closure and
-    globals. None when not hashable."""
-    key = engine._engine.cache_key(SimpleNamespace(fun=fun), args, kwargs)
-    if key is None:
+    """What f's output shape can depend on besides the state f reads (see
+    ``state_check``): tensor metadata and plain argument values. None when not
+    hashable."""
+    return engine.cache_key(args, kwargs)
+
+
+def state_check(fun):
+    """A check that the state ``fun`` reads is unchanged (NOTE [state guards]), or
+    None when it cannot be guarded (then nothing about f may be cached)."""
+    from .torch_engine import _guards
+
+    try:
+        return _guards.walk(fun).check
+    except _guards.Unguardable:
         return None
-    return key, tuple((tuple(v.shape), v.dtype) for _, v in _common.referenced_values(fun)
-                      if isinstance(v, torch.Tensor))
 
 
-def output_shape(fun, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
-    """The shape of f's output (one evaluation without autograd), None if not one
-    tensor."""
+def output_shape(fun, args: tuple, kwargs: dict, cache=None) -> tuple[int, ...] | None:
+    """The shape of f's output, None if not one tensor: read off f's capture (kept
+    in ``cache`` for the engine), else from one evaluation without autograd. The
+    capture runs nothing, so a module in train mode raises before its statistics
+    change."""
+    if not engine.tracing_active(args):
+        try:
+            cap = engine.shared_capture(cache, fun, args, kwargs)
+        except engine.StateError:
+            raise
+        except Exception:  # not capturable: evaluate f
+            cap = None
+        if cap is not None:
+            if not cap.out_spec.is_leaf():
+                return None
+            return tuple(cap.graph.graph.output_node().args[0][0].meta["val"].shape)
     with torch.no_grad():
         out = fun(*args, **kwargs)
     return tuple(out.shape) if isinstance(out, torch.Tensor) else None

@@ -92,7 +92,7 @@ def evaluator(mode, fun, argnum, has_aux, seeds, gather):
 def _capture(mode, fun, args, argnum, seeds, gather):
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from ..backends.torch_engine._engine import _BUILD_LOCK, _outside_functorch
+    from ..backends.torch_engine._capture import BUILD_LOCK, outside_functorch
 
     slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
     x = args[argnum]
@@ -111,7 +111,7 @@ def _capture(mode, fun, args, argnum, seeds, gather):
     examples = [torch.empty(args[i].shape, dtype=args[i].dtype, device=args[i].device)
                 for i in slots]
     try:
-        with _BUILD_LOCK, _outside_functorch():
+        with BUILD_LOCK, outside_functorch():
             gm = make_fx(g, tracing_mode="fake", _allow_non_fake_inputs=True)(*examples)
         _simplify(gm)
         gm = _shared_subexpressions(gm)
@@ -299,7 +299,7 @@ def _fold_scales(gm) -> None:
 def _closes_over_tensors(fun) -> bool:
     """Whether ``fun`` reads tensors or modules from its closure or globals (or is a
     callable object, whose state is not visible): a captured graph would freeze them."""
-    from ..backends.torch_engine._engine import referenced_values
+    from ..backends._common import referenced_values
 
     if getattr(fun, "__code__", None) is None:
         return True

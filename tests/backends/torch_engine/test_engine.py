@@ -104,12 +104,10 @@ def _explained(f, *args):
     ("data-dependent control flow",
      lambda x: torch.sin(x).prod() if x.sum() > 0 else torch.cos(x).prod(),
      lambda x: torch.sin(x).prod(), "could not capture"),
-    ("closed-over tensor", lambda x: (x * X).prod(), lambda x: (x * X).prod(),
-     "could not capture"),
+    (".item() of a closed-over tensor", lambda x: (x * X[0].item()).prod(),
+     lambda x: (x * X[0].item()).prod(), "could not capture"),
     ("random numbers", lambda x: (x * torch.rand(4, dtype=x.dtype)).sum() * 0 + x.prod(),
      lambda x: x.prod(), "random numbers"),
-    ("op without a rule", lambda x: torch.lgamma(x + 3).sum() * x[0] * x[1],
-     lambda x: torch.lgamma(x + 3).sum() * x[0] * x[1], "no derivative rule"),
 ])
 def test_fallbacks_report_reason_and_stay_correct(case, f, oracle, reason):
     strategy, text = _explained(f, X)
@@ -118,6 +116,22 @@ def test_fallbacks_report_reason_and_stay_correct(case, f, oracle, reason):
     torch.testing.assert_close(got, dense(oracle, X, 2)[0, 1])
     with pytest.raises(ValueError, match="strategy='traced-jet' cannot be used here"):
         derivs.partial(f, (0, 1), strategy="traced-jet")(X)
+
+
+def test_op_without_hand_rule_uses_pytorch_forward_formula():
+    """lgamma has no hand rule: its derivatives come from PyTorch's forward-mode
+    formula (digamma, then polygamma), at every order, in the traced engine."""
+    f = lambda x: torch.lgamma(x + 3).sum() * x[0] * x[1]  # noqa: E731
+    strategy, text = _explained(f, X)
+    assert strategy == "traced-jet", text
+    torch.testing.assert_close(derivs.partial(f, (0, 1))(X), dense(f, X, 2)[0, 1])
+
+
+def test_op_without_forward_formula_is_explained():
+    f = lambda x: torch.cdist(x[:4].reshape(2, 2), torch.ones(3, 2, dtype=x.dtype)).sum()  # noqa: E731
+    strategy, text = _explained(f, X)
+    assert strategy == "nested-forward"
+    assert "_cdist_forward" in text and "forward-mode formula cannot be captured" in text
 
 
 def test_in_place_update_of_an_input_is_never_cached():
@@ -155,7 +169,9 @@ def test_cache_is_keyed_on_shape_dtype_and_scalar_arguments():
             out = d(x, s)
             assert out.dtype == x.dtype
             torch.testing.assert_close(out, -s * s * torch.sin(s * x[0]))
-    assert len(d.__derivs_transform__.cache) == 6
+    graphs = [v for v in d.__derivs_transform__.cache._data.values()
+              if isinstance(v, derivs.backends.torch_engine.Compiled)]
+    assert len(graphs) == 6
 
 
 SCALE = 2.0

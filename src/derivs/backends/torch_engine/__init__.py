@@ -8,17 +8,21 @@ from __future__ import annotations
 
 from ._engine import Compiled as Compiled
 from ._engine import Fallback as Fallback
-from ._engine import build, cache_key, tracing_active
+from ._capture import StateError, cache_key, guarded_get, shared_capture
+from ._engine import build, tracing_active
 from ._engine import lookup as lookup
 from ._engine import run as execute
 
+
 def prepare(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
+    """The graph for this call, built on first use of the signature and again
+    whenever its state guard fails; or the Fallback with the reason."""
     if tracing_active(args):
         return Fallback("called inside another trace (the general path composes there)")
-    key = cache_key(transform, args, kwargs)
+    key = cache_key(args, kwargs)
     if key is None:
         return Fallback("a non-tensor argument is not hashable, so no graph can be cached")
-    entry = transform.cache.get(key)
+    entry = guarded_get(transform.cache, key)
     if entry is None:
         entry = build(transform, args, kwargs)
         transform.cache.put(key, entry)

@@ -23,8 +23,9 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from .._common import Fallback, add as _add, numel, referenced_values
-from ._engine import _top_level_offsets, capture
+from .._common import Fallback, add as _add, numel
+from ._capture import Capture, StateError, shared_capture
+from ._engine import GuardedFallback, _top_level_offsets
 from ._rules import Unsupported
 
 aten = torch.ops.aten
@@ -33,20 +34,20 @@ aten = torch.ops.aten
 class FamilyLaplacian:
     """The Laplacian of ``f`` for one argument signature."""
 
-    def __init__(self, traced: fx.GraphModule, is_tensor: list[bool], out_spec: Any,
-                 selected_leaf: int, batch_axis: int | None):
-        self.graph = traced.graph
-        self.literals = {n: getattr(traced, n.target) for n in self.graph.nodes
+    def __init__(self, cap: Capture, selected_leaf: int, batch_axis: int | None):
+        self.graph = cap.graph.graph
+        self.literals = {n: getattr(cap.graph, n.target) for n in self.graph.nodes
                          if n.op == "get_attr"}
         self.placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
-        tensor_leaves = [i for i, t in enumerate(is_tensor) if t]
+        tensor_leaves = [i for i, t in enumerate(cap.is_tensor) if t]
         self.selected = tensor_leaves.index(selected_leaf)
-        self.out_spec, self.batch_axis = out_spec, batch_axis
+        self.out_spec, self.batch_axis = cap.out_spec, batch_axis
+        self.lifted, self.valid = cap.lifted, cap.valid
         self.need_g: set = set()  # nodes whose first-order coefficients are read
 
     def __call__(self, args: tuple, kwargs: dict) -> Any:
         tensors = [leaf for leaf in pytree.tree_leaves((args, kwargs))
-                   if isinstance(leaf, torch.Tensor)]
+                   if isinstance(leaf, torch.Tensor)] + list(self.lifted)
         env: dict[fx.Node, _Jet] = {}
         for k, (ph, t) in enumerate(zip(self.placeholders, tensors)):
             env[ph] = _Jet(t, _seeds(t, self.batch_axis) if k == self.selected else None)
@@ -61,20 +62,20 @@ class FamilyLaplacian:
 
 
 def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
-            batch_axis: int | None) -> FamilyLaplacian | Fallback:
-    """The family program for these arguments, or why there is none."""
-    for _, v in referenced_values(f):
-        if isinstance(v, torch.Tensor):  # a capture would freeze it
-            return Fallback("f closes over a tensor; pass it as an argument instead")
-    side: dict[str, Any] = {}
+            batch_axis: int | None, cache=None) -> FamilyLaplacian | Fallback:
+    """The family program for these arguments, or why there is none (a fallback
+    is kept under the capture's guard, so a change of state retries)."""
     try:
-        traced, is_tensor = capture(f, args, kwargs, side)
+        cap = shared_capture(cache, f, args, kwargs)
+    except StateError:
+        raise
     except Unsupported as e:
-        return Fallback(str(e))
+        valid = getattr(e, "valid", None)
+        return Fallback(str(e)) if valid is None else GuardedFallback(str(e), valid)
     except Exception as e:  # tracing failed: data-dependent control flow, ...
         return Fallback(f"could not capture f as a graph ({type(e).__name__})")
-    program = FamilyLaplacian(traced, is_tensor, side["spec"], _top_level_offsets(args)[argnum],
-                              batch_axis)
+    program = FamilyLaplacian(cap, _top_level_offsets(args)[argnum], batch_axis)
+    traced = cap.graph
     live = {program.placeholders[program.selected]}
     for n in traced.graph.nodes:  # what the rules cannot see: keep to the unrolled engine
         if n.op != "call_function" or not any(a in live for a in n.all_input_nodes):
@@ -84,12 +85,14 @@ def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
             continue  # comparisons, indices: no derivative
         live.add(n)
         if any(isinstance(v, fx.Node) and v in live for v in n.kwargs.values()):
-            return Fallback(f"{n.target} takes a differentiated tensor as a keyword")
+            return GuardedFallback(f"{n.target} takes a differentiated tensor as a keyword",
+                                   cap.valid)
         if not isinstance(n.meta.get("val"), torch.Tensor):
-            return Fallback(f"{n.target} has several outputs")
+            return GuardedFallback(f"{n.target} has several outputs", cap.valid)
         if n.target not in _SEQUENCE_RULES and any(
                 isinstance(a, (list, tuple)) and any(x in live for x in a) for a in n.args):
-            return Fallback(f"{n.target} takes a list of differentiated tensors")
+            return GuardedFallback(f"{n.target} takes a list of differentiated tensors",
+                                   cap.valid)
     program.need_g = _first_order_readers(traced.graph, live)
     return program
 

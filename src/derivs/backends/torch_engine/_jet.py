@@ -67,9 +67,10 @@ _MISSING = object()
 class Context:
     """Per-pass state: the builder, the batch axis, and memoized derived jets."""
 
-    def __init__(self, builder: Builder, batch_axis: int | None):
+    def __init__(self, builder: Builder, batch_axis: int | None, groups: int = 0):
         self.b = builder
         self.batch_axis = batch_axis
+        self.groups = groups  # coordinate groups of the pass (length of count vectors)
         self._derived: dict[Any, Jet] = {}
         self._indices: dict[tuple[int, ...], fx.Node] = {}
 
@@ -156,10 +157,11 @@ class Context:
         return self.add(self.scale(a, scale), self.const(float(shift)))
 
     def scale(self, a: Jet, c: float) -> Jet:
+        p = a.primal
+        primal = self._num(p, float(c), self.b.mul, lambda x, y: x * y)
         if a.const:
-            p = a.primal
-            return self.const(self.b.scale(p, c) if isinstance(p, fx.Node) else p * c)
-        return Jet(self, self.b.scale(a.primal, c), lambda k: self.b.scale(a.get(k), c))
+            return self.const(primal)
+        return Jet(self, primal, lambda k: self.b.scale(a.get(k), c))
 
     def mul(self, a: Jet, b: Jet) -> Jet:
         """Elementwise product (Leibniz rule)."""
@@ -216,14 +218,35 @@ class Context:
 
     def _num(self, x, y, node_op, num_op):
         if isinstance(x, fx.Node) or isinstance(y, fx.Node):
-            return node_op(float(x) if isinstance(x, (int, float)) else x,
-                           float(y) if isinstance(y, (int, float)) else y)
+            out = node_op(float(x) if isinstance(x, (int, float)) else x,
+                          float(y) if isinstance(y, (int, float)) else y)
+            if out is None:  # a primal times 0: a value, not a structural zero
+                node = x if isinstance(x, fx.Node) else y
+                out = self.b.op(aten.mul.Tensor, node, 0.0)
+            return out
         return num_op(x, y)
 
     # -- elementwise functions through the chain rule ----------------------------
     def unary(self, name: str, a: Jet, p: float | None = None) -> Jet:
         """``name(a)`` for the functions in ``_UNARY``; memoized per (name, a, p)."""
-        return self.derived((name, id(a), p), lambda: _UNARY[name](self, a, p))
+        # keyed on the jet's identity: ``a`` is kept in the key, so that a freed
+        # jet's id can never be reused for another one while the entry lives
+        return self.derived((name, _Identity(a), p), lambda: _UNARY[name](self, a, p))
+
+
+class _Identity:
+    """Hashes and compares by the identity of the object it holds (and keeps it alive)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Identity) and other.obj is self.obj
 
 
 def _pow(ctx: Context, a: Jet, p: float) -> Jet:

@@ -31,12 +31,13 @@ def _register(*targets):
 
 
 def _rest(node: fx.Node, J, start: int = 1):
-    """Primal values of the arguments after the first (traced ones mapped)."""
-    return [J(a).primal if isinstance(a, fx.Node) else a for a in node.args[start:]]
+    """Primal values of the arguments after the first (traced ones mapped, also
+    inside lists such as the indices of ``index.Tensor``)."""
+    return list(fx.node.map_arg(tuple(node.args[start:]), lambda a: J(a).primal))
 
 
 def _kw(node: fx.Node, J):
-    return {k: (J(v).primal if isinstance(v, fx.Node) else v) for k, v in node.kwargs.items()}
+    return dict(fx.node.map_arg(dict(node.kwargs), lambda a: J(a).primal))
 
 
 # -- maps linear in their first argument ------------------------------------------
@@ -70,7 +71,7 @@ def _reduce(ctx, node, J):
     rest, kw = _rest(node, J), _kw(node, J)
     ndim = len(b.shape(a.node()))
     dims = (list(range(ndim)) if node.target in (aten.sum.default, aten.mean.default)
-            or not node.args[1] else [d % ndim for d in node.args[1]])
+            or not node.args[1] else [d % ndim for d in node.args[1]] if ndim else [])
     keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(kw.get("keepdim", False))
     count = 1
     for d in dims:
@@ -123,6 +124,27 @@ def _pad(ctx, node, J):
     jet = ctx.linear(a, lambda x: ctx.b.op(aten.constant_pad_nd.default, x, pad, 0.0))
     jet.primal = ctx.b.op(aten.constant_pad_nd.default, a.node(), pad, value)
     return jet
+
+
+@_register(aten.copy.default)
+def _copy(ctx, node, J):
+    """``copy(dest, src)`` (functionalized ``dest.copy_(src)``): ``src`` converted
+    and broadcast to ``dest``'s dtype and shape; ``dest``'s values are overwritten,
+    so only ``src`` has a derivative."""
+    b, meta = ctx.b, node.meta["val"]
+    src = J(node.args[1])
+    if not isinstance(src.primal, fx.Node):
+        return ctx.const(b.op(aten.full.default, list(meta.shape), src.primal,
+                              dtype=meta.dtype, device=meta.device))
+
+    def fn(v):
+        if v.meta["val"].dtype != meta.dtype:
+            v = b.op(aten._to_copy.default, v, dtype=meta.dtype)
+        if tuple(v.meta["val"].shape) != tuple(meta.shape):
+            v = b.op(aten.expand.default, v, list(meta.shape))
+        return v
+
+    return ctx.linear(src, fn)
 
 
 # -- arithmetic --------------------------------------------------------------------
@@ -230,7 +252,8 @@ def _var(ctx, node, J):
     a, b = J(node.args[0]), ctx.b
     shape = b.shape(a.node())
     dims = node.args[1] if len(node.args) > 1 and node.args[1] is not None else None
-    dims = list(range(len(shape))) if not dims else [d % len(shape) for d in dims]
+    dims = (list(range(len(shape))) if not dims else
+            [d % len(shape) for d in dims] if shape else [])
     if node.target == aten.var.dim:
         unbiased = node.args[2] if len(node.args) > 2 else True
         correction = 1.0 if unbiased else 0.0
@@ -306,8 +329,7 @@ _CONSTANT = [aten.detach.default, aten.lift_fresh_copy.default, aten.zeros_like.
 
 @_register(*_CONSTANT)
 def _constant(ctx, node, J):
-    return ctx.const(ctx.b.op(node.target, *[J(a).primal if isinstance(a, fx.Node) else a
-                                             for a in node.args], **_kw(node, J)))
+    return ctx.const(ctx.b.op(node.target, *_rest(node, J, 0), **_kw(node, J)))
 
 
 # -- products along a dimension --------------------------------------------------------

@@ -1,0 +1,397 @@
+"""One capture path for every PyTorch feature: ``f`` as a functional ATen graph,
+with every tensor it reads lifted to a graph input and a guard for the rest.
+
+NOTE [capture]: ``f`` is traced once per argument signature with ``make_fx`` in
+fake mode (no real computation; data-dependent control flow raises instead of
+being specialized), functionalized, with core ATen decompositions for ops that
+have no jet rule. Before tracing, :func:`_guards.walk` finds the tensors ``f``
+can reach (closures, globals, ``nn.Module`` parameters and buffers, containers):
+while the trace runs they are swapped for graph inputs, as
+``torch.func.functional_call`` swaps parameters, so the graph reads them live at
+every call and autograd reaches them (a PINN loss built on a derivative of an
+``nn.Module`` trains it). The walk's check (NOTE [state guards]) must hold for a
+cached graph to be reused; otherwise ``f`` is captured again.
+
+Chosen over TorchDynamo by measurement (``python -m benchmarks capture``): Dynamo
+lifts and guards more kinds of state, but its frame evaluation costs about 40 us
+per call against a few for this check, and the hot path of a derivative must stay
+within 20 us of the hand-written one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import operator
+import threading
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from . import _guards
+from ._builder import is_mutating, is_random
+from ._rules import RULES, Unsupported
+
+aten = torch.ops.aten
+# Tracing uses process-wide dispatcher state and swaps the user's tensors for
+# graph inputs: one capture at a time. Cached graphs run concurrently.
+BUILD_LOCK = threading.RLock()
+
+
+class StateError(ValueError):
+    """f cannot be differentiated as it stands (e.g. BatchNorm in train mode);
+    raised to the user, not a reason to fall back."""
+
+
+@dataclasses.dataclass
+class Capture:
+    """``graph`` takes the tensor leaves of ``(args, kwargs)`` (``is_tensor`` says
+    which leaves are tensors), then ``state.tensors`` (the lifted ones), and
+    returns the leaves of ``out_spec``."""
+
+    graph: fx.GraphModule
+    is_tensor: list[bool]
+    out_spec: Any
+    state: _guards.State
+
+    @property
+    def lifted(self) -> tuple:
+        return tuple(self.state.tensors)
+
+    def valid(self) -> bool:
+        return self.state.check()
+
+
+_PLAIN = (int, float, bool, str, complex, type(None))
+
+
+def cache_key(args: tuple, kwargs: dict) -> Any:
+    """What a capture depends on besides the state ``f`` reads (which its guard
+    checks): tensor metadata and the values of non-tensor arguments. None if not
+    hashable."""
+    if not kwargs and all(isinstance(a, torch.Tensor) for a in args):
+        return tuple((a.shape, a.dtype, a.device) for a in args)
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    parts = []
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            parts.append((leaf.shape, leaf.dtype, leaf.device))
+        elif isinstance(leaf, _PLAIN):
+            parts.append((type(leaf), leaf))
+        else:
+            return None
+    return str(spec), tuple(parts)
+
+
+def guarded_get(cache, key) -> Any:
+    """The cached entry for ``key`` if its guard (``valid``, when it has one) still
+    holds, else None."""
+    entry = cache.get(key)
+    if entry is None:
+        return None
+    valid = getattr(entry, "valid", None)
+    return entry if valid is None or valid() else None
+
+
+def shared_capture(cache, fun, args: tuple, kwargs: dict) -> Capture:
+    """:func:`capture`, kept in ``cache`` (a transform's) under its guard, so that
+    the output-shape probe, the engine and the Laplacian family share one trace."""
+    key = cache_key(args, kwargs)
+    if key is None or cache is None:
+        return capture(fun, args, kwargs)
+    key = ("capture", key)
+    cap = guarded_get(cache, key)
+    if cap is None:
+        cap = capture(fun, args, kwargs)
+        cache.put(key, cap)
+    return cap
+
+
+def capture(fun, args: tuple, kwargs: dict) -> Capture:
+    """``fun`` captured for these arguments (NOTE [capture]). Raises Unsupported (or
+    whatever tracing raises) when it cannot be; StateError for a user error."""
+    leaves, in_spec = pytree.tree_flatten((args, kwargs))
+    is_tensor = [isinstance(leaf, torch.Tensor) for leaf in leaves]
+    try:
+        state = _guards.walk(fun)
+    except _guards.Unguardable as e:
+        raise Unsupported(str(e)) from e
+    for t in state.tensors:
+        if _is_transform_tensor(t):
+            raise Unsupported("f reads a tensor that a torch.func transform is tracking "
+                              "(e.g. inside functional_call under torch.func.grad)")
+    try:
+        return _capture(fun, leaves, in_spec, is_tensor, state)
+    except Unsupported as e:
+        e.valid = state.check  # the reason holds for this state only
+        raise
+
+
+def _capture(fun, leaves, in_spec, is_tensor, state) -> Capture:
+    n_args = sum(is_tensor)
+    side: dict[str, Any] = {}
+
+    def flat_fn(*tensors):
+        it = iter(tensors[:n_args])
+        full = [next(it) if t else leaf for t, leaf in zip(is_tensor, leaves)]
+        a, kw = pytree.tree_unflatten(full, in_spec)
+        with state.swapped(tensors[n_args:]):
+            out = fun(*a, **kw)
+        out_leaves, side["spec"] = pytree.tree_flatten(out)
+        for leaf in out_leaves:
+            if not (isinstance(leaf, torch.Tensor) and leaf.is_floating_point()):
+                raise Unsupported("f returned a non-floating or non-tensor output")
+        return tuple(out_leaves)
+
+    # Metadata is read here, where torch.func wrappers report per-sample shapes.
+    examples = [torch.empty(t.shape, dtype=t.dtype, device=t.device)
+                for t in [leaf for leaf, t in zip(leaves, is_tensor) if t] + state.tensors]
+    with BUILD_LOCK, outside_functorch(), clean_dispatch_state():
+        try:
+            # functionalize: in-place updates of intermediates (common inside ATen
+            # decompositions) become pure ops; an update of an input stays visible
+            # as copy_ and is rejected below. Real tensors the walk missed become
+            # constants (allow_non_fake_inputs) and are rejected below too.
+            traced = make_fx(torch.func.functionalize(flat_fn), decompositions(),
+                             tracing_mode="fake", _allow_non_fake_inputs=True)(*examples)
+        finally:
+            _clear_fake_caches()
+    if not state.check():
+        raise Unsupported("f changes the state it reads while it runs (a Python value, "
+                          "a module attribute or a container), so no graph can be reused")
+    traced = functional(traced)
+    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
+    lifted_nodes = dict(zip(placeholders[n_args:], range(len(state.tensors))))
+    for node in traced.graph.nodes:
+        if node.op == "call_function":
+            _check_pure(node, lifted_nodes, state)
+        elif node.op == "get_attr" and not all(
+                u.target == aten.lift_fresh_copy.default for u in node.users):
+            # Tensors that f creates from Python data (torch.tensor(2.0)) are traced
+            # as constants copied by lift_fresh_copy: part of f, safe to keep. Any
+            # other constant is a tensor the walk did not find: it may change.
+            raise Unsupported("f reads a tensor derivs cannot locate from f's closure, "
+                              "globals or modules (e.g. through an imported module's "
+                              "attribute); pass it as an argument instead")
+    return Capture(traced, is_tensor, side["spec"], state)
+
+
+@contextlib.contextmanager
+def clean_dispatch_state():
+    """Puts PyTorch's thread-local dispatch state back as it was after a trace
+    (make_fx of a torch.func transform can leave dispatch keys excluded, which
+    breaks every later forward-mode call in the process), and drops fake-tensor
+    caches after a failure: a failure leaves nothing behind.
+
+    A failed trace's traceback keeps C++ dispatch guards alive, and they rewrite
+    the state when they die: the exception is replaced by a copy without its
+    traceback before the state is restored."""
+    keys = list(torch._C.DispatchKey.__members__.values())
+    excluded = [torch._C._dispatch_tls_is_dispatch_key_excluded(k) for k in keys]
+    included = [torch._C._dispatch_tls_is_dispatch_key_included(k) for k in keys]
+    replacement = None
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - re-raised below, as a copy
+        replacement = _copy_exception(e)
+        e.__traceback__ = None
+        del e
+        gc.collect()
+    finally:
+        for k, ex, inc in zip(keys, excluded, included):
+            if torch._C._dispatch_tls_is_dispatch_key_excluded(k) != ex:
+                torch._C._dispatch_tls_set_dispatch_key_excluded(k, ex)
+            if torch._C._dispatch_tls_is_dispatch_key_included(k) != inc:
+                torch._C._dispatch_tls_set_dispatch_key_included(k, inc)
+    if replacement is not None:
+        _clear_fake_caches()
+        raise replacement
+
+
+def _copy_exception(e: Exception) -> Exception:
+    """The same exception type and message, with no traceback attached."""
+    try:
+        new = type(e)(*e.args)
+    except Exception:  # noqa: BLE001 - an exception type that takes other arguments
+        new = RuntimeError(f"{type(e).__name__}: {e}")
+    for name in ("valid",):
+        if hasattr(e, name):
+            setattr(new, name, getattr(e, name))
+    return new
+
+
+def _is_transform_tensor(t: torch.Tensor) -> bool:
+    try:
+        return torch._C._functorch.is_functorch_wrapped_tensor(t)
+    except AttributeError:  # a private helper; assume a plain tensor without it
+        return False
+
+
+def _clear_fake_caches() -> None:
+    """Nothing of a failed trace may leak into the next one (fake-tensor caches are
+    process-wide)."""
+    try:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        FakeTensorMode.cache_clear()
+    except (ImportError, AttributeError):
+        pass
+
+
+def outside_functorch():
+    """Traces see plain tensors even when the call happens inside torch.func.vmap /
+    grad: the graph depends on per-sample shapes only, and the transforms apply
+    when the built graph runs."""
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        return contextlib.nullcontext()
+    try:
+        from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
+    except ImportError as e:  # a private helper; without it, use the general path
+        raise Unsupported("called inside a torch.func transform") from e
+    return temporarily_clear_interpreter_stack()
+
+
+_DECOMPOSITIONS: dict | None = None
+_EXTRA_DECOMPOSED = [
+    aten._softmax.default, aten._log_softmax.default, aten.native_layer_norm.default,
+    aten.gelu.default, aten.elu.default, aten.leaky_relu.default,
+    aten.linalg_vector_norm.default, aten.mish.default, aten.hardtanh.default,
+]
+
+
+def decompositions() -> dict:
+    """PyTorch's own decompositions for the ops that have no jet rule (softmax,
+    layer_norm, gelu, softplus, ...): they become ops that do. Ops with a rule stay
+    whole, since a dedicated rule (prod, addmm) beats its decomposition."""
+    global _DECOMPOSITIONS
+    if _DECOMPOSITIONS is None:
+        from torch._decomp import core_aten_decompositions, decomposition_table
+
+        # Core ATen decompositions, plus composite ops that core ATen keeps whole but
+        # whose decompositions stay at the ATen level (others would go down to prims).
+        table = dict(core_aten_decompositions())
+        for op in _EXTRA_DECOMPOSED:
+            if op in decomposition_table:
+                table[op] = decomposition_table[op]
+        _DECOMPOSITIONS = {op: fn for op, fn in table.items() if op not in RULES}
+    return _DECOMPOSITIONS
+
+
+def _check_pure(node: fx.Node, lifted_nodes: dict, state: _guards.State) -> None:
+    """Random draws and in-place updates run on the general path (a cached graph
+    must mean exactly what f means, call after call)."""
+    target = node.target
+    if is_random(target):
+        raise Unsupported(f"f draws random numbers ({target})")
+    if not is_mutating(target):
+        return
+    dest = node.args[0] if node.args else None
+    if dest in lifted_nodes:
+        where = state.buffer_of(lifted_nodes[dest])
+        if where is not None:
+            raise StateError(
+                f"derivs: f updates the buffer {where} in place while it runs (a BatchNorm in "
+                "train mode updates its running statistics, and its batch statistics "
+                "couple the samples). Call model.eval() before taking derivatives, or "
+                "pass the statistics explicitly.")
+        raise Unsupported(f"f updates a tensor it reads in place ({target})")
+    raise Unsupported(f"f updates a tensor in place ({target})")
+
+
+def out_of_place(graph: fx.Graph) -> None:
+    """In-place ops on temporaries become their out-of-place twins."""
+    _out_of_place_views(graph)
+    _out_of_place_updates(graph)
+
+
+def functional(gm: fx.GraphModule) -> fx.GraphModule:
+    """``gm`` without in-place updates of temporaries. Decompositions run below
+    functionalization, so a decomposition that writes into a view of a fresh
+    buffer (circular padding, QR, SVD formulas) leaves ``copy_`` into a slice: the
+    simple rewrite handles fresh buffers, and a second functionalized trace of the
+    graph handles the rest (updates of inputs stay visible as ``copy_``)."""
+    out_of_place(gm.graph)
+    if not any(n.op == "call_function" and is_mutating(n.target) for n in gm.graph.nodes):
+        return gm
+    examples = [torch.zeros(n.meta["val"].shape, dtype=n.meta["val"].dtype,
+                            device=n.meta["val"].device)
+                for n in gm.graph.nodes if n.op == "placeholder"]
+    with clean_dispatch_state():
+        again = make_fx(torch.func.functionalize(gm), tracing_mode="fake",
+                        _allow_non_fake_inputs=True)(*examples)
+    out_of_place(again.graph)
+    return again
+
+
+def _out_of_place_updates(graph: fx.Graph) -> None:
+    """In-place updates of temporaries (left by ATen decompositions that run below
+    functionalization: ``logical_not_``, ``copy_`` into a fresh buffer) become
+    their functional twins, and later readers of the temporary read the result.
+    Only where nothing else can see the update: the destination is an op's fresh
+    result (not an input, not a view) and no view of it is taken."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        if node.op != "call_function" or not is_mutating(node.target):
+            continue
+        twin = _functional_twin(node.target)
+        dest = node.args[0] if node.args else None
+        if twin is None or not isinstance(dest, fx.Node) or dest.op != "call_function":
+            continue
+        if _aliases(dest.target) or any(u is not node and _aliases(u.target)
+                                        for u in dest.users):
+            continue
+        for user in list(dest.users):
+            if user is not node and order[user] > order[node]:
+                user.replace_input_with(dest, node)
+        node.target = twin
+
+
+def _functional_twin(target):
+    """``aten.foo.overload`` for ``aten.foo_.overload`` when only the first argument
+    is written, else None."""
+    schema = getattr(target, "_schema", None)
+    if schema is None or not schema.arguments:
+        return None
+    written = [a for a in schema.arguments
+               if a.alias_info is not None and a.alias_info.is_write]
+    if written != [schema.arguments[0]] or not schema.name.endswith("_"):
+        return None
+    packet = getattr(aten, schema.name.split("::")[-1][:-1], None)
+    twin = getattr(packet, schema.overload_name or "default", None)
+    if twin is None or getattr(twin, "_schema", None) is None or twin._schema.is_mutable:
+        return None
+    return twin
+
+
+def _aliases(target) -> bool:
+    """Whether the op's result may alias an input (views)."""
+    schema = getattr(target, "_schema", None)
+    if schema is None:
+        return target is not operator.getitem
+    return any(r.alias_info is not None for r in schema.returns)
+
+
+# In-place view ops that ATen decompositions apply to fresh intermediates (matmul of
+# a vector squeezes its result in place); functionalization leaves them.
+_INPLACE_VIEWS = {
+    aten.squeeze_.dim: aten.squeeze.dim, aten.squeeze_.dims: aten.squeeze.dims,
+    aten.squeeze_.default: aten.squeeze.default,
+    aten.unsqueeze_.default: aten.unsqueeze.default,
+    aten.t_.default: aten.t.default, aten.transpose_.default: aten.transpose.int,
+}
+
+
+def _out_of_place_views(graph: fx.Graph) -> None:
+    """Rewrites an in-place view op to its out-of-place twin when nothing else sees
+    the tensor it changes (it has no other user and is not an input)."""
+    for node in graph.nodes:
+        twin = _INPLACE_VIEWS.get(node.target)
+        if twin is None:
+            continue
+        src = node.args[0]
+        if src.op != "placeholder" and len(src.users) == 1:
+            node.target = twin

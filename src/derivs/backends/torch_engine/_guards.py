@@ -1,0 +1,386 @@
+"""What a PyTorch function reads besides its arguments, and guards that prove it
+has not changed.
+
+NOTE [state guards]: a captured graph bakes in everything ``f`` read while it was
+traced, except the tensors it takes as inputs. ``walk(f)`` follows what ``f`` can
+reach (closure cells, the globals its code names, default arguments, bound
+methods, ``functools.partial``, ``nn.Module`` parameters, buffers, submodules and
+attributes, attributes of other objects, methods of user classes, lists, tuples and
+dicts) and returns a :class:`State`:
+
+* ``tensors``: every tensor found, each with the places it is stored. The capture
+  swaps them for graph inputs while it traces (as ``torch.func.functional_call``
+  swaps parameters), so they are *lifted*: read live at each call, never baked in,
+  and gradients flow to them.
+* ``check()``: one generated Python function of identity and equality tests, true
+  while every place still holds the same object (tensors, modules, functions),
+  equal plain values (numbers, strings, dtypes, ``training`` flags), equal NumPy
+  arrays and the same container lengths. A cached graph runs only while its check
+  holds; otherwise ``f`` is traced again. The check costs tens of nanoseconds per
+  place (a few microseconds for an MLP ``nn.Module``).
+
+What the walk cannot see is not guarded: attributes of imported Python modules,
+files, environment variables, values behind C objects. ``.item()`` and Python
+control flow on a lifted tensor are seen: the trace raises on them, and the
+transform runs on the general path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+from typing import Any
+
+import numpy as np
+import torch
+
+MAX_PLACES = 50_000  # beyond this, f reaches too much state to guard cheaply
+_PLAIN = (int, float, bool, str, bytes, complex, type(None), torch.dtype, torch.device,
+          torch.Size, np.generic)
+# nn.Module dicts that PyTorch creates once and never rebinds: their contents are
+# guarded, not their identity (half the checks of a module).
+_MODULE_DICTS = frozenset({
+    "_parameters", "_buffers", "_modules", "_forward_hooks", "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs"})
+# nn.Module bookkeeping that forward does not read.
+_MODULE_SKIP = frozenset({
+    "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook", "_state_dict_hooks",
+    "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+    "_non_persistent_buffers_set", "_compiled_call_impl"})
+_LIBRARY_PREFIXES = ("torch", "numpy", "builtins", "functools", "collections", "typing",
+                     "abc", "enum", "jax", "derivs")
+_MISSING = object()
+
+
+class Unguardable(Exception):
+    """f reads state that cannot be guarded (or swapped for tracing)."""
+
+
+# -- places: where a value is stored ----------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Place:
+    """A mutable location: ``kind`` is "cell" (``holder.cell_contents``), "item"
+    (``holder[key]`` of a dict or list) or "attr" (``getattr(holder, key)``)."""
+
+    kind: str
+    holder: Any
+    key: Any = None
+
+    def get(self) -> Any:
+        if self.kind == "cell":
+            return self.holder.cell_contents
+        if self.kind == "item":
+            return self.holder[self.key]
+        return getattr(self.holder, self.key)
+
+    def set(self, value: Any) -> None:
+        if self.kind == "cell":
+            self.holder.cell_contents = value
+        elif self.kind == "item":
+            self.holder[self.key] = value
+        else:
+            setattr(self.holder, self.key, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class InTuple:
+    """Position ``index`` of the tuple stored at ``parent`` (swapped by rebuilding
+    the tuple there)."""
+
+    parent: Any  # Place | InTuple | None (None: the tuple cannot be replaced)
+    index: int
+
+
+@dataclasses.dataclass
+class State:
+    """What ``f`` reads: its tensors (with where each is stored) and the check that
+    nothing it depends on has changed."""
+
+    tensors: list[torch.Tensor]
+    places: list[list[Any]]  # per tensor: Place / InTuple entries
+    check: Any  # () -> bool
+    owners: dict[int, Any] = dataclasses.field(default_factory=dict)  # id(_buffers) -> module
+
+    def buffer_of(self, i: int) -> str | None:
+        """``'running_mean' of BatchNorm1d`` when tensor ``i`` is a module buffer."""
+        for place in self.places[i]:
+            owner = self.owners.get(id(getattr(place, "holder", None)))
+            if owner is not None:
+                return f"'{place.key}' of {type(owner).__name__}"
+        return None
+
+    def swapped(self, replacements) -> "_Swap":
+        """A context manager storing ``replacements[i]`` wherever tensor ``i`` is
+        stored, and putting the originals back afterwards (even on error)."""
+        return _Swap(self, replacements)
+
+
+class _Swap:
+    def __init__(self, state: State, replacements):
+        self.state, self.replacements = state, replacements
+        self.saved: list[tuple[Place, Any]] = []  # (mutable place, original), first touch
+
+    def __enter__(self):
+        try:
+            for places, new in zip(self.state.places, self.replacements):
+                for p in places:
+                    self._put(p, new)
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
+
+    def _put(self, where, value) -> None:
+        if isinstance(where, Place):
+            if not any(p is where for p, _ in self.saved):
+                self.saved.append((where, where.get()))
+            where.set(value)
+            return
+        if where.parent is None:
+            raise Unguardable("f reads a tensor inside an immutable container "
+                              "(a functools.partial or a method); pass it as an argument")
+        old = _resolve(where.parent)
+        self._put(where.parent, old[:where.index] + (value,) + old[where.index + 1:])
+
+    def _restore(self) -> None:
+        for place, original in reversed(self.saved):
+            place.set(original)
+        self.saved.clear()
+
+
+def _resolve(where) -> Any:
+    if isinstance(where, Place):
+        return where.get()
+    return _resolve(where.parent)[where.index]
+
+
+# -- the walk --------------------------------------------------------------------------
+def walk(f: Any) -> State:
+    """The state ``f`` reads (NOTE [state guards]). Raises :class:`Unguardable`."""
+    w = _Walker()
+    w.contents(f, None)
+    w.checks.append(("default dtype", None, torch.get_default_dtype()))
+    return State(w.tensors, w.tensor_places, _compile(w.checks), w.owners)
+
+
+class _Walker:
+    def __init__(self):
+        self.checks: list[tuple[str, Any, Any]] = []  # (kind, place, expected)
+        self.seen: set[int] = set()
+        self.keep: list[Any] = []  # keeps walked objects alive: ids stay unique
+        self.tensors: list[torch.Tensor] = []
+        self.tensor_places: list[list[Any]] = []
+        self.tensor_index: dict[int, int] = {}
+        self.owners: dict[int, Any] = {}
+
+    def guard(self, kind: str, place, expected) -> None:
+        if len(self.checks) >= MAX_PLACES:
+            raise Unguardable(f"f reaches more than {MAX_PLACES} values to guard")
+        self.checks.append((kind, place, expected))
+
+    def value(self, v: Any, place) -> None:
+        """``v`` stored at ``place`` (a Place, an InTuple, or None inside an object
+        whose identity is already guarded and which cannot change)."""
+        if isinstance(v, torch.Tensor):
+            if isinstance(place, Place):
+                self.guard("tensor", place, v)
+            i = self.tensor_index.get(id(v))
+            if i is None:
+                i = self.tensor_index[id(v)] = len(self.tensors)
+                self.tensors.append(v)
+                self.tensor_places.append([])
+                self.keep.append(v)
+            self.tensor_places[i].append(place)
+            return
+        if isinstance(v, _PLAIN):
+            if isinstance(place, Place):
+                self.guard("equal", place, v)
+            return
+        if isinstance(v, np.ndarray):
+            if isinstance(place, Place):
+                self.guard("same", place, v)
+            self.guard("array", v, v.copy())
+            return
+        if isinstance(place, Place):
+            self.guard("same", place, v)
+        self.contents(v, place)
+
+    def contents(self, v: Any, place) -> None:
+        """Walks what ``v`` holds, once per object."""
+        if id(v) in self.seen:
+            return
+        self.seen.add(id(v))
+        self.keep.append(v)
+        if isinstance(v, (types.ModuleType, types.BuiltinFunctionType, types.BuiltinMethodType)):
+            return  # libraries: assumed fixed (NOTE [state guards])
+        if isinstance(v, type):
+            self._class(v)
+            return
+        if self._descriptor(v):
+            return
+        if isinstance(v, types.FunctionType):
+            if not _is_library(v):  # library code: assumed fixed, like modules
+                self._function(v)
+            return
+        if isinstance(v, types.MethodType):
+            self.value(v.__self__, None)
+            self.value(v.__func__, None)
+            return
+        if isinstance(v, functools.partial):
+            self.value(v.func, None)
+            for i, a in enumerate(v.args):
+                self.value(a, InTuple(None, i))
+            for k, a in (v.keywords or {}).items():
+                self.value(a, None)
+            return
+        if isinstance(v, tuple):
+            for i, a in enumerate(v):
+                self.value(a, InTuple(place, i))
+            return
+        if isinstance(v, list):
+            self.guard("len", v, len(v))
+            for i, a in enumerate(v):
+                self.value(a, Place("item", v, i))
+            return
+        if isinstance(v, dict):
+            self.guard("len", v, len(v))
+            for k in list(v):
+                self.value(v[k], Place("item", v, k))
+            return
+        if isinstance(v, (set, frozenset)):
+            if any(isinstance(a, torch.Tensor) for a in v):
+                raise Unguardable("f reads tensors from a set; pass them as arguments")
+            if isinstance(v, set):
+                self.guard("set", v, frozenset(v))
+            return
+        d = getattr(v, "__dict__", None)
+        if isinstance(d, dict) and (isinstance(v, torch.nn.Module)
+                                    or not _is_library(type(v))):
+            module = isinstance(v, torch.nn.Module)
+            if module:
+                self.owners[id(d.get("_buffers"))] = v
+            self.guard("len", d, len(d))
+            for k in list(d):
+                if module and k in _MODULE_SKIP:
+                    continue
+                if module and k in _MODULE_DICTS and isinstance(d[k], dict):
+                    self.contents(d[k], None)
+                else:
+                    self.value(d[k], Place("item", d, k))
+        self._class(type(v))
+
+    def _function(self, fn: types.FunctionType) -> None:
+        for cell in fn.__closure__ or ():
+            try:
+                contents = cell.cell_contents
+            except ValueError:  # an empty cell (a name assigned later)
+                continue
+            self.value(contents, Place("cell", cell))
+        glb = fn.__globals__
+        for name in _names(fn.__code__):
+            v = glb.get(name, _MISSING)
+            if v is not _MISSING:
+                self.value(v, Place("item", glb, name))
+        if fn.__defaults__:
+            self.value(fn.__defaults__, Place("attr", fn, "__defaults__"))
+        if fn.__kwdefaults__:
+            self.value(fn.__kwdefaults__, Place("attr", fn, "__kwdefaults__"))
+
+    def _class(self, cls: type) -> None:
+        """Methods and class attributes of user classes (not of libraries)."""
+        for klass in cls.__mro__:
+            if klass.__module__.split(".")[0] in _LIBRARY_PREFIXES or id(klass) in self.seen:
+                continue
+            self.seen.add(id(klass))
+            attrs = vars(klass)
+            for k, raw in list(attrs.items()):
+                if k.startswith("__") and k != "__call__":
+                    continue
+                if isinstance(raw, torch.Tensor):  # swappable through setattr
+                    self.value(raw, Place("attr", klass, k))
+                    continue
+                self.value(raw, Place("item", attrs, k))
+
+    def _descriptor(self, v: Any) -> bool:
+        """Walks the functions behind static/class methods and properties."""
+        if isinstance(v, (staticmethod, classmethod)):
+            self.value(v.__func__, None)
+            return True
+        if isinstance(v, property):
+            for acc in (v.fget, v.fset):
+                if acc is not None:
+                    self.value(acc, None)
+            return True
+        return False
+
+
+def _is_library(obj) -> bool:
+    """Code or classes of PyTorch, NumPy, the standard library pieces above: their
+    objects' state is not walked (a tensor found there is not lifted, and the
+    capture then refuses it)."""
+    return (getattr(obj, "__module__", None) or "").split(".")[0] in _LIBRARY_PREFIXES
+
+
+@functools.lru_cache(maxsize=1024)
+def _names(code: types.CodeType) -> tuple[str, ...]:
+    """The names a code object (and the code nested in it) looks up."""
+    out = list(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            out.extend(_names(c))
+    return tuple(dict.fromkeys(out))
+
+
+# -- the generated check ---------------------------------------------------------------
+def _compile(checks) -> Any:
+    """One Python function evaluating every check (chunked ``and`` chains): the
+    fastest way CPython offers to run thousands of identity tests."""
+    env: dict[str, Any] = {"_MISSING": _MISSING, "_array_equal": np.array_equal,
+                           "_default_dtype": torch.get_default_dtype}
+    terms: list[str] = []
+
+    def const(v) -> str:
+        name = f"c{len(env)}"
+        env[name] = v
+        return name
+
+    for kind, place, expected in checks:
+        e = const(expected)
+        if kind == "len":
+            terms.append(f"not {const(place)}" if expected == 0
+                         else f"len({const(place)}) == {e}")
+            continue
+        if kind == "array":
+            terms.append(f"_array_equal({const(place)}, {e})")
+            continue
+        if kind == "set":
+            terms.append(f"{const(place)} == {e}")
+            continue
+        if kind == "default dtype":
+            terms.append(f"_default_dtype() is {e}")
+            continue
+        h = const(place.holder)
+        loc = {"cell": f"{h}.cell_contents",
+               "item": f"{h}[{const(place.key)}]" if isinstance(place.holder, list)
+               else f"{h}.get({const(place.key)}, _MISSING)",
+               "attr": f"getattr({h}, {const(place.key)}, _MISSING)"}[place.kind]
+        if kind == "same":
+            terms.append(f"{loc} is {e}")
+        elif kind == "tensor":
+            terms.append(f"(v := {loc}) is {e} and v.shape == {const(expected.shape)} "
+                         f"and v.dtype is {const(expected.dtype)}")
+        else:  # equal: the same type and an equal value
+            terms.append(f"(v := {loc}) is {e} or (type(v) is {const(type(expected))} "
+                         f"and v == {e})")
+    lines = ["def check():"]
+    for i in range(0, len(terms), 64):
+        chunk = " and ".join(f"({t})" for t in terms[i:i + 64])
+        lines.append(f"    if not ({chunk}): return False")
+    lines.append("    return True")
+    exec(compile("\n".join(lines), "<derivs guard>", "exec"), env)
+    return env["check"]
