@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 
 import derivs
-from derivs._timing import interleaved_medians
+from derivs._timing import first_call_seconds, interleaved_medians
 
 from ._harness import markdown_table, write
 
@@ -136,6 +136,16 @@ def overhead(quick: bool) -> list[dict]:
         "derivs state guard of the module": guard,
     }, repeats=n, inner=200)
     rows = [{"what": k, "us_per_call": v * 1e6} for k, v in med.items()]
+    # first calls: capture of a fresh module (derivs: walk, trace, build) against
+    # Dynamo's first compile of the same function (no derivative built)
+    fresh = _mlp(3, seed=7)
+    g = lambda z: fresh(z)  # noqa: E731
+    rows.append({"what": "first call: derivs capture + derivative graph (ms)",
+                 "us_per_call": 1e3 * first_call_seconds(
+                     lambda: derivs.partial(g, (0, 1), batch_axis=0)(z))})
+    torch._dynamo.reset()
+    rows.append({"what": "first call: Dynamo capture of f alone (ms)",
+                 "us_per_call": 1e3 * first_call_seconds(lambda: _dynamo_passthrough(g)(z))})
     print("  overhead: " + ", ".join(f"{r['what']} {r['us_per_call']:.1f} us" for r in rows),
           flush=True)
     return rows
@@ -183,6 +193,7 @@ def run(quick: bool = False) -> str:
         ("Third-order partial d3/dx0dx1dx2 of the module (256 points)",
          markdown_table(["D", "closure / functional_call", "closure / f",
                          "functional_call / f"], third_rows)),
-        ("Per-call cost on tiny inputs (microseconds)", markdown_table(["what", "us"], over_rows)),
+        ("Per-call cost on tiny inputs (microseconds; first calls in milliseconds)",
+         markdown_table(["what", "us"], over_rows)),
     ], {"laplacian": lap, "third_order": third, "overhead": over, "quick": quick})
     return f"wrote {path} in {time.perf_counter() - t0:.0f} s"

@@ -92,7 +92,8 @@ def evaluator(mode, fun, argnum, has_aux, seeds, gather):
 def _capture(mode, fun, args, argnum, seeds, gather):
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from ..backends.torch_engine._capture import BUILD_LOCK, outside_functorch
+    from ..backends.torch_engine._capture import (BUILD_LOCK, clean_dispatch_state,
+                                                  outside_functorch)
 
     slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
     x = args[argnum]
@@ -111,7 +112,7 @@ def _capture(mode, fun, args, argnum, seeds, gather):
     examples = [torch.empty(args[i].shape, dtype=args[i].dtype, device=args[i].device)
                 for i in slots]
     try:
-        with BUILD_LOCK, outside_functorch():
+        with BUILD_LOCK, outside_functorch(), clean_dispatch_state():
             gm = make_fx(g, tracing_mode="fake", _allow_non_fake_inputs=True)(*examples)
         _simplify(gm)
         gm = _shared_subexpressions(gm)

@@ -460,9 +460,10 @@ def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn"):
         return out
 
     examples = [torch.empty(args[i].shape, dtype=args[i].dtype) for i in tensor_slots]
-    from ..backends.torch_engine._capture import BUILD_LOCK, outside_functorch
+    from ..backends.torch_engine._capture import (BUILD_LOCK, clean_dispatch_state,
+                                                  outside_functorch)
 
-    with BUILD_LOCK, outside_functorch():
+    with BUILD_LOCK, outside_functorch(), clean_dispatch_state():
         # Tensors f closes over stay real: they become graph constants (get_attr).
         gm = make_fx(torch.func.functionalize(flat_fn), _decompositions(), tracing_mode="fake",
                      _allow_non_fake_inputs=True)(*examples)

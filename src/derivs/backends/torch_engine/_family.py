@@ -264,10 +264,16 @@ def _addmm(target, jets, out, kw, want_g) -> _Jet:
     bias, prod = jets[0], _matmul(aten.mm.default, jets[1:3], None, {}, want_g)
     beta, alpha = kw.get("beta", 1), kw.get("alpha", 1)
     nd = out.ndim
-    g = _add(None if bias.g is None else beta * _lift(bias.g, nd),
-             None if prod.g is None else alpha * prod.g)
-    l = _add(None if bias.l is None else beta * bias.l, None if prod.l is None else alpha * prod.l)
+    g = _add(None if bias.g is None else _times(beta, _lift(bias.g, nd)),
+             None if prod.g is None else _times(alpha, prod.g))
+    l = _add(None if bias.l is None else _times(beta, bias.l),
+             None if prod.l is None else _times(alpha, prod.l))
     return _Jet(out, g, l)
+
+
+def _times(c, t: torch.Tensor) -> torch.Tensor:
+    """``c * t``, without a full-size multiply for the usual ``c == 1`` (nn.Linear)."""
+    return t if c == 1 else c * t
 
 
 def _elementwise(d1: Callable, d2: Callable):

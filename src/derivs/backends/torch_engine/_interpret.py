@@ -190,6 +190,19 @@ def _shifted(ctx: Context, a: Jet, g: int) -> Jet:
     return Jet(ctx, b.materialize(first, like), coefficient)
 
 
+def _put(leaves: list, at, values) -> list:
+    """``leaves`` with ``values`` at positions ``at`` (a new list)."""
+    out = list(leaves)
+    for i, v in zip(at, values):
+        out[i] = v
+    return out
+
+
+def _call(target, leaves: list, spec):
+    args, kwargs = pytree.tree_unflatten(leaves, spec)
+    return target(*args, **kwargs)
+
+
 def _signature(target, leaves, spec, extra=()) -> tuple:
     metas = [v.meta.get("val") if isinstance(v, fx.Node) else None for v in leaves]
     return (target, str(spec), tuple(extra), tuple(
@@ -218,11 +231,7 @@ def _decomposed(target, leaves, spec) -> fx.GraphModule | None:
     tensor_at = [i for i, v in enumerate(leaves) if isinstance(v, fx.Node)]
 
     def fn(*xs):
-        full = list(leaves)
-        for i, x in zip(tensor_at, xs):
-            full[i] = x
-        args, kwargs = pytree.tree_unflatten(full, spec)
-        out = target(*args, **kwargs)
+        out = _call(target, _put(leaves, tensor_at, xs), spec)
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
     table = dict(decompositions())
@@ -260,27 +269,18 @@ def _formula(target, leaves, spec, diff, floating, out_metas) -> fx.GraphModule:
     undefined: set[int] = set()  # outputs an own formula leaves undefined
 
     def fn(*xs):
-        full = list(leaves)
-        for i, x in zip(tensor_at, xs):
-            full[i] = x
+        full = _put(leaves, tensor_at, xs)
         tangents = xs[len(tensor_at):]
 
         def op(*d):
-            f2 = list(full)
-            for i, x in zip(diff, d):
-                f2[i] = x
-            args, kwargs = pytree.tree_unflatten(f2, spec)
-            out = target(*args, **kwargs)
+            out = _call(target, _put(full, diff, d), spec)
             outs = out if isinstance(out, (tuple, list)) else (out,)
             return tuple(o for o, fl in zip(outs, floating) if fl)
 
         own = _OWN_FORMULAS.get(target)
         if own is not None:
             args, kwargs = pytree.tree_unflatten(full, spec)
-            t_leaves: list[Any] = [None] * len(full)
-            for i, t in zip(diff, tangents):
-                t_leaves[i] = t
-            t_args, _ = pytree.tree_unflatten(t_leaves, spec)
+            t_args, _ = pytree.tree_unflatten(_put([None] * len(full), diff, tangents), spec)
             outs = own(*args, tangents=t_args, **kwargs)
             kept = [t for t, fl in zip(outs, floating) if fl]
             undefined.update(k for k, t in enumerate(kept) if t is None)
