@@ -102,8 +102,11 @@ class Prepared:
 
     def __init__(self, owner: "SparseDerivative", fw, pattern: Pattern,
                  coloring: _coloring.Coloring, detect_s: float, color_s: float,
-                 conservative: list[str]):
+                 conservative: list[str], valid=None):
         self.owner = owner
+        # PyTorch: the pattern depends on what f reads (its closed-over tensors'
+        # values and Python state); None: it depends on the signature only
+        self._valid = valid
         self.framework = fw.name
         self._fw = fw
         self.pattern = pattern
@@ -115,6 +118,10 @@ class Prepared:
         self._layout = fw.layout(pattern)
         self._evaluate = fw.evaluator(coloring.mode, owner.fun, owner.argnum, owner.has_aux,
                                       self._seeds, coloring.gather)
+
+    def fresh(self) -> bool:
+        """Whether the pattern still holds for what f reads now."""
+        return self._valid is None or self._valid()
 
     @property
     def n_colors(self) -> int:
@@ -185,8 +192,13 @@ class SparseDerivative:
     ``derivs.hessian(f, sparse=True)``; call it like ``f``.
 
     The pattern is detected from the code of ``f`` for the argument shapes and
-    dtypes; values ``f`` closes over are read at preparation. If ``f`` changes
-    structure without changing shapes, make a new transform.
+    dtypes. PyTorch: the values of tensors ``f`` reads (closures, globals, module
+    buffers; not those that require grad) are used, so their zeros count as
+    structural; the prepared pattern is guarded like the engine's graphs (NOTE
+    [state guards]) and by those tensors' version counters, and is detected again
+    when any of them changes. JAX: values ``f`` closes over are read at
+    preparation; if ``f`` changes structure without changing shapes, make a new
+    transform.
     """
 
     def __init__(self, fun: Callable, kind: str, argnum: int, has_aux: bool, fmt: str,
@@ -211,40 +223,42 @@ class SparseDerivative:
         fw, backend, args = self._normalize(args)
         key = _signature(args)
         hit = None if key is None else self._cache.get(key)
-        if hit is not None:
+        if hit is not None and hit.fresh():
             return hit
         with self._lock:
             hit = None if key is None else self._cache.get(key)
-            if hit is not None:
+            if hit is not None and hit.fresh():
                 return hit
             t0 = time.perf_counter()
-            pattern, conservative = self.detect(fw, backend, tuple(args))
+            pattern, conservative, valid = self.detect(fw, backend, tuple(args))
             t1 = time.perf_counter()
             if self.kind == "hessian":
                 col = _coloring.color_hessian(pattern)
             else:
                 col = _coloring.color_jacobian(pattern, self.coloring_mode)
             t2 = time.perf_counter()
-            prepared = Prepared(self, fw, pattern, col, t1 - t0, t2 - t1, conservative)
+            prepared = Prepared(self, fw, pattern, col, t1 - t0, t2 - t1, conservative, valid)
             if self.check_on_prepare and not fw.is_tracing(args):
                 prepared.check(*args)
             if key is not None:
                 self._cache.put(key, prepared)
             return prepared
 
-    def detect(self, fw, backend, args: tuple) -> tuple[Pattern, list[str]]:
-        """The pattern for these arguments (not cached) and the ops that got the
-        conservative dense rule."""
+    def detect(self, fw, backend, args: tuple) -> tuple[Pattern, list[str], Any]:
+        """The pattern for these arguments (not cached), the ops that got the
+        conservative dense rule, and a check that the pattern still holds (None:
+        it holds for the signature)."""
         if self.kind == "hessian":
             self._check_scalar(fw, args)
-        matrix, out_shape, in_shape, conservative = fw.detect(
+        matrix, out_shape, in_shape, conservative, valid = fw.detect(
             self.kind, self.fun, args, self.argnum, self.has_aux, self.unknown)
         m, n = int(np.prod(out_shape, dtype=np.int64)), int(np.prod(in_shape, dtype=np.int64))
         if self.kind == "jacobian":
-            return Pattern(matrix, (m, n), out_shape, in_shape), conservative
+            return Pattern(matrix, (m, n), out_shape, in_shape), conservative, valid
         if matrix is not None:
             matrix = (matrix + matrix.T).tocsr()  # a Hessian is symmetric
-        return Pattern(matrix, (n, n), in_shape, in_shape, symmetric=True), conservative
+        return (Pattern(matrix, (n, n), in_shape, in_shape, symmetric=True), conservative,
+                valid)
 
     def _check_scalar(self, fw, args) -> None:
         try:
@@ -259,10 +273,11 @@ class SparseDerivative:
 
     def __call__(self, *args):
         # Hot path: a prepared signature whose differentiated argument is already a
-        # floating array (prepare validated that signature once).
+        # floating array (prepare validated that signature once), whose pattern still
+        # holds for what f reads.
         key = _signature(args)
         hit = None if key is None or self.argnum >= len(args) else self._cache.get(key)
-        if hit is not None and hasattr(args[self.argnum], "dtype"):
+        if hit is not None and hasattr(args[self.argnum], "dtype") and hit.fresh():
             return hit(*args)
         args = self._normalize(args)[2]
         return self.prepare(*args)(*args)

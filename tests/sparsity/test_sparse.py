@@ -205,11 +205,11 @@ def test_check_catches_a_wrong_pattern(fw, monkeypatch):
     real = mod.detect
 
     def drop_superdiagonal(*a, **k):
-        m, out_shape, in_shape, cons = real(*a, **k)
+        m, out_shape, in_shape, cons, valid = real(*a, **k)
         m = sp.csr_array(m).tolil()
         for i in range(m.shape[0]):
             m[i, i + 2] = False  # the entry u[i+2] of row i
-        return sp.csr_array(m.tocsr()), out_shape, in_shape, cons
+        return sp.csr_array(m.tocsr()), out_shape, in_shape, cons, valid
     monkeypatch.setattr(mod, "detect", drop_superdiagonal)
     with pytest.raises(ValueError, match="misses entries"):
         derivs.jacobian(f, sparse=True, check=True)(x)

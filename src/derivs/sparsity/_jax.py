@@ -31,7 +31,8 @@ def detect(kind, fun, args, argnum, has_aux, unknown):
     else:  # the Hessian pattern is the Jacobian pattern of the gradient
         grad = jax.grad(fun, argnums=argnum, has_aux=has_aux)
         target = (lambda *a: grad(*a)[0]) if has_aux else grad
-    return _jax_detect.detect(target, args, argnum, unknown)
+    # no freshness check: a jaxpr is traced from f per preparation (see _sparse)
+    return (*_jax_detect.detect(target, args, argnum, unknown), None)
 
 
 def compressed(mode, fun, args, argnum, has_aux, seeds):

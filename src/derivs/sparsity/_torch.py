@@ -30,7 +30,7 @@ def detect(kind, fun, args, argnum, has_aux, unknown):
     else:  # the Hessian pattern is the Jacobian pattern of the gradient
         grad = torch.func.grad(fun, argnums=argnum, has_aux=has_aux)
         target = (lambda *a: grad(*a)[0]) if has_aux else grad
-    return _torch_detect.detect(target, args, argnum, unknown)
+    return _torch_detect.detect(target, args, argnum, unknown, reads=fun)
 
 
 def compressed(mode, fun, args, argnum, has_aux, seeds):
@@ -80,13 +80,25 @@ def evaluator(mode, fun, argnum, has_aux, seeds, gather):
             return eager(args)
         key = tuple((a.shape, a.dtype, a.device) if isinstance(a, torch.Tensor) else
                     (type(a), a) for a in args)
-        g = graphs.get(key)
-        if g is None:
-            g = graphs[key] = _capture(mode, fun, args, argnum, seeds, gather_np)
+        g, valid = graphs.get(key, (None, None))
+        if g is None or not valid():  # Python values the graph baked in changed
+            valid = _state_check(fun)
+            g = _capture(mode, fun, args, argnum, seeds, gather_np) if valid else False
+            graphs[key] = (g, valid)
         if g is False:
             return eager(args)
         return g(args), None
     return evaluate
+
+
+def _state_check(fun):
+    """The state guard of what ``fun`` reads (NOTE [state guards]), or None."""
+    from ..backends.torch_engine import _guards
+
+    try:
+        return _guards.walk(fun).check
+    except _guards.Unguardable:
+        return None
 
 
 def _capture(mode, fun, args, argnum, seeds, gather):
@@ -298,20 +310,15 @@ def _fold_scales(gm) -> None:
 
 
 def _closes_over_tensors(fun) -> bool:
-    """Whether ``fun`` reads tensors or modules from its closure or globals (or is a
-    callable object, whose state is not visible): a captured graph would freeze them."""
-    from ..backends._common import referenced_values
+    """Whether ``fun`` reads tensors besides its arguments (anywhere the state walk
+    reaches: closures, globals, modules, functions it calls), or state that cannot
+    be walked: a captured graph would freeze them."""
+    from ..backends.torch_engine import _guards
 
-    if getattr(fun, "__code__", None) is None:
+    try:
+        return bool(_guards.walk(fun).tensors)
+    except _guards.Unguardable:
         return True
-
-    def holds_tensors(v) -> bool:
-        if isinstance(v, (list, tuple)):
-            return any(map(holds_tensors, v))
-        if isinstance(v, dict):
-            return any(map(holds_tensors, v.values()))
-        return isinstance(v, (torch.Tensor, torch.nn.Module))
-    return any(holds_tensors(v) for _, v in referenced_values(fun))
 
 
 def _tracing_active(args) -> bool:

@@ -85,12 +85,16 @@ class Detector:
         self.unknown = unknown
         self.conservative: list[str] = []
 
-    def run(self, in_deps: list):
+    def run(self, in_deps: list, in_values: list | None = None):
+        """``in_deps``: per placeholder, its index sets (None: independent of the
+        input); ``in_values``: per placeholder, a known value (lifted tensors f
+        reads) or None."""
         env: dict = {}
         it = iter(in_deps)
+        values = iter(in_values or [])
         for node in self.gm.graph.nodes:
             if node.op == "placeholder":
-                env[node] = (next(it), None)
+                env[node] = (next(it), next(values, None))
             elif node.op == "get_attr":
                 # A tensor f closes over. Trainable ones (requires_grad) will change:
                 # their values are not used (no zeros taken as structural).
@@ -444,9 +448,53 @@ def _decompositions():
     return _DECOMP
 
 
-def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn"):
+def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn", reads=None):
     """Sets of the flattened output on the flattened ``args[argnum]`` (see the
-    JAX detector for the return value)."""
+    JAX detector for the return value), and a check that the pattern still holds.
+
+    ``f`` is captured as the engine captures it (``torch_engine._capture``): the
+    tensors it reads are lifted, and their values are used as known constants
+    (zeros of a constant matrix are structural) unless they require grad. The
+    pattern then depends on those values: it holds while the capture's state
+    guard holds and no such tensor was changed in place (its version counter).
+    ``reads``: the function whose state ``fun`` reads (``fun`` may wrap it)."""
+    from ..backends.torch_engine._capture import (BUILD_LOCK, Unliftable, capture,
+                                                  outside_functorch)
+
+    def target(*a):
+        out = fun(*a)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError("sparsity detection needs f to return one tensor (use has_aux=True "
+                            "to return (output, aux)).")
+        return out
+
+    tensor_slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    try:
+        with BUILD_LOCK, outside_functorch():
+            cap = capture(target, args, {}, reads=fun if reads is None else reads,
+                          table=_decompositions(), pure=False)
+    except Unliftable:  # state the guards cannot follow: the tensors as constants
+        return _detect_constants(fun, args, argnum, unknown)
+    gm = cap.graph
+    known = [None if t.requires_grad else t for t in cap.lifted]
+    versions = [(t, t._version) for t in known if t is not None]
+
+    def valid() -> bool:
+        return cap.valid() and all(t._version == v for t, v in versions)
+
+    in_shape = tuple(args[argnum].shape)
+    n = int(np.prod(in_shape, dtype=np.int64))
+    deps = [A.identity(n) if i == argnum else None for i in tensor_slots]
+    det = Detector(gm, n, unknown)
+    (out,) = det.run(deps + [None] * len(known), [None] * len(deps) + known)
+    out_node = next(iter(reversed(gm.graph.nodes))).args[0]
+    out_node = out_node[0] if isinstance(out_node, (list, tuple)) else out_node
+    return out, tuple(_meta(out_node).shape), in_shape, det.conservative, valid
+
+
+def _detect_constants(fun: Callable, args: tuple, argnum: int, unknown: str):
+    """Detection with the tensors f reads baked in as constants, for state the
+    guards cannot follow (no freshness check: valid until the transform is remade)."""
     tensor_slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
 
     def flat_fn(*tensors):
@@ -474,4 +522,4 @@ def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn"):
     (out,) = det.run(deps)
     out_node = next(iter(reversed(gm.graph.nodes))).args[0]
     out_node = out_node[0] if isinstance(out_node, (list, tuple)) else out_node
-    return out, tuple(_meta(out_node).shape), in_shape, det.conservative
+    return out, tuple(_meta(out_node).shape), in_shape, det.conservative, None

@@ -317,3 +317,43 @@ def test_module_input_of_other_library_functions():
     d = derivs.partial(f, (0, 0, 1), batch_axis=0)
     assert traced(d, X)
     torch.testing.assert_close(d(X), oracle(f, mi=(0, 0, 1)))
+
+
+# -- sparse patterns share the capture: never stale ------------------------------------
+def _sparse_matches_dense(J, f, x):
+    got = J(x).to_dense()
+    torch.testing.assert_close(got, torch.func.jacrev(f)(x))
+
+
+def test_sparse_pattern_follows_what_f_reads():
+    x = torch.linspace(-1.0, 1.0, 6, dtype=DT)
+    c = [0.0]
+    w = torch.zeros(6, dtype=DT)
+    mask = np.zeros(6)
+
+    def f(v):
+        return v * v.roll(1) * c[0] + v.roll(-1) * w + v * torch.as_tensor(mask) + torch.sin(v)
+
+    J = derivs.jacobian(f, sparse=True)
+    _sparse_matches_dense(J, f, x)
+    before = J.prepare(x).pattern.nnz
+    c[0] = 1.0  # a Python value going 0 -> 1 makes new entries structural nonzeros
+    _sparse_matches_dense(J, f, x)
+    w.fill_(2.0)  # a closed-over tensor changed in place
+    _sparse_matches_dense(J, f, x)
+    mask[2] = 3.0  # a NumPy array changed in place
+    _sparse_matches_dense(J, f, x)
+    assert J.prepare(x).pattern.nnz > before
+
+
+def test_sparse_jacobian_of_a_module():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(1, 1, 3, padding=1, bias=False).to(DT)
+    f = lambda v: torch.tanh(conv(v[None, None]))[0, 0]  # noqa: E731
+    x = torch.linspace(-1.0, 1.0, 8, dtype=DT)
+    J = derivs.jacobian(f, sparse=True)
+    _sparse_matches_dense(J, f, x)
+    assert J.prepare(x).pattern.nnz <= 3 * 8  # a banded pattern, not dense
+    with torch.no_grad():
+        conv.weight.mul_(-2)  # trained: requires grad, values never taken as zeros
+    _sparse_matches_dense(J, f, x)

@@ -42,6 +42,11 @@ aten = torch.ops.aten
 BUILD_LOCK = threading.RLock()
 
 
+class Unliftable(Unsupported):
+    """What f reads cannot be lifted or guarded (a tensor the walk cannot locate or
+    swap, state f changes while it runs)."""
+
+
 class StateError(ValueError):
     """f cannot be differentiated as it stands (e.g. BatchNorm in train mode);
     raised to the user, not a reason to fall back."""
@@ -111,27 +116,34 @@ def shared_capture(cache, fun, args: tuple, kwargs: dict) -> Capture:
     return cap
 
 
-def capture(fun, args: tuple, kwargs: dict) -> Capture:
+def capture(fun, args: tuple, kwargs: dict, *, reads=None, table: dict | None = None,
+            pure: bool = True) -> Capture:
     """``fun`` captured for these arguments (NOTE [capture]). Raises Unsupported (or
-    whatever tracing raises) when it cannot be; StateError for a user error."""
+    whatever tracing raises) when it cannot be; StateError for a user error.
+
+    ``reads``: the function whose state ``fun`` reads, when ``fun`` wraps it (a
+    ``torch.func.grad`` of it); ``table``: decompositions other than the engine's;
+    ``pure=False`` keeps random draws and in-place updates (sparsity detection
+    handles them) instead of refusing them."""
     leaves, in_spec = pytree.tree_flatten((args, kwargs))
     is_tensor = [isinstance(leaf, torch.Tensor) for leaf in leaves]
     try:
-        state = _guards.walk(fun)
+        state = _guards.walk(fun if reads is None else reads)
     except _guards.Unguardable as e:
-        raise Unsupported(str(e)) from e
+        raise Unliftable(str(e)) from e
     for t in state.tensors:
         if _is_transform_tensor(t):
-            raise Unsupported("f reads a tensor that a torch.func transform is tracking "
+            raise Unliftable("f reads a tensor that a torch.func transform is tracking "
                               "(e.g. inside functional_call under torch.func.grad)")
     try:
-        return _capture(fun, leaves, in_spec, is_tensor, state)
+        return _capture(fun, leaves, in_spec, is_tensor, state,
+                        decompositions() if table is None else table, pure)
     except Unsupported as e:
         e.valid = state.check  # the reason holds for this state only
         raise
 
 
-def _capture(fun, leaves, in_spec, is_tensor, state) -> Capture:
+def _capture(fun, leaves, in_spec, is_tensor, state, table, pure) -> Capture:
     n_args = sum(is_tensor)
     side: dict[str, Any] = {}
 
@@ -156,25 +168,25 @@ def _capture(fun, leaves, in_spec, is_tensor, state) -> Capture:
             # decompositions) become pure ops; an update of an input stays visible
             # as copy_ and is rejected below. Real tensors the walk missed become
             # constants (allow_non_fake_inputs) and are rejected below too.
-            traced = make_fx(torch.func.functionalize(flat_fn), decompositions(),
+            traced = make_fx(torch.func.functionalize(flat_fn), table,
                              tracing_mode="fake", _allow_non_fake_inputs=True)(*examples)
         finally:
             _clear_fake_caches()
     if not state.check():
-        raise Unsupported("f changes the state it reads while it runs (a Python value, "
+        raise Unliftable("f changes the state it reads while it runs (a Python value, "
                           "a module attribute or a container), so no graph can be reused")
     traced = functional(traced)
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     lifted_nodes = dict(zip(placeholders[n_args:], range(len(state.tensors))))
     for node in traced.graph.nodes:
-        if node.op == "call_function":
+        if node.op == "call_function" and pure:
             _check_pure(node, lifted_nodes, state)
         elif node.op == "get_attr" and not all(
                 u.target == aten.lift_fresh_copy.default for u in node.users):
             # Tensors that f creates from Python data (torch.tensor(2.0)) are traced
             # as constants copied by lift_fresh_copy: part of f, safe to keep. Any
             # other constant is a tensor the walk did not find: it may change.
-            raise Unsupported("f reads a tensor derivs cannot locate from f's closure, "
+            raise Unliftable("f reads a tensor derivs cannot locate from f's closure, "
                               "globals or modules (e.g. through an imported module's "
                               "attribute); pass it as an argument instead")
     return Capture(traced, is_tensor, side["spec"], state)
