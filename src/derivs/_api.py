@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import backends
+from . import _batch, backends
 from .backends import _common
 from .core import _plan, _request
 from .core._cache import LRUCache
@@ -97,6 +97,37 @@ class _Transform:
             self.cache.put(key, (shape, check))
         return shape
 
+    def batch_verdict(self, backend, args: tuple, kwargs: dict) -> _batch.Verdict:
+        """Whether ``batch_axis`` is right for f at these arguments (NOTE [batch axis
+        proof]), cached per signature while what f reads is unchanged; raises
+        ValueError when it is wrong."""
+        key = ("batch verdict", backend.signature(self.fun, args, kwargs))
+        hit = self.cache.get(key) if key[1] is not None else None
+        if hit is not None and (hit.valid is None or hit.valid()):
+            return hit
+        fun = self.fun if not self.has_aux else (lambda *a, **k: self.fun(*a, **k)[0])
+        shape = (self.output_shape(backend, args, kwargs) if not self.has_aux
+                 else backend.output_shape(fun, args, kwargs))
+        verdict = _batch.verdict(self.api, backend, self.fun, args, kwargs, self.argnums,
+                                 self.batch_axis, self.has_aux, shape)
+        if key[1] is not None:
+            self.cache.put(key, verdict)
+        return verdict
+
+    def _vmapped(self, backend, args: tuple, kwargs: dict, out_axis: int):
+        """The unbatched transform vmapped over the samples (an undecided batch axis)."""
+        twin = self.cache.get(("unbatched twin",))
+        if twin is None:
+            twin = dataclasses.replace(self, batch_axis=None, cache=LRUCache(maxsize=32))
+            self.cache.put(("unbatched twin",), twin)
+        size = args[self.argnums[0]].shape[self.batch_axis]
+        if self.has_aux:
+            out = _batch.vmapped(backend.name, lambda *a: tuple(twin(a, kwargs)), args,
+                                 self.batch_axis, size, out_axis)
+            return list(out[0]), out[1]
+        return list(_batch.vmapped(backend.name, lambda *a: tuple(twin(a, kwargs)[0]), args,
+                                   self.batch_axis, size, out_axis)), None
+
     def shapes_and_backend(self, args: tuple):
         if not args:
             raise TypeError(f"{self.api}: the transformed function was called with no "
@@ -132,6 +163,10 @@ class _Transform:
                 return engine.execute(compiled, args, kwargs, self.plan.n_results), None
         backend, selected, _ = self.shapes_and_backend(args)
         args = self.with_selected(args, selected)
+        if self.batch_axis is not None:
+            verdict = self.batch_verdict(backend, args, kwargs)
+            if not verdict.proven:
+                return self._vmapped(backend, args, kwargs, verdict.out_axis)
         strategy, compiled, _ = self.resolve(backend, args, kwargs)
         if compiled is not None:
             return backend.engine.execute(compiled, args, kwargs, self.plan.n_results), None
@@ -236,7 +271,10 @@ def partial(f: Callable, index: Any, argnums: int | Sequence[int] = 0,
         batch. Valid only when output sample ``b`` depends on input sample ``b``
         alone (the Jacobian is block-diagonal over the batch): elementwise
         functions, per-sample models. Otherwise use ``jax.vmap`` /
-        ``torch.func.vmap`` over the unbatched transform.
+        ``torch.func.vmap`` over the unbatched transform. derivs proves this from
+        ``f``'s graph on the first call per signature (NOTE [batch axis proof] in
+        ``_batch.py``): a wrong batch axis is a ``ValueError``, an undecidable one
+        runs vmapped over the samples.
       strategy: None (automatic, see :func:`explain`), ``"nested-forward"``,
         ``"traced-jet"`` (``f`` traced to an ATen graph or a jaxpr and propagated as
         Taylor jets; fails with the reason instead of falling back when ``f``
@@ -413,7 +451,12 @@ def explain(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
     if args:
         backend, selected, shapes = t.shapes_and_backend(args)
         backend_name = backend.name
-        strategy, _, notes = t.resolve(backend, t.with_selected(args, selected), {})
+        full = t.with_selected(args, selected)
+        strategy, _, notes = t.resolve(backend, full, {})
+        if t.batch_axis is not None:
+            verdict = t.batch_verdict(backend, full, {})
+            notes = [f"batch_axis: {verdict.reason}"] + (
+                [] if verdict.proven else ["the strategy runs per sample under vmap"]) + notes
     elif t.strategy is None:
         notes = ["PyTorch calls use traced-jet when f can be traced (pass example arguments "
                  "to see the decision)"]

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from . import _api, backends
+from . import _api, _batch, backends
 from .backends import _common
 from .core import _jets
 from .core._cache import LRUCache
@@ -263,6 +263,9 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
     def explain(*args, **kwargs) -> OperatorExplanation:
         d = decide(args, kwargs)
         notes, engine = [], None
+        v = verdict(d, kwargs)
+        if v is not None:
+            notes.append(f"batch_axis: {v.reason}")
         if d.why is not None:
             notes.append(f"family layout not used: {d.why}")
         if d.chosen != REVERSE and d.layout == "unrolled":
@@ -274,9 +277,25 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
                                    strategy is None, d.scalar, collapsed, d.layout, engine,
                                    notes)
 
+    unbatched: list = []  # the operator without batch_axis, for an unproven batch axis
+
+    def verdict(d, kwargs):
+        """NOTE [batch axis proof] for the operator's f (None without batch_axis)."""
+        if batch_axis is None:
+            return None
+        return transform.batch_verdict(d.backend, d.args, kwargs)
+
     @functools.wraps(f)
     def op(*args, **kwargs):
         d = decide(args, kwargs)
+        v = verdict(d, kwargs)
+        if v is not None and not v.proven:
+            if not unbatched:
+                unbatched.append(_make_operator(f, argnum, None, strategy, api, collapsed,
+                                                chunk_size))
+            x = d.args[argnum]
+            return _batch.vmapped(d.backend.name, lambda *a: unbatched[0](*a, **kwargs),
+                                  d.args, batch_axis, x.shape[batch_axis], v.out_axis)
         fw = _framework(d.backend.name)
         args, sample, n = d.args, d.sample, d.n
         if d.chosen == REVERSE:

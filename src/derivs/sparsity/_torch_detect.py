@@ -204,9 +204,31 @@ class Detector:
                      for a in args[2:4] if isinstance(a, torch.fx.Node)]
             stats = A.reduce(deps_of(x), xs, axes)
             return [A.union([out] + extra), stats, stats]
-        if name in LINALG:
+        if name in _BATCH_NORMS:
+            return self.batch_norm(name, args, kwargs, deps_of, outs)
+        if name in LINALG:  # dense by design: listed (no warning), as the pattern is
+            self.conservative.append(f"the ATen op '{name}' (dense by design)")
             return [A.dense([deps_of(a) for a in tensor_args], _size(o)) for o in outs]
         return self.fallback(_op_name(target), [deps_of(a) for a in tensor_args], outs)
+
+    def batch_norm(self, name, args, kwargs, deps_of, outs):
+        """Batch norm: with running statistics (eval) elementwise in the input; with
+        batch statistics (training) each channel mixes over the batch and the other
+        axes. Parameters and statistics that depend on the input: dense."""
+        x = args[0]
+        xs = tuple(_meta(x).shape)
+        training = {"native_batch_norm": 5, "_native_batch_norm_legit_functional": 5,
+                    "_native_batch_norm_legit": 5}.get(name)
+        training = bool(args[training]) if training is not None and len(args) > training \
+            else name != "_native_batch_norm_legit_no_training"
+        params = [a for a in args[1:5] if isinstance(a, torch.fx.Node)]
+        if any(_has_deps(deps_of(a)) for a in params):
+            return self.fallback(_op_name(name), [deps_of(a) for a in [x] + params], outs)
+        axes = [d for d in range(len(xs)) if d != 1]
+        out = (A.along(deps_of(x), xs, axes) if training
+               else A.elementwise([deps_of(x)], [xs], xs))
+        stats = A.reduce(deps_of(x), xs, axes) if training else None
+        return [out] + [stats if _is_float(o) else None for o in outs[1:]]
 
     def pool(self, name, args, deps_of, out):
         """Window reductions over the trailing ``len(kernel)`` dimensions."""
@@ -424,6 +446,10 @@ def _has_deps(d) -> bool:
     if isinstance(d, tuple):
         return any(x is not None for x in d)
     return d is not None
+
+
+_BATCH_NORMS = {"native_batch_norm", "_native_batch_norm_legit_no_training",
+                "_native_batch_norm_legit_functional", "_native_batch_norm_legit"}
 
 
 def _flat(xs) -> list:
