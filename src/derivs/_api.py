@@ -63,7 +63,13 @@ class _Transform:
                 raise ValueError(
                     f"{self.api}: strategy='traced-jet' cannot be used here: {entry.reason}. "
                     "Pass strategy=None to fall back to nested forward mode automatically.")
-            return _plan.NESTED_FORWARD, None, [f"traced-jet not used: {entry.reason}"]
+            note = f"traced-jet not used: {entry.reason}"
+            # The next strategy that works: one gradient serves first-order requests
+            # (and is the only exact mode through custom_vjp functions).
+            if self.strategy is None and self._reverse_blocker(backend, args, kwargs) is None:
+                return _plan.REVERSE, None, [note, "reverse mode: one gradient serves these "
+                                             "first-order partials"]
+            return _plan.NESTED_FORWARD, None, [note]
         return _plan.TRACED_JET, entry, [entry.note]
 
     def _reverse_blocker(self, backend, args: tuple, kwargs: dict) -> str | None:

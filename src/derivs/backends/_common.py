@@ -41,6 +41,12 @@ def bad_output_message(api: str, dtype: object) -> str:
     )
 
 
+def no_output_message(api: str, out) -> str:
+    what = "None" if out is None else f"an empty {type(out).__name__}"
+    return (f"{api}: f returned {what}; derivs needs f to return arrays (did f forget a "
+            "return statement?).")
+
+
 def check_batch_axis(api: str, argnum: int, ndim: int, batch_axis: int) -> None:
     if not -ndim <= batch_axis < ndim or ndim == 0:
         raise ValueError(

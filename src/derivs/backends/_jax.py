@@ -41,6 +41,8 @@ def as_input(x: Any, argnum: int, api: str, batch_axis: int | None) -> jax.Array
 
 
 def check_output(out: Any, api: str) -> None:
+    if not jax.tree_util.tree_leaves(out):
+        raise TypeError(_common.no_output_message(api, out))
     for leaf in jax.tree_util.tree_leaves(out):
         dtype = jnp.result_type(leaf)
         if not jnp.issubdtype(dtype, jnp.floating):

@@ -53,6 +53,8 @@ def as_input(x: Any, argnum: int, api: str, batch_axis: int | None) -> torch.Ten
 
 
 def check_output(out: Any, api: str) -> None:
+    if not pytree.tree_leaves(out):
+        raise TypeError(_common.no_output_message(api, out))
     for leaf in pytree.tree_leaves(out):
         if not isinstance(leaf, torch.Tensor):
             raise TypeError(

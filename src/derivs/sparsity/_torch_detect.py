@@ -240,6 +240,8 @@ class Detector:
         def arg(i, default):
             v = args[i] if len(args) > i else default
             v = list(v) if isinstance(v, (list, tuple)) else [v] * k
+            if len(v) == 1:  # one value for every dimension, as PyTorch allows
+                v = v * k
             return v if v else list(default) if isinstance(default, list) else [default] * k
         stride = arg(2, kernel)
         padding = arg(3, 0)
@@ -501,6 +503,10 @@ def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn", reads
                           table=_decompositions(), pure=False)
     except Unliftable:  # state the guards cannot follow: the tensors as constants
         return _detect_constants(fun, args, argnum, unknown)
+    except (TypeError, ValueError):  # f's own errors and derivs' (BatchNorm) speak
+        raise
+    except Exception as e:  # noqa: BLE001 - not traceable (data-dependent shapes ...)
+        return _dense(fun, args, argnum, unknown, e)
     gm = cap.graph
     known = [None if t.requires_grad else t for t in cap.lifted]
     versions = [(t, t._version) for t in known if t is not None]
@@ -516,6 +522,28 @@ def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn", reads
     out_node = next(iter(reversed(gm.graph.nodes))).args[0]
     out_node = out_node[0] if isinstance(out_node, (list, tuple)) else out_node
     return out, tuple(_meta(out_node).shape), in_shape, det.conservative, valid
+
+
+DENSE_LIMIT = 10**8  # pattern entries up to which an untraceable f is taken as dense
+
+
+def _dense(fun: Callable, args: tuple, argnum: int, unknown: str, error: Exception):
+    """The conservative answer for an ``f`` that cannot be traced: every output
+    depends on every input (with a ``SparsityWarning``, or an error under
+    ``unknown="error"``); re-raises when that matrix would be too large."""
+    import scipy.sparse as sp
+
+    with torch.no_grad():
+        out = fun(*args)
+    in_shape = tuple(args[argnum].shape)
+    m, n = int(np.prod(tuple(out.shape), dtype=np.int64)), int(np.prod(in_shape, dtype=np.int64))
+    if m * n > DENSE_LIMIT:
+        raise error
+    conservative: list[str] = []
+    no_rule(f"f as a whole (it cannot be traced: {type(error).__name__})", unknown,
+            conservative)
+    return sp.csr_array(np.ones((m, n), dtype=bool)), tuple(out.shape), in_shape, \
+        conservative, None
 
 
 def _detect_constants(fun: Callable, args: tuple, argnum: int, unknown: str):

@@ -357,3 +357,34 @@ def test_sparse_jacobian_of_a_module():
     with torch.no_grad():
         conv.weight.mul_(-2)  # trained: requires grad, values never taken as zeros
     _sparse_matches_dense(J, f, x)
+
+
+def test_circular_pad_pattern_misses_nothing():
+    """The copy_ into slices that circular padding decomposes into is made functional
+    before detection (it used to give an empty pattern and an all-zero Jacobian)."""
+    v = torch.rand(9, dtype=DT)
+    f = lambda v: F.pad(v.reshape(1, 1, 9), (3, 6), mode="circular").reshape(-1)  # noqa: E731
+    dense = torch.func.jacrev(f)(v)
+    pattern = derivs.sparsity(f, v)
+    assert pattern.nnz == int((dense != 0).sum()) == 18
+    _sparse_matches_dense(derivs.jacobian(f, sparse=True), f, v)
+
+
+@pytest.mark.parametrize("name,f", [
+    ("cov", lambda v: torch.cov(v.reshape(3, 4)).reshape(-1)),
+    ("corrcoef", lambda v: torch.corrcoef(v.reshape(3, 4)).reshape(-1)),
+    ("gaussian_nll_loss", lambda v: F.gaussian_nll_loss(v[:6], v[6:], v[6:] + 1.0,
+                                                        reduction="none")),
+    ("avg_pool2d, empty stride", lambda v: F.avg_pool2d(v.reshape(1, 3, 4), 2, stride=(),
+                                                         padding=(0,)).reshape(-1)),
+    ("cdist", lambda v: torch.cdist(v.reshape(4, 3), torch.ones(2, 3, dtype=v.dtype)).reshape(-1)),
+])
+def test_sparse_jacobian_of_hard_ops(name, f):
+    """Ops whose detection used to raise: a pattern that contains every nonzero (dense
+    with a SparsityWarning where f cannot be traced), and the exact Jacobian."""
+    import warnings
+
+    v = torch.rand(12, dtype=DT, generator=torch.Generator().manual_seed(4)) + 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _sparse_matches_dense(derivs.jacobian(f, sparse=True), f, v)

@@ -22,7 +22,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from .. import _jax
-from .._common import Fallback
+from .._common import Fallback, no_output_message
 from ._interpret import UNSUPPORTED, Interpreter
 from ._jet import Jet, Narrow
 
@@ -63,7 +63,15 @@ def prepare(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
         return out_leaves
 
     arrays = [x for x, a in zip(leaves, is_arr) if a]
-    closed = jax.make_jaxpr(flat_fun)(*arrays)
+    try:
+        closed = jax.make_jaxpr(flat_fun)(*arrays)
+    except jax.errors.ConcretizationTypeError as e:  # incl. TracerBoolConversionError
+        # A Python branch or conversion on a value: an abstract trace cannot follow it,
+        # but eager forward mode (concrete primals) can, as jax.grad does.
+        return Fallback(f"f reads a traced value in Python ({type(e).__name__}: data-"
+                        "dependent control flow or a conversion), so no jaxpr can be traced")
+    if not closed.out_avals:
+        raise TypeError(no_output_message(transform.api, None))
     for aval in closed.out_avals:
         if not np.issubdtype(aval.dtype, np.inexact):
             return Fallback("f returns a non-floating-point output")

@@ -111,7 +111,10 @@ class Interpreter:
         return [read(v) for v in jaxpr.outvars]
 
     def run_closed(self, closed: jcore.ClosedJaxpr, args: list[Jet]) -> list[Jet]:
-        return self.run(closed.jaxpr, [_jet.const(c) for c in closed.consts], args)
+        # NumPy constants of the jaxpr (a NumPy exponent in x ** p) become JAX arrays
+        # here, once: arithmetic on coefficients must never mix the two array types.
+        consts = [jnp.asarray(c) if isinstance(c, np.ndarray) else c for c in closed.consts]
+        return self.run(closed.jaxpr, [_jet.const(c) for c in consts], args)
 
     # -- equations ----------------------------------------------------------------------
     def eqn(self, prim, params: dict, jets: list[Jet]) -> list[Jet]:
