@@ -196,9 +196,9 @@ class SparseDerivative:
     buffers; not those that require grad) are used, so their zeros count as
     structural; the prepared pattern is guarded like the engine's graphs (NOTE
     [state guards]) and by those tensors' version counters, and is detected again
-    when any of them changes. JAX: values ``f`` closes over are read at
-    preparation; if ``f`` changes structure without changing shapes, make a new
-    transform.
+    when any of them changes. JAX: the pattern is guarded the same way (JAX arrays
+    cannot change in place, so their identities, Python values and NumPy arrays
+    ``f`` reads cover it).
     """
 
     def __init__(self, fun: Callable, kind: str, argnum: int, has_aux: bool, fmt: str,

@@ -320,3 +320,33 @@ def test_vmap_over_sparse_jacobians():
     np.testing.assert_allclose(dense, ref, rtol=1e-12)
     tdense = torch.func.vmap(derivs.jacobian(f, sparse=True, format="dense"))(torch.as_tensor(xs))
     np.testing.assert_allclose(tdense.numpy(), ref, rtol=1e-12)
+
+
+def test_jax_pattern_follows_what_f_reads():
+    """A closed-over value that changes which entries are structurally zero: the
+    prepared pattern is detected again (it used to drop the new entries)."""
+    import jax
+    import jax.numpy as jnp
+
+    c = [0.0]
+    w = {"w": jnp.zeros(6)}
+    mask = np.zeros(6)
+
+    def f(v):
+        return (v * jnp.roll(v, 1) * c[0] + jnp.roll(v, -1) * w["w"]
+                + v * jnp.asarray(mask) + jnp.sin(v))
+
+    x = jnp.linspace(-1.0, 1.0, 6)
+    J = derivs.jacobian(f, sparse=True)
+
+    def check():
+        np.testing.assert_allclose(np.asarray(J(x).todense()), np.asarray(jax.jacrev(f)(x)),
+                                   atol=1e-12)
+
+    check()
+    c[0] = 1.0
+    check()
+    w["w"] = jnp.full(6, 2.0)
+    check()
+    mask[2] = 3.0
+    check()

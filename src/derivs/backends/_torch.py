@@ -103,7 +103,7 @@ def signature(fun, args: tuple, kwargs: dict):
 def state_check(fun):
     """A check that the state ``fun`` reads is unchanged (NOTE [state guards]), or
     None when it cannot be guarded (then nothing about f may be cached)."""
-    from .torch_engine import _guards
+    from . import _guards
 
     try:
         return _guards.walk(fun).check

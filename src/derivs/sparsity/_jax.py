@@ -31,8 +31,16 @@ def detect(kind, fun, args, argnum, has_aux, unknown):
     else:  # the Hessian pattern is the Jacobian pattern of the gradient
         grad = jax.grad(fun, argnums=argnum, has_aux=has_aux)
         target = (lambda *a: grad(*a)[0]) if has_aux else grad
-    # no freshness check: a jaxpr is traced from f per preparation (see _sparse)
-    return (*_jax_detect.detect(target, args, argnum, unknown), None)
+    # The pattern reads the values f closes over (zeros of constant arrays): it holds
+    # while the state guard of what f reads holds (JAX arrays cannot change in place,
+    # so identities, Python values and NumPy contents cover it).
+    from ..backends import _guards
+
+    try:
+        valid = _guards.walk(fun).check
+    except _guards.Unguardable:
+        valid = None
+    return (*_jax_detect.detect(target, args, argnum, unknown), valid)
 
 
 def compressed(mode, fun, args, argnum, has_aux, seeds):

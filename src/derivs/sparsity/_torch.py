@@ -93,7 +93,7 @@ def evaluator(mode, fun, argnum, has_aux, seeds, gather):
 
 def _state_check(fun):
     """The state guard of what ``fun`` reads (NOTE [state guards]), or None."""
-    from ..backends.torch_engine import _guards
+    from ..backends import _guards
 
     try:
         return _guards.walk(fun).check
@@ -313,7 +313,7 @@ def _closes_over_tensors(fun) -> bool:
     """Whether ``fun`` reads tensors besides its arguments (anywhere the state walk
     reaches: closures, globals, modules, functions it calls), or state that cannot
     be walked: a captured graph would freeze them."""
-    from ..backends.torch_engine import _guards
+    from ..backends import _guards
 
     try:
         return bool(_guards.walk(fun).tensors)

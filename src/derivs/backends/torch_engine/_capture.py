@@ -32,7 +32,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from . import _guards
+from .. import _guards
 from ._builder import is_mutating, is_random
 from ._rules import RULES, Unsupported
 

@@ -1,5 +1,5 @@
-"""What a PyTorch function reads besides its arguments, and guards that prove it
-has not changed.
+"""What a function reads besides its arguments, and guards that prove it has not
+changed (PyTorch and JAX; PyTorch is imported only if the caller already has).
 
 NOTE [state guards]: a captured graph bakes in everything ``f`` read while it was
 traced, except the tensors it takes as inputs. ``walk(f)`` follows what ``f`` can
@@ -29,15 +29,31 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import types
 from typing import Any
 
 import numpy as np
-import torch
 
 MAX_PLACES = 50_000  # beyond this, f reaches too much state to guard cheaply
-_PLAIN = (int, float, bool, str, bytes, complex, type(None), torch.dtype, torch.device,
-          torch.Size, np.generic)
+_BASE_PLAIN = (int, float, bool, str, bytes, complex, type(None), np.generic)
+
+
+class _NoType:
+    """Stands for a PyTorch type when PyTorch is not imported (nothing is one)."""
+
+
+def _torch():
+    return sys.modules.get("torch")
+
+
+def _types():
+    """``(plain value types, tensor type, module type)`` for this process."""
+    torch = _torch()
+    if torch is None:
+        return _BASE_PLAIN, _NoType, _NoType
+    return (_BASE_PLAIN + (torch.dtype, torch.device, torch.Size), torch.Tensor,
+            torch.nn.Module)
 # nn.Module dicts that PyTorch creates once and never rebinds: their contents are
 # guarded, not their identity (half the checks of a module).
 _MODULE_DICTS = frozenset({
@@ -49,7 +65,7 @@ _MODULE_SKIP = frozenset({
     "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
     "_non_persistent_buffers_set", "_compiled_call_impl"})
 _LIBRARY_PREFIXES = ("torch", "numpy", "builtins", "functools", "collections", "typing",
-                     "abc", "enum", "jax", "derivs")
+                     "abc", "enum", "jax", "jaxlib", "derivs", "scipy")
 _MISSING = object()
 
 
@@ -97,7 +113,7 @@ class State:
     """What ``f`` reads: its tensors (with where each is stored) and the check that
     nothing it depends on has changed."""
 
-    tensors: list[torch.Tensor]
+    tensors: list[Any]
     places: list[list[Any]]  # per tensor: Place / InTuple entries
     check: Any  # () -> bool
     owners: dict[int, Any] = dataclasses.field(default_factory=dict)  # id(_buffers) -> module
@@ -164,16 +180,18 @@ def walk(f: Any) -> State:
     """The state ``f`` reads (NOTE [state guards]). Raises :class:`Unguardable`."""
     w = _Walker()
     w.contents(f, None)
-    w.checks.append(("default dtype", None, torch.get_default_dtype()))
+    if _torch() is not None:
+        w.checks.append(("default dtype", None, _torch().get_default_dtype()))
     return State(w.tensors, w.tensor_places, _compile(w.checks), w.owners)
 
 
 class _Walker:
     def __init__(self):
+        self.plain, self.tensor, self.module = _types()
         self.checks: list[tuple[str, Any, Any]] = []  # (kind, place, expected)
         self.seen: set[int] = set()
         self.keep: list[Any] = []  # keeps walked objects alive: ids stay unique
-        self.tensors: list[torch.Tensor] = []
+        self.tensors: list[Any] = []
         self.tensor_places: list[list[Any]] = []
         self.tensor_index: dict[int, int] = {}
         self.owners: dict[int, Any] = {}
@@ -186,7 +204,7 @@ class _Walker:
     def value(self, v: Any, place) -> None:
         """``v`` stored at ``place`` (a Place, an InTuple, or None inside an object
         whose identity is already guarded and which cannot change)."""
-        if isinstance(v, torch.Tensor):
+        if isinstance(v, self.tensor):
             if isinstance(place, Place):
                 self.guard("tensor", place, v)
             i = self.tensor_index.get(id(v))
@@ -197,7 +215,7 @@ class _Walker:
                 self.keep.append(v)
             self.tensor_places[i].append(place)
             return
-        if isinstance(v, _PLAIN):
+        if isinstance(v, self.plain):
             if isinstance(place, Place):
                 self.guard("equal", place, v)
             return
@@ -253,15 +271,15 @@ class _Walker:
                 self.value(v[k], Place("item", v, k))
             return
         if isinstance(v, (set, frozenset)):
-            if any(isinstance(a, torch.Tensor) for a in v):
+            if any(isinstance(a, self.tensor) for a in v):
                 raise Unguardable("f reads tensors from a set; pass them as arguments")
             if isinstance(v, set):
                 self.guard("set", v, frozenset(v))
             return
         d = getattr(v, "__dict__", None)
-        if isinstance(d, dict) and (isinstance(v, torch.nn.Module)
+        if isinstance(d, dict) and (isinstance(v, self.module)
                                     or not _is_library(type(v))):
-            module = isinstance(v, torch.nn.Module)
+            module = isinstance(v, self.module)
             if module:
                 self.owners[id(d.get("_buffers"))] = v
             self.guard("len", d, len(d))
@@ -301,7 +319,7 @@ class _Walker:
             for k, raw in list(attrs.items()):
                 if k.startswith("__") and k != "__call__":
                     continue
-                if isinstance(raw, torch.Tensor):  # swappable through setattr
+                if isinstance(raw, self.tensor):  # swappable through setattr
                     self.value(raw, Place("attr", klass, k))
                     continue
                 self.value(raw, Place("item", attrs, k))
@@ -340,8 +358,9 @@ def _names(code: types.CodeType) -> tuple[str, ...]:
 def _compile(checks) -> Any:
     """One Python function evaluating every check (chunked ``and`` chains): the
     fastest way CPython offers to run thousands of identity tests."""
+    torch = _torch()
     env: dict[str, Any] = {"_MISSING": _MISSING, "_array_equal": np.array_equal,
-                           "_default_dtype": torch.get_default_dtype}
+                           "_default_dtype": torch.get_default_dtype if torch else None}
     terms: list[str] = []
 
     def const(v) -> str:
