@@ -20,7 +20,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from . import _algebra as A
-from ._errors import no_rule
+from ._errors import UnsupportedOpError, no_rule
 
 aten = torch.ops.aten
 
@@ -518,10 +518,16 @@ def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn", reads
     n = int(np.prod(in_shape, dtype=np.int64))
     deps = [A.identity(n) if i == argnum else None for i in tensor_slots]
     det = Detector(gm, n, unknown)
-    (out,) = det.run(deps + [None] * len(known), [None] * len(deps) + known)
     out_node = next(iter(reversed(gm.graph.nodes))).args[0]
     out_node = out_node[0] if isinstance(out_node, (list, tuple)) else out_node
-    return out, tuple(_meta(out_node).shape), in_shape, det.conservative, valid
+    try:
+        (out,) = det.run(deps + [None] * len(known), [None] * len(deps) + known)
+        out_shape = tuple(int(d) for d in _meta(out_node).shape)
+    except UnsupportedOpError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as e:  # data-dependent sizes (masked_select)
+        return _dense(fun, args, argnum, unknown, e)
+    return out, out_shape, in_shape, det.conservative, valid
 
 
 DENSE_LIMIT = 10**8  # pattern entries up to which an untraceable f is taken as dense
