@@ -350,3 +350,25 @@ def test_jax_pattern_follows_what_f_reads():
     check()
     mask[2] = 3.0
     check()
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_a_failing_rule_gives_the_dense_pattern(fw, monkeypatch):
+    """A detection rule that raises never leaves a pattern short: f is taken as dense
+    over its input, with a SparsityWarning, or an error under unknown='error'."""
+    from derivs import SparsityWarning
+    from derivs.sparsity import _jax_detect, _torch_detect
+
+    detector = (_jax_detect if fw == "jax" else _torch_detect).Detector
+
+    def broken(self, *a, **k):
+        raise IndexError("a broken rule")
+
+    monkeypatch.setattr(detector, "rule", broken)
+    f = P.fd1d(ns(fw))
+    x = array(fw, np.linspace(-1, 1, 8))
+    with pytest.warns(SparsityWarning, match="f as a whole"):
+        pattern = derivs.sparsity(f, x)
+    assert pattern.nnz == pattern.shape[0] * pattern.shape[1]
+    with pytest.raises(ValueError, match="no rule"):
+        derivs.sparsity(f, x, unknown="error")

@@ -19,7 +19,7 @@ from jax import lax
 from jax.extend import core as jcore
 
 from . import _algebra as A
-from ._errors import no_rule
+from ._errors import UnsupportedOpError, no_rule
 
 # Elementwise primitives: an output element depends on the same element of
 # every operand (lax operands already have equal shapes, bar scalars).
@@ -473,5 +473,15 @@ def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn"):
     det = Detector(n, unknown)
     deps = [A.identity(n) if i == argnum else None for i in slots]
     vals = [None] * len(slots)
-    out_deps, _ = det.run_closed(closed, deps, vals)
+    try:
+        out_deps, _ = det.run_closed(closed, deps, vals)
+    except UnsupportedOpError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a rule that fails: the dense rule, never a miss
+        conservative: list[str] = []
+        no_rule(f"f as a whole (a detection rule failed: {type(e).__name__})", unknown,
+                conservative)
+        m = int(np.prod(out_shape.shape, dtype=np.int64))
+        return (A.dense([deps[slots.index(argnum)]], m), tuple(out_shape.shape), in_shape,
+                conservative)
     return out_deps[0], tuple(out_shape.shape), in_shape, det.conservative
