@@ -388,3 +388,28 @@ def test_sparse_jacobian_of_hard_ops(name, f):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _sparse_matches_dense(derivs.jacobian(f, sparse=True), f, v)
+
+
+def test_a_failed_detection_leaves_no_state_behind():
+    """A detection that fails inside functionalization must not break later calls
+    (it used to leave dispatch keys excluded: 'expected device meta' afterwards)."""
+    import warnings
+
+    before = str(torch._C._dispatch_tls_local_exclude_set())
+    rm, rv = torch.zeros(2, dtype=DT), torch.ones(2, dtype=DT)
+    aten = torch.ops.aten
+    f = lambda v: aten._batch_norm_with_update.default(  # noqa: E731
+        v.reshape(4, 2), None, None, rm, rv, 0.1, 1e-5)[0].reshape(-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            derivs.jacobian(f, sparse=True)(torch.rand(8, dtype=DT))
+        except Exception:  # noqa: BLE001 - whatever it does, it must leave nothing behind
+            pass
+    assert str(torch._C._dispatch_tls_local_exclude_set()) == before
+    g = lambda v: torch.sin(v) * v.roll(1)  # noqa: E731
+    x = torch.rand(8, dtype=DT)
+    _sparse_matches_dense(derivs.jacobian(g, sparse=True), g, x)
+    # forward mode still works in this process (the leaked keys used to break it)
+    torch.testing.assert_close(derivs.partial(g, (0, 1), strategy="nested-forward")(x),
+                               torch.func.jacfwd(torch.func.jacfwd(g))(x)[:, 0, 1])
