@@ -109,7 +109,12 @@ def laplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
     intermediate instead of ``1 + 2D``); in JAX the ``D`` directions are one
     vmapped axis. ``"reverse"`` sums ``D`` Hessian-vector products (needs a scalar
     output per sample). None picks by the cost model; ``derivs.explain(op, *args)``
-    shows the choice. ``batch_axis`` as in :func:`derivs.partial`.
+    shows the choice. ``batch_axis`` as in :func:`derivs.partial` (proven from
+    ``f``'s graph; see NOTE [batch axis proof]).
+
+    A vector- or array-valued ``f`` gives the Laplacian of each output component,
+    shaped like ``f``'s output (``sum_i d^2 f_k / dx_i^2`` for every ``k``), as a
+    vector Laplacian in PDE notation; sum the result for the Laplacian of the sum.
 
     Memory: all ``D`` directions are carried at once, so intermediates are ``D``
     times the size of f's (as in a dense Hessian). ``chunk_size=c`` carries ``c``
@@ -123,6 +128,8 @@ def laplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
       >>> f = lambda x: (x ** 3).sum() + x[0] * x[1] ** 2
       >>> derivs.laplacian(f)(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
       tensor(38., dtype=torch.float64)
+      >>> derivs.laplacian(lambda x: x ** 3)(torch.tensor([1.0, 2.0], dtype=torch.float64))
+      tensor([ 6., 12.], dtype=torch.float64)
     """
     return _make_operator(f, argnum, batch_axis, strategy, "derivs.laplacian", collapsed=True,
                           chunk_size=chunk_size)

@@ -337,6 +337,7 @@ def jacobian(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = F
     """
     api = "derivs.jacobian"
     _validate(f, format, coloring, unknown, api)
+    _check_sparse_options(api, sparse, format, coloring, check)
     if isinstance(argnums, (tuple, list)):
         parts = [jacobian(f, a, has_aux=has_aux, sparse=sparse, format=format,
                           coloring=coloring, check=check, unknown=unknown) for a in argnums]
@@ -378,11 +379,28 @@ def hessian(f: Callable, argnums: int = 0, *, has_aux: bool = False, sparse: boo
     """
     api = "derivs.hessian"
     _validate(f, format, "auto", unknown, api)
+    _check_sparse_options(api, sparse, format, "auto", check)
     argnum = _check_argnum(argnums, None, api)
     if sparse:
         return SparseDerivative(f, "hessian", argnum, has_aux, format, "auto", check,
                                 unknown, api)
     return _dense(f, "hessian", argnum, has_aux, api)
+
+
+def _check_sparse_options(api: str, sparse, fmt: str, coloring: str, check) -> None:
+    """``sparse`` is a bool, and options that only a sparse result reads are not
+    silently ignored on a dense one."""
+    if not isinstance(sparse, bool):
+        raise TypeError(f"{api}: sparse must be True or False, got {sparse!r}.")
+    if not isinstance(check, bool):
+        raise TypeError(f"{api}: check must be True or False, got {check!r}.")
+    if not sparse:
+        given = [f"{k}={v!r}" for k, v, default in (
+            ("format", fmt, "native"), ("coloring", coloring, "auto"), ("check", check, False))
+            if v != default]
+        if given:
+            raise ValueError(f"{api}: {', '.join(given)} applies to sparse results only; pass "
+                             "sparse=True as well, or drop it for the dense result.")
 
 
 def _dense(f, kind, argnum, has_aux, api):

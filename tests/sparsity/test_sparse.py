@@ -372,3 +372,14 @@ def test_a_failing_rule_gives_the_dense_pattern(fw, monkeypatch):
     assert pattern.nnz == pattern.shape[0] * pattern.shape[1]
     with pytest.raises(ValueError, match="no rule"):
         derivs.sparsity(f, x, unknown="error")
+
+
+@pytest.mark.parametrize("make", [derivs.jacobian, derivs.hessian])
+def test_sparse_only_options_need_sparse_true(make):
+    f = lambda x: (x ** 3).sum()  # noqa: E731
+    with pytest.raises(ValueError, match=r"format='scipy' applies to sparse results only"):
+        make(f, format="scipy")
+    with pytest.raises(ValueError, match="check=True applies to sparse results only"):
+        make(f, check=True)
+    with pytest.raises(TypeError, match="sparse must be True or False"):
+        make(f, sparse="true")
