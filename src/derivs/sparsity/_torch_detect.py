@@ -490,13 +490,8 @@ def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn", reads
                                                   outside_functorch)
 
     def target(*a):
-        out = fun(*a)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError("sparsity detection needs f to return one tensor (use has_aux=True "
-                            "to return (output, aux)).")
-        return out
+        return _one_tensor(fun(*a))
 
-    tensor_slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
     try:
         with BUILD_LOCK, outside_functorch():
             cap = capture(target, args, {}, reads=fun if reads is None else reads,
@@ -507,13 +502,27 @@ def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn", reads
         raise
     except Exception as e:  # noqa: BLE001 - not traceable (data-dependent shapes ...)
         return _dense(fun, args, argnum, unknown, e)
-    gm = cap.graph
     known = [None if t.requires_grad else t for t in cap.lifted]
     versions = [(t, t._version) for t in known if t is not None]
 
     def valid() -> bool:
         return cap.valid() and all(t._version == v for t, v in versions)
 
+    return _run(cap.graph, fun, args, argnum, unknown, known, valid)
+
+
+def _one_tensor(out):
+    if not isinstance(out, torch.Tensor):
+        raise TypeError("sparsity detection needs f to return one tensor (use has_aux=True "
+                        "to return (output, aux)).")
+    return out
+
+
+def _run(gm, fun: Callable, args: tuple, argnum: int, unknown: str, known: list, valid):
+    """The detector over ``gm`` (placeholders: the tensor arguments, then ``known``
+    values of lifted tensors, None where unknown); the dense answer where a rule
+    fails or sizes depend on data, never a short pattern."""
+    tensor_slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
     in_shape = tuple(args[argnum].shape)
     n = int(np.prod(in_shape, dtype=np.int64))
     deps = [A.identity(n) if i == argnum else None for i in tensor_slots]
@@ -521,7 +530,7 @@ def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn", reads
     out_node = next(iter(reversed(gm.graph.nodes))).args[0]
     out_node = out_node[0] if isinstance(out_node, (list, tuple)) else out_node
     try:
-        (out,) = det.run(deps + [None] * len(known), [None] * len(deps) + known)
+        (out,) = det.run(deps + [None] * len(known), [None] * len(deps) + list(known))
         out_shape = tuple(int(d) for d in _meta(out_node).shape)
     except UnsupportedOpError:
         raise
@@ -561,11 +570,7 @@ def _detect_constants(fun: Callable, args: tuple, argnum: int, unknown: str):
         full = list(args)
         for i, t in zip(tensor_slots, tensors):
             full[i] = t
-        out = fun(*full)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError("sparsity detection needs f to return one tensor (use has_aux=True "
-                            "to return (output, aux)).")
-        return out
+        return _one_tensor(fun(*full))
 
     examples = [torch.empty(args[i].shape, dtype=args[i].dtype) for i in tensor_slots]
     from ..backends.torch_engine._capture import (BUILD_LOCK, clean_dispatch_state,
@@ -575,11 +580,4 @@ def _detect_constants(fun: Callable, args: tuple, argnum: int, unknown: str):
         # Tensors f closes over stay real: they become graph constants (get_attr).
         gm = make_fx(torch.func.functionalize(flat_fn), _decompositions(), tracing_mode="fake",
                      _allow_non_fake_inputs=True)(*examples)
-    in_shape = tuple(args[argnum].shape)
-    n = int(np.prod(in_shape, dtype=np.int64))
-    deps = [A.identity(n) if i == argnum else None for i in tensor_slots]
-    det = Detector(gm, n, unknown)
-    (out,) = det.run(deps)
-    out_node = next(iter(reversed(gm.graph.nodes))).args[0]
-    out_node = out_node[0] if isinstance(out_node, (list, tuple)) else out_node
-    return out, tuple(_meta(out_node).shape), in_shape, det.conservative, None
+    return _run(gm, fun, args, argnum, unknown, [], None)

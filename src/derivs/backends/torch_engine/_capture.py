@@ -78,8 +78,14 @@ def cache_key(args: tuple, kwargs: dict) -> Any:
     """What a capture depends on besides the state ``f`` reads (which its guard
     checks): tensor metadata and the values of non-tensor arguments. None if not
     hashable."""
-    if not kwargs and all(isinstance(a, torch.Tensor) for a in args):
-        return tuple((a.shape, a.dtype, a.device) for a in args)
+    if not kwargs:  # the hot path's plain call: tensors only
+        key = []
+        for a in args:
+            if not isinstance(a, torch.Tensor):
+                break
+            key.append((a.shape, a.dtype, a.device))
+        else:
+            return tuple(key)
     leaves, spec = pytree.tree_flatten((args, kwargs))
     parts = []
     for leaf in leaves:

@@ -31,8 +31,7 @@ from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from .._common import Fallback, numel, sample_shape
 from ._builder import Builder, Narrow
-from ._capture import (BUILD_LOCK, Capture, StateError, cache_key, guarded_get,  # noqa: F401
-                       outside_functorch, shared_capture)
+from ._capture import BUILD_LOCK, StateError, cache_key, outside_functorch, shared_capture
 from ._jet import Context, Jet
 from ._interpret import interpret
 from ._rules import Unsupported
@@ -68,12 +67,8 @@ def lookup(transform, args: tuple, kwargs: dict) -> Compiled | None:
     state guard still holds, or None. Only plain calls: tensors, no kwargs."""
     if kwargs:
         return None
-    key = []
-    for a in args:
-        if not isinstance(a, torch.Tensor):
-            return None
-        key.append((a.shape, a.dtype, a.device))
-    entry = transform.cache.get(tuple(key))
+    key = cache_key(args, kwargs)
+    entry = None if key is None else transform.cache.get(key)
     if type(entry) is Compiled and entry.valid():
         return entry
     return None
@@ -100,9 +95,9 @@ def build(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
     except StateError:
         raise
     except Unsupported as e:
-        return _fallback(str(e), getattr(e, "valid", None) or (cap and cap.valid))
+        return fallback(str(e), getattr(e, "valid", None) or (cap and cap.valid))
     except Exception as e:  # tracing failed: data-dependent control flow, ...
-        return _fallback(f"could not capture f as a graph ({type(e).__name__}: "
+        return fallback(f"could not capture f as a graph ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:160] if str(e) else ''})",
                          cap and cap.valid)
     return Compiled(module, cap.out_spec, len(cap.graph.graph.output_node().args[0]),
@@ -117,7 +112,8 @@ class GuardedFallback(Fallback):
     valid: Any = None
 
 
-def _fallback(reason: str, valid) -> Fallback:
+def fallback(reason: str, valid=None) -> Fallback:
+    """A Fallback, kept under ``valid`` (a capture's guard) when there is one."""
     return Fallback(reason) if valid is None else GuardedFallback(reason, valid)
 
 

@@ -25,7 +25,7 @@ import torch.utils._pytree as pytree
 
 from .._common import Fallback, add as _add, numel
 from ._capture import Capture, StateError, shared_capture
-from ._engine import GuardedFallback, _top_level_offsets
+from ._engine import _top_level_offsets, fallback
 from ._rules import Unsupported
 
 aten = torch.ops.aten
@@ -70,8 +70,7 @@ def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
     except StateError:
         raise
     except Unsupported as e:
-        valid = getattr(e, "valid", None)
-        return Fallback(str(e)) if valid is None else GuardedFallback(str(e), valid)
+        return fallback(str(e), getattr(e, "valid", None))
     except Exception as e:  # tracing failed: data-dependent control flow, ...
         return Fallback(f"could not capture f as a graph ({type(e).__name__})")
     program = FamilyLaplacian(cap, _top_level_offsets(args)[argnum], batch_axis)
@@ -85,14 +84,12 @@ def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
             continue  # comparisons, indices: no derivative
         live.add(n)
         if any(isinstance(v, fx.Node) and v in live for v in n.kwargs.values()):
-            return GuardedFallback(f"{n.target} takes a differentiated tensor as a keyword",
-                                   cap.valid)
+            return fallback(f"{n.target} takes a differentiated tensor as a keyword", cap.valid)
         if not isinstance(n.meta.get("val"), torch.Tensor):
-            return GuardedFallback(f"{n.target} has several outputs", cap.valid)
+            return fallback(f"{n.target} has several outputs", cap.valid)
         if n.target not in _SEQUENCE_RULES and any(
                 isinstance(a, (list, tuple)) and any(x in live for x in a) for a in n.args):
-            return GuardedFallback(f"{n.target} takes a list of differentiated tensors",
-                                   cap.valid)
+            return fallback(f"{n.target} takes a list of differentiated tensors", cap.valid)
     program.need_g = _first_order_readers(traced.graph, live)
     return program
 
