@@ -10,6 +10,8 @@ from ._api import explain as explain
 from ._api import partial as partial
 from ._api import partials as partials
 from ._api import value_and_partials as value_and_partials
+from ._collapsed import bilaplacian as bilaplacian
+from ._collapsed import diffusion_operator as diffusion_operator
 from ._estimators import hutchinson_laplacian as hutchinson_laplacian
 from ._operators import differential_operator as differential_operator
 from ._operators import hessian_diagonal as hessian_diagonal

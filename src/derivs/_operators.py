@@ -96,7 +96,64 @@ def differential_operator(f: Callable, terms: Sequence[tuple[float, Any]],
                          "pass None, 'traced-jet' or 'nested-forward'.")
     t = _api._build(f, specs, argnums, False, batch_axis, api=api, allow_value=False,
                     strategy=strategy, torch_compile=torch_compile, operator=coefficients)
+    if strategy in (None, TAYLOR) and not isinstance(argnums, (list, tuple)):
+        family = _family_terms(f, t, coefficients, argnums, batch_axis, api, strategy,
+                               torch_compile)
+        if family is not None:
+            return family
     return _api._wrap(f, t, lambda r, aux: r[0])
+
+
+def _family_terms(f, t, coefficients, argnum, batch_axis, api, strategy, torch_compile):
+    """The collapsed family operator (``derivs._collapsed``) of a term set that is
+    one (``core._directions.classify``: second-order, or fourth-order
+    ``d^4 / dx_i^2 dx_j^2``, terms), decided per sample size at the first call;
+    None when no term set of this shape can be one."""
+    from . import _collapsed
+    from .core import _directions
+
+    requests = t.plan.requests
+    orders = {len(mi) for mi in requests}
+    if not (2 in orders and orders <= {0, 1, 2}) and not (4 in orders and orders <= {0, 4}):
+        return None
+    largest = max(flat for mi in requests for _, flat in mi)
+    per_size = LRUCache(maxsize=8)
+    coordinate_groups = _api._wrap(f, t, lambda r, aux: r[0])
+
+    def pick(x_size):
+        if x_size is None or largest >= x_size:
+            return coordinate_groups  # its checks give the error
+        op = per_size.get(x_size)
+        if op is None:
+            classified = _directions.classify(coefficients, requests, x_size)
+            # a few second-order directions: coordinate groups (NOTE [direction layout])
+            few = (classified is not None and classified.directions.order == 2
+                   and classified.directions.size <= UNROLL_MAX_DIRECTIONS)
+            op = coordinate_groups if classified is None or few else _collapsed.from_terms(
+                f, classified, argnum, batch_axis, api, strategy, torch_compile)
+            per_size.put(x_size, op)
+        return op
+
+    def sample_size(args):
+        x = args[argnum] if argnum < len(args) else None
+        shape = getattr(x, "shape", None)
+        if shape is None or (batch_axis is not None and len(shape) == 0):
+            return None
+        return _common.numel(_common.sample_shape(tuple(shape), batch_axis))
+
+    @functools.wraps(f)
+    def op(*args, **kwargs):
+        return pick(sample_size(args))(*args, **kwargs)
+
+    def explain(*args, **kwargs):
+        chosen = pick(sample_size(args))
+        if chosen is coordinate_groups:
+            return _api.explain(coordinate_groups, *args, **kwargs)
+        return chosen.explain(*args, **kwargs)
+
+    op.__derivs_operator__ = api
+    op.explain = explain
+    return op
 
 
 def laplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,

@@ -11,4 +11,5 @@ from ._engine import Fallback as Fallback
 from ._engine import execute as execute
 from ._engine import prepare as prepare
 from ._engine import run_reads as run_reads
+from ._engine import run_directions as run_directions
 from ._engine import run_family as run_family

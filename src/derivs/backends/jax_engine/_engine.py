@@ -24,6 +24,7 @@ from jax.extend import core as jcore
 from .. import _jax
 from .._common import Fallback, no_output_message
 from ._interpret import UNSUPPORTED, Interpreter
+from ...core import _jets
 from ._jet import Jet, Narrow
 
 
@@ -223,3 +224,73 @@ def unit_rows(start, count: int, n: int, dtype) -> jax.Array:
     jnp = jax.numpy
     index = start + jnp.arange(count)
     return (index[:, None] == jnp.arange(n)[None, :]).astype(dtype)
+
+
+def run_directions(compiled: Compiled, slot: int, rows, weights: np.ndarray, order: int,
+                   batch_axis: int | None, *, per_sample: bool = False, top=None,
+                   chunk_size: int | None = None) -> Any:
+    """``sum_n w_n D^order f[v_n]`` (plus ``Df[top]``), with the directions ``rows``
+    vmapped on one family axis (``core._directions``). ``rows``: ``(N, *sample)``
+    shared by every sample, or ``(N, *x.shape)`` with ``per_sample``.
+
+    The family sum is one ``psum`` of a collapsed key with one coefficient, so the
+    weights go into the directions: ``D^K f[|w|^(1/K) v] = |w| D^K f[v]``, one family
+    per sign of ``w``. ``top`` is the argument's own collapsed coefficient (a first-
+    order term: ``D^K`` of the jet ``x + t v + t^2 top / 2`` adds ``Df[top]`` for
+    ``K = 2``); it is added once, in the first family's first chunk."""
+    jnp = jax.numpy
+    position = next(p for p, s in compiled.selected.items() if s == slot)
+    x = compiled.arrays[position]
+    weights = np.asarray(weights, np.float64)
+    total = None
+    groups = [(s, np.flatnonzero(np.sign(weights) == s)) for s in (1.0, -1.0)]
+    groups = [(s, idx) for s, idx in groups if idx.size]
+    if not groups:  # no direction: only the top term
+        groups = [(1.0, np.zeros(0, np.int64))]
+    for g, (sign, idx) in enumerate(groups):
+        scale = np.abs(weights[idx]) ** (1.0 / order)
+        mine = jnp.asarray(rows)[idx] * jnp.asarray(scale, x.dtype).reshape(
+            (-1,) + (1,) * (jnp.ndim(rows) - 1))
+        key = _jets.Collapsed(((sign, (order,)),), family=FAMILY_AXIS)
+        own_top = top if g == 0 else None
+        out = _collapsed_family(compiled, position, x, mine, key, batch_axis, per_sample,
+                                own_top, chunk_size)
+        total = out if total is None else jax.tree_util.tree_map(jnp.add, total, out)
+    return jax.tree_util.tree_unflatten(compiled.out_tree, total)
+
+
+def _collapsed_family(compiled, position, x, rows, key, batch_axis, per_sample, top,
+                      chunk_size):
+    jnp = jax.numpy
+
+    def along(v, top_scale):
+        if batch_axis is not None and not per_sample:
+            v = jnp.broadcast_to(jnp.expand_dims(v, batch_axis % x.ndim), x.shape)
+        own = None if top is None else top * top_scale
+
+        def rule(k, v=v):
+            if k == (1,):
+                return v
+            if isinstance(k, _jets.Collapsed):
+                return own
+            return None
+
+        it = Interpreter(1, batch_axis)
+        inputs = [Jet(arr, rule) if p == position else Jet(arr)
+                  for p, arr in enumerate(compiled.arrays)]
+        outs = it.run_closed(compiled.closed, inputs)
+        return [o.dense(key) for o in outs]
+
+    n = rows.shape[0]
+    if n == 0:  # only the top term: one lane of a zero direction
+        rows, n = jnp.zeros((1,) + rows.shape[1:], rows.dtype), 1
+    if chunk_size is None or chunk_size >= n:
+        outs = jax.vmap(lambda v: along(v, 1.0), axis_name=FAMILY_AXIS)(rows)
+        return [o[0] for o in outs]  # the family sum is the same in every lane
+    pad = (-n) % chunk_size  # zero directions contribute zero
+    padded = jnp.concatenate([rows, jnp.zeros((pad,) + rows.shape[1:], rows.dtype)])
+    chunks = padded.reshape((-1, chunk_size) + rows.shape[1:])
+    first = (jnp.arange(chunks.shape[0]) == 0).astype(x.dtype)
+    outs = jax.lax.map(lambda a: jax.vmap(lambda v: along(v, a[1]), axis_name=FAMILY_AXIS)(
+        a[0]), (chunks, first))
+    return [o[:, 0].sum(0) for o in outs]

@@ -1,29 +1,43 @@
-"""The Laplacian in PyTorch with the D unit directions stacked on one axis.
+"""Collapsed Taylor operators in PyTorch with the directions stacked on one axis.
 
-The collapsed second-order jet of ``f`` carries, for every intermediate ``v``, its
-value, the first-order coefficients ``G[i] = dv/dx_i`` of all D directions as one
-tensor ``G`` of shape ``(D, *v.shape)``, and one collapsed coefficient ``L =
-sum_i d^2 v/dx_i^2`` (2 + D values, as in the unrolled engine). Stacking the
-directions makes each rule one batched op instead of D small ones: the unrolled
-graph of a 50-input MLP runs about 1200 ATen ops per call, this about 40.
+A collapsed operator of order ``K`` along ``N`` directions ``v_n`` with weights
+``w_n`` is ``L f(x) = sum_n w_n d^K/dt^K f(x + t v_n)`` (plus ``Df(x)[top]`` when
+the input carries a top coefficient of its own, e.g. a drift). The Laplacian is
+``K = 2`` along the unit directions, a weighted second-order operator ``K = 2``
+along the columns of its diffusion factor, the Bi-Laplacian ``K = 4`` along the
+pair directions of ``core._directions``.
 
-It interprets the captured ATen graph (``_engine.capture``) at call time with
-plain tensor ops, so it composes with autograd and ``torch.func``. Common ops have
-hand-written rules; any other op goes through ``torch.func.jvp`` (first order
-vmapped over the directions, second order forward over forward): exact for every
-op PyTorch can differentiate forward.
+Every intermediate ``v`` carries its value ``p``, its lower coefficients ``c_k =
+d^k v / dt^k`` (``k < K``, derivative-normalized as in ``core._jets``) of every
+direction, and one collapsed top coefficient ``l = sum_n w_n c_K[n]``. The lower
+coefficients are one tensor ``c`` of shape ``(depth * N, *v.shape)``: levels
+``1 .. depth`` stacked (deeper levels are zero; a seed has depth 1). Stacking
+makes each linear rule one batched op over every level and direction instead of
+``(K - 1) * N`` small ones: the unrolled graph of a 50-input MLP's Laplacian runs
+about 1200 ATen ops per call, this about 40.
+
+It interprets the captured ATen graph (``_capture``) at call time with plain
+tensor ops, so it composes with autograd and ``torch.func``. Common ops have
+hand-written rules (Faa di Bruno with ``phi^(m)`` for elementwise ops: NOTE
+[elementwise derivatives]); any other op goes through ``torch.func.jvp`` along
+the direction's Taylor polynomial (``_generic``): exact for every op PyTorch can
+differentiate forward.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from .._common import Fallback, add as _add, numel
+from ...core._directions import faa_di_bruno
+from .._common import Fallback, numel
 from ._capture import Capture, StateError, shared_capture
 from ._engine import _top_level_offsets, fallback
 from ._rules import Unsupported
@@ -31,8 +45,72 @@ from ._rules import Unsupported
 aten = torch.ops.aten
 
 
-class FamilyLaplacian:
-    """The Laplacian of ``f`` for one argument signature."""
+@dataclasses.dataclass
+class Directions:
+    """What one call propagates: ``rows`` of shape ``(N, *x.shape)`` (direction
+    ``n`` in every sample; may be an expanded view), ``weights`` ``(N,)`` (None: all
+    ones), the order ``K`` and the input's own top coefficient (None: zero)."""
+
+    rows: torch.Tensor
+    weights: torch.Tensor | None
+    order: int
+    top: torch.Tensor | None = None
+
+
+class _Ctx:
+    """The order, the direction count and the weighted family sum of one call."""
+
+    def __init__(self, d: Directions):
+        self.K, self.N, self.w = d.order, d.rows.shape[0], d.weights
+
+    def levels(self, j: "_Jet") -> list:
+        """``[c_1, ..., c_{K-1}]`` of ``j``: views of its stack, None past its depth."""
+        out: list = [None] * (self.K - 1)
+        if j.c is not None:
+            for k in range(j.depth):
+                out[k] = j.c[k * self.N:(k + 1) * self.N]
+        return out
+
+    def wsum(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """``sum_n w_n t[n]`` over the leading (direction) axis."""
+        if t is None:
+            return None
+        t = _compact(t)  # repeated (stride-0) rows: reduce them once
+        if self.w is None:
+            return t.sum(0)
+        return torch.tensordot(self.w.to(t.dtype), t, dims=1)
+
+
+class _Jet:
+    """A value ``p``, its stacked lower coefficients ``c`` (``depth`` levels of ``N``
+    rows; None is zero) and its collapsed top coefficient ``l`` (None is zero)."""
+
+    __slots__ = ("p", "c", "depth", "l")
+
+    def __init__(self, p: Any, c: Any = None, l: Any = None, depth: int | None = None):
+        self.p, self.c, self.l = p, c, l
+        self.depth = 0 if c is None else (1 if depth is None else depth)
+
+    @property
+    def const(self) -> bool:
+        return self.c is None and self.l is None
+
+
+def _stack(levels: list) -> tuple[torch.Tensor | None, int]:
+    """Levels (None is zero) as one stack and its depth (trailing zeros dropped)."""
+    depth = max((k + 1 for k, v in enumerate(levels) if v is not None), default=0)
+    if depth == 0:
+        return None, 0
+    present = [v for v in levels[:depth] if v is not None]
+    shape = torch.broadcast_shapes(*(v.shape for v in present))
+    like = present[0]
+    parts = [torch.zeros(shape, dtype=like.dtype, device=like.device) if v is None
+             else v.expand(shape) for v in levels[:depth]]
+    return (parts[0] if depth == 1 else torch.cat(parts)), depth
+
+
+class FamilyProgram:
+    """A collapsed operator of ``f`` for one argument signature."""
 
     def __init__(self, cap: Capture, selected_leaf: int, batch_axis: int | None):
         self.graph = cap.graph.graph
@@ -43,26 +121,42 @@ class FamilyLaplacian:
         self.selected = tensor_leaves.index(selected_leaf)
         self.out_spec, self.batch_axis = cap.out_spec, batch_axis
         self.lifted, self.valid = cap.lifted, cap.valid
-        self.need_g: set = set()  # nodes whose first-order coefficients are read
+        self.need_c: set = set()  # nodes whose lower coefficients are read
 
-    def __call__(self, args: tuple, kwargs: dict) -> Any:
+    def __call__(self, args: tuple, kwargs: dict, directions: Directions | None = None) -> Any:
         tensors = [leaf for leaf in pytree.tree_leaves((args, kwargs))
                    if isinstance(leaf, torch.Tensor)] + list(self.lifted)
+        return pytree.tree_unflatten(self.run(tensors, directions), self.out_spec)
+
+    def run(self, tensors: list, directions: Directions | None = None) -> list:
+        """The operator's outputs (flat) for the graph's inputs ``tensors`` (the
+        arguments' tensors, then the lifted ones)."""
+        if directions is None:  # the Laplacian
+            x = tensors[self.selected]
+            directions = Directions(unit_seeds(x, self.batch_axis), None, 2)
+        ctx = _Ctx(directions)
         env: dict[fx.Node, _Jet] = {}
         for k, (ph, t) in enumerate(zip(self.placeholders, tensors)):
-            env[ph] = _Jet(t, _seeds(t, self.batch_axis) if k == self.selected else None)
+            if k == self.selected:
+                env[ph] = _Jet(t, directions.rows.to(t.dtype), directions.top)
+            else:
+                env[ph] = _Jet(t)
         env.update({n: _Jet(v) for n, v in self.literals.items()})
         outs = None
         for node in self.graph.nodes:
             if node.op == "call_function":
-                env[node] = _apply(node, env, node in self.need_g)
+                env[node] = _apply(ctx, node, env, node in self.need_c)
             elif node.op == "output":
-                outs = [_laplacian_of(env[o]) for o in node.args[0]]
-        return pytree.tree_unflatten(outs, self.out_spec)
+                outs = [_top_of(env[o]) for o in node.args[0]]
+        return outs
+
+
+# The Laplacian's program (the family with unit directions by default).
+FamilyLaplacian = FamilyProgram
 
 
 def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
-            batch_axis: int | None, cache=None) -> FamilyLaplacian | Fallback:
+            batch_axis: int | None, cache=None) -> FamilyProgram | Fallback:
     """The family program for these arguments, or why there is none (a fallback
     is kept under the capture's guard, so a change of state retries)."""
     try:
@@ -73,7 +167,7 @@ def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
         return fallback(str(e), getattr(e, "valid", None))
     except Exception as e:  # tracing failed: data-dependent control flow, ...
         return Fallback(f"could not capture f as a graph ({type(e).__name__})")
-    program = FamilyLaplacian(cap, _top_level_offsets(args)[argnum], batch_axis)
+    program = FamilyProgram(cap, _top_level_offsets(args)[argnum], batch_axis)
     traced = cap.graph
     live = {program.placeholders[program.selected]}
     for n in traced.graph.nodes:  # what the rules cannot see: keep to the unrolled engine
@@ -90,13 +184,13 @@ def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
         if n.target not in _SEQUENCE_RULES and any(
                 isinstance(a, (list, tuple)) and any(x in live for x in a) for a in n.args):
             return fallback(f"{n.target} takes a list of differentiated tensors", cap.valid)
-    program.need_g = _first_order_readers(traced.graph, live)
+    program.need_c = _lower_readers(traced.graph, live)
     return program
 
 
-def _first_order_readers(graph: fx.Graph, live: set) -> set:
-    """The live nodes whose stacked first-order coefficients something reads: the
-    inputs of a node that needs its own, and the inputs that a node's collapsed
+def _lower_readers(graph: fx.Graph, live: set) -> set:
+    """The live nodes whose stacked lower coefficients something reads: the inputs
+    of a node that needs its own, and the inputs that a node's collapsed
     coefficient is nonlinear in. The outputs need only their collapsed one."""
     need: set = set()
     for n in reversed(graph.nodes):
@@ -108,22 +202,9 @@ def _first_order_readers(graph: fx.Graph, live: set) -> set:
             need.update(inputs)
     return need
 
-class _Jet:
-    """A value ``p``, its stacked first-order coefficients ``g`` (leading axis: the
-    directions) and its collapsed second-order coefficient ``l``; None is zero."""
 
-    __slots__ = ("p", "g", "l")
-
-    def __init__(self, p: Any, g: Any = None, l: Any = None):
-        self.p, self.g, self.l = p, g, l
-
-    @property
-    def const(self) -> bool:
-        return self.g is None and self.l is None
-
-
-def _seeds(x: torch.Tensor, batch_axis: int | None) -> torch.Tensor:
-    """``G[i] = e_i`` over the sample shape, the same in every sample."""
+def unit_seeds(x: torch.Tensor, batch_axis: int | None) -> torch.Tensor:
+    """``rows[i] = e_i`` over the sample shape, the same in every sample."""
     if batch_axis is None:
         n = x.numel()
         return torch.eye(n, dtype=x.dtype, device=x.device).reshape((n,) + tuple(x.shape))
@@ -134,7 +215,18 @@ def _seeds(x: torch.Tensor, batch_axis: int | None) -> torch.Tensor:
     return eye.unsqueeze(1 + b).expand((n,) + tuple(x.shape))
 
 
-def _laplacian_of(j: _Jet) -> torch.Tensor:
+def shared_rows(rows: np.ndarray, x: torch.Tensor, batch_axis: int | None) -> torch.Tensor:
+    """Flat directions ``(N, D)`` as ``(N, *x.shape)``, the same in every sample."""
+    t = torch.as_tensor(rows, dtype=x.dtype, device=x.device)
+    if batch_axis is None:
+        return t.reshape((t.shape[0],) + tuple(x.shape))
+    b = batch_axis % x.ndim
+    sample = tuple(x.shape[:b]) + tuple(x.shape[b + 1:])
+    return t.reshape((t.shape[0],) + sample).unsqueeze(1 + b).expand(
+        (t.shape[0],) + tuple(x.shape))
+
+
+def _top_of(j: _Jet) -> torch.Tensor:
     return torch.zeros_like(j.p) if j.l is None else j.l.expand_as(j.p)
 
 
@@ -146,6 +238,22 @@ def _lift(g: torch.Tensor | None, ndim: int) -> torch.Tensor | None:
     return g.reshape((g.shape[0],) + (1,) * (ndim - g.ndim + 1) + tuple(g.shape[1:]))
 
 
+def _plus(x: torch.Tensor | None, dx: int, y: torch.Tensor | None, dy: int, n: int):
+    """The sum of two stacks of depths ``dx``, ``dy`` (levels of ``n`` rows)."""
+    if x is None:
+        return y, dy
+    if y is None:
+        return x, dx
+    if dx == dy:
+        return x + y, dx
+    if dx < dy:
+        x, dx, y, dy = y, dy, x, dx
+    head = x[:dy * n] + y
+    tail = x[dy * n:]
+    tail = tail.expand((tail.shape[0],) + tuple(head.shape[1:]))
+    return torch.cat([head, tail]), dx
+
+
 def _primal(a, env):
     if isinstance(a, fx.Node):
         return env[a].p
@@ -154,9 +262,9 @@ def _primal(a, env):
     return a
 
 
-def _apply(node: fx.Node, env: dict, want_g: bool) -> _Jet:
+def _apply(ctx: _Ctx, node: fx.Node, env: dict, want_c: bool) -> _Jet:
     if node.target in _SEQUENCE_RULES:  # cat / stack: a list of values first
-        return _SEQUENCE_RULES[node.target](node, env, want_g)
+        return _SEQUENCE_RULES[node.target](ctx, node, env, want_c)
     J = lambda a: env[a] if isinstance(a, fx.Node) else _Jet(_primal(a, env))  # noqa: E731
     jets = [J(a) for a in node.args]
     primals = [j.p for j in jets]
@@ -170,70 +278,96 @@ def _apply(node: fx.Node, env: dict, want_g: bool) -> _Jet:
     rule = _RULES.get(node.target)
     if rule is None or any(isinstance(v, fx.Node) for v in node.kwargs.values()):
         rule = _generic
-    jet = rule(node.target, jets, out, kw, want_g)
-    if not want_g:
-        jet.g = None  # rules may compute it anyway when it is free
+    jet = rule(ctx, node.target, jets, out, kw, want_c)
+    if not want_c:
+        jet.c, jet.depth = None, 0  # rules may compute it anyway when it is free
     return jet
 
 
 # -- rules ---------------------------------------------------------------------------
-def _linear_first(target, jets, out, kw, want_g) -> _Jet:
+def _linear_first(ctx, target, jets, out, kw, want_c) -> _Jet:
     """Linear in the first argument, the others constant (views, reductions, ...):
-    each direction is mapped by the same op (vmapped: dims are handled by vmap)."""
+    every level and direction is mapped by the same op (vmapped: dims are handled
+    by vmap)."""
     a, rest = jets[0], [j.p for j in jets[1:]]
     if any(not j.const for j in jets[1:]):
-        return _generic(target, jets, out, kw, want_g)
+        return _generic(ctx, target, jets, out, kw, want_c)
     op = lambda v: target(v, *rest, **kw)  # noqa: E731
-    g = None if a.g is None or not want_g else torch.func.vmap(op)(a.g)
-    return _Jet(out, g, None if a.l is None else op(a.l))
+    c = None if a.c is None or not want_c else torch.func.vmap(op)(a.c)
+    return _Jet(out, c, None if a.l is None else op(a.l), a.depth)
 
 
-def _view(target, jets, out, kw, want_g) -> _Jet:
-    """view / reshape / expand to a given size: the direction axis goes first."""
+def _view(ctx, target, jets, out, kw, want_c) -> _Jet:
+    """view / reshape / expand to a given size: the stacked axis goes first."""
     a, size = jets[0], list(jets[1].p)
-    if a.g is None or not want_g:
-        return _Jet(out, None, None if a.l is None else target(a.l, size))
+    top = None if a.l is None else target(a.l, size)
+    if a.c is None or not want_c:
+        return _Jet(out, None, top)
     fn = torch.Tensor.expand if target == aten.expand.default else torch.Tensor.reshape
-    return _Jet(out, fn(a.g, [a.g.shape[0]] + size), None if a.l is None else target(a.l, size))
+    return _Jet(out, fn(a.c, [a.c.shape[0]] + size), top, a.depth)
 
 
 def _sum_like(sign: float):
-    def rule(target, jets, out, kw, want_g) -> _Jet:
+    def rule(ctx, target, jets, out, kw, want_c) -> _Jet:
         """add / sub (alpha scales the second term)."""
         a, b = jets[0], jets[1]
         alpha = sign * kw.get("alpha", 1)
         nd = out.ndim if isinstance(out, torch.Tensor) else 0
-        g = _add(_lift(a.g, nd), None if b.g is None else alpha * _lift(b.g, nd))
+        c, depth = _plus(_lift(a.c, nd), a.depth,
+                         None if b.c is None else alpha * _lift(b.c, nd), b.depth, ctx.N)
         l = _add(a.l, None if b.l is None else alpha * b.l)
-        return _Jet(out, g, l)
+        return _Jet(out, c, l, depth)
     return rule
 
 
-def _mul(target, jets, out, kw, want_g) -> _Jet:
-    a, b = jets[0], jets[1]
-    nd = out.ndim if isinstance(out, torch.Tensor) else 0
-    ga, gb = _lift(a.g, nd), _lift(b.g, nd)
-    g = None
-    if want_g:
-        g = _add(None if ga is None else ga * b.p, None if gb is None else a.p * gb)
-    l = _add(None if a.l is None else a.l * b.p, None if b.l is None else a.p * b.l)
-    if ga is not None and gb is not None:
-        l = _add(l, 2 * (ga * gb).sum(0))
-    return _Jet(out, g, l)
+def _add(x, y):
+    if x is None:
+        return y
+    if y is None:
+        return x
+    return x + y
 
 
-def _matmul(target, jets, out, kw, want_g) -> _Jet:
-    """mm / matmul / bmm: bilinear; torch.matmul broadcasts the direction axis."""
-    a, b = jets[0], jets[1]
-    g = None
-    if want_g:
-        g = _add(None if a.g is None else _broadcast_matmul(a.g, b.p),
-                 None if b.g is None else torch.matmul(a.p, b.g))
-    l = _add(None if a.l is None else target(a.l, b.p),
-             None if b.l is None else target(a.p, b.l))
-    if a.g is not None and b.g is not None:
-        l = _add(l, 2 * torch.matmul(a.g, b.g).sum(0))
-    return _Jet(out, g, l)
+def _bilinear(product: Callable, linear_a: Callable, linear_b: Callable):
+    """A rule for an op bilinear in its two arguments (``product(a, b)``), with
+    ``linear_a(stack, b)`` / ``linear_b(a, stack)`` mapping a whole stack through
+    one factor (one batched op): Leibniz's rule per level,
+    ``c_k = sum_j C(k, j) a_j b_{k-j}``, and collapsed at the top."""
+    def rule(ctx, target, jets, out, kw, want_c) -> _Jet:
+        a, b = jets[0], jets[1]
+        nd = out.ndim if isinstance(out, torch.Tensor) else 0
+        K, n = ctx.K, ctx.N
+        c = depth = None
+        if want_c:  # the levels' terms with a_0 or b_0 first: one op over the stack
+            c, depth = _plus(None if a.c is None else linear_a(_lift(a.c, nd), b.p), a.depth,
+                             None if b.c is None else linear_b(a.p, _lift(b.c, nd)), b.depth,
+                             n)
+        l = _add(None if a.l is None else product(a.l, b.p),
+                 None if b.l is None else product(a.p, b.l))
+        if a.c is not None and b.c is not None:
+            la, lb = ctx.levels(a), ctx.levels(b)
+            la = [None if v is None else _lift(v, nd) for v in la]
+            lb = [None if v is None else _lift(v, nd) for v in lb]
+
+            def cross(k):
+                terms = [math.comb(k, j) * product(la[j - 1], lb[k - j - 1])
+                         for j in range(1, k) if la[j - 1] is not None
+                         and lb[k - j - 1] is not None]
+                return sum(terms[1:], terms[0]) if terms else None
+
+            l = _add(l, ctx.wsum(cross(K)))
+            if want_c and K > 2:
+                levels = [None] * (K - 1)
+                if c is not None:
+                    levels[:depth] = [c[k * n:(k + 1) * n] for k in range(depth)]
+                extra = [cross(k) for k in range(1, K)]
+                if any(e is not None for e in extra):
+                    c, depth = _stack([_add(v, e) for v, e in zip(levels, extra)])
+        return _Jet(out, c, l, depth)
+    return rule
+
+
+_mul = _bilinear(torch.mul, torch.mul, torch.mul)
 
 
 def _broadcast_matmul(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -246,6 +380,9 @@ def _broadcast_matmul(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return prod.expand(tuple(g.shape[:-1]) + tuple(prod.shape[-1:]))
 
 
+_matmul = _bilinear(torch.matmul, _broadcast_matmul, torch.matmul)
+
+
 def _compact(t: torch.Tensor, keep_last: int = 0) -> torch.Tensor:
     """``t`` with its repeated (stride-0) axes cut to length 1, except the first
     (directions) and the last ``keep_last``; ``t`` itself if it has none."""
@@ -256,16 +393,16 @@ def _compact(t: torch.Tensor, keep_last: int = 0) -> torch.Tensor:
     return t[tuple(index)] if cut else t
 
 
-def _addmm(target, jets, out, kw, want_g) -> _Jet:
+def _addmm(ctx, target, jets, out, kw, want_c) -> _Jet:
     """``beta * bias + alpha * (a @ b)``."""
-    bias, prod = jets[0], _matmul(aten.mm.default, jets[1:3], None, {}, want_g)
+    bias, prod = jets[0], _matmul(ctx, aten.mm.default, jets[1:3], out, {}, want_c)
     beta, alpha = kw.get("beta", 1), kw.get("alpha", 1)
     nd = out.ndim
-    g = _add(None if bias.g is None else _times(beta, _lift(bias.g, nd)),
-             None if prod.g is None else _times(alpha, prod.g))
+    c, depth = _plus(None if bias.c is None else _times(beta, _lift(bias.c, nd)), bias.depth,
+                     None if prod.c is None else _times(alpha, prod.c), prod.depth, ctx.N)
     l = _add(None if bias.l is None else _times(beta, bias.l),
              None if prod.l is None else _times(alpha, prod.l))
-    return _Jet(out, g, l)
+    return _Jet(out, c, l, depth)
 
 
 def _times(c, t: torch.Tensor) -> torch.Tensor:
@@ -273,37 +410,126 @@ def _times(c, t: torch.Tensor) -> torch.Tensor:
     return t if c == 1 else c * t
 
 
-def _elementwise(d1: Callable, d2: Callable):
-    """A unary elementwise op from its first and second derivative (given the
-    input and the op's output)."""
-    def rule(target, jets, out, kw, want_g) -> _Jet:
+# NOTE [elementwise derivatives]: a unary elementwise op is given by
+# ``derivatives(x, y, m)``: its first ``m`` derivatives at the input ``x`` (``y`` is
+# the op's output), as a list. Faa di Bruno then gives every level,
+# ``c_k = sum_partitions mult * phi^(#parts) * prod a_part``; ``phi^(m)`` does not
+# depend on the direction, so at the top it multiplies the weighted family sum of
+# the products once.
+def _elementwise(derivatives: Callable):
+    def rule(ctx, target, jets, out, kw, want_c) -> _Jet:
         a = jets[0]
         if any(not j.const for j in jets[1:]):
-            return _generic(target, jets, out, kw, want_g)
-        first = d1(a.p, out)
-        g = None if a.g is None or not want_g else first * a.g
-        l = None if a.l is None else first * a.l
-        if a.g is not None:
-            c = _compact(a.g)  # repeated rows: square and sum them once
-            l = _add(l, d2(a.p, out, first) * (c * c).sum(0))
-        return _Jet(out, g, l)
+            return _generic(ctx, target, jets, out, kw, want_c)
+        K, n = ctx.K, ctx.N
+        top_order = K if a.c is not None else 1
+        d = derivatives(a.p, out, top_order)
+        c = None if a.c is None or not want_c else d[0] * a.c
+        depth = a.depth if c is not None else 0
+        l = None if a.l is None else d[0] * a.l
+        if a.c is None:
+            return _Jet(out, c, l, depth)
+        la = ctx.levels(a)
+
+        def product(parts):
+            vals = [la[p - 1] for p in parts]
+            if any(v is None for v in vals):
+                return None
+            if len(vals) == 2 and vals[0] is vals[1] and vals[0].ndim:
+                v = _compact(vals[0])  # repeated rows: square once
+                return v * v
+            out_ = vals[0]
+            for v in vals[1:]:
+                out_ = out_ * v
+            return out_
+
+        def nonlinear(k, family_sum: bool):
+            total = None
+            for mult, parts in faa_di_bruno(k):
+                if len(parts) == 1:
+                    continue
+                p = product(parts)
+                if p is None:
+                    continue
+                p = ctx.wsum(p) if family_sum else p
+                total = _add(total, (mult * d[len(parts) - 1]) * p)
+            return total
+
+        l = _add(l, nonlinear(K, True))
+        if want_c and K > 2:
+            levels = [None] * (K - 1)
+            levels[:depth] = [c[k * n:(k + 1) * n] for k in range(depth)]
+            extra = [nonlinear(k, False) for k in range(1, K)]
+            if any(e is not None for e in extra):
+                c, depth = _stack([_add(v, e) for v, e in zip(levels, extra)])
+        return _Jet(out, c, l, depth)
     return rule
 
 
-def _pow_scalar(target, jets, out, kw, want_g) -> _Jet:
+def _poly_in_output(first: np.ndarray):
+    """Derivatives of an op with ``phi' = P(phi)`` (a polynomial, highest power
+    first: tanh ``1 - y^2``, sigmoid ``y - y^2``): ``phi^(m+1) = (phi^(m))'(y) P(y)``."""
+    polys = [np.poly1d(first)]
+
+    def derivatives(x, y, m):
+        while len(polys) < m:
+            polys.append(np.polyder(polys[-1]) * polys[0])
+        return [_horner(p, y) for p in polys[:m]]
+    return derivatives
+
+
+def _horner(p: np.poly1d, y: torch.Tensor) -> torch.Tensor:
+    coeffs = [float(c) for c in p.coeffs]
+    out = torch.full_like(y, coeffs[0]) if len(coeffs) == 1 else coeffs[0] * y + coeffs[1]
+    for c in coeffs[2:]:
+        out = out * y + c
+    return out
+
+
+def _cyclic(first_four: Callable):
+    """sin, cos: derivatives repeat with period four."""
+    def derivatives(x, y, m):
+        base = first_four(x, y)
+        return [base[k % 4] for k in range(m)]
+    return derivatives
+
+
+def _exp_derivatives(x, y, m):
+    return [y] * m
+
+
+def _log_derivatives(x, y, m):
+    inv = 1 / x
+    out, power = [], inv
+    for k in range(1, m + 1):
+        out.append((-1) ** (k - 1) * math.factorial(k - 1) * power)
+        power = power * inv
+    return out
+
+
+def _pow_scalar(ctx, target, jets, out, kw, want_c) -> _Jet:
     p = jets[1].p
     if p == 0:
         return _Jet(out)
     if p == 1:
-        return _Jet(out, jets[0].g, jets[0].l)
-    return _elementwise(lambda x, y: p * x ** (p - 1),
-                        lambda x, y, d: p * (p - 1) * x ** (p - 2))(target, jets, out, kw,
-                                                                    want_g)
+        return _Jet(out, jets[0].c, jets[0].l, jets[0].depth)
+
+    def derivatives(x, y, m):
+        res, coef = [], 1.0
+        for k in range(1, m + 1):
+            coef *= p - k + 1
+            res.append(coef * x ** (p - k) if coef != 0 else torch.zeros_like(x))
+        return res
+    return _elementwise(derivatives)(ctx, target, jets, out, kw, want_c)
 
 
-def _generic(target, jets, out, kw, want_g=True) -> _Jet:
-    """Any op, by ``torch.func``: ``G = vmap(jvp)``, and ``L`` = the jvp along the
-    collapsed coefficients plus ``sum_i`` of forward-over-forward along ``G[i]``."""
+def _generic(ctx, target, jets, out, kw, want_c=True) -> _Jet:
+    """Any op, by ``torch.func``: along each direction the op's value on the
+    Taylor polynomial ``x(t) = sum_j a_j t^j / j!`` of each input (orders below
+    ``K``), differentiated ``k`` times in ``t`` by nested ``jvp`` (vmapped over the
+    directions); the top adds the ``jvp`` along the inputs' collapsed coefficients
+    (the top is linear in them)."""
+    K, n = ctx.K, ctx.N
     live = [i for i, j in enumerate(jets) if not j.const]
     primals = tuple(jets[i].p for i in live)
 
@@ -316,39 +542,51 @@ def _generic(target, jets, out, kw, want_g=True) -> _Jet:
     def zeros_or(v, j):
         return torch.zeros_like(j.p) if v is None else v
 
-    stacked = [jets[i].g for i in live]
-    g = l = None
-    if any(s is not None for s in stacked):
-        n = next(s.shape[0] for s in stacked if s is not None)
-        tangents = [torch.zeros((n,) + tuple(jets[i].p.shape), dtype=jets[i].p.dtype,
-                                device=jets[i].p.device) if s is None else s.expand(
-                                    (n,) + tuple(jets[i].p.shape))
-                    for i, s in zip(live, stacked)]
+    c = depth = l = None
+    stacked = [ctx.levels(jets[i]) for i in live]
+    if any(jets[i].c is not None for i in live):
+        def per_level(lv, j):
+            return [torch.zeros((n,) + tuple(j.p.shape), dtype=j.p.dtype, device=j.p.device)
+                    if v is None else v.expand((n,) + tuple(j.p.shape)) for v in lv]
+        levels = [per_level(lv, jets[i]) for lv, i in zip(stacked, live)]
 
-        def first(*ts):
-            return torch.func.jvp(fn, primals, ts)[1]
+        def along(*coeffs):  # one direction: coeffs[i][k] is input i's level k + 1
+            def h(t):
+                return fn(*(p + sum(cf[k] * t ** (k + 1) / math.factorial(k + 1)
+                                    for k in range(K - 1))
+                            for p, cf in zip(primals, coeffs)))
+            outs, g = [], h
+            for _ in range(K):
+                g = _derivative(g)
+                outs.append(g(torch.zeros((), dtype=primals[0].dtype, device=primals[0].device)))
+            return tuple(outs)
 
-        def second(*ts):
-            return torch.func.jvp(lambda *z: torch.func.jvp(fn, z, ts)[1], primals, ts)[1]
-
-        g = torch.func.vmap(first)(*tangents)
-        l = torch.func.vmap(second)(*tangents).sum(0)
+        flat = [torch.stack(lv) for lv in levels]  # (K - 1, n, ...)
+        res = torch.func.vmap(lambda *cs: along(*[list(cf) for cf in cs]),
+                              in_dims=1)(*flat)
+        l = ctx.wsum(res[K - 1])
+        if want_c:
+            c, depth = _stack(list(res[:K - 1]))
     if any(jets[i].l is not None for i in live):
         l = _add(l, torch.func.jvp(fn, primals, tuple(zeros_or(jets[i].l, jets[i])
                                                       for i in live))[1])
-    return _Jet(out, g, l)
+    return _Jet(out, c, l, depth or 0)
 
 
-def _tanh_d2(x, y, d):
-    return -2 * y * d
+def _derivative(g: Callable) -> Callable:
+    """``t -> dg/dt`` for a function of a scalar ``t``, by forward mode."""
+    def dg(t):
+        return torch.func.jvp(g, (t,), (torch.ones_like(t),))[1]
+    return dg
 
 
-def _join(node: fx.Node, env: dict, want_g: bool) -> _Jet:
+def _join(ctx, node: fx.Node, env: dict, want_c: bool) -> _Jet:
     """cat / stack along ``dim``: linear; zeros stand in for constant parts."""
     parts = [env[a] if isinstance(a, fx.Node) else _Jet(a) for a in node.args[0]]
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     out = node.target([j.p for j in parts], dim)
     d = dim % out.ndim  # in the output's rank: stack adds an axis
+    depth = max(j.depth for j in parts)
 
     def joined(coefficient, lead: tuple):
         vals = [coefficient(j) for j in parts]
@@ -359,14 +597,22 @@ def _join(node: fx.Node, env: dict, want_g: bool) -> _Jet:
                 if v is None else v.expand(lead + tuple(j.p.shape)) for v, j in zip(vals, parts)]
         return node.target(vals, d + len(lead))
 
-    n = next((j.g.shape[0] for j in parts if j.g is not None), None)
-    g = joined(lambda j: j.g, (n,)) if want_g and n is not None else None
-    return _Jet(out, g, joined(lambda j: j.l, ()))
+    def padded(j):  # the stack at the common depth
+        if j.c is None:
+            return None
+        if j.depth == depth:
+            return j.c
+        pad = torch.zeros(((depth - j.depth) * ctx.N,) + tuple(j.c.shape[1:]),
+                          dtype=j.c.dtype, device=j.c.device)
+        return torch.cat([j.c, pad])
+
+    c = joined(padded, (depth * ctx.N,)) if want_c and depth else None
+    return _Jet(out, c, joined(lambda j: j.l, ()), depth if c is not None else 0)
 
 
 _SEQUENCE_RULES = {aten.cat.default: _join, aten.stack.default: _join}
 
-# Linear in each argument (the collapsed coefficient reads no first-order one) ...
+# Linear in each argument (the collapsed coefficient reads no lower one) ...
 _LINEAR_IN_EACH = {
     aten.add.Tensor, aten.sub.Tensor, aten.view.default, aten._unsafe_view.default,
     aten.reshape.default, aten.expand.default, aten.neg.default, aten.clone.default,
@@ -385,13 +631,12 @@ _RULES: dict[Any, Callable] = {
     aten.addmm.default: _addmm,
     aten.add.Tensor: _sum_like(1.0), aten.sub.Tensor: _sum_like(-1.0),
     aten.mul.Tensor: _mul,
-    aten.tanh.default: _elementwise(lambda x, y: 1 - y * y, _tanh_d2),
-    aten.sigmoid.default: _elementwise(lambda x, y: y * (1 - y),
-                                       lambda x, y, d: d * (1 - 2 * y)),
-    aten.sin.default: _elementwise(lambda x, y: torch.cos(x), lambda x, y, d: -y),
-    aten.cos.default: _elementwise(lambda x, y: -torch.sin(x), lambda x, y, d: -y),
-    aten.exp.default: _elementwise(lambda x, y: y, lambda x, y, d: y),
-    aten.log.default: _elementwise(lambda x, y: 1 / x, lambda x, y, d: -d * d),
+    aten.tanh.default: _elementwise(_poly_in_output(np.array([-1.0, 0.0, 1.0]))),
+    aten.sigmoid.default: _elementwise(_poly_in_output(np.array([-1.0, 1.0, 0.0]))),
+    aten.sin.default: _elementwise(_cyclic(lambda x, y: (torch.cos(x), -y, -torch.cos(x), y))),
+    aten.cos.default: _elementwise(_cyclic(lambda x, y: (-torch.sin(x), -y, torch.sin(x), y))),
+    aten.exp.default: _elementwise(_exp_derivatives),
+    aten.log.default: _elementwise(_log_derivatives),
     aten.pow.Tensor_Scalar: _pow_scalar,
     aten.view.default: _view, aten._unsafe_view.default: _view,
     aten.reshape.default: _view, aten.expand.default: _view,
@@ -403,3 +648,44 @@ _RULES: dict[Any, Callable] = {
     aten.sum.dim_IntList: _linear_first, aten.sum.default: _linear_first,
     aten.mean.dim: _linear_first,
 }
+
+
+class CompiledProgram:
+    """A family program under ``torch.compile``: the interpretation traced once per
+    signature to one ATen graph (``make_fx``; lifted tensors stay inputs, so they
+    are read live), which Inductor compiles."""
+
+    def __init__(self, program: FamilyProgram):
+        self.program, self.valid = program, program.valid
+        self.graphs: dict = {}
+
+    def __call__(self, args: tuple, kwargs: dict, directions: Directions | None = None):
+        p = self.program
+        tensors = [leaf for leaf in pytree.tree_leaves((args, kwargs))
+                   if isinstance(leaf, torch.Tensor)] + list(p.lifted)
+        if directions is None:
+            directions = Directions(unit_seeds(tensors[p.selected], p.batch_axis), None, 2)
+        extras = [directions.rows, directions.weights, directions.top]
+        present = tuple(e is not None for e in extras)
+        given = [e for e in extras if e is not None]
+        key = (directions.order, present,
+               tuple((tuple(t.shape), t.dtype, t.device) for t in tensors + given))
+        fn = self.graphs.get(key)
+        if fn is None:
+            order, count = directions.order, len(tensors)
+
+            def flat(*ts):
+                rest = iter(ts[count:])
+                rows, weights, top = [next(rest) if q else None for q in present]
+                return p.run(list(ts[:count]), Directions(rows, weights, order, top))
+
+            from torch.fx.experimental.proxy_tensor import make_fx
+
+            graph = make_fx(flat)(*tensors, *given)
+            fn = torch.compile(graph, fullgraph=True, dynamic=False)
+            self.graphs[key] = fn
+        return pytree.tree_unflatten(list(fn(*tensors, *given)), p.out_spec)
+
+
+def compiled(program: FamilyProgram) -> CompiledProgram:
+    return CompiledProgram(program)
