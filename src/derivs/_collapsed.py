@@ -33,56 +33,106 @@ STRATEGIES = (FAMILY, NESTED)
 
 @dataclasses.dataclass
 class Call:
-    """One call's operator: directions ``rows`` (``(N, *sample)`` shared by every
-    sample, or ``(N, *x.shape)`` with ``per_sample``), ``weights`` (NumPy), the
-    order, the drift (shaped like x, or None) and the term of f's value."""
+    """One call's operator: ``sum c * d^alpha f`` over ``terms`` (multi-indices
+    over seed groups), with group ``g`` seeded by ``seeds[g]`` (``(G, *sample)``
+    shared by every sample, or ``(G, *x.shape)`` with ``per_sample``; ``units``:
+    the seeds are the unit coordinates), plus ``Df[drift]`` (drift shaped like x)
+    and the term of f's value."""
 
-    rows: Any
-    weights: np.ndarray
-    order: int
+    seeds: Any
+    terms: tuple
     per_sample: bool = False
     drift: Any = None
     value: Callable[[Any], Any] | None = None  # f's output -> its term, or None
+    units: bool = False
+    memo: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def order(self) -> int:
+        return max(len(a) for _, a in self.terms)
+
+    def univariate(self) -> tuple[np.ndarray, int] | None:
+        """``(weights, K)`` when every term is a pure ``K``-th derivative along one
+        group (the seeds are then the directions), else None."""
+        k = self.order
+        weights = np.zeros(len(self.seeds))
+        for c, alpha in self.terms:
+            if len(alpha) != k or len(set(alpha)) != 1:
+                return None
+            weights[alpha[0]] += c
+        return weights, k
+
+    def as_univariate(self) -> "Call":
+        """The same operator with pure terms along directions (NOTE [pair
+        interpolation] for mixed fourth-order terms on unit seeds)."""
+        if self.univariate() is not None:
+            return self
+        if "univariate" not in self.memo:
+            rows, weights, k = self.directions()
+            self.memo["univariate"] = dataclasses.replace(
+                self, seeds=rows, units=False, memo={},
+                terms=tuple((float(w), (n,) * k) for n, w in enumerate(weights)))
+        return self.memo["univariate"]
+
+    def directions(self) -> tuple[Any, np.ndarray, int]:
+        """``(rows, weights, K)``: the operator as ``sum_n w_n D^K f[v_n]``."""
+        uni = self.univariate()
+        if uni is not None:
+            return self.seeds, uni[0], uni[1]
+        # unit seeds and d^4 / dx_i^2 dx_j^2 terms: NOTE [pair interpolation]
+        n = len(self.seeds)
+        c = np.zeros((n, n))
+        for coef, (i, _, j, _) in self.terms:
+            c[i, j] += coef
+        d = _directions.fourth_order_pairs(c)
+        return d.rows, d.weights, 4
 
 
 class FamilyExplanation:
-    """What a collapsed family operator does for given arguments: the directions,
-    the order, the strategy that runs and why. Made by ``derivs.explain(op, *args)``."""
+    """What a collapsed operator does for given arguments: the seeds, the order,
+    the layout that runs and why. Made by ``derivs.explain(op, *example_args)``."""
 
-    def __init__(self, api, backend, sample, call: Call, strategy, requested, notes):
+    def __init__(self, api, backend, sample, call: Call, strategy, layout, requested, notes):
         self.api, self.backend, self.sample = api, backend, sample
-        self.directions, self.order = int(call.weights.shape[0]), call.order
-        self.strategy, self.requested, self.notes = strategy, requested, list(notes)
-        self.drift = call.drift is not None
-        self.layout = "family" if strategy == FAMILY else None
+        self.groups, self.terms, self.order = len(call.seeds), len(call.terms), call.order
+        self.strategy, self.layout, self.requested = strategy, layout, requested
+        self.notes, self.drift = list(notes), call.drift is not None
 
     def __str__(self) -> str:
-        lines = [f"{self.api} ({self.backend}), sample shape {self.sample}: "
-                 f"{self.directions} directions of order {self.order}"
+        lines = [f"{self.api} ({self.backend}), sample shape {self.sample}: {self.terms} "
+                 f"term(s) of order <= {self.order} over {self.groups} seed direction(s)"
                  + (", plus the drift's first-order term" if self.drift else ""),
                  f"  strategy: {self.strategy} "
                  + ("(requested)" if self.requested else "(automatic)")]
-        if self.strategy == FAMILY:
-            lines.append(f"  collapsed order-{self.order} jet: the value, {self.order - 1} "
-                         "lower coefficient(s) per direction stacked on one axis, and one "
-                         "summed top coefficient per intermediate")
-        else:
-            lines.append(f"  {self.order} nested JVPs per direction, vmapped over the "
-                         "directions")
+        lines.append("  layout: " + _LAYOUTS[self.layout])
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     __repr__ = __str__
 
 
+_LAYOUTS = {
+    "stacked": "collapsed Taylor mode, stacked: every intermediate carries its value, the "
+               "coefficients below the top order as one stacked tensor (one op per rule) "
+               "and one summed top coefficient",
+    "stacked pairs": "collapsed Taylor mode, stacked, along the D^2 pair directions of NOTE "
+                     "[pair interpolation] (contiguous slices, no gathers)",
+    "family": "collapsed Taylor mode over a vmapped family of directions (one lane per "
+              "direction, the top coefficient summed across lanes)",
+    "coordinate groups": "collapsed Taylor mode with one coordinate group per coordinate "
+                         "(unrolled, one op per coefficient; NOTE [mixed-term layout])",
+    "nested": "nested JVPs, order-many per direction, vmapped over the directions",
+}
+
+
 def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
          plan: Callable, *, strategy: str | None = None, chunk_size: int | None = None,
          torch_compile: bool = False) -> Callable:
-    """The operator ``plan(backend, x, sample, args, kwargs) -> Call`` of ``f``."""
+    """The operator ``plan(backend, x, sample) -> Call`` of ``f``."""
     check_operator_arguments(api, f, argnum, batch_axis)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
-        raise ValueError(f"{api}: chunk_size must be None (all directions at once) or a "
+        raise ValueError(f"{api}: chunk_size must be None (all terms at once) or a "
                          f"positive int, got {chunk_size!r}.")
     if strategy not in (None, *STRATEGIES):
         raise ValueError(f"{api}: strategy={strategy!r} is not one of None (automatic), "
@@ -92,7 +142,7 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
     # Carries f and argnum: the JAX engine traces f's jaxpr through it, and its cache
     # holds the PyTorch capture, the output-shape probe and the batch-axis verdict.
     transform = _api._build(f, [0], argnum, False, batch_axis, api=api, allow_value=False)
-    programs = LRUCache(maxsize=32)  # PyTorch: the family program per signature
+    cache = LRUCache(maxsize=64)  # programs per signature, layouts per term set
     unbatched: list = []
 
     def decide(args, kwargs):
@@ -103,14 +153,15 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
         x = backend.as_input(args[argnum], argnum, api, batch_axis)
         args = args[:argnum] + (x,) + args[argnum + 1:]
         sample = _common.sample_shape(tuple(x.shape), batch_axis)
-        engine, why = None, None
+        call = plan(backend, x, sample)
+        engine, layout, why = None, "nested", None
         if strategy != NESTED:
-            engine, why = _engine(backend.name, transform, programs, f, args, kwargs, argnum,
-                                  batch_axis, torch_compile)
-        return backend, args, x, sample, engine, why
+            engine, layout, why = _engine(backend.name, transform, cache, f, args, kwargs,
+                                          argnum, batch_axis, call, torch_compile)
+        return backend, args, x, sample, call, engine, layout, why
 
     def op(*args, **kwargs):
-        backend, args, x, sample, engine, why = decide(args, kwargs)
+        backend, args, x, sample, call, engine, layout, why = decide(args, kwargs)
         if batch_axis is not None:
             v = transform.batch_verdict(backend, args, kwargs)
             if not v.proven:
@@ -119,7 +170,6 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
                                           chunk_size=chunk_size, torch_compile=torch_compile))
                 return _batch.vmapped(backend.name, lambda *a: unbatched[0](*a, **kwargs),
                                       args, batch_axis, x.shape[batch_axis], v.out_axis)
-        call = plan(backend, x, sample, args, kwargs)
         if engine is None:
             out = _nested(backend.name, f, args, kwargs, argnum, batch_axis, call, chunk_size)
         else:
@@ -130,19 +180,29 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
         return out
 
     def explain(*args, **kwargs) -> FamilyExplanation:
-        backend, args, x, sample, engine, why = decide(args, kwargs)
-        call = plan(backend, x, sample, args, kwargs)
+        backend, args, x, sample, call, engine, layout, why = decide(args, kwargs)
         notes = []
         if batch_axis is not None:
             v = transform.batch_verdict(backend, args, kwargs)
             notes.append(f"batch_axis: {v.reason}")
         if why is not None:
-            notes.append(f"the traced engine cannot take f: {why}")
+            notes.append(why)
+        if layout in ("stacked", "stacked pairs"):
+            c = call.as_univariate() if layout == "stacked pairs" else call
+            rows = _layout(cache, c.terms, len(c.seeds), None)[0].size
+            notes.append(f"{rows} stacked coefficient rows per intermediate")
+        if layout == "coordinate groups":
+            t = _group_transforms(transform, argnum, batch_axis, cache, call, chunk_size,
+                                  torch_compile)[0]
+            inner = _api.explain(_api._wrap(f, t, lambda r, aux: r[0]), *args, **kwargs)
+            notes.append(f"the coordinate groups run as {inner.strategy}"
+                         + "".join(f"; {n}" for n in inner.notes))
         if chunk_size is not None:
-            notes.append(f"chunk_size={chunk_size}: directions in chunks (PyTorch: one "
-                         "pass per chunk, recomputing f's value; JAX: a lax.map)")
+            notes.append(f"chunk_size={chunk_size}: the terms in chunks (PyTorch: one pass "
+                         "per chunk, each recomputing f's value; JAX: a lax.map or one "
+                         "pass per chunk)")
         return FamilyExplanation(api, backend.name, sample, call,
-                                 FAMILY if engine is not None else NESTED,
+                                 FAMILY if engine is not None else NESTED, layout,
                                  strategy is not None, notes)
 
     op = functools.wraps(f)(op)
@@ -151,68 +211,135 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
     return op
 
 
-def _engine(name, transform, programs, f, args, kwargs, argnum, batch_axis, torch_compile):
-    """``(run, None)`` for the traced family engine, or ``(None, why not)``."""
+def _layout(cache, terms: tuple, groups: int, chunk_size: int | None) -> list:
+    """The stacked layouts of ``terms`` in chunks of ``chunk_size`` terms (one
+    for None), cached by the term set."""
+    from .core._stacked import Layout
+
+    key = ("layouts", groups, id(terms), chunk_size)  # plans reuse their term tuples
+    hit = cache.get(key)
+    if hit is None or hit[0] is not terms:
+        step = chunk_size or max(len(terms), 1)
+        hit = (terms, [Layout(groups, terms[lo:lo + step]) for lo in range(0, len(terms), step)])
+        cache.put(key, hit)
+    return hit[1]
+
+
+def _engine(name, transform, cache, f, args, kwargs, argnum, batch_axis, call: Call,
+            torch_compile):
+    """``(run, layout, None)`` for a traced engine, or ``(None, "nested", why)``."""
     if name == "torch":
         from .backends.torch_engine import _family, cache_key, guarded_get
 
+        layout = mixed_layout("torch", args[argnum].device.type) if call.univariate() is None \
+            else "stacked"
+        if layout == "coordinate groups":
+            return functools.partial(_groups, transform, argnum, batch_axis, cache,
+                                     torch_compile), layout, None
         key = cache_key(args, kwargs)
-        program = None if key is None else guarded_get(programs, key)
+        program = None if key is None else guarded_get(cache, ("program", key))
         if program is None:
             program = _family.prepare(f, args, kwargs, argnum, batch_axis, transform.cache)
             if torch_compile and not isinstance(program, _common.Fallback):
                 program = _family.compiled(program)
             if key is not None:
-                programs.put(key, program)
+                cache.put(("program", key), program)
         if isinstance(program, _common.Fallback):
-            return None, program.reason
-        return functools.partial(_torch_run, program, argnum, batch_axis), None
+            return None, "nested", f"the traced engine cannot take f: {program.reason}"
+        return (functools.partial(_torch_run, program, cache, argnum, batch_axis,
+                                  layout == "stacked pairs"), layout, None)
+    if call.univariate() is None:
+        return functools.partial(_groups, transform, argnum, batch_axis, cache, False), \
+            mixed_layout("jax", None), None
     from .backends import jax_engine
 
     compiled = jax_engine.prepare(transform, args, kwargs)
     if isinstance(compiled, jax_engine.Fallback):
-        return None, compiled.reason
-    return functools.partial(_jax_run, compiled, batch_axis), None
+        return None, "nested", f"the traced engine cannot take f: {compiled.reason}"
+    return functools.partial(_jax_run, compiled, batch_axis), "family", None
 
 
-def _torch_run(program, argnum, batch_axis, args, kwargs, call: Call, chunk_size):
+# NOTE [mixed-term layout]: mixed fourth-order terms (the Bi-Laplacian's
+# d^4 / dx_i^2 dx_j^2) have three layouts: coordinate groups (unrolled, one
+# coefficient per multi-index, cache-sized ops), stacked mixed rows (unit seeds;
+# D + D (D + 1) / 2 + D^2 rows, gathered products) and stacked pairs (the D^2 pair
+# directions of NOTE [pair interpolation]; 3 D^2 rows, contiguous slices). On CPU
+# (Bi-Laplacian, D = 10, tanh MLP 10-256-256-256-1, 512 points, as a ratio to the
+# nested Laplacian of the Laplacian) PyTorch ran 0.09-0.13x as coordinate groups,
+# 0.28-0.31x as pairs and 0.36-0.38x as mixed rows; JAX under jit 0.19-0.21x as
+# coordinate groups and 0.43-0.52x as a vmapped family of the pairs. On an H200 the
+# coordinate groups were launch-bound (1.06x), so other devices take the stacked
+# pairs: fewest kernels, no gathers. ``benchmarks/taylor.py`` (and the GPU script)
+# measure the three side by side; the device rule is unmeasured on GPUs so far.
+def mixed_layout(framework: str, device_type: str | None) -> str:
+    """The layout of mixed fourth-order terms (NOTE [mixed-term layout])."""
+    if framework == "jax" or device_type == "cpu":
+        return "coordinate groups"
+    return "stacked pairs"
+
+
+def _torch_run(program, cache, argnum, batch_axis, pairs, args, kwargs, call: Call,
+               chunk_size):
     import torch
 
     from .backends.torch_engine import _family
 
+    if pairs:
+        call = call.as_univariate()
     x = args[argnum]
-    rows = _torch_rows(call, x, batch_axis)
-    weights = torch.as_tensor(call.weights, dtype=x.dtype, device=x.device)
+    if call.per_sample:
+        seeds = torch.as_tensor(call.seeds).to(x)
+    elif call.units:
+        seeds = _family.unit_seeds(x, batch_axis)
+    else:
+        flat = np.asarray(call.seeds) if not isinstance(call.seeds, torch.Tensor) else call.seeds
+        seeds = _family.shared_rows(flat.reshape(flat.shape[0], -1), x, batch_axis)
     drift = None if call.drift is None else torch.as_tensor(call.drift).to(x)
-    n = rows.shape[0]
-    step = chunk_size or max(n, 1)
     out = None
-    for lo in range(0, max(n, 1), step):
-        d = _family.Directions(rows[lo:lo + step], weights[lo:lo + step], call.order,
-                               drift if lo == 0 else None)
-        part = program(args, kwargs, d)
+    for k, layout in enumerate(_layout(cache, call.terms, len(call.seeds), chunk_size)):
+        part = program(args, kwargs, _family.Seeds(layout, seeds, drift if k == 0 else None))
         out = part if out is None else _tree_add("torch", out, part)
     return out
-
-
-def _torch_rows(call: Call, x, batch_axis):
-    import torch
-
-    from .backends.torch_engine import _family
-
-    if call.per_sample:
-        return torch.as_tensor(call.rows).to(x)
-    rows = np.asarray(call.rows) if not isinstance(call.rows, torch.Tensor) else call.rows
-    flat = rows.reshape(rows.shape[0], -1)
-    return _family.shared_rows(flat, x, batch_axis)
 
 
 def _jax_run(compiled, batch_axis, args, kwargs, call: Call, chunk_size):
     from .backends import jax_engine
 
-    return jax_engine.run_directions(compiled, 0, call.rows, call.weights, call.order,
-                                     batch_axis, per_sample=call.per_sample, top=call.drift,
+    weights, k = call.univariate()
+    return jax_engine.run_directions(compiled, 0, call.seeds, weights, k, batch_axis,
+                                     per_sample=call.per_sample, top=call.drift,
                                      chunk_size=chunk_size)
+
+
+def _groups(transform, argnum, batch_axis, cache, torch_compile, args, kwargs, call: Call,
+            chunk_size):
+    """Unit-seeded terms as coordinate groups: ``differential_operator``'s own path
+    (``_api``), ``chunk_size`` terms per transform."""
+    out = None
+    for t in _group_transforms(transform, argnum, batch_axis, cache, call, chunk_size,
+                               torch_compile):
+        part = t(args, kwargs)[0][0]
+        out = part if out is None else _tree_add(backends.backend_for(args, t.api).name,
+                                                 out, part)
+    return out
+
+
+def _group_transforms(transform, argnum, batch_axis, cache, call: Call, chunk_size,
+                      torch_compile: bool = False) -> list:
+    key = ("groups", id(call.terms), chunk_size)  # plans reuse their term tuples
+    hit = cache.get(key)
+    parts = None if hit is None or hit[0] is not call.terms else hit[1]
+    if parts is None:
+        step = chunk_size or len(call.terms)
+        parts = []
+        for lo in range(0, len(call.terms), step):
+            chunk = call.terms[lo:lo + step]
+            t = _api._build(transform.fun, [tuple(a) for _, a in chunk], argnum, False,
+                            batch_axis, api=transform.api, allow_value=False,
+                            operator=[c for c, _ in chunk], torch_compile=torch_compile)
+            parts.append(t)
+        cache.put(key, (call.terms, parts))
+    return parts
 
 
 def _nested(name, f, args, kwargs, argnum, batch_axis, call: Call, chunk_size):
@@ -236,19 +363,21 @@ def _nested(name, f, args, kwargs, argnum, batch_axis, call: Call, chunk_size):
     def g(z):
         return f(*args[:argnum], z, *args[argnum + 1:], **kwargs)
 
+    rows, weights, order = call.directions()
+
     def directional(v):
         if batch_axis is not None and not call.per_sample:
             v = expand(v)
         h = g
-        for _ in range(call.order):
+        for _ in range(order):
             h = _jvp_of(jvp, h, v)
         return h(x)
 
-    rows = asarray(call.rows)
+    rows = asarray(rows)
     if not call.per_sample:
         rows = rows.reshape((rows.shape[0],) + tuple(_common.sample_shape(tuple(x.shape),
                                                                           batch_axis)))
-    weights = np.asarray(call.weights)
+    weights = np.asarray(weights)
     out = None
     step = chunk_size or max(rows.shape[0], 1)
     for lo in range(0, rows.shape[0], step):
@@ -316,9 +445,8 @@ def bilaplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
       >>> derivs.bilaplacian(f)(torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64))
       tensor(120., dtype=torch.float64)
     """
-    def plan(backend, x, sample, args, kwargs):
-        s = _directions.bilaplacian(_common.numel(sample))
-        return Call(s.rows, s.weights, 4)
+    def plan(backend, x, sample):
+        return _bilaplacian_call(_common.numel(sample))
 
     return make(f, argnum, batch_axis, "derivs.bilaplacian", plan, strategy=strategy,
                 chunk_size=chunk_size, torch_compile=torch_compile)
@@ -372,7 +500,7 @@ def diffusion_operator(f: Callable, sigma: Any, drift: Any = None, reaction: Any
             raise TypeError(f"{api}: {name} must be a function of x, an array, a number or "
                             f"None, got {v!r}.")
 
-    def plan(backend, x, sample, args, kwargs):
+    def plan(backend, x, sample):
         xs = tuple(x.shape)
         if callable(sigma):
             s = sigma(x)
@@ -404,30 +532,56 @@ def diffusion_operator(f: Callable, sigma: Any, drift: Any = None, reaction: Any
         if reaction is not None:
             c = reaction(x) if callable(reaction) else reaction
             value = lambda out, c=c: c * out  # noqa: E731
-        return Call(rows, np.ones(r), 2, per_sample, b, value)
+        return Call(rows, _pure_terms(r), per_sample, b, value)
 
     return make(f, argnum, batch_axis, api, plan, strategy=strategy, chunk_size=chunk_size,
                 torch_compile=torch_compile)
 
 
-def from_terms(f, classified: _directions.Classified, argnum, batch_axis, api, strategy,
-               torch_compile) -> Callable:
-    """The operator of a classified term set of ``differential_operator``."""
-    s = classified.directions
+def from_terms(f, coefficients, requests, n: int, argnum, batch_axis, api, strategy,
+               torch_compile) -> Callable | None:
+    """The operator of a term set of ``differential_operator`` over one argument
+    of ``n`` coordinates that a collapsed pass computes (``core._directions.
+    classify``), or None. Second-order sets run along the eigenvectors of their
+    coefficient matrix; fourth-order ``d^4 / dx_i^2 dx_j^2`` sets on unit seeds."""
+    classified = _directions.classify(coefficients, requests, n)
+    if classified is None:
+        return None
+    value = None
+    if classified.value != 0.0:
+        value = lambda out, c=classified.value: c * out  # noqa: E731
+    if classified.directions.order == 4:
+        terms = tuple((float(c), tuple(f for _, f in mi))
+                      for c, mi in zip(coefficients, requests) if mi)
+        call = Call(np.eye(n), terms, value=value, units=True)
+    else:
+        d = classified.directions
+        call = Call(d.rows, tuple((float(w), (k, k)) for k, w in enumerate(d.weights)),
+                    value=value)
 
-    def plan(backend, x, sample, args, kwargs):
-        drift = None
-        if classified.drift is not None:
-            d = _as_array(backend.name, classified.drift.reshape(sample), x)
-            drift = d if batch_axis is None else _expand_sample(backend.name, d, x, batch_axis)
-        value = None
-        if classified.value != 0.0:
-            value = lambda out, c=classified.value: c * out  # noqa: E731
-        return Call(s.rows, s.weights, s.order, False, drift, value)
+    def plan(backend, x, sample):
+        if classified.drift is None:
+            return call
+        drift = _as_array(backend.name, classified.drift.reshape(sample), x)
+        if batch_axis is not None:
+            drift = _expand_sample(backend.name, drift, x, batch_axis)
+        return dataclasses.replace(call, drift=drift)
 
     return make(f, argnum, batch_axis, api, plan,
                 strategy=None if strategy == "traced-jet" else strategy,
                 torch_compile=torch_compile)
+
+
+@functools.lru_cache(maxsize=16)
+def _bilaplacian_call(n: int) -> Call:
+    terms = tuple((1.0, (i, i, j, j) if i <= j else (j, j, i, i))
+                  for i in range(n) for j in range(n))
+    return Call(np.eye(n), terms, units=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _pure_terms(r: int) -> tuple:
+    return tuple((1.0, (k, k)) for k in range(r))
 
 
 def _as_array(name, v, like):

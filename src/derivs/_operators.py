@@ -129,8 +129,10 @@ def _family_terms(f, t, coefficients, argnum, batch_axis, api, strategy, torch_c
             # a few second-order directions: coordinate groups (NOTE [direction layout])
             few = (classified is not None and classified.directions.order == 2
                    and classified.directions.size <= UNROLL_MAX_DIRECTIONS)
-            op = coordinate_groups if classified is None or few else _collapsed.from_terms(
-                f, classified, argnum, batch_axis, api, strategy, torch_compile)
+            op = None if few else _collapsed.from_terms(
+                f, coefficients, requests, x_size, argnum, batch_axis, api, strategy,
+                torch_compile)
+            op = coordinate_groups if op is None else op
             per_size.put(x_size, op)
         return op
 

@@ -1,32 +1,28 @@
-"""Collapsed Taylor operators in PyTorch with the directions stacked on one axis.
+"""Collapsed operators in PyTorch with the coefficients stacked on one axis.
 
-A collapsed operator of order ``K`` along ``N`` directions ``v_n`` with weights
-``w_n`` is ``L f(x) = sum_n w_n d^K/dt^K f(x + t v_n)`` (plus ``Df(x)[top]`` when
-the input carries a top coefficient of its own, e.g. a drift). The Laplacian is
-``K = 2`` along the unit directions, a weighted second-order operator ``K = 2``
-along the columns of its diffusion factor, the Bi-Laplacian ``K = 4`` along the
-pair directions of ``core._directions``.
+A pass seeds ``G`` groups (seed vectors ``s_g``: the unit directions of a
+Laplacian or Bi-Laplacian, the columns of a diffusion factor) and computes ``L f
+= sum_alpha c_alpha d^alpha f`` for multi-indices over the groups, plus ``Df[top]``
+for a drift the input carries itself. Every intermediate carries its value, the
+coefficients of the layout's rows (``core._stacked``: the proper sub-multi-
+indices of the terms, by level) as one tensor of shape ``(rows, *v.shape)``, and
+one collapsed top coefficient. A stack may hold only a prefix of the rows (a seed
+holds level 1): the rows past it are zero.
 
-Every intermediate ``v`` carries its value ``p``, its lower coefficients ``c_k =
-d^k v / dt^k`` (``k < K``, derivative-normalized as in ``core._jets``) of every
-direction, and one collapsed top coefficient ``l = sum_n w_n c_K[n]``. The lower
-coefficients are one tensor ``c`` of shape ``(depth * N, *v.shape)``: levels
-``1 .. depth`` stacked (deeper levels are zero; a seed has depth 1). Stacking
-makes each linear rule one batched op over every level and direction instead of
-``(K - 1) * N`` small ones: the unrolled graph of a 50-input MLP's Laplacian runs
-about 1200 ATen ops per call, this about 40.
+Stacking makes each linear rule one batched op over every row instead of one op
+per coefficient: the unrolled graph of a 50-input MLP's Laplacian runs about 1200
+ATen ops per call, this about 40. Nonlinear rules follow NOTE [stacked rules]
+(``core._stacked``): gathered products over index tables.
 
 It interprets the captured ATen graph (``_capture``) at call time with plain
 tensor ops, so it composes with autograd and ``torch.func``. Common ops have
-hand-written rules (Faa di Bruno with ``phi^(m)`` for elementwise ops: NOTE
-[elementwise derivatives]); any other op goes through ``torch.func.jvp`` along
-the direction's Taylor polynomial (``_generic``): exact for every op PyTorch can
-differentiate forward.
+hand-written rules (elementwise ops by their derivatives ``phi^(m)``: NOTE
+[elementwise derivatives]); any other op goes through nested ``torch.func.jvp``
+(``_generic``): exact for every op PyTorch can differentiate forward.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +32,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from ...core._directions import faa_di_bruno
+from ...core._stacked import Layout, Table
 from .._common import Fallback, numel
 from ._capture import Capture, StateError, shared_capture
 from ._engine import _top_level_offsets, fallback
@@ -45,68 +41,140 @@ from ._rules import Unsupported
 aten = torch.ops.aten
 
 
-@dataclasses.dataclass
-class Directions:
-    """What one call propagates: ``rows`` of shape ``(N, *x.shape)`` (direction
-    ``n`` in every sample; may be an expanded view), ``weights`` ``(N,)`` (None: all
-    ones), the order ``K`` and the input's own top coefficient (None: zero)."""
+class Seeds:
+    """What one call propagates: the layout, ``seeds`` of shape ``(G, *x.shape)``
+    (group ``g``'s seed in every sample; may be an expanded view) and the input's
+    own top coefficient ``top`` (a drift; None is zero)."""
 
-    rows: torch.Tensor
-    weights: torch.Tensor | None
-    order: int
-    top: torch.Tensor | None = None
+    def __init__(self, layout: Layout, seeds: torch.Tensor, top: torch.Tensor | None = None):
+        self.layout, self.seeds, self.top = layout, seeds, top
 
 
 class _Ctx:
-    """The order, the direction count and the weighted family sum of one call."""
+    """The layout's tables, prepared for the call's device: columns as slices
+    where they are contiguous (a univariate layout), else index tensors."""
 
-    def __init__(self, d: Directions):
-        self.K, self.N, self.w = d.order, d.rows.shape[0], d.weights
+    def __init__(self, layout: Layout, device):
+        self.layout, self.device = layout, device
+        self.R = layout.size
+        self._prepared: dict = {}
 
-    def levels(self, j: "_Jet") -> list:
-        """``[c_1, ..., c_{K-1}]`` of ``j``: views of its stack, None past its depth."""
-        out: list = [None] * (self.K - 1)
-        if j.c is not None:
-            for k in range(j.depth):
-                out[k] = j.c[k * self.N:(k + 1) * self.N]
-        return out
+    def tables(self, kind: str, limit: int) -> list:
+        """``(m, columns, target, weight)`` per table of ``kind`` ("rows" or "top")
+        limited to blocks below ``limit``; a column is None for the whole stack in
+        order, a slice, or an index tensor; ``target`` is ``(level, None | index)``
+        for rows tables (None: the whole level in order)."""
+        key = (kind, limit)
+        hit = self._prepared.get(key)
+        if hit is None:
+            source = self.layout.row_tables if kind == "rows" else self.layout.top_tables
+            hit = []
+            for t in source:
+                t = t.limited(limit)
+                if t is not None:
+                    hit.append((t.m, self._columns(t.blocks, limit), self._target(t),
+                                t.weight))
+            self._prepared[key] = hit
+        return hit
 
-    def wsum(self, t: torch.Tensor | None) -> torch.Tensor | None:
-        """``sum_n w_n t[n]`` over the leading (direction) axis."""
-        if t is None:
+    def _columns(self, blocks: np.ndarray, limit: int) -> list:
+        cols: list = []
+        for i in range(blocks.shape[1]):  # identical columns share one object (squares)
+            col = blocks[:, i]
+            same = next((cols[k] for k in range(i) if np.array_equal(blocks[:, k], col)),
+                        False)
+            if same is not False:
+                cols.append(same)
+            elif np.array_equal(col, np.arange(limit)):
+                cols.append(None)
+            elif np.array_equal(col, np.arange(col[0], col[0] + len(col))):
+                cols.append(slice(int(col[0]), int(col[0]) + len(col)))
+            else:
+                cols.append(torch.as_tensor(col, device=self.device))
+        return cols
+
+    def _target(self, t: Table):
+        if t.target_level is None:
             return None
-        t = _compact(t)  # repeated (stride-0) rows: reduce them once
-        if self.w is None:
-            return t.sum(0)
-        return torch.tensordot(self.w.to(t.dtype), t, dims=1)
+        size = self.level_size(t.target_level)
+        whole = len(t.target) == size and np.array_equal(t.target, np.arange(size))
+        return t.target_level, None if whole else torch.as_tensor(t.target, device=self.device)
+
+    def level_size(self, level: int) -> int:
+        return self.layout.level_end[level - 1] - self.layout.level_start(level)
+
+
+class _Rows:
+    """Accumulates a rule's contributions to the rows of level >= 2 on top of its
+    first-order part ``base`` (a stack prefix), and builds the stack once."""
+
+    def __init__(self, ctx: _Ctx, base: torch.Tensor | None):
+        self.ctx, self.base, self.extra = ctx, base, {}
+
+    def add(self, target, weight: np.ndarray, t: torch.Tensor) -> None:
+        level, index = target
+        t = _weighted(weight, t)
+        if index is not None:
+            full = torch.zeros((self.ctx.level_size(level),) + tuple(t.shape[1:]),
+                               dtype=t.dtype, device=t.device)
+            t = full.index_add(0, index, t)
+        self.extra[level] = _add(self.extra.get(level), t)
+
+    def stack(self) -> torch.Tensor | None:
+        if not self.extra:
+            return self.base
+        layout = self.ctx.layout
+        have = 0 if self.base is None else self.base.shape[0]
+        like = next(iter(self.extra.values()))
+        parts = []
+        for level in range(1, max(self.extra) + 1):
+            lo, hi = layout.level_start(level), layout.level_end[level - 1]
+            part = _add(self.base[lo:hi] if hi <= have else None, self.extra.get(level))
+            if part is None:
+                part = torch.zeros((hi - lo,) + tuple(like.shape[1:]), dtype=like.dtype,
+                                   device=like.device)
+            parts.append(part)
+        shape = torch.broadcast_shapes(*(p.shape[1:] for p in parts))
+        return torch.cat([p.expand((p.shape[0],) + tuple(shape)) for p in parts])
+
+
+def _gather(stack: torch.Tensor, col) -> torch.Tensor:
+    """Rows ``col`` of a stack: all (None), a slice (a view) or an index tensor."""
+    return stack if col is None else stack[col]
+
+
+def _weighted(weight: np.ndarray, t: torch.Tensor) -> torch.Tensor:
+    """``weight[i] * t[i]`` (NumPy weights; all-ones skip the multiply)."""
+    if np.all(weight == 1.0):
+        return t
+    w = torch.as_tensor(weight, dtype=t.dtype, device=t.device)
+    return w.reshape((-1,) + (1,) * (t.ndim - 1)) * t
+
+
+def _wsum(weight: np.ndarray, t: torch.Tensor) -> torch.Tensor:
+    """``sum_i weight[i] * t[i]``."""
+    t = _compact(t)  # repeated (stride-0) rows: reduce them once
+    if np.all(weight == 1.0):
+        return t.sum(0)
+    return torch.tensordot(torch.as_tensor(weight, dtype=t.dtype, device=t.device), t, dims=1)
 
 
 class _Jet:
-    """A value ``p``, its stacked lower coefficients ``c`` (``depth`` levels of ``N``
-    rows; None is zero) and its collapsed top coefficient ``l`` (None is zero)."""
+    """A value ``p``, its stack ``c`` (a prefix of the layout's rows; None is
+    zero) and its collapsed top coefficient ``l`` (None is zero)."""
 
-    __slots__ = ("p", "c", "depth", "l")
+    __slots__ = ("p", "c", "l")
 
-    def __init__(self, p: Any, c: Any = None, l: Any = None, depth: int | None = None):
+    def __init__(self, p: Any, c: Any = None, l: Any = None):
         self.p, self.c, self.l = p, c, l
-        self.depth = 0 if c is None else (1 if depth is None else depth)
 
     @property
     def const(self) -> bool:
         return self.c is None and self.l is None
 
-
-def _stack(levels: list) -> tuple[torch.Tensor | None, int]:
-    """Levels (None is zero) as one stack and its depth (trailing zeros dropped)."""
-    depth = max((k + 1 for k, v in enumerate(levels) if v is not None), default=0)
-    if depth == 0:
-        return None, 0
-    present = [v for v in levels[:depth] if v is not None]
-    shape = torch.broadcast_shapes(*(v.shape for v in present))
-    like = present[0]
-    parts = [torch.zeros(shape, dtype=like.dtype, device=like.device) if v is None
-             else v.expand(shape) for v in levels[:depth]]
-    return (parts[0] if depth == 1 else torch.cat(parts)), depth
+    @property
+    def rows(self) -> int:
+        return 0 if self.c is None else self.c.shape[0]
 
 
 class FamilyProgram:
@@ -121,26 +189,39 @@ class FamilyProgram:
         self.selected = tensor_leaves.index(selected_leaf)
         self.out_spec, self.batch_axis = cap.out_spec, batch_axis
         self.lifted, self.valid = cap.lifted, cap.valid
-        self.need_c: set = set()  # nodes whose lower coefficients are read
+        self.need_c: set = set()  # nodes whose stacked coefficients are read
+        self._laplacians: dict = {}
 
-    def __call__(self, args: tuple, kwargs: dict, directions: Directions | None = None) -> Any:
+    def __call__(self, args: tuple, kwargs: dict, seeds: Seeds | None = None) -> Any:
         tensors = [leaf for leaf in pytree.tree_leaves((args, kwargs))
                    if isinstance(leaf, torch.Tensor)] + list(self.lifted)
-        return pytree.tree_unflatten(self.run(tensors, directions), self.out_spec)
+        return pytree.tree_unflatten(self.run(tensors, seeds), self.out_spec)
 
-    def run(self, tensors: list, directions: Directions | None = None) -> list:
+    def laplacian_seeds(self, x: torch.Tensor) -> Seeds:
+        n = numel(tuple(x.shape)) if self.batch_axis is None else numel(
+            tuple(s for i, s in enumerate(x.shape) if i != self.batch_axis % x.ndim))
+        layout = self._laplacians.get(n)
+        if layout is None:
+            layout = self._laplacians[n] = Layout(n, [(1.0, (i, i)) for i in range(n)])
+        return Seeds(layout, unit_seeds(x, self.batch_axis))
+
+    def run(self, tensors: list, seeds: Seeds | None = None) -> list:
         """The operator's outputs (flat) for the graph's inputs ``tensors`` (the
         arguments' tensors, then the lifted ones)."""
-        if directions is None:  # the Laplacian
-            x = tensors[self.selected]
-            directions = Directions(unit_seeds(x, self.batch_axis), None, 2)
-        ctx = _Ctx(directions)
+        x = tensors[self.selected]
+        if seeds is None:  # the Laplacian
+            seeds = self.laplacian_seeds(x)
+        layout = seeds.layout
+        ctx = _Ctx(layout, x.device)
+        s = seeds.seeds.to(x.dtype)
+        groups = layout.seed_groups
+        c = s if groups == tuple(range(s.shape[0])) else s[torch.as_tensor(groups)]
+        top = seeds.top
+        for coef, g in layout.first_order:  # first-order terms: the seeds themselves
+            top = _add(top, coef * s[g])
         env: dict[fx.Node, _Jet] = {}
         for k, (ph, t) in enumerate(zip(self.placeholders, tensors)):
-            if k == self.selected:
-                env[ph] = _Jet(t, directions.rows.to(t.dtype), directions.top)
-            else:
-                env[ph] = _Jet(t)
+            env[ph] = _Jet(t, c, top) if k == self.selected else _Jet(t)
         env.update({n: _Jet(v) for n, v in self.literals.items()})
         outs = None
         for node in self.graph.nodes:
@@ -151,7 +232,7 @@ class FamilyProgram:
         return outs
 
 
-# The Laplacian's program (the family with unit directions by default).
+# The Laplacian's program (the family with unit seeds by default).
 FamilyLaplacian = FamilyProgram
 
 
@@ -238,20 +319,30 @@ def _lift(g: torch.Tensor | None, ndim: int) -> torch.Tensor | None:
     return g.reshape((g.shape[0],) + (1,) * (ndim - g.ndim + 1) + tuple(g.shape[1:]))
 
 
-def _plus(x: torch.Tensor | None, dx: int, y: torch.Tensor | None, dy: int, n: int):
-    """The sum of two stacks of depths ``dx``, ``dy`` (levels of ``n`` rows)."""
+def _plus(x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor | None:
+    """The sum of two stacks (prefixes of the rows, of any lengths)."""
     if x is None:
-        return y, dy
+        return y
     if y is None:
-        return x, dx
-    if dx == dy:
-        return x + y, dx
-    if dx < dy:
-        x, dx, y, dy = y, dy, x, dx
-    head = x[:dy * n] + y
-    tail = x[dy * n:]
-    tail = tail.expand((tail.shape[0],) + tuple(head.shape[1:]))
-    return torch.cat([head, tail]), dx
+        return x
+    if x.shape[0] == y.shape[0]:
+        return x + y
+    if x.shape[0] < y.shape[0]:
+        x, y = y, x
+    head = x[:y.shape[0]] + y
+    tail = x[y.shape[0]:]
+    return torch.cat([head, tail.expand((tail.shape[0],) + tuple(head.shape[1:]))])
+
+
+def _padded(c: torch.Tensor | None, rows: int, like: torch.Tensor) -> torch.Tensor:
+    """A stack extended with zero rows to ``rows`` rows."""
+    if c is None:
+        return torch.zeros((rows,) + tuple(like.shape), dtype=like.dtype, device=like.device)
+    if c.shape[0] == rows:
+        return c
+    pad = torch.zeros((rows - c.shape[0],) + tuple(c.shape[1:]), dtype=c.dtype,
+                      device=c.device)
+    return torch.cat([c, pad])
 
 
 def _primal(a, env):
@@ -280,21 +371,20 @@ def _apply(ctx: _Ctx, node: fx.Node, env: dict, want_c: bool) -> _Jet:
         rule = _generic
     jet = rule(ctx, node.target, jets, out, kw, want_c)
     if not want_c:
-        jet.c, jet.depth = None, 0  # rules may compute it anyway when it is free
+        jet.c = None  # rules may compute it anyway when it is free
     return jet
 
 
 # -- rules ---------------------------------------------------------------------------
 def _linear_first(ctx, target, jets, out, kw, want_c) -> _Jet:
     """Linear in the first argument, the others constant (views, reductions, ...):
-    every level and direction is mapped by the same op (vmapped: dims are handled
-    by vmap)."""
+    every row is mapped by the same op (vmapped: dims are handled by vmap)."""
     a, rest = jets[0], [j.p for j in jets[1:]]
     if any(not j.const for j in jets[1:]):
         return _generic(ctx, target, jets, out, kw, want_c)
     op = lambda v: target(v, *rest, **kw)  # noqa: E731
     c = None if a.c is None or not want_c else torch.func.vmap(op)(a.c)
-    return _Jet(out, c, None if a.l is None else op(a.l), a.depth)
+    return _Jet(out, c, None if a.l is None else op(a.l))
 
 
 def _view(ctx, target, jets, out, kw, want_c) -> _Jet:
@@ -304,7 +394,7 @@ def _view(ctx, target, jets, out, kw, want_c) -> _Jet:
     if a.c is None or not want_c:
         return _Jet(out, None, top)
     fn = torch.Tensor.expand if target == aten.expand.default else torch.Tensor.reshape
-    return _Jet(out, fn(a.c, [a.c.shape[0]] + size), top, a.depth)
+    return _Jet(out, fn(a.c, [a.c.shape[0]] + size), top)
 
 
 def _sum_like(sign: float):
@@ -313,10 +403,9 @@ def _sum_like(sign: float):
         a, b = jets[0], jets[1]
         alpha = sign * kw.get("alpha", 1)
         nd = out.ndim if isinstance(out, torch.Tensor) else 0
-        c, depth = _plus(_lift(a.c, nd), a.depth,
-                         None if b.c is None else alpha * _lift(b.c, nd), b.depth, ctx.N)
+        c = _plus(_lift(a.c, nd), None if b.c is None else alpha * _lift(b.c, nd))
         l = _add(a.l, None if b.l is None else alpha * b.l)
-        return _Jet(out, c, l, depth)
+        return _Jet(out, c, l)
     return rule
 
 
@@ -331,39 +420,37 @@ def _add(x, y):
 def _bilinear(product: Callable, linear_a: Callable, linear_b: Callable):
     """A rule for an op bilinear in its two arguments (``product(a, b)``), with
     ``linear_a(stack, b)`` / ``linear_b(a, stack)`` mapping a whole stack through
-    one factor (one batched op): Leibniz's rule per level,
-    ``c_k = sum_j C(k, j) a_j b_{k-j}``, and collapsed at the top."""
+    one factor (one batched op). ``D^2 (ab)[u, v] = u_a v_b + v_a u_b`` and no
+    higher term: the two-block entries of the tables (NOTE [stacked rules])."""
     def rule(ctx, target, jets, out, kw, want_c) -> _Jet:
         a, b = jets[0], jets[1]
         nd = out.ndim if isinstance(out, torch.Tensor) else 0
-        K, n = ctx.K, ctx.N
-        c = depth = None
-        if want_c:  # the levels' terms with a_0 or b_0 first: one op over the stack
-            c, depth = _plus(None if a.c is None else linear_a(_lift(a.c, nd), b.p), a.depth,
-                             None if b.c is None else linear_b(a.p, _lift(b.c, nd)), b.depth,
-                             n)
+        c = None
+        if want_c:
+            c = _plus(None if a.c is None else linear_a(_lift(a.c, nd), b.p),
+                      None if b.c is None else linear_b(a.p, _lift(b.c, nd)))
         l = _add(None if a.l is None else product(a.l, b.p),
                  None if b.l is None else product(a.p, b.l))
         if a.c is not None and b.c is not None:
-            la, lb = ctx.levels(a), ctx.levels(b)
-            la = [None if v is None else _lift(v, nd) for v in la]
-            lb = [None if v is None else _lift(v, nd) for v in lb]
+            rows = max(a.rows, b.rows)
+            A, B = _lift(_padded(a.c, rows, a.p), nd), _lift(_padded(b.c, rows, b.p), nd)
 
-            def cross(k):
-                terms = [math.comb(k, j) * product(la[j - 1], lb[k - j - 1])
-                         for j in range(1, k) if la[j - 1] is not None
-                         and lb[k - j - 1] is not None]
-                return sum(terms[1:], terms[0]) if terms else None
+            def pairs(i, j):
+                u = product(_gather(A, i), _gather(B, j))
+                if A is B and i is j:  # a square (x * x): both orders are the same
+                    return 2 * u
+                return u + product(_gather(A, j), _gather(B, i))
 
-            l = _add(l, ctx.wsum(cross(K)))
-            if want_c and K > 2:
-                levels = [None] * (K - 1)
-                if c is not None:
-                    levels[:depth] = [c[k * n:(k + 1) * n] for k in range(depth)]
-                extra = [cross(k) for k in range(1, K)]
-                if any(e is not None for e in extra):
-                    c, depth = _stack([_add(v, e) for v, e in zip(levels, extra)])
-        return _Jet(out, c, l, depth)
+            for m, (i, j), _, weight in ctx.tables("top", rows):
+                if m == 2:
+                    l = _add(l, _wsum(weight, pairs(i, j)))
+            if want_c:
+                acc = _Rows(ctx, c)
+                for m, (i, j), target_, weight in ctx.tables("rows", rows):
+                    if m == 2:
+                        acc.add(target_, weight, pairs(i, j))
+                c = acc.stack()
+        return _Jet(out, c, l)
     return rule
 
 
@@ -385,7 +472,7 @@ _matmul = _bilinear(torch.matmul, _broadcast_matmul, torch.matmul)
 
 def _compact(t: torch.Tensor, keep_last: int = 0) -> torch.Tensor:
     """``t`` with its repeated (stride-0) axes cut to length 1, except the first
-    (directions) and the last ``keep_last``; ``t`` itself if it has none."""
+    (rows) and the last ``keep_last``; ``t`` itself if it has none."""
     index, cut = [slice(None)] * t.ndim, False
     for d in range(1, t.ndim - keep_last):
         if t.stride(d) == 0 and t.shape[d] > 1:
@@ -398,11 +485,11 @@ def _addmm(ctx, target, jets, out, kw, want_c) -> _Jet:
     bias, prod = jets[0], _matmul(ctx, aten.mm.default, jets[1:3], out, {}, want_c)
     beta, alpha = kw.get("beta", 1), kw.get("alpha", 1)
     nd = out.ndim
-    c, depth = _plus(None if bias.c is None else _times(beta, _lift(bias.c, nd)), bias.depth,
-                     None if prod.c is None else _times(alpha, prod.c), prod.depth, ctx.N)
+    c = _plus(None if bias.c is None else _times(beta, _lift(bias.c, nd)),
+              None if prod.c is None else _times(alpha, prod.c))
     l = _add(None if bias.l is None else _times(beta, bias.l),
              None if prod.l is None else _times(alpha, prod.l))
-    return _Jet(out, c, l, depth)
+    return _Jet(out, c, l)
 
 
 def _times(c, t: torch.Tensor) -> torch.Tensor:
@@ -412,57 +499,40 @@ def _times(c, t: torch.Tensor) -> torch.Tensor:
 
 # NOTE [elementwise derivatives]: a unary elementwise op is given by
 # ``derivatives(x, y, m)``: its first ``m`` derivatives at the input ``x`` (``y`` is
-# the op's output), as a list. Faa di Bruno then gives every level,
-# ``c_k = sum_partitions mult * phi^(#parts) * prod a_part``; ``phi^(m)`` does not
-# depend on the direction, so at the top it multiplies the weighted family sum of
-# the products once.
+# the op's output), as a list. ``D^m phi[u_1..u_m] = phi^(m) * prod u_i``, and
+# ``phi^(m)`` is the same for every row, so each block count ``m`` costs one
+# gathered product and one multiply by ``phi^(m)``.
 def _elementwise(derivatives: Callable):
     def rule(ctx, target, jets, out, kw, want_c) -> _Jet:
         a = jets[0]
         if any(not j.const for j in jets[1:]):
             return _generic(ctx, target, jets, out, kw, want_c)
-        K, n = ctx.K, ctx.N
-        top_order = K if a.c is not None else 1
-        d = derivatives(a.p, out, top_order)
+        rows = a.rows
+        top_tables = ctx.tables("top", rows) if rows else []
+        row_tables = ctx.tables("rows", rows) if rows and want_c else []
+        d = derivatives(a.p, out, max([1] + [t[0] for t in top_tables + row_tables]))
         c = None if a.c is None or not want_c else d[0] * a.c
-        depth = a.depth if c is not None else 0
         l = None if a.l is None else d[0] * a.l
-        if a.c is None:
-            return _Jet(out, c, l, depth)
-        la = ctx.levels(a)
+        if not rows:
+            return _Jet(out, c, l)
 
-        def product(parts):
-            vals = [la[p - 1] for p in parts]
-            if any(v is None for v in vals):
-                return None
-            if len(vals) == 2 and vals[0] is vals[1] and vals[0].ndim:
-                v = _compact(vals[0])  # repeated rows: square once
+        def product(cols):
+            if len(cols) == 2 and cols[0] is cols[1]:  # a square: once, on compact rows
+                v = _compact(_gather(a.c, cols[0]))
                 return v * v
-            out_ = vals[0]
-            for v in vals[1:]:
-                out_ = out_ * v
-            return out_
+            u = _gather(a.c, cols[0])
+            for col in cols[1:]:
+                u = u * _gather(a.c, col)
+            return u
 
-        def nonlinear(k, family_sum: bool):
-            total = None
-            for mult, parts in faa_di_bruno(k):
-                if len(parts) == 1:
-                    continue
-                p = product(parts)
-                if p is None:
-                    continue
-                p = ctx.wsum(p) if family_sum else p
-                total = _add(total, (mult * d[len(parts) - 1]) * p)
-            return total
-
-        l = _add(l, nonlinear(K, True))
-        if want_c and K > 2:
-            levels = [None] * (K - 1)
-            levels[:depth] = [c[k * n:(k + 1) * n] for k in range(depth)]
-            extra = [nonlinear(k, False) for k in range(1, K)]
-            if any(e is not None for e in extra):
-                c, depth = _stack([_add(v, e) for v, e in zip(levels, extra)])
-        return _Jet(out, c, l, depth)
+        for m, cols, _, weight in top_tables:
+            l = _add(l, d[m - 1] * _wsum(weight, product(cols)))
+        if row_tables:
+            acc = _Rows(ctx, c)
+            for m, cols, target_, weight in row_tables:
+                acc.add(target_, weight, d[m - 1] * product(cols))
+            c = acc.stack()
+        return _Jet(out, c, l)
     return rule
 
 
@@ -512,7 +582,7 @@ def _pow_scalar(ctx, target, jets, out, kw, want_c) -> _Jet:
     if p == 0:
         return _Jet(out)
     if p == 1:
-        return _Jet(out, jets[0].c, jets[0].l, jets[0].depth)
+        return _Jet(out, jets[0].c, jets[0].l)
 
     def derivatives(x, y, m):
         res, coef = [], 1.0
@@ -524,12 +594,9 @@ def _pow_scalar(ctx, target, jets, out, kw, want_c) -> _Jet:
 
 
 def _generic(ctx, target, jets, out, kw, want_c=True) -> _Jet:
-    """Any op, by ``torch.func``: along each direction the op's value on the
-    Taylor polynomial ``x(t) = sum_j a_j t^j / j!`` of each input (orders below
-    ``K``), differentiated ``k`` times in ``t`` by nested ``jvp`` (vmapped over the
-    directions); the top adds the ``jvp`` along the inputs' collapsed coefficients
-    (the top is linear in them)."""
-    K, n = ctx.K, ctx.N
+    """Any op, by ``torch.func``: ``D phi`` is a ``jvp`` (vmapped over the rows),
+    ``D^m phi[u_1..u_m]`` is ``m`` nested ``jvp``s (vmapped over a table's entries);
+    the top adds the ``jvp`` along the inputs' collapsed coefficients."""
     live = [i for i, j in enumerate(jets) if not j.const]
     primals = tuple(jets[i].p for i in live)
 
@@ -542,42 +609,44 @@ def _generic(ctx, target, jets, out, kw, want_c=True) -> _Jet:
     def zeros_or(v, j):
         return torch.zeros_like(j.p) if v is None else v
 
-    c = depth = l = None
-    stacked = [ctx.levels(jets[i]) for i in live]
-    if any(jets[i].c is not None for i in live):
-        def per_level(lv, j):
-            return [torch.zeros((n,) + tuple(j.p.shape), dtype=j.p.dtype, device=j.p.device)
-                    if v is None else v.expand((n,) + tuple(j.p.shape)) for v in lv]
-        levels = [per_level(lv, jets[i]) for lv, i in zip(stacked, live)]
-
-        def along(*coeffs):  # one direction: coeffs[i][k] is input i's level k + 1
-            def h(t):
-                return fn(*(p + sum(cf[k] * t ** (k + 1) / math.factorial(k + 1)
-                                    for k in range(K - 1))
-                            for p, cf in zip(primals, coeffs)))
-            outs, g = [], h
-            for _ in range(K):
-                g = _derivative(g)
-                outs.append(g(torch.zeros((), dtype=primals[0].dtype, device=primals[0].device)))
-            return tuple(outs)
-
-        flat = [torch.stack(lv) for lv in levels]  # (K - 1, n, ...)
-        res = torch.func.vmap(lambda *cs: along(*[list(cf) for cf in cs]),
-                              in_dims=1)(*flat)
-        l = ctx.wsum(res[K - 1])
+    c = l = None
+    rows = max(jets[i].rows for i in live)
+    if rows:
+        stacks = [_padded(jets[i].c, rows, jets[i].p).expand((rows,) + tuple(jets[i].p.shape))
+                  for i in live]
         if want_c:
-            c, depth = _stack(list(res[:K - 1]))
+            c = torch.func.vmap(lambda *us: torch.func.jvp(fn, primals, us)[1])(*stacks)
+        acc = _Rows(ctx, c) if want_c else None
+        for kind in ("top", "rows") if want_c else ("top",):
+            for m, cols, target_, weight in ctx.tables(kind, rows):
+                blocks = [[_gather(st, col) for st in stacks] for col in cols]
+                u = torch.func.vmap(lambda *flat, m=m: _nested_jvp(fn, primals, flat, m))(
+                    *[t for block in blocks for t in block])
+                if kind == "top":
+                    l = _add(l, _wsum(weight, u))
+                else:
+                    acc.add(target_, weight, u)
+        if want_c:
+            c = acc.stack()
     if any(jets[i].l is not None for i in live):
         l = _add(l, torch.func.jvp(fn, primals, tuple(zeros_or(jets[i].l, jets[i])
                                                       for i in live))[1])
-    return _Jet(out, c, l, depth or 0)
+    return _Jet(out, c, l)
 
 
-def _derivative(g: Callable) -> Callable:
-    """``t -> dg/dt`` for a function of a scalar ``t``, by forward mode."""
-    def dg(t):
-        return torch.func.jvp(g, (t,), (torch.ones_like(t),))[1]
-    return dg
+def _nested_jvp(fn: Callable, primals: tuple, flat: tuple, m: int):
+    """``D^m fn(primals)[u_1, ..., u_m]``; ``flat`` holds the ``m`` tangent tuples
+    (one tangent per primal) one after the other."""
+    k = len(primals)
+    tangents = [tuple(flat[i * k:(i + 1) * k]) for i in range(m)]
+    g = fn
+    for u in tangents[:-1]:
+        g = _directional(g, u)
+    return torch.func.jvp(g, primals, tangents[-1])[1]
+
+
+def _directional(g: Callable, u: tuple) -> Callable:
+    return lambda *xs: torch.func.jvp(g, xs, u)[1]
 
 
 def _join(ctx, node: fx.Node, env: dict, want_c: bool) -> _Jet:
@@ -586,7 +655,7 @@ def _join(ctx, node: fx.Node, env: dict, want_c: bool) -> _Jet:
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     out = node.target([j.p for j in parts], dim)
     d = dim % out.ndim  # in the output's rank: stack adds an axis
-    depth = max(j.depth for j in parts)
+    rows = max(j.rows for j in parts)
 
     def joined(coefficient, lead: tuple):
         vals = [coefficient(j) for j in parts]
@@ -597,17 +666,11 @@ def _join(ctx, node: fx.Node, env: dict, want_c: bool) -> _Jet:
                 if v is None else v.expand(lead + tuple(j.p.shape)) for v, j in zip(vals, parts)]
         return node.target(vals, d + len(lead))
 
-    def padded(j):  # the stack at the common depth
-        if j.c is None:
-            return None
-        if j.depth == depth:
-            return j.c
-        pad = torch.zeros(((depth - j.depth) * ctx.N,) + tuple(j.c.shape[1:]),
-                          dtype=j.c.dtype, device=j.c.device)
-        return torch.cat([j.c, pad])
+    def stack(j):  # at the common number of rows
+        return None if j.c is None else _padded(j.c, rows, j.p)
 
-    c = joined(padded, (depth * ctx.N,)) if want_c and depth else None
-    return _Jet(out, c, joined(lambda j: j.l, ()), depth if c is not None else 0)
+    c = joined(stack, (rows,)) if want_c and rows else None
+    return _Jet(out, c, joined(lambda j: j.l, ()))
 
 
 _SEQUENCE_RULES = {aten.cat.default: _join, aten.stack.default: _join}
@@ -659,32 +722,29 @@ class CompiledProgram:
         self.program, self.valid = program, program.valid
         self.graphs: dict = {}
 
-    def __call__(self, args: tuple, kwargs: dict, directions: Directions | None = None):
+    def __call__(self, args: tuple, kwargs: dict, seeds: Seeds | None = None):
         p = self.program
         tensors = [leaf for leaf in pytree.tree_leaves((args, kwargs))
                    if isinstance(leaf, torch.Tensor)] + list(p.lifted)
-        if directions is None:
-            directions = Directions(unit_seeds(tensors[p.selected], p.batch_axis), None, 2)
-        extras = [directions.rows, directions.weights, directions.top]
-        present = tuple(e is not None for e in extras)
-        given = [e for e in extras if e is not None]
-        key = (directions.order, present,
+        if seeds is None:
+            seeds = p.laplacian_seeds(tensors[p.selected])
+        given = [seeds.seeds] + ([] if seeds.top is None else [seeds.top])
+        key = (id(seeds.layout), seeds.top is not None,
                tuple((tuple(t.shape), t.dtype, t.device) for t in tensors + given))
-        fn = self.graphs.get(key)
-        if fn is None:
-            order, count = directions.order, len(tensors)
+        hit = self.graphs.get(key)
+        if hit is None or hit[0] is not seeds.layout:
+            layout, count, has_top = seeds.layout, len(tensors), seeds.top is not None
 
             def flat(*ts):
-                rest = iter(ts[count:])
-                rows, weights, top = [next(rest) if q else None for q in present]
-                return p.run(list(ts[:count]), Directions(rows, weights, order, top))
+                top = ts[count + 1] if has_top else None
+                return p.run(list(ts[:count]), Seeds(layout, ts[count], top))
 
             from torch.fx.experimental.proxy_tensor import make_fx
 
             graph = make_fx(flat)(*tensors, *given)
-            fn = torch.compile(graph, fullgraph=True, dynamic=False)
-            self.graphs[key] = fn
-        return pytree.tree_unflatten(list(fn(*tensors, *given)), p.out_spec)
+            hit = (layout, torch.compile(graph, fullgraph=True, dynamic=False))
+            self.graphs[key] = hit
+        return pytree.tree_unflatten(list(hit[1](*tensors, *given)), p.out_spec)
 
 
 def compiled(program: FamilyProgram) -> CompiledProgram:
