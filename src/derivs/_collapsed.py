@@ -150,6 +150,9 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
             raise ValueError(f"{api}: argnum={argnum} but the function was called with "
                              f"{len(args)} positional argument(s).")
         backend = backends.backend_for(args, api)
+        if torch_compile and backend.name != "torch":
+            raise ValueError(f"{api}: torch_compile=True is for PyTorch functions; for "
+                             f"{backend.name} functions wrap the operator in jax.jit instead.")
         x = backend.as_input(args[argnum], argnum, api, batch_axis)
         args = args[:argnum] + (x,) + args[argnum + 1:]
         sample = _common.sample_shape(tuple(x.shape), batch_axis)

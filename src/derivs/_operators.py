@@ -159,7 +159,8 @@ def _family_terms(f, t, coefficients, argnum, batch_axis, api, strategy, torch_c
 
 
 def laplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
-              strategy: str | None = None, chunk_size: int | None = None) -> Callable:
+              strategy: str | None = None, chunk_size: int | None = None,
+              torch_compile: bool = False) -> Callable:
     """The Laplacian ``sum_i d^2 f / dx_i^2`` over every coordinate of argument
     ``argnum``, exactly.
 
@@ -181,6 +182,10 @@ def laplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
     for PyTorch HVPs, ``c`` coordinate groups per built graph for PyTorch jets):
     memory ``c / D`` of that, for some speed.
 
+    ``torch_compile=True`` (PyTorch): the jet strategy's traced pass runs through
+    ``torch.compile`` (compiled on the first call per argument signature); with
+    ``strategy=None`` it picks the jet strategy.
+
     Example:
 
       >>> import torch, derivs
@@ -191,11 +196,12 @@ def laplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
       tensor([ 6., 12.], dtype=torch.float64)
     """
     return _make_operator(f, argnum, batch_axis, strategy, "derivs.laplacian", collapsed=True,
-                          chunk_size=chunk_size)
+                          chunk_size=chunk_size, torch_compile=torch_compile)
 
 
 def hessian_diagonal(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
-                     strategy: str | None = None, chunk_size: int | None = None) -> Callable:
+                     strategy: str | None = None, chunk_size: int | None = None,
+                     torch_compile: bool = False) -> Callable:
     """The diagonal ``d^2 f / dx_i^2`` of the Hessian of ``f`` in argument ``argnum``,
     exactly, without forming the Hessian. Shape: ``f``'s output shape followed by
     the argument's (sample) shape.
@@ -205,7 +211,8 @@ def hessian_diagonal(f: Callable, argnum: int = 0, *, batch_axis: int | None = N
     memory (``O(D)`` per output instead of ``O(D^2)``) and, for many outputs or
     high cost of reverse mode, time. Strategies as for :func:`laplacian`
     (``"traced-jet"``: second-order Taylor jets along the ``D`` unit directions),
-    and so is ``chunk_size`` (bounds memory to ``chunk_size`` directions at a time).
+    and so are ``chunk_size`` (bounds memory to ``chunk_size`` directions at a time)
+    and ``torch_compile``.
 
     Example:
 
@@ -215,7 +222,7 @@ def hessian_diagonal(f: Callable, argnum: int = 0, *, batch_axis: int | None = N
       Array([ 6., 14., 18.], dtype=float32)
     """
     return _make_operator(f, argnum, batch_axis, strategy, "derivs.hessian_diagonal",
-                          collapsed=False, chunk_size=chunk_size)
+                          collapsed=False, chunk_size=chunk_size, torch_compile=torch_compile)
 
 
 def choose_strategy(collapsed: bool, n: int, scalar_output: bool, framework: str) -> str:
@@ -257,8 +264,13 @@ def check_operator_arguments(api: str, f: Callable, argnum: Any, batch_axis: Any
 
 
 def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
-                   chunk_size: int | None = None) -> Callable:
+                   chunk_size: int | None = None, torch_compile: bool = False) -> Callable:
     check_operator_arguments(api, f, argnum, batch_axis)
+    if not isinstance(torch_compile, bool):
+        raise TypeError(f"{api}: torch_compile must be True or False, got {torch_compile!r}.")
+    if torch_compile and strategy == REVERSE:
+        raise ValueError(f"{api}: torch_compile=True compiles the traced jet pass; "
+                         "strategy='reverse' has none. Pass strategy=None or 'traced-jet'.")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
         raise ValueError(f"{api}: chunk_size must be None (all directions at once) or a "
@@ -281,6 +293,8 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         program = None if key is None else guarded_get(families, key)
         if program is None:
             program = _family.prepare(f, args, kwargs, argnum, batch_axis, transform.cache)
+            if torch_compile and not isinstance(program, _common.Fallback):
+                program = _family.compiled(program)
             if key is not None:
                 families.put(key, program)
         if isinstance(program, _common.Fallback):
@@ -293,7 +307,7 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         if transforms is None:
             step = chunk_size or n
             transforms = [_unrolled_transform(f, range(lo, min(lo + step, n)), argnum,
-                                              batch_axis, collapsed)
+                                              batch_axis, collapsed, torch_compile)
                           for lo in range(0, n, step)]
             per_shape.put(sample, transforms)
         return transforms
@@ -306,14 +320,18 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
             raise ValueError(f"{api}: argnum={argnum} but the function was called with "
                              f"{len(args)} positional argument(s).")
         backend = backends.backend_for(args, api)
+        if torch_compile and backend.name != "torch":
+            raise ValueError(f"{api}: torch_compile=True is for PyTorch functions; for "
+                             f"{backend.name} functions wrap the operator in jax.jit instead.")
         x = backend.as_input(args[argnum], argnum, api, batch_axis)
         args = args[:argnum] + (x,) + args[argnum + 1:]
         sample = _common.sample_shape(tuple(x.shape), batch_axis)
         n = _common.numel(sample)
         scalar = None
-        if strategy is None:
+        if strategy is None and not torch_compile:
             scalar = _scalar_output(transform.output_shape(backend, args, kwargs), batch_axis)
-        chosen = strategy or choose_strategy(collapsed, n, scalar, backend.name)
+        chosen = strategy or (TAYLOR if torch_compile else
+                              choose_strategy(collapsed, n, scalar, backend.name))
         layout, program, why = None, None, None
         if chosen != REVERSE:
             layout = "unrolled" if unrolled(backend.name, n, collapsed) else "family"
@@ -334,14 +352,17 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
             notes.append(f"batch_axis: {v.reason}")
         if d.why is not None:
             notes.append(f"family layout not used: {d.why}")
+        if torch_compile:
+            notes.append("torch_compile=True: the jet strategy's traced pass runs under "
+                         "torch.compile")
         if d.chosen != REVERSE and d.layout == "unrolled":
             # what the unrolled transforms actually run (the engine may fall back)
             inner = _api.explain(unrolled_transforms(d.sample, d.n)[0], *d.args)
             engine = inner.strategy
             notes += inner.notes
         return OperatorExplanation(api, d.backend.name, d.sample, d.n, d.chosen,
-                                   strategy is None, d.scalar, collapsed, d.layout, engine,
-                                   notes)
+                                   strategy is None and not torch_compile, d.scalar, collapsed,
+                                   d.layout, engine, notes)
 
     unbatched: list = []  # the operator without batch_axis, for an unproven batch axis
 
@@ -358,7 +379,7 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         if v is not None and not v.proven:
             if not unbatched:
                 unbatched.append(_make_operator(f, argnum, None, strategy, api, collapsed,
-                                                chunk_size))
+                                                chunk_size, torch_compile))
             x = d.args[argnum]
             return _batch.vmapped(d.backend.name, lambda *a: unbatched[0](*a, **kwargs),
                                   d.args, batch_axis, x.shape[batch_axis], v.out_axis)
@@ -428,12 +449,16 @@ class OperatorExplanation:
     __repr__ = __str__
 
 
-def _unrolled_transform(f, coords: range, argnum, batch_axis, collapsed: bool):
+def _unrolled_transform(f, coords: range, argnum, batch_axis, collapsed: bool,
+                        torch_compile: bool = False):
     """The operator over ``coords`` with one coordinate group per direction."""
-    if collapsed:
-        return differential_operator(f, [(1.0, (i, i)) for i in coords], argnum,
-                                     batch_axis=batch_axis)
-    return _api.partials(f, [(i, i) for i in coords], argnum, batch_axis=batch_axis)
+    specs = [(i, i) for i in coords]
+    if collapsed:  # built directly: differential_operator would route to a family
+        t = _api._build(f, specs, argnum, False, batch_axis, api="derivs.laplacian",
+                        allow_value=False, torch_compile=torch_compile,
+                        operator=[1.0] * len(specs))
+        return _api._wrap(f, t, lambda r, aux: r[0])
+    return _api.partials(f, specs, argnum, batch_axis=batch_axis, torch_compile=torch_compile)
 
 
 def _framework(name: str) -> SimpleNamespace:
