@@ -441,14 +441,14 @@ def _bilinear(product: Callable, linear_a: Callable, linear_b: Callable):
                     return 2 * u
                 return u + product(_gather(A, j), _gather(B, i))
 
-            for m, (i, j), _, weight in ctx.tables("top", rows):
-                if m == 2:
-                    l = _add(l, _wsum(weight, pairs(i, j)))
+            for m, cols, _, weight in ctx.tables("top", rows):
+                if m == 2:  # a bilinear op has no higher derivative
+                    l = _add(l, _wsum(weight, pairs(*cols)))
             if want_c:
                 acc = _Rows(ctx, c)
-                for m, (i, j), target_, weight in ctx.tables("rows", rows):
+                for m, cols, target_, weight in ctx.tables("rows", rows):
                     if m == 2:
-                        acc.add(target_, weight, pairs(i, j))
+                        acc.add(target_, weight, pairs(*cols))
                 c = acc.stack()
         return _Jet(out, c, l)
     return rule
