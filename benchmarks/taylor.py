@@ -7,7 +7,10 @@
   collapsed Taylor mode against the nested-AD Laplacian (trace of the Hessian),
   the loop of Hessian-vector products, and folx's forward Laplacian when installed;
 - the Hessian diagonal at D = 1000 of a function with a dense Hessian: the jet
-  strategy and the HVP strategy against D vmapped HVPs and the full Hessian.
+  strategy and the HVP strategy against D vmapped HVPs and the full Hessian;
+- the Bi-Laplacian (D = 10) in every layout against the nested Laplacian of the
+  Laplacian, the diffusion operator against the dense trace(C H) as the rank of its
+  factor grows, and the PyTorch Laplacian under ``torch_compile=True``.
 
 Medians of interleaved repeats; results in ``benchmarks/results/taylor[-quick].{md,json}``.
 """
@@ -115,7 +118,13 @@ def _torch_pure(quick: bool) -> list[dict]:
 
 
 def _laplacian_cases(quick: bool):
-    return [("D=50, 256 points", 50, 256), ("D=3, 10^4 points", 3, 2000 if quick else 10_000)]
+    return [("D=50, 256 points", 50, 256), ("D=20, 1024 points", 20, 1024),
+            ("D=3, 10^4 points", 3, 2000 if quick else 10_000)]
+
+
+def case_dimension(label: str) -> int:
+    """D of a Laplacian case label ("D=50, 256 points")."""
+    return int(label.split(",")[0].removeprefix("D="))
 
 
 def _jax_laplacian(quick: bool) -> list[dict]:
@@ -339,6 +348,197 @@ def _hessian_diagonal(quick: bool) -> list[dict]:
     return rows
 
 
+def _bilaplacian(quick: bool) -> list[dict]:
+    """The Bi-Laplacian of a tanh MLP 10-W-W-W-1 (the issue's net, W = 256; 64 in
+    quick mode) against the nested Laplacian of the Laplacian: every layout of
+    mixed fourth-order terms (NOTE [mixed-term layout] in derivs._collapsed)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from derivs import _collapsed
+
+    D, W, B = 10, (64 if quick else 256), (256 if quick else 512)
+    rng = np.random.default_rng(4)
+    params = _mlp_params(rng, [D, W, W, W, 1])
+    x = rng.normal(size=(B, D)) / 2
+    rows = []
+
+    net = torch.nn.Sequential(*[m for (a, b) in zip([D, W, W, W], [W, W, W, 1])
+                                for m in (torch.nn.Linear(a, b), torch.nn.Tanh())][:-1])
+    with torch.no_grad():
+        for lin, (w, b) in zip([m for m in net if isinstance(m, torch.nn.Linear)], params):
+            lin.weight.copy_(torch.as_tensor(w.T))
+            lin.bias.copy_(torch.as_tensor(b))
+    u = lambda z: net(z).squeeze(-1)  # noqa: E731
+    named = dict(net.named_parameters())
+
+    def u1(z):
+        return torch.func.functional_call(net, named, (z,)).squeeze(-1)
+
+    lap = lambda h: (lambda z: torch.func.hessian(h)(z).diagonal().sum())  # noqa: E731
+    nested = torch.func.vmap(lap(lap(u1)))
+    xt = torch.as_tensor(x, dtype=torch.float32)
+
+    def layout(name):
+        def call():
+            saved = _collapsed.mixed_layout
+            _collapsed.mixed_layout = lambda fw, device: name
+            try:
+                return op(xt)
+            finally:
+                _collapsed.mixed_layout = saved
+        return call
+
+    op = derivs.bilaplacian(u, batch_axis=0)
+    with torch.no_grad():
+        ref = nested(xt)
+        fns = {"derivs": lambda: op(xt), "coordinate groups": layout("coordinate groups"),
+               "stacked pairs": layout("stacked pairs"), "stacked mixed": layout("stacked"),
+               "nested lap(lap)": lambda: nested(xt), "f": lambda: u(xt)}
+        for name, fn in fns.items():
+            if name != "f":
+                torch.testing.assert_close(fn(), ref, rtol=2e-3,
+                                           atol=2e-4 * float(ref.abs().max()))
+        med = interleaved_medians(fns, repeats=3 if quick else 7)
+    rows.append({"framework": "torch", "D": D, "width": W, "points": B,
+                 **{f"{k}_s": v for k, v in med.items()}})
+
+    jparams = [(jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32)) for w, b in params]
+
+    def uj(z):
+        h = z
+        for w, b in jparams[:-1]:
+            h = jnp.tanh(h @ w + b)
+        return (h @ jparams[-1][0] + jparams[-1][1])[..., 0]
+
+    lapj = lambda h: (lambda z: jnp.trace(jax.hessian(h)(z)))  # noqa: E731
+    pairs_call = _collapsed.Call(np.eye(D), _collapsed._bilaplacian_call(D).terms,
+                                 units=True).as_univariate()
+    xj = jnp.asarray(x, jnp.float32)
+    jfns = {"derivs": jax.jit(derivs.bilaplacian(uj, batch_axis=0)),
+            "derivs (vmap)": jax.jit(jax.vmap(derivs.bilaplacian(uj))),
+            "pair family": jax.jit(_collapsed.make(uj, 0, 0, "pairs",
+                                                   lambda b, z, s: pairs_call)),
+            "nested lap(lap)": jax.jit(jax.vmap(lapj(lapj(uj)))), "f": jax.jit(uj)}
+    refj = np.asarray(jfns["nested lap(lap)"](xj))
+    for name, fn in jfns.items():
+        if name != "f":
+            np.testing.assert_allclose(np.asarray(fn(xj)), refj, rtol=2e-3,
+                                       atol=2e-4 * np.abs(refj).max())
+    med = interleaved_medians({k: (lambda fn=fn: fn(xj)) for k, fn in jfns.items()},
+                              repeats=3 if quick else 7)
+    mem = {k: fn.lower(xj).compile().memory_analysis().temp_size_in_bytes / 2**20
+           for k, fn in jfns.items()}
+    rows.append({"framework": "jax", "D": D, "width": W, "points": B,
+                 **{f"{k}_s": v for k, v in med.items()},
+                 **{f"{k}_temp_MiB": v for k, v in mem.items()}})
+    for r in rows:
+        print(f"  bilaplacian {r['framework']}: " + ", ".join(
+            f"{k[:-2]} {v / r['nested lap(lap)_s']:.3f}x" for k, v in r.items()
+            if k.endswith("_s")), flush=True)
+    return rows
+
+
+def _diffusion(quick: bool) -> list[dict]:
+    """tr(S S^T Hess u) + b . grad u for S of rank r, D = 50 (20 quick): derivs'
+    collapsed pass of r directions against the dense trace(C H) + b . grad."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    D, B = (20 if quick else 50), 256
+    rng = np.random.default_rng(6)
+    params = _mlp_params(rng, [D, 64, 64, 1])
+    x = rng.normal(size=(B, D))
+    b = rng.normal(size=D)
+    rows = []
+    jp = [(jnp.asarray(w, jnp.float32), jnp.asarray(c, jnp.float32)) for w, c in params]
+    tp = [(torch.as_tensor(w, dtype=torch.float32), torch.as_tensor(c, dtype=torch.float32))
+          for w, c in params]
+
+    def uj(z):
+        h = z
+        for w, c in jp[:-1]:
+            h = jnp.tanh(h @ w + c)
+        return (h @ jp[-1][0] + jp[-1][1])[..., 0]
+
+    def ut(z):
+        h = z
+        for w, c in tp[:-1]:
+            h = torch.tanh(h @ w + c)
+        return (h @ tp[-1][0] + tp[-1][1])[..., 0]
+
+    for r in ([1, 5, D] if quick else [1, 5, 25, D]):
+        S = rng.normal(size=(D, r)) / np.sqrt(r)
+        C = S @ S.T
+        Sj, Cj, bj = (jnp.asarray(a, jnp.float32) for a in (S, C, b))
+        xj = jnp.asarray(x, jnp.float32)
+        ours = jax.jit(derivs.diffusion_operator(uj, Sj, bj, batch_axis=0))
+        dense = jax.jit(jax.vmap(lambda z: jnp.sum(Cj * jax.hessian(uj)(z))
+                                 + jax.grad(uj)(z) @ bj))
+        ref = np.asarray(dense(xj))
+        np.testing.assert_allclose(np.asarray(ours(xj)), ref, rtol=2e-3,
+                                   atol=2e-4 * np.abs(ref).max())
+        med = interleaved_medians({"derivs": lambda: ours(xj), "dense": lambda: dense(xj)},
+                                  repeats=3 if quick else 7, inner=3)
+        rows.append({"framework": "jax", "D": D, "rank": r, "derivs_s": med["derivs"],
+                     "dense_s": med["dense"]})
+        St, Ct, bt = (torch.as_tensor(a, dtype=torch.float32) for a in (S, C, b))
+        xt = torch.as_tensor(x, dtype=torch.float32)
+        ourt = derivs.diffusion_operator(ut, St, bt, batch_axis=0)
+        denset = torch.func.vmap(lambda z: (Ct * torch.func.hessian(ut)(z)).sum()
+                                 + torch.func.grad(ut)(z) @ bt)
+        with torch.no_grad():
+            reft = denset(xt)
+            torch.testing.assert_close(ourt(xt), reft, rtol=2e-3,
+                                       atol=2e-4 * float(reft.abs().max()))
+            med = interleaved_medians({"derivs": lambda: ourt(xt), "dense": lambda: denset(xt)},
+                                      repeats=3 if quick else 7, inner=3)
+        rows.append({"framework": "torch", "D": D, "rank": r, "derivs_s": med["derivs"],
+                     "dense_s": med["dense"]})
+        for row in rows[-2:]:
+            print(f"  diffusion {row['framework']} D={D} r={r}: derivs "
+                  f"{row['derivs_s'] / row['dense_s']:.3f}x dense", flush=True)
+    return rows
+
+
+def _torch_compile(quick: bool) -> list[dict]:
+    """``torch_compile=True`` on the PyTorch Laplacian (D = 50 module) against the
+    eager family and the Hessian trace; first-call (compile) time apart."""
+    import torch
+
+    D, B = 50, 256
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Linear(D, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64),
+                              torch.nn.Tanh(), torch.nn.Linear(64, 1))
+    u = lambda z: net(z).squeeze(-1)  # noqa: E731
+    named = dict(net.named_parameters())
+    hess = torch.func.vmap(lambda z: torch.func.hessian(
+        lambda y: torch.func.functional_call(net, named, (y,)).squeeze(-1))(z).diagonal().sum())
+    x = torch.randn(B, D)
+    eager = derivs.laplacian(u, batch_axis=0)
+    compiled = derivs.laplacian(u, batch_axis=0, torch_compile=True)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        compiled(x)
+        first = time.perf_counter() - t0
+        ref = hess(x)
+        for fn in (eager, compiled):
+            torch.testing.assert_close(fn(x), ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()))
+        med = interleaved_medians({"derivs eager": lambda: eager(x),
+                                   "derivs torch_compile": lambda: compiled(x),
+                                   "trace(hessian)": lambda: hess(x)},
+                                  repeats=5 if quick else 11, inner=3)
+    row = {"D": D, "points": B, "compile_first_call_s": first,
+           **{f"{k}_s": v for k, v in med.items()}}
+    print("  torch_compile laplacian: " + ", ".join(
+        f"{k[:-2]} {v / row['trace(hessian)_s']:.3f}x" for k, v in row.items()
+        if k.endswith("_s") and k != "compile_first_call_s") + f", first call {first:.1f}s",
+        flush=True)
+    return [row]
+
+
 def run(quick: bool = False) -> str:
     import jax
 
@@ -354,6 +554,12 @@ def run(quick: bool = False) -> str:
     data["pure_torch"] = _torch_pure(quick)
     print("first-order request sets", flush=True)
     data["first_order"] = _first_order(quick)
+    print("bi-laplacian", flush=True)
+    data["bilaplacian"] = _bilaplacian(quick)
+    print("diffusion operator", flush=True)
+    data["diffusion"] = _diffusion(quick)
+    print("torch_compile", flush=True)
+    data["torch_compile"] = _torch_compile(quick)
     sections = [
         ("Pure d^k f/dx0^k, JAX (batch 256 via vmap, n = 100, float32, jit)", _harness.markdown_table(
             ["function", "k", "derivs / nested jvp", "derivs compile s", "nested compile s"],
@@ -376,6 +582,28 @@ def run(quick: bool = False) -> str:
                f"{v / r['D HVPs (vmap)_s']:.2f}x",
                _fmt(r.get(k[:-2] + "_temp_MiB"))]
               for r in data["hessian_diagonal"] for k, v in r.items() if k.endswith("_s")])),
+        ("Bi-Laplacian, D = 10, tanh MLP (time relative to the nested Laplacian of the "
+         "Laplacian; NOTE [mixed-term layout])",
+         _harness.markdown_table(
+             ["framework", "width", "points", "contender", "ms", "ratio", "XLA temp MiB"],
+             [[r["framework"], r["width"], r["points"], k[:-2], f"{v * 1e3:.1f}",
+               f"{v / r['nested lap(lap)_s']:.3f}x", _fmt(r.get(k[:-2] + "_temp_MiB"))]
+              for r in data["bilaplacian"] for k, v in r.items() if k.endswith("_s")])),
+        ("Diffusion operator tr(S S^T H) + b . grad, S of rank r (time relative to the "
+         "dense trace(C H) + b . grad)",
+         _harness.markdown_table(
+             ["framework", "D", "rank r", "derivs ms", "dense ms", "ratio"],
+             [[r["framework"], r["D"], r["rank"], f"{r['derivs_s'] * 1e3:.2f}",
+               f"{r['dense_s'] * 1e3:.2f}", f"{r['derivs_s'] / r['dense_s']:.3f}x"]
+              for r in data["diffusion"]])),
+        ("PyTorch Laplacian with torch_compile=True (D = 50 module, 256 points; CPU)",
+         _harness.markdown_table(
+             ["contender", "ms", "ratio to trace(hessian)"],
+             [[k[:-2], f"{v * 1e3:.2f}", f"{v / r['trace(hessian)_s']:.3f}x"]
+              for r in data["torch_compile"] for k, v in r.items()
+              if k.endswith("_s") and k != "compile_first_call_s"]
+             + [["first call (compile)", f"{r['compile_first_call_s'] * 1e3:.0f}", ""]
+                for r in data["torch_compile"]])),
         ("All n first-order partials of a scalar MLP (planner: reverse vs jets)",
          _harness.markdown_table(
              ["framework", "n", "contender", "ms", "ratio to the gradient"],

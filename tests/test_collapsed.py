@@ -20,7 +20,6 @@ import derivs
 from derivs import _collapsed
 from derivs.core import _directions, _stacked
 
-jax.config.update("jax_enable_x64", True)
 
 D = 3
 _RNG = np.random.default_rng(21)

@@ -196,7 +196,19 @@ def run_family(compiled: Compiled, slot: int, key, batch_axis: int | None,
         outs = it.run_closed(compiled.closed, inputs)
         return [o.dense(key) for o in outs]
 
-    outs = map_units(along, n, tuple(sample), x.dtype, chunk_size, FAMILY_AXIS)
+    if batch_axis is None:
+        # NOTE [narrow family seeds]: lane i's seed is e_i as a Narrow coefficient
+        # at a traced position, so the first linear layer reads row i of its weight
+        # (x @ W: W[i]) instead of multiplying the identity into W; every sample
+        # has the same seed only without a batch axis (e.g. under jax.vmap).
+        def along_index(i):
+            valid = (i < n).astype(x.dtype)  # padding lanes of a last chunk: zero
+            seed = Narrow(valid[None], jax.numpy.minimum(i, n - 1)[None], x.shape)
+            return along(seed)
+
+        outs = map_indices(along_index, n, chunk_size, FAMILY_AXIS)
+    else:
+        outs = map_units(along, n, tuple(sample), x.dtype, chunk_size, FAMILY_AXIS)
     # collapsed: a chunk's family sum is the same in each of its lanes
     outs = ([o[:, 0].sum(0) for o in outs] if collapsed
             else [o.reshape((-1,) + o.shape[2:])[:n] for o in outs])
@@ -216,6 +228,18 @@ def map_units(g, n: int, sample: tuple, dtype, chunk_size: int | None = None,
     if chunk_size is None or chunk_size >= n:
         return jax.tree_util.tree_map(lambda o: o[None], chunk(0, n))
     return jax.lax.map(lambda s: chunk(s, chunk_size), jax.numpy.arange(0, n, chunk_size))
+
+
+def map_indices(g, n: int, chunk_size: int | None = None, axis_name: str | None = None):
+    """``g`` vmapped over the indices ``0 .. n-1``, ``chunk_size`` at a time in a
+    ``lax.map``; outputs ``(chunks, chunk, ...)``, the last chunk padded with
+    indices ``>= n`` (``g`` makes them zero)."""
+    jnp = jax.numpy
+    if chunk_size is None or chunk_size >= n:
+        return jax.tree_util.tree_map(lambda o: o[None],
+                                      jax.vmap(g, axis_name=axis_name)(jnp.arange(n)))
+    return jax.lax.map(lambda s: jax.vmap(g, axis_name=axis_name)(s + jnp.arange(chunk_size)),
+                       jnp.arange(0, n, chunk_size))
 
 
 def unit_rows(start, count: int, n: int, dtype) -> jax.Array:

@@ -309,7 +309,7 @@ def _linear(prim, params, jets: list[Jet], fixed: list[bool]) -> list[Jet]:
     def coefficient(key):
         if key not in cache and prim.name == "reduce_sum" and len(live) == 1:
             v = live[0].get_narrow(key)
-            if isinstance(v, _jet.Narrow):  # sum only the nonzero positions
+            if isinstance(v, _jet.Narrow) and v.static:  # sum only the nonzero positions
                 cache[key] = _narrow_reduce_sum(v, params["axes"], primals)
         if key not in cache:
             if all(j.get(key) is None for j, f in zip(jets, fixed) if not f):

@@ -56,9 +56,19 @@ class Narrow:
             return None
         return jnp.reshape(other, (-1,))[self.positions]
 
+    @property
+    def static(self) -> bool:
+        """Whether the positions are known at trace time (a family's unit seed has
+        a traced position: its lane's)."""
+        return isinstance(self.positions, np.ndarray)
+
     def _same(self, other) -> bool:
-        return (isinstance(other, Narrow) and other.shape == self.shape
-                and np.array_equal(other.positions, self.positions))
+        if not (isinstance(other, Narrow) and other.shape == self.shape):
+            return False
+        if other.positions is self.positions:
+            return True
+        return self.static and other.static and np.array_equal(other.positions,
+                                                               self.positions)
 
     def __mul__(self, other):
         if isinstance(other, Narrow):
