@@ -335,3 +335,23 @@ def test_planner_picks_reverse_where_it_measured_faster():
                  else "traced-jet")
         faster = "reverse" if row["derivs_s"] < row["derivs traced-jet_s"] else "traced-jet"
         assert model == faster, row
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_jax_family_with_narrow_seeds(chunk_size, monkeypatch):
+    """NOTE [narrow family seeds] (off by default): exact when switched on."""
+    from derivs.backends.jax_engine import _engine
+
+    monkeypatch.setattr(_operators, "UNROLL_MAX_DIRECTIONS", 0)
+    monkeypatch.setattr(_engine, "NARROW_FAMILY_SEEDS", True)
+    rng = np.random.default_rng(12)
+    W = jnp.asarray(rng.normal(size=(5, 7)) / 2)
+    u = lambda x: jnp.tanh(jnp.tanh(x @ W) @ W.T).sum() + jnp.sin(x).prod()  # noqa: E731
+    x = jnp.asarray(rng.normal(size=(4, 5)))
+    hess = jax.vmap(jax.hessian(u))(x)
+    lap = jax.jit(jax.vmap(derivs.laplacian(u, chunk_size=chunk_size)))(x)
+    diag = jax.jit(jax.vmap(derivs.hessian_diagonal(u, strategy="traced-jet",
+                                                    chunk_size=chunk_size)))(x)
+    np.testing.assert_allclose(lap, jnp.trace(hess, axis1=1, axis2=2), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(diag, jnp.diagonal(hess, axis1=1, axis2=2), rtol=1e-12,
+                               atol=1e-12)

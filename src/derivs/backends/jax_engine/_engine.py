@@ -166,6 +166,16 @@ def _input_jet(x, slot: int | None, groups, batch_axis) -> Jet:
 
 
 FAMILY_AXIS = "derivs_directions"
+# NOTE [narrow family seeds]: without a batch axis (e.g. under jax.vmap) lane i's
+# seed can be e_i as a Narrow coefficient at the lane's (traced) position, so that
+# the first linear layer reads row i of its weight instead of multiplying the
+# identity into it. On XLA:CPU it did not pay: tanh MLP Laplacians at D = 50 (256
+# points, width 64) ran 0.48x the Hessian trace with narrow seeds against 0.46x
+# with one-hot rows, D = 20 (1024 points) 0.64x against 0.56x, D = 50 (2048
+# points, width 256) 0.53x both (folx: 0.48x, 0.59x, 0.54x). XLA fuses the
+# one-hot product well; the gather costs more than it saves. Off until a device
+# measures a gain (``python -m benchmarks taylor`` times both).
+NARROW_FAMILY_SEEDS = False
 
 
 def run_family(compiled: Compiled, slot: int, key, batch_axis: int | None,
@@ -196,11 +206,7 @@ def run_family(compiled: Compiled, slot: int, key, batch_axis: int | None,
         outs = it.run_closed(compiled.closed, inputs)
         return [o.dense(key) for o in outs]
 
-    if batch_axis is None:
-        # NOTE [narrow family seeds]: lane i's seed is e_i as a Narrow coefficient
-        # at a traced position, so the first linear layer reads row i of its weight
-        # (x @ W: W[i]) instead of multiplying the identity into W; every sample
-        # has the same seed only without a batch axis (e.g. under jax.vmap).
+    if batch_axis is None and NARROW_FAMILY_SEEDS:  # NOTE [narrow family seeds]
         def along_index(i):
             valid = (i < n).astype(x.dtype)  # padding lanes of a last chunk: zero
             seed = Narrow(valid[None], jax.numpy.minimum(i, n - 1)[None], x.shape)
