@@ -344,6 +344,7 @@ def _hessian_diagonal(quick: bool) -> list[dict]:
         f"{k} {v / med['D HVPs (vmap)']:.2f}x" for k, v in med.items()), flush=True)
     eyet = torch.eye(D)
     tfns = {
+        "derivs traced-jet": derivs.hessian_diagonal(ft, strategy="traced-jet"),
         "derivs reverse": derivs.hessian_diagonal(ft, strategy="reverse"),
         "derivs auto": derivs.hessian_diagonal(ft),
         "derivs reverse chunk_size=100": derivs.hessian_diagonal(ft, strategy="reverse",

@@ -28,7 +28,7 @@ ROUTES = ["traced-jet", "traced-jet/family", "reverse"]
 
 def _route(route, fw, monkeypatch):
     strategy, _, layout = route.partition("/")
-    if layout == "family":  # PyTorch: the Laplacian only (torch_engine._family)
+    if layout == "family":  # both frameworks (torch_engine._family for PyTorch)
         monkeypatch.setattr(_operators, "UNROLL_MAX_DIRECTIONS", 0)
     return strategy
 
@@ -199,7 +199,8 @@ def test_explain_shows_the_operator_plan():
     assert (asked.strategy, asked.layout) == ("reverse", None) and "requested" in str(asked)
     g = lambda x: (torch.tanh(x) ** 2).sum(-1)
     t = derivs.explain(derivs.hessian_diagonal(g, batch_axis=0), torch.ones(5, 3))
-    assert (t.backend, t.strategy, t.directions) == ("torch", "reverse", 3)
+    assert (t.backend, t.strategy, t.layout, t.directions) == ("torch", "traced-jet",
+                                                                "unrolled", 3)
 
 
 _W = torch.tensor([[0.5, -0.3], [0.8, 0.2], [-0.4, 0.6]], dtype=torch.float64)
@@ -235,6 +236,18 @@ def test_torch_family_laplacian_equals_dense_hessian(case, batched, monkeypatch)
     assert derivs.explain(op, xs if batched else xs[0], _W).layout == "family"
     got = op(xs, _W) if batched else torch.stack([op(x, _W) for x in xs])
     torch.testing.assert_close(got, torch.stack([dense(x) for x in xs]), rtol=1e-11,
+                               atol=1e-12)
+    # the Hessian diagonal: the family's rows (i, i) read off the outputs
+    diag = derivs.hessian_diagonal(f, batch_axis=0 if batched else None,
+                                   strategy="traced-jet")
+    assert derivs.explain(diag, xs if batched else xs[0], _W).layout == "family"
+    got = diag(xs, _W) if batched else torch.stack([diag(x, _W) for x in xs])
+
+    def dense_diag(x):
+        H = torch.func.jacfwd(torch.func.jacrev(lambda z: f(z, _W)))(x)
+        return torch.diagonal(H, dim1=-2, dim2=-1)
+
+    torch.testing.assert_close(got, torch.stack([dense_diag(x) for x in xs]), rtol=1e-11,
                                atol=1e-12)
 
 

@@ -13,8 +13,8 @@ Laplacian ``2`` per direction plus ``4`` shared. A Hessian-vector product costs
 ``HVP_COST`` evaluations of f: reverse mode (~3 f, stores intermediates) under one
 forward level. ``python -m benchmarks taylor`` measures both; in JAX the jet
 strategy took 0.53x the time of the HVPs for the Hessian diagonal (D = 1000) and
-0.37x for the Laplacian (D = 50), so ``HVP_COST = 8`` (> 6). PyTorch's jet Hessian
-diagonal unrolls its directions (see ``choose_strategy``). A test checks the
+0.37x for the Laplacian (D = 50), so ``HVP_COST = 8`` (> 6); PyTorch's family
+layout measured the same way round (see ``choose_strategy``). A test checks the
 model's choice against the recorded timings.
 """
 
@@ -38,7 +38,10 @@ HVP_COST = 8.0
 # NOTE [direction layout]: the jet strategy carries the D unit directions either
 # unrolled, one coordinate group per direction (D separate products), or as one
 # "family" axis (D stacked rows: one product per op; JAX vmaps the directions,
-# PyTorch's Laplacian uses ``torch_engine._family``). In PyTorch the unrolled graph
+# PyTorch stacks them, ``torch_engine._family``). PyTorch on an accelerator always
+# takes the family (launch-bound: see ``unrolled``); the Hessian diagonal on CPU
+# (256 points, tanh MLP) ran unrolled / family 1.16 / 1.22 ms at D = 6, 1.89 / 1.72
+# at D = 10, 3.38 / 2.56 at D = 20 and 8.56 / 5.50 at D = 50. In PyTorch the unrolled graph
 # pays eager dispatch per direction (about 1200 ATen ops per call for a 50-input
 # MLP, against about 150 for the family). XLA:CPU compiles JAX's family tangents,
 # and the reductions over their direction axis, into one large YNNPACK fusion that
@@ -226,15 +229,12 @@ def hessian_diagonal(f: Callable, argnum: int = 0, *, batch_axis: int | None = N
 
 
 def choose_strategy(collapsed: bool, n: int, scalar_output: bool, framework: str) -> str:
-    """The operator strategy the cost model picks for ``n`` directions.
-
-    PyTorch's Hessian diagonal by jets unrolls one coefficient pair per coordinate
-    in the built graph (the engine has no vmapped direction family), so its cost
-    grows with graph size as well: there the model prefers HVPs for scalar outputs."""
+    """The operator strategy the cost model picks for ``n`` directions (the same
+    in both frameworks since PyTorch's Hessian diagonal has a family layout: at
+    256 points of a tanh MLP its jets ran 1.48 / 2.03 / 2.74 / 6.02 ms at D = 6 /
+    10 / 20 / 50 against 2.6 / 3.4 / 4.1 / 9.1 ms for HVPs)."""
     if not scalar_output:
         return TAYLOR
-    if framework == "torch" and not collapsed:
-        return REVERSE
     costs = model_costs(collapsed, n)
     return TAYLOR if costs[TAYLOR] <= costs[REVERSE] else REVERSE
 
@@ -245,11 +245,15 @@ def model_costs(collapsed: bool, n: int) -> dict[str, float]:
     return {TAYLOR: float((2 * n + 4) if collapsed else 6 * n), REVERSE: HVP_COST * n}
 
 
-def unrolled(framework: str, n: int, collapsed: bool = True) -> bool:
+def unrolled(framework: str, n: int, collapsed: bool = True,
+             device_type: str | None = None) -> bool:
     """Whether the jet strategy carries ``n`` directions as ``n`` coordinate groups
-    (see NOTE [direction layout]); otherwise one family axis. PyTorch has a family
-    layout for the Laplacian only (``torch_engine._family``)."""
-    return n <= UNROLL_MAX_DIRECTIONS or (framework == "torch" and not collapsed)
+    (see NOTE [direction layout]); otherwise one family axis. PyTorch on an
+    accelerator is launch-bound (one kernel per op and direction: an H200 ran the
+    unrolled Bi-Laplacian at 1.06x nested AD), so there every D takes the family."""
+    if framework == "torch" and device_type not in (None, "cpu"):
+        return False
+    return n <= UNROLL_MAX_DIRECTIONS
 
 
 def check_operator_arguments(api: str, f: Callable, argnum: Any, batch_axis: Any) -> None:
@@ -334,15 +338,21 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
                               choose_strategy(collapsed, n, scalar, backend.name))
         layout, program, why = None, None, None
         if chosen != REVERSE:
-            layout = "unrolled" if unrolled(backend.name, n, collapsed) else "family"
+            device = getattr(getattr(x, "device", None), "type", None)
+            layout = "unrolled" if unrolled(backend.name, n, collapsed, device) else "family"
             if layout == "family" and backend.name == "torch":
                 if chunk_size is None:
                     program, why = torch_family(backend, args, kwargs)
                 else:
                     why = "chunk_size is set (the family layout carries every direction)"
                 layout = "family" if program is not None else "unrolled"
+        seeds = None
+        if program is not None:
+            inner = getattr(program, "program", program)  # a compiled program's own
+            seeds = functools.partial(inner.laplacian_seeds, diagonal=not collapsed)
         return SimpleNamespace(backend=backend, args=args, sample=sample, n=n, chosen=chosen,
-                               scalar=scalar, layout=layout, program=program, why=why)
+                               scalar=scalar, layout=layout, program=program, why=why,
+                               program_seeds=seeds)
 
     def explain(*args, **kwargs) -> OperatorExplanation:
         d = decide(args, kwargs)
@@ -389,7 +399,11 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
             return _reverse(fw, f, args, kwargs, argnum, batch_axis, sample, collapsed,
                             chunk_size)
         if d.program is not None:
-            return d.program(args, kwargs)
+            if collapsed:
+                return d.program(args, kwargs)
+            seeds = d.program_seeds(args[argnum])
+            return fw.tree_map(lambda o: _directions_last(fw, o, sample),
+                               d.program(args, kwargs, seeds))
         if d.layout == "family":
             return _jax_taylor(fw, transform, args, kwargs, batch_axis, sample, collapsed,
                                chunk_size)
@@ -436,9 +450,6 @@ class OperatorExplanation:
                              "traced engine fell back")
         else:
             lines.append("  D Hessian-vector products (forward over reverse), vmapped")
-        if self.automatic and self.backend == "torch" and not self.collapsed:
-            lines.append("  PyTorch jets unroll the directions in the built graph: for a "
-                         "scalar output HVPs are chosen")
         lines.append("  cost model (evaluations of f): " + ", ".join(
             f"{k} {v:g}" for k, v in self.model_costs.items()))
         if self.automatic and self.scalar_output is False:
@@ -480,7 +491,7 @@ def _framework(name: str) -> SimpleNamespace:
         stack=torch.stack, grad=torch.func.grad,
         jvp=lambda g, x, v: torch.func.jvp(g, (x,), (v,))[1], vmap=torch.func.vmap,
         over_units=_torch_over_units,
-        sum=torch.sum, movedim=torch.movedim, tree_map=None)
+        sum=torch.sum, movedim=torch.movedim, tree_map=torch.utils._pytree.tree_map)
 
 
 def _jax_over_units(g, n: int, sample, like, chunk_size):

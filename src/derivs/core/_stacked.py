@@ -73,7 +73,10 @@ class Table:
 class Layout:
     """Rows and rule tables for the terms ``[(c, alpha), ...]`` over ``groups``."""
 
-    def __init__(self, groups: int, terms: Sequence[tuple[float, Multi]]):
+    def __init__(self, groups: int, terms: Sequence[tuple[float, Multi]],
+                 read: Sequence[Multi] = ()):
+        """``read``: multi-indices carried as rows (with their lower sets) to be read
+        off the outputs themselves, not summed (e.g. a Hessian diagonal)."""
         self.groups = groups
         merged: dict[Multi, float] = {}
         for c, alpha in terms:
@@ -87,14 +90,18 @@ class Layout:
         for _, alpha in self.terms:
             below.update(_proper_submultisets(alpha))
         below.update((g,) for _, a in self.terms for g in a)  # every seeded group
+        self.read = tuple(tuple(sorted(k)) for k in read)
+        for k in self.read:
+            below.update(_proper_submultisets(k) | {k})
         self.rows: tuple[Multi, ...] = tuple(sorted(below, key=lambda k: (len(k), k)))
         self.index = {k: i for i, k in enumerate(self.rows)}
-        self.order = max((len(a) for _, a in self.terms), default=1)
+        self.order = max([len(a) for _, a in self.terms] + [len(k) for k in self.read] + [1])
         levels = max((len(k) for k in self.rows), default=0)
         # rows[:level_end[d]] are the rows of levels 1 .. d + 1
         self.level_end = tuple(sum(1 for k in self.rows if len(k) <= d + 1)
                                for d in range(levels))
         self.seed_groups = tuple(k[0] for k in self.rows if len(k) == 1)
+        self.read_rows = tuple(self.index[k] for k in self.read)
         self.first_order = tuple((c, a[0]) for c, a in self.terms if len(a) == 1)
 
     @property

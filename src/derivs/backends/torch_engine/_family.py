@@ -190,6 +190,7 @@ class FamilyProgram:
         self.out_spec, self.batch_axis = cap.out_spec, batch_axis
         self.lifted, self.valid = cap.lifted, cap.valid
         self.need_c: set = set()  # nodes whose stacked coefficients are read
+        self.need_rows: set = set()  # the same when the outputs' own rows are read
         self._laplacians: dict = {}
 
     def __call__(self, args: tuple, kwargs: dict, seeds: Seeds | None = None) -> Any:
@@ -197,12 +198,16 @@ class FamilyProgram:
                    if isinstance(leaf, torch.Tensor)] + list(self.lifted)
         return pytree.tree_unflatten(self.run(tensors, seeds), self.out_spec)
 
-    def laplacian_seeds(self, x: torch.Tensor) -> Seeds:
+    def laplacian_seeds(self, x: torch.Tensor, diagonal: bool = False) -> Seeds:
+        """Unit seeds with the Laplacian's layout, or (``diagonal``) the layout
+        that reads the Hessian diagonal's rows ``(i, i)`` off the outputs."""
         n = numel(tuple(x.shape)) if self.batch_axis is None else numel(
             tuple(s for i, s in enumerate(x.shape) if i != self.batch_axis % x.ndim))
-        layout = self._laplacians.get(n)
+        layout = self._laplacians.get((n, diagonal))
         if layout is None:
-            layout = self._laplacians[n] = Layout(n, [(1.0, (i, i)) for i in range(n)])
+            layout = (Layout(n, (), read=[(i, i) for i in range(n)]) if diagonal
+                      else Layout(n, [(1.0, (i, i)) for i in range(n)]))
+            self._laplacians[(n, diagonal)] = layout
         return Seeds(layout, unit_seeds(x, self.batch_axis))
 
     def run(self, tensors: list, seeds: Seeds | None = None) -> list:
@@ -224,11 +229,15 @@ class FamilyProgram:
             env[ph] = _Jet(t, c, top) if k == self.selected else _Jet(t)
         env.update({n: _Jet(v) for n, v in self.literals.items()})
         outs = None
+        need = self.need_rows if layout.read else self.need_c
         for node in self.graph.nodes:
             if node.op == "call_function":
-                env[node] = _apply(ctx, node, env, node in self.need_c)
+                env[node] = _apply(ctx, node, env, node in need)
             elif node.op == "output":
-                outs = [_top_of(env[o]) for o in node.args[0]]
+                if layout.read:  # the read rows, stacked first: (len(read), *out)
+                    outs = [_rows_of(env[o], layout.read_rows) for o in node.args[0]]
+                else:
+                    outs = [_top_of(env[o]) for o in node.args[0]]
         return outs
 
 
@@ -266,14 +275,17 @@ def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
                 isinstance(a, (list, tuple)) and any(x in live for x in a) for a in n.args):
             return fallback(f"{n.target} takes a list of differentiated tensors", cap.valid)
     program.need_c = _lower_readers(traced.graph, live)
+    outputs = {a for a in traced.graph.output_node().args[0] if isinstance(a, fx.Node)}
+    program.need_rows = _lower_readers(traced.graph, live, outputs & live)
     return program
 
 
-def _lower_readers(graph: fx.Graph, live: set) -> set:
+def _lower_readers(graph: fx.Graph, live: set, outputs: set = frozenset()) -> set:
     """The live nodes whose stacked lower coefficients something reads: the inputs
     of a node that needs its own, and the inputs that a node's collapsed
-    coefficient is nonlinear in. The outputs need only their collapsed one."""
-    need: set = set()
+    coefficient is nonlinear in; ``outputs`` whose rows are read themselves (else
+    the outputs need only their collapsed coefficient)."""
+    need: set = set(outputs)
     for n in reversed(graph.nodes):
         if n not in live or n.op != "call_function":
             continue
@@ -309,6 +321,13 @@ def shared_rows(rows: np.ndarray, x: torch.Tensor, batch_axis: int | None) -> to
 
 def _top_of(j: _Jet) -> torch.Tensor:
     return torch.zeros_like(j.p) if j.l is None else j.l.expand_as(j.p)
+
+
+def _rows_of(j: _Jet, rows: tuple) -> torch.Tensor:
+    """Rows ``rows`` of ``j``'s stack (zeros past it), shaped ``(len(rows), *p)``."""
+    stack = _padded(j.c, max(rows) + 1, j.p)
+    index = torch.as_tensor(rows, device=stack.device)
+    return stack[index].expand((len(rows),) + tuple(j.p.shape))
 
 
 def _lift(g: torch.Tensor | None, ndim: int) -> torch.Tensor | None:
