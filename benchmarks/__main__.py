@@ -15,10 +15,19 @@ def main(argv: list[str]) -> int:
                         "capture: nn.Modules and closures against the functional spelling")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes and few repeats (under 2 minutes)")
+    parser.add_argument("--device", default="cpu",
+                        help="taylor only: run its device sections on this PyTorch device "
+                        "(e.g. cuda), writing results/taylor-<device>.md")
     args = parser.parse_args(argv)
     import importlib
 
-    print(importlib.import_module(f"benchmarks.{args.suite}").run(args.quick))
+    module = importlib.import_module(f"benchmarks.{args.suite}")
+    if args.device != "cpu":
+        if args.suite != "taylor":
+            parser.error("--device is for the taylor suite")
+        print(module.run(args.quick, device=args.device))
+    else:
+        print(module.run(args.quick))
     return 0
 
 

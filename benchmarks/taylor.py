@@ -557,7 +557,147 @@ def _torch_compile(quick: bool) -> list[dict]:
     return [row]
 
 
-def run(quick: bool = False) -> str:
+def _synced(device: str, fn):
+    """``fn`` followed by a device synchronization (CUDA runs asynchronously)."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return fn
+    return lambda: (fn(), torch.cuda.synchronize())[0]
+
+
+def _tanh_net(sizes, device):
+    import torch
+
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.Tanh()]
+    return torch.nn.Sequential(*layers[:-1]).to(device)
+
+
+def _jet_operator(name: str, f, x):
+    """jet-for-pytorch's ``laplacian`` / ``bilaplacian`` transform of ``f`` (an
+    anchor on GPU machines: it needs Python >= 3.12), or None when absent."""
+    try:
+        import importlib
+
+        module = importlib.import_module(f"jet.{name}")
+        return getattr(module, name)(f, x)
+    except Exception:  # noqa: BLE001 - not installed, or another API version
+        return None
+
+
+def _torch_device(device: str, quick: bool) -> list[dict]:
+    """The issue-16 device checks in PyTorch: the Laplacian of jet-for-pytorch's
+    benchmark net (tanh MLP 50-768-768-512-512-1, batch 2048) eager and with
+    ``torch_compile=True``, and the Bi-Laplacian (D = 10, 10-256-256-256-1, batch
+    2048) in every layout, against nested references and jet-for-pytorch."""
+    import torch
+
+    from derivs import _collapsed
+
+    rows = []
+    scale, B = (8, 256) if quick else (1, 2048)
+    torch.manual_seed(0)
+    net = _tanh_net([50, 768 // scale, 768 // scale, 512 // scale, 512 // scale, 1], device)
+    u = lambda z: net(z).squeeze(-1)  # noqa: E731
+    named = dict(net.named_parameters())
+
+    def u1(z):
+        return torch.func.functional_call(net, named, (z,)).squeeze(-1)
+
+    x = torch.randn(B, 50, device=device)
+    hess = torch.func.vmap(lambda z: torch.func.hessian(u1)(z).diagonal().sum())
+    fns = {"derivs (module)": derivs.laplacian(u, batch_axis=0),
+           "derivs torch_compile": derivs.laplacian(u, batch_axis=0, torch_compile=True),
+           "trace(hessian)": hess,
+           "trace(hessian) compiled": torch.compile(hess)}
+    jet = _jet_operator("laplacian", u, x)
+    if jet is not None:
+        fns["jet-for-pytorch"] = jet
+        fns["jet-for-pytorch compiled"] = torch.compile(jet)
+    with torch.no_grad():
+        ref = hess(x)
+        firsts = {}
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            got = _synced(device, lambda fn=fn: fn(x))()
+            firsts[name] = time.perf_counter() - t0
+            torch.testing.assert_close(got, ref, rtol=2e-3, atol=2e-4 * float(ref.abs().max()))
+        med = interleaved_medians({k: _synced(device, lambda fn=fn: fn(x))
+                                   for k, fn in fns.items()}, repeats=3 if quick else 11)
+    rows.append({"case": "laplacian, jet's net", "device": device, "points": B,
+                 "reference": "trace(hessian)", **{f"{k}_s": v for k, v in med.items()},
+                 **{f"{k}_first_s": v for k, v in firsts.items()}})
+
+    D, W = 10, 256 // scale
+    net4 = _tanh_net([D, W, W, W, 1], device)
+    u4 = lambda z: net4(z).squeeze(-1)  # noqa: E731
+    named4 = dict(net4.named_parameters())
+
+    def u41(z):
+        return torch.func.functional_call(net4, named4, (z,)).squeeze(-1)
+
+    lap = lambda h: (lambda z: torch.func.hessian(h)(z).diagonal().sum())  # noqa: E731
+    nested = torch.func.vmap(lap(lap(u41)))
+    x4 = torch.randn(B, D, device=device)
+    op = derivs.bilaplacian(u4, batch_axis=0)
+    compiled = derivs.bilaplacian(u4, batch_axis=0, torch_compile=True)
+
+    def layout(name, which=op):
+        def call():
+            saved = _collapsed.mixed_layout
+            _collapsed.mixed_layout = lambda fw, device: name
+            try:
+                return which(x4)
+            finally:
+                _collapsed.mixed_layout = saved
+        return call
+
+    fns4 = {"derivs": lambda: op(x4), "stacked pairs": layout("stacked pairs"),
+            "stacked mixed": layout("stacked"), "coordinate groups": layout("coordinate groups"),
+            "stacked pairs torch_compile": layout("stacked pairs", compiled),
+            "nested lap(lap)": lambda: nested(x4)}
+    jet4 = _jet_operator("bilaplacian", u4, x4)
+    if jet4 is not None:
+        fns4["jet-for-pytorch"] = lambda: jet4(x4)
+    with torch.no_grad():
+        ref4 = nested(x4)
+        for name, fn in fns4.items():
+            torch.testing.assert_close(_synced(device, fn)(), ref4, rtol=2e-3,
+                                       atol=2e-4 * float(ref4.abs().max()))
+        med = interleaved_medians({k: _synced(device, fn) for k, fn in fns4.items()},
+                                  repeats=3 if quick else 7)
+    rows.append({"case": "bilaplacian D=10", "device": device, "points": B,
+                 "reference": "nested lap(lap)", **{f"{k}_s": v for k, v in med.items()}})
+    for r in rows:
+        print(f"  {r['case']} ({device}): " + ", ".join(
+            f"{k[:-2]} {v / r[r['reference'] + '_s']:.3f}x" for k, v in r.items()
+            if k.endswith("_s") and not k.endswith("_first_s")), flush=True)
+    return rows
+
+
+def run_device(quick: bool, device: str) -> str:
+    """The device sections only (``python -m benchmarks taylor --device cuda``)."""
+    t0 = time.perf_counter()
+    data = {"quick": quick, "device": device, "torch": _torch_device(device, quick)}
+    sections = [(f"PyTorch operators on {device} (time relative to the reference)",
+                 _harness.markdown_table(
+                     ["case", "points", "contender", "ms", "ratio", "first call s"],
+                     [[r["case"], r["points"], k[:-2], f"{v * 1e3:.2f}",
+                       f"{v / r[r['reference'] + '_s']:.3f}x",
+                       _fmt(r.get(k[:-2] + "_first_s"))]
+                      for r in data["torch"] for k, v in r.items()
+                      if k.endswith("_s") and not k.endswith("_first_s")]))]
+    data["seconds"] = time.perf_counter() - t0
+    name = f"taylor-{device.split(':')[0]}" + ("-quick" if quick else "")
+    path = _harness.write(name, f"Taylor operators on {device} (issue 16)", sections, data)
+    return f"wrote {path} in {data['seconds']:.0f} s"
+
+
+def run(quick: bool = False, device: str = "cpu") -> str:
+    if device != "cpu":
+        return run_device(quick, device)
     import jax
 
     jax.config.update("jax_enable_x64", False)
