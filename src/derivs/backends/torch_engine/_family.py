@@ -489,6 +489,19 @@ def _broadcast_matmul(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 _matmul = _bilinear(torch.matmul, _broadcast_matmul, torch.matmul)
 
 
+def _mv_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``mv`` with leading (stacked) axes on either factor."""
+    return torch.matmul(a, b.unsqueeze(-1)).squeeze(-1)
+
+
+def _mv_stack(a: torch.Tensor, stack: torch.Tensor) -> torch.Tensor:
+    """``mv(a, row)`` for every row of a stack: one matrix product ``stack @ a^T``."""
+    return torch.matmul(stack, a.T) if a.ndim == 2 else _mv_product(a, stack)
+
+
+_mv = _bilinear(_mv_product, torch.matmul, _mv_stack)
+
+
 def _compact(t: torch.Tensor, keep_last: int = 0) -> torch.Tensor:
     """``t`` with its repeated (stride-0) axes cut to length 1, except the first
     (rows) and the last ``keep_last``; ``t`` itself if it has none."""
@@ -702,15 +715,17 @@ _LINEAR_IN_EACH = {
     aten.permute.default, aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims,
     aten.sum.dim_IntList, aten.sum.default, aten.mean.dim,
     aten.mul.Tensor, aten.mm.default, aten.bmm.default, aten.matmul.default,
-    aten.addmm.default, aten.cat.default, aten.stack.default,
+    aten.addmm.default, aten.cat.default, aten.stack.default, aten.mv.default,
+    aten.div.Tensor,
 }
 # ... except these, when more than one argument is differentiated.
 _BILINEAR = {aten.mul.Tensor, aten.mm.default, aten.bmm.default, aten.matmul.default,
-             aten.addmm.default}
+             aten.addmm.default, aten.mv.default, aten.div.Tensor}
 
 _RULES: dict[Any, Callable] = {
     aten.mm.default: _matmul, aten.bmm.default: _matmul, aten.matmul.default: _matmul,
-    aten.addmm.default: _addmm,
+    aten.addmm.default: _addmm, aten.mv.default: _mv,
+    aten.div.Tensor: _linear_first,  # by a constant; a differentiated divisor: generic
     aten.add.Tensor: _sum_like(1.0), aten.sub.Tensor: _sum_like(-1.0),
     aten.mul.Tensor: _mul,
     aten.tanh.default: _elementwise(_poly_in_output(np.array([-1.0, 0.0, 1.0]))),
