@@ -9,7 +9,7 @@ import sys
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("suite", choices=["seeds", "engine", "taylor", "sparse", "capture"],
-                        help="seeds: both PROBLEMS.md problems; engine: PyTorch higher orders; "
+                        help="seeds: both docs/problems.md problems; engine: PyTorch higher orders; "
                         "taylor: pure orders, Laplacian, Hessian diagonal; "
                         "sparse: sparse Jacobians/Hessians against asdex and sparsejac; "
                         "capture: nn.Modules and closures against the functional spelling")

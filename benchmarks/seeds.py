@@ -1,7 +1,7 @@
-"""The two seed problems of PROBLEMS.md: derivs against today's alternatives.
+"""The two seed problems of docs/problems.md: derivs against today's alternatives.
 
 Problem 1: training-step time of the seed model whose output is df/dx, each way of
-computing df/dx against the hand-written formula (one CPU thread, as PROBLEMS.md).
+computing df/dx against the hand-written formula (one CPU thread, as docs/problems.md).
 Problem 2: d^3 prod(x) / dx0 dx2 dx4 per row, time relative to evaluating f, for
 n in {5, 50, 500, 5000} and batch 6 and 4096; JAX under jit, PyTorch eager.
 """

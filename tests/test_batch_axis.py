@@ -2,7 +2,7 @@
 
 A wrong batch axis is an error that names vmap; an undecidable one runs vmapped
 over the samples; a proven one runs in one pass. Oracles: the per-sample values of
-jax.vmap / torch.func.vmap over the unbatched transform, and the PROBLEMS.md numbers."""
+jax.vmap / torch.func.vmap over the unbatched transform, and the docs/problems.md numbers."""
 
 from __future__ import annotations
 

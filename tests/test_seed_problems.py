@@ -1,4 +1,4 @@
-"""The acceptance numbers of PROBLEMS.md, in both frameworks."""
+"""The acceptance numbers of docs/problems.md, in both frameworks."""
 
 from __future__ import annotations
 

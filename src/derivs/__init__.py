@@ -28,3 +28,29 @@ from .sparsity._errors import UnsupportedOpError as UnsupportedOpError
 from .sparsity._pattern import Pattern as Pattern
 
 __version__ = "0.1.0"
+
+# The public API; subpackages (``derivs.core``, ``derivs.backends``,
+# ``derivs.sparsity``) are private.
+__all__ = [
+    "Coloring",
+    "Explanation",
+    "Pattern",
+    "Prepared",
+    "SparseDerivative",
+    "SparseExplanation",
+    "SparsityWarning",
+    "UnsupportedOpError",
+    "bilaplacian",
+    "differential_operator",
+    "diffusion_operator",
+    "explain",
+    "hessian",
+    "hessian_diagonal",
+    "hutchinson_laplacian",
+    "jacobian",
+    "laplacian",
+    "partial",
+    "partials",
+    "sparsity",
+    "value_and_partials",
+]

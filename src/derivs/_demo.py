@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import numpy as np
@@ -35,15 +36,36 @@ def _values_torch():
     return batched.numpy(), vmapped.numpy()
 
 
-def _problem2_costs(batch: int, n: int, repeats: int):
-    """Ratios to f of derivs and the alternatives, JAX (jit) and PyTorch (eager)."""
+def _installed() -> dict[str, bool]:
+    return {fw: importlib.util.find_spec(fw) is not None for fw in ("jax", "torch")}
+
+
+def _skipped(fw: str) -> str:
+    return f"skipped: {fw} is not installed (pip install 'derivs[{fw}]')"
+
+
+def _problem2_costs(batch: int, n: int, repeats: int, have: dict[str, bool]):
+    """Ratios to f of derivs and the alternatives, JAX (jit) and PyTorch (eager),
+    for the frameworks that are installed."""
+    rows = []
+    if have["jax"]:
+        rows += _problem2_jax(batch, n, repeats)
+    else:
+        rows.append(("JAX jit", "all", _skipped("jax"), "-"))
+    if have["torch"]:
+        rows += _problem2_torch(batch, n, repeats)
+    else:
+        rows.append(("PyTorch eager", "all", _skipped("torch"), "-"))
+    return rows
+
+
+def _problem2_jax(batch: int, n: int, repeats: int):
     import jax
     import jax.numpy as jnp
-    import torch
 
     idx = _seeds.PROBLEM2_INDEX
     xn = _seeds.problem2_x(batch, n, seed=0)
-    xj, xt = jnp.asarray(xn, jnp.float32), torch.as_tensor(xn, dtype=torch.float32)
+    xj = jnp.asarray(xn, jnp.float32)
     jf = jax.jit(jax.vmap(jnp.prod))
     jfns = {
         "f": lambda: jf(xj),
@@ -56,6 +78,18 @@ def _problem2_costs(batch: int, n: int, repeats: int):
         jfns["jacfwd(jacfwd(grad))"] = (lambda g: lambda: g(xj))(
             jax.jit(jax.vmap(_seeds.jax_naive(jnp.prod, idx))))
     tj = interleaved_medians(jfns, repeats=repeats, inner=3)
+    rows = [("JAX jit", k, f"{v / tj['f']:.2f}x", f"{v * 1e3:.3f}") for k, v in tj.items() if k != "f"]
+    if naive_bytes >= 2**30:
+        rows.append(("JAX jit", "jacfwd(jacfwd(grad))",
+                     f"skipped: n^3 tensor needs {naive_bytes / 2**30:.0f} GiB", "-"))
+    return rows
+
+
+def _problem2_torch(batch: int, n: int, repeats: int):
+    import torch
+
+    idx = _seeds.PROBLEM2_INDEX
+    xt = torch.as_tensor(_seeds.problem2_x(batch, n, seed=0), dtype=torch.float32)
     tfns = {
         "f": lambda: xt.prod(-1),
         "derivs": (lambda g: lambda: g(xt))(
@@ -65,13 +99,8 @@ def _problem2_costs(batch: int, n: int, repeats: int):
         "hand-written": lambda: _seeds.torch_prod_hand(xt),
     }
     tt = interleaved_medians(tfns, repeats=repeats)
-    rows = [("JAX jit", k, f"{v / tj['f']:.2f}x", f"{v * 1e3:.3f}") for k, v in tj.items() if k != "f"]
-    if naive_bytes >= 2**30:
-        rows.append(("JAX jit", "jacfwd(jacfwd(grad))",
-                     f"skipped: n^3 tensor needs {naive_bytes / 2**30:.0f} GiB", "-"))
-    rows += [("PyTorch eager", k, f"{v / tt['f']:.2f}x", f"{v * 1e3:.3f}")
-             for k, v in tt.items() if k != "f"]
-    return rows
+    return [("PyTorch eager", k, f"{v / tt['f']:.2f}x", f"{v * 1e3:.3f}")
+            for k, v in tt.items() if k != "f"]
 
 
 def _problem1(steps: int, repeats: int):
@@ -105,29 +134,46 @@ def _problem1(steps: int, repeats: int):
 
 
 def main(argv=None) -> int:
-    import torch
+    have = _installed()
+    print("derivs demo: the two seed problems of docs/problems.md, checked and timed in this run\n")
+    if not any(have.values()):
+        print("neither jax nor torch is installed: pip install 'derivs[jax]', "
+              "'derivs[torch]' or 'derivs[all]'")
+        return 1
+    for fw in (fw for fw, ok in have.items() if not ok):
+        print(f"note: {_skipped(fw)}; its rows are left out\n")
+    if have["torch"]:
+        import torch
 
-    torch.set_num_threads(1)  # PROBLEMS.md's problem-1 timings are one-thread CPU
-    print("derivs demo: the two seed problems of PROBLEMS.md, checked and timed in this run\n")
+        torch.set_num_threads(1)  # docs/problems.md's problem-1 timings are one-thread CPU
 
     print("== Problem 2: d^3 prod(x) / dx0 dx2 dx4 per row of x = [[1..5], ..., [26..30]] ==")
-    vj = _values_jax()
-    vt, vv = _values_torch()
     expected = np.array(_seeds.PROBLEM2_EXPECTED)
-    ok = all(np.allclose(v, expected, rtol=1e-5) for v in (vj, vt, vv))
-    print(_table(["route", "values"], [
-        ("expected (PROBLEMS.md)", expected.tolist()),
-        ("JAX: jit(vmap(derivs.partial(jnp.prod, (0,2,4))))", np.round(vj, 4).tolist()),
-        ("PyTorch: derivs.partial(prod, (0,2,4), batch_axis=0)", np.round(vt, 4).tolist()),
-        ("PyTorch: torch.func.vmap(derivs.partial(torch.prod, (0,2,4)))", np.round(vv, 4).tolist()),
-    ]))
+    rows, values = [("expected (docs/problems.md)", expected.tolist())], []
+    if have["jax"]:
+        vj = _values_jax()
+        values.append(vj)
+        rows.append(("JAX: jit(vmap(derivs.partial(jnp.prod, (0,2,4))))",
+                     np.round(vj, 4).tolist()))
+    if have["torch"]:
+        vt, vv = _values_torch()
+        values += [vt, vv]
+        rows += [("PyTorch: derivs.partial(prod, (0,2,4), batch_axis=0)",
+                  np.round(vt, 4).tolist()),
+                 ("PyTorch: torch.func.vmap(derivs.partial(torch.prod, (0,2,4)))",
+                  np.round(vv, 4).tolist())]
+    ok = all(np.allclose(v, expected, rtol=1e-5) for v in values)
+    print(_table(["route", "values"], rows))
     print(f"values match: {ok}\n")
 
     for batch, n in ((4096, 5), (4096, 50)):
         print(f"cost relative to f (median of interleaved runs), batch {batch}, n {n}:")
         print(_table(["framework", "method", "time / f", "ms per call"],
-                     _problem2_costs(batch, n, repeats=7)))
+                     _problem2_costs(batch, n, repeats=7, have=have)))
         print()
+    if not have["torch"]:
+        print(f"== Problem 1 (PyTorch) {_skipped('torch')} ==")
+        return 0 if ok else 1
 
     print("== Problem 1: df/dx of f(x, y) = 100 + (x + 0.01 y^2)^2 as a trainable op ==")
     print("model: t -> Linear(1,100) -> Linear(100,1) -> Linear(1,1) -> x = Linear(1,1)(.), "

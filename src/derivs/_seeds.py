@@ -1,4 +1,4 @@
-"""The two seed problems of PROBLEMS.md and today's alternatives to derivs.
+"""The two seed problems of docs/problems.md and today's alternatives to derivs.
 
 Shared by the demo (``python -m derivs demo``) and the benchmark harness so that
 both measure the same thing. Frameworks are imported inside the functions that

@@ -8,6 +8,7 @@ only when the caller already uses them, so ``import derivs`` needs neither.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from types import ModuleType
 from typing import Any
@@ -56,10 +57,13 @@ def backend_for(args: tuple, api: str) -> ModuleType:
             "function with arrays of one framework (the one f is written in)."
         )
     if not found:
+        missing = [name for name in ("jax", "torch") if importlib.util.find_spec(name) is None]
+        install = "".join(f" {name} is not installed: pip install 'derivs[{name}]'."
+                          for name in missing)
         raise TypeError(
             f"{api}: cannot tell the framework from the arguments (no jax.Array or "
             "torch.Tensor among them). Pass jnp.asarray(x) for a JAX function or "
-            "torch.as_tensor(x) for a PyTorch function."
+            "torch.as_tensor(x) for a PyTorch function." + install
         )
     return backend_named(found.pop())
 

@@ -12,7 +12,7 @@ NOTE [plan cost model]: a forward-mode level costs about three times the level
 below it (a product ``a*b`` becomes ``a*b, a'*b + a*b'``; elementwise
 transcendental functions are similar), so a pass of ``m`` levels is modelled as
 ``LEVEL_FACTOR**m`` evaluations of ``f``. This matches the "2^k - 3^k times f"
-range measured for nested JVPs (PROBLEMS.md). The planner covers the request set
+range measured for nested JVPs (docs/problems.md). The planner covers the request set
 with passes greedily, longest request first, merging a request into an existing
 pass only when the merged pass is cheaper than a new one. Work and memory depend
 on the requested orders only, never on the input size beyond the cost of f.

@@ -12,20 +12,34 @@ import heapq
 
 import numpy as np
 
-try:  # an optional accelerator, never required
-    import numba
+import importlib.util
 
-    _jit = numba.njit(cache=True, nogil=True)
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised by the pure-Python test
-    def _jit(fn):
-        return fn
-
-    HAVE_NUMBA = False
+# An optional accelerator, never required, and imported only when a coloring first
+# runs (``import numba`` costs about 0.2 s): the kernels below are plain functions
+# named ``<name>_py``; the first access to ``<name>`` compiles them all
+# (``__getattr__``), so kernels calling kernels resolve to compiled ones.
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+_KERNELS = ("_smallest_free", "greedy", "star", "smallest_last", "dsatur")
 
 
-@_jit
-def _smallest_free(indptr, indices, colors, mark, v):
+def _bind() -> None:
+    jit = (lambda fn: fn)
+    if HAVE_NUMBA:
+        import numba
+
+        jit = numba.njit(cache=True, nogil=True)
+    for name in _KERNELS:
+        globals()[name] = jit(globals()[name + "_py"])
+
+
+def __getattr__(name: str):
+    if name in _KERNELS:
+        _bind()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _smallest_free_py(indptr, indices, colors, mark, v):
     """The smallest color no colored neighbor of ``v`` has (``mark`` is scratch:
     ``mark[c] == v`` means color ``c`` is taken near ``v``)."""
     for p in range(indptr[v], indptr[v + 1]):
@@ -38,8 +52,7 @@ def _smallest_free(indptr, indices, colors, mark, v):
     return c
 
 
-@_jit
-def greedy(indptr, indices, order):
+def greedy_py(indptr, indices, order):
     """Distance-1 greedy coloring of the graph with adjacency ``(indptr, indices)``
     visiting vertices in ``order``. Returns colors 0, 1, ..."""
     n = indptr.size - 1
@@ -50,8 +63,7 @@ def greedy(indptr, indices, order):
     return colors
 
 
-@_jit
-def star(indptr, indices, order):
+def star_py(indptr, indices, order):
     """Greedy star coloring (Gebremedhin, Manne & Pothen 2005, Algorithm 4.1):
     a distance-1 coloring in which every path on four vertices uses at least
     three colors, which lets a symmetric matrix be recovered from ``H @ seeds``."""
@@ -84,8 +96,7 @@ def star(indptr, indices, order):
     return colors
 
 
-@_jit
-def smallest_last(indptr, indices):
+def smallest_last_py(indptr, indices):
     """Smallest-last ordering (Matula & Beck): repeatedly remove a vertex of
     minimum remaining degree; color in the reverse order of removal."""
     n = indptr.size - 1
@@ -142,8 +153,7 @@ def smallest_last(indptr, indices):
     return order
 
 
-@_jit
-def dsatur(indptr, indices):
+def dsatur_py(indptr, indices):
     """DSATUR (Brélaz): color next the vertex whose neighbors already use the most
     distinct colors, ties to the larger degree. Lazy max-heap on (saturation,
     degree)."""

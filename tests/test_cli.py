@@ -1,0 +1,54 @@
+"""The command line, the demo with one framework missing, the install hints, and
+the public namespace (release-quality checks, independent of the math)."""
+
+from __future__ import annotations
+
+import importlib.util
+import types
+
+import pytest
+
+import derivs
+from derivs import __main__ as cli
+from derivs import _demo
+
+
+def test_help_exits_zero(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli._main(["--help"])
+    assert e.value.code == 0 and "demo" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:  # help of the command, without running it
+        cli._main(["demo", "--help"])
+    assert e.value.code == 0 and "usage: python -m derivs demo" in capsys.readouterr().out
+    assert cli._main([]) == 2
+
+
+@pytest.mark.parametrize("missing", ["jax", "torch"])
+def test_demo_runs_the_installed_framework(missing, monkeypatch, capsys):
+    """The demo says what it skipped and checks the rest (timings stubbed: this
+    test is about which parts run)."""
+    monkeypatch.setattr(_demo, "_installed",
+                        lambda: {"jax": missing != "jax", "torch": missing != "torch"})
+    monkeypatch.setattr(_demo, "interleaved_medians", lambda fns, **k: dict.fromkeys(fns, 1.0))
+    monkeypatch.setattr(_demo, "_problem1",
+                        lambda steps, repeats: ([], {"derivs": 0.0}, [], True))
+    assert _demo.main([]) == 0
+    out = capsys.readouterr().out
+    assert f"pip install 'derivs[{missing}]'" in out and "values match: True" in out
+    present = "JAX: jit" if missing == "torch" else "PyTorch: derivs.partial"
+    assert present in out
+
+
+def test_missing_framework_error_names_the_extra(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    with pytest.raises(TypeError, match=r"pip install 'derivs\[torch\]'"):
+        derivs.partial(lambda x: x ** 2, 0)(3.0)
+
+
+def test_public_namespace_is_all():
+    public = {n for n, v in vars(derivs).items()
+              if not n.startswith("_") and not isinstance(v, types.ModuleType)}
+    assert public == set(derivs.__all__)
+    assert all(callable(getattr(derivs, n)) for n in derivs.__all__)
