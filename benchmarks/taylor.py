@@ -366,6 +366,21 @@ def _hessian_diagonal(quick: bool) -> list[dict]:
     return rows
 
 
+def _forced_layout(name: str, op, x):
+    """A call of ``op(x)`` with the mixed-term layout forced to ``name`` (NOTE
+    [mixed-term layout] in derivs._collapsed)."""
+    from derivs import _collapsed
+
+    def call():
+        saved = _collapsed.mixed_layout
+        _collapsed.mixed_layout = lambda fw, device: name
+        try:
+            return op(x)
+        finally:
+            _collapsed.mixed_layout = saved
+    return call
+
+
 def _bilaplacian(quick: bool) -> list[dict]:
     """The Bi-Laplacian of a tanh MLP 10-W-W-W-1 (the issue's net, W = 256; 64 in
     quick mode) against the nested Laplacian of the Laplacian: every layout of
@@ -398,17 +413,11 @@ def _bilaplacian(quick: bool) -> list[dict]:
     nested = torch.func.vmap(lap(lap(u1)))
     xt = torch.as_tensor(x, dtype=torch.float32)
 
-    def layout(name):
-        def call():
-            saved = _collapsed.mixed_layout
-            _collapsed.mixed_layout = lambda fw, device: name
-            try:
-                return op(xt)
-            finally:
-                _collapsed.mixed_layout = saved
-        return call
-
     op = derivs.bilaplacian(u, batch_axis=0)
+
+    def layout(name):
+        return _forced_layout(name, op, xt)
+
     with torch.no_grad():
         ref = nested(xt)
         fns = {"derivs": lambda: op(xt), "coordinate groups": layout("coordinate groups"),
@@ -594,8 +603,6 @@ def _torch_device(device: str, quick: bool) -> list[dict]:
     2048) in every layout, against nested references and jet-for-pytorch."""
     import torch
 
-    from derivs import _collapsed
-
     rows = []
     scale, B = (8, 256) if quick else (1, 2048)
     torch.manual_seed(0)
@@ -645,14 +652,7 @@ def _torch_device(device: str, quick: bool) -> list[dict]:
     compiled = derivs.bilaplacian(u4, batch_axis=0, torch_compile=True)
 
     def layout(name, which=op):
-        def call():
-            saved = _collapsed.mixed_layout
-            _collapsed.mixed_layout = lambda fw, device: name
-            try:
-                return which(x4)
-            finally:
-                _collapsed.mixed_layout = saved
-        return call
+        return _forced_layout(name, which, x4)
 
     fns4 = {"derivs": lambda: op(x4), "stacked pairs": layout("stacked pairs"),
             "stacked mixed": layout("stacked"), "coordinate groups": layout("coordinate groups"),

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import _api, _batch, backends
-from ._operators import check_operator_arguments
+from ._operators import check_operator_arguments, operator_input
 from .backends import _common
 from .core import _directions
 from .core._cache import LRUCache
@@ -146,16 +146,7 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
     unbatched: list = []
 
     def decide(args, kwargs):
-        if argnum >= len(args):
-            raise ValueError(f"{api}: argnum={argnum} but the function was called with "
-                             f"{len(args)} positional argument(s).")
-        backend = backends.backend_for(args, api)
-        if torch_compile and backend.name != "torch":
-            raise ValueError(f"{api}: torch_compile=True is for PyTorch functions; for "
-                             f"{backend.name} functions wrap the operator in jax.jit instead.")
-        x = backend.as_input(args[argnum], argnum, api, batch_axis)
-        args = args[:argnum] + (x,) + args[argnum + 1:]
-        sample = _common.sample_shape(tuple(x.shape), batch_axis)
+        backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
         call = plan(backend, x, sample)
         engine, layout, why = None, "nested", None
         if strategy != NESTED:

@@ -267,6 +267,22 @@ def check_operator_arguments(api: str, f: Callable, argnum: Any, batch_axis: Any
         raise TypeError(f"{api}: batch_axis must be None or an int axis, got {batch_axis!r}.")
 
 
+def operator_input(api: str, args: tuple, argnum: int, batch_axis: int | None,
+                   torch_compile: bool):
+    """``(backend, args, x, sample shape)`` of an operator's call: the argument
+    ``argnum`` converted to the backend's array, checked against ``batch_axis``."""
+    if argnum >= len(args):
+        raise ValueError(f"{api}: argnum={argnum} but the function was called with "
+                         f"{len(args)} positional argument(s).")
+    backend = backends.backend_for(args, api)
+    if torch_compile and backend.name != "torch":
+        raise ValueError(f"{api}: torch_compile=True is for PyTorch functions; for "
+                         f"{backend.name} functions wrap the operator in jax.jit instead.")
+    x = backend.as_input(args[argnum], argnum, api, batch_axis)
+    args = args[:argnum] + (x,) + args[argnum + 1:]
+    return backend, args, x, _common.sample_shape(tuple(x.shape), batch_axis)
+
+
 def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
                    chunk_size: int | None = None, torch_compile: bool = False) -> Callable:
     check_operator_arguments(api, f, argnum, batch_axis)
@@ -320,16 +336,7 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         """Everything a call depends on: the backend, the converted arguments, the
         sample shape and direction count, the strategy and, for jets, the direction
         layout (with the PyTorch family program when that is the layout)."""
-        if argnum >= len(args):
-            raise ValueError(f"{api}: argnum={argnum} but the function was called with "
-                             f"{len(args)} positional argument(s).")
-        backend = backends.backend_for(args, api)
-        if torch_compile and backend.name != "torch":
-            raise ValueError(f"{api}: torch_compile=True is for PyTorch functions; for "
-                             f"{backend.name} functions wrap the operator in jax.jit instead.")
-        x = backend.as_input(args[argnum], argnum, api, batch_axis)
-        args = args[:argnum] + (x,) + args[argnum + 1:]
-        sample = _common.sample_shape(tuple(x.shape), batch_axis)
+        backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
         n = _common.numel(sample)
         scalar = None
         if strategy is None and not torch_compile:

@@ -20,6 +20,7 @@ import importlib.util
 # (``__getattr__``), so kernels calling kernels resolve to compiled ones.
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 _KERNELS = ("_smallest_free", "greedy", "star", "smallest_last", "dsatur")
+_smallest_free = None  # bound by _bind() before any kernel runs (kernels call it)
 
 
 def _bind() -> None:

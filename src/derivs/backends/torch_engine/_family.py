@@ -34,6 +34,7 @@ import torch.utils._pytree as pytree
 
 from ...core._stacked import Layout, Table
 from .._common import Fallback, numel
+from .._common import add as _add
 from ._capture import Capture, StateError, shared_capture
 from ._engine import _top_level_offsets, fallback
 from ._rules import Unsupported
@@ -426,14 +427,6 @@ def _sum_like(sign: float):
         l = _add(a.l, None if b.l is None else alpha * b.l)
         return _Jet(out, c, l)
     return rule
-
-
-def _add(x, y):
-    if x is None:
-        return y
-    if y is None:
-        return x
-    return x + y
 
 
 def _bilinear(product: Callable, linear_a: Callable, linear_b: Callable):
