@@ -15,11 +15,20 @@ def main(argv: list[str]) -> int:
                         "capture: nn.Modules and closures against the functional spelling")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes and few repeats (under 2 minutes)")
+    parser.add_argument("--out", default=None,
+                        help="folder for the results (default benchmarks/out, untracked; "
+                        "benchmarks/results holds the committed references)")
     parser.add_argument("--device", default="cpu",
                         help="taylor only: run its device sections on this PyTorch device "
-                        "(e.g. cuda), writing results/taylor-<device>.md")
+                        "(e.g. cuda), writing taylor-<device>.md")
     args = parser.parse_args(argv)
     import importlib
+    from pathlib import Path
+
+    from . import _harness
+
+    if args.out is not None:
+        _harness.RESULTS = Path(args.out)
 
     module = importlib.import_module(f"benchmarks.{args.suite}")
     if args.device != "cpu":

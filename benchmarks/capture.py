@@ -13,7 +13,8 @@ against TorchDynamo's.
   backend that runs the captured graph as is (Dynamo's frame evaluation and
   guards) against eager ``f``.
 
-Medians of interleaved runs, one thread; results in ``benchmarks/results/capture*.md``.
+Medians of interleaved runs, one thread; results in ``benchmarks/out/capture*.md``
+(references: ``benchmarks/results/``).
 """
 
 from __future__ import annotations

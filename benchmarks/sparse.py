@@ -12,7 +12,8 @@ chained Rosenbrock function (Hessian) and the 2-D 5-point Laplacian residual
 - PyTorch at n = 2000: values against dense ``torch.func.jacfwd`` / ``hessian``
   and evaluation as a ratio to ``f``, next to the JAX path's ratio at the same n.
 
-Medians of interleaved repeats; results in ``benchmarks/results/sparse[-quick].{md,json}``.
+Medians of interleaved repeats; results in ``benchmarks/out/sparse[-quick].{md,json,png}``
+(references: ``benchmarks/results/``).
 Anchors (asdex, sparsejac) are optional: their columns are blank when absent.
 """
 

@@ -12,7 +12,8 @@
   Laplacian, the diffusion operator against the dense trace(C H) as the rank of its
   factor grows, and the PyTorch Laplacian under ``torch_compile=True``.
 
-Medians of interleaved repeats; results in ``benchmarks/results/taylor[-quick].{md,json}``.
+Medians of interleaved repeats; results in ``benchmarks/out/taylor[-quick].{md,json,png}``
+(references: ``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -420,8 +421,10 @@ def _bilaplacian(quick: bool) -> list[dict]:
 
     with torch.no_grad():
         ref = nested(xt)
-        fns = {"derivs": lambda: op(xt), "coordinate groups": layout("coordinate groups"),
-               "stacked pairs": layout("stacked pairs"), "stacked mixed": layout("stacked"),
+        fns = {"derivs": lambda: op(xt),
+               "derivs coordinate groups": layout("coordinate groups"),
+               "derivs stacked pairs": layout("stacked pairs"),
+               "derivs stacked mixed": layout("stacked"),
                "nested lap(lap)": lambda: nested(xt), "f": lambda: u(xt)}
         for name, fn in fns.items():
             if name != "f":
@@ -445,7 +448,7 @@ def _bilaplacian(quick: bool) -> list[dict]:
     xj = jnp.asarray(x, jnp.float32)
     jfns = {"derivs": jax.jit(derivs.bilaplacian(uj, batch_axis=0)),
             "derivs (vmap)": jax.jit(jax.vmap(derivs.bilaplacian(uj))),
-            "pair family": jax.jit(_collapsed.make(uj, 0, 0, "pairs",
+            "derivs pair family": jax.jit(_collapsed.make(uj, 0, 0, "pairs",
                                                    lambda b, z, s: pairs_call)),
             "nested lap(lap)": jax.jit(jax.vmap(lapj(lapj(uj)))), "f": jax.jit(uj)}
     refj = np.asarray(jfns["nested lap(lap)"](xj))

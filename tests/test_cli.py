@@ -52,3 +52,21 @@ def test_public_namespace_is_all():
               if not n.startswith("_") and not isinstance(v, types.ModuleType)}
     assert public == set(derivs.__all__)
     assert all(callable(getattr(derivs, n)) for n in derivs.__all__)
+
+
+def test_mixed_frameworks_get_a_derivs_error():
+    import jax.numpy as jnp
+    import torch
+
+    def torch_f(x):
+        return torch.tanh(x).sum()
+
+    def jax_f(x):
+        return jnp.tanh(x).sum()
+
+    with pytest.raises(TypeError, match=r"written with torch .* jax.Array .* torch.as_tensor"):
+        derivs.partial(torch_f, 0)(jnp.ones(3))
+    with pytest.raises(TypeError, match=r"written with jax .* torch.Tensor .* jnp.asarray"):
+        derivs.laplacian(jax_f)(torch.ones(3))
+    with pytest.raises(TypeError, match=r"written with torch"):
+        derivs.bilaplacian(torch_f)(jnp.ones(3))

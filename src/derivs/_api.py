@@ -247,7 +247,8 @@ def _build(fun: Callable, specs: Sequence[Any], argnums: Any, has_aux: bool,
 def _wrap(fun: Callable, transform: _Transform, finish: Callable) -> Callable:
     @functools.wraps(fun)
     def transformed(*args, **kwargs):
-        results, aux = transform(args, kwargs)
+        results, aux = backends.checked_call(fun, args, transform.api,
+                                             lambda: transform(args, kwargs))
         return finish(results, aux)
 
     transformed.__derivs_transform__ = transform  # read by derivs.explain

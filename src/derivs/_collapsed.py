@@ -155,6 +155,9 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
         return backend, args, x, sample, call, engine, layout, why
 
     def op(*args, **kwargs):
+        return backends.checked_call(f, args, api, lambda: run(args, kwargs))
+
+    def run(args, kwargs):
         backend, args, x, sample, call, engine, layout, why = decide(args, kwargs)
         if batch_axis is not None:
             v = transform.batch_verdict(backend, args, kwargs)

@@ -391,6 +391,9 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
 
     @functools.wraps(f)
     def op(*args, **kwargs):
+        return backends.checked_call(f, args, api, lambda: run(args, kwargs))
+
+    def run(args, kwargs):
         d = decide(args, kwargs)
         v = verdict(d, kwargs)
         if v is not None and not v.proven:

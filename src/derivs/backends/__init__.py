@@ -68,6 +68,45 @@ def backend_for(args: tuple, api: str) -> ModuleType:
     return backend_named(found.pop())
 
 
+def framework_mismatch(f: Any, args: tuple, api: str) -> str | None:
+    """Why a failed call of ``f`` may be a framework mix-up: ``f`` reads only the
+    other framework's module (or its functions) while ``args`` hold one framework's
+    arrays; None otherwise. Asked only after a call failed (it walks ``f``'s
+    globals and closure)."""
+    from ._common import referenced_values
+
+    found = {fw for fw in map(_framework_of, _leaves(args)) if fw is not None}
+    if len(found) != 1:
+        return None
+    given = found.pop()
+    used = set()
+    for _, value in referenced_values(f):
+        module = value.__name__ if isinstance(value, ModuleType) else getattr(
+            value, "__module__", None)
+        root = (module or "").split(".")[0]
+        if root in ("jax", "jaxlib", "torch"):
+            used.add("torch" if root == "torch" else "jax")
+    if used and given not in used:
+        other = used.pop()
+        convert = ("jnp.asarray(x)" if other == "jax" else "torch.as_tensor(x)")
+        return (f"{api}: f is written with {other} (it calls {other}) but was called with "
+                f"{'jax.Array' if given == 'jax' else 'torch.Tensor'} arguments; derivs "
+                f"differentiates f in the framework of its inputs. Pass {convert}.")
+    return None
+
+
+def checked_call(f: Any, args: tuple, api: str, run):
+    """``run()``; a failure that :func:`framework_mismatch` explains is raised as a
+    TypeError saying so (the framework's own error chained)."""
+    try:
+        return run()
+    except Exception as e:
+        mismatch = framework_mismatch(f, args, api)
+        if mismatch is None:
+            raise
+        raise TypeError(mismatch) from e
+
+
 def _leaves(tree: Any):
     if isinstance(tree, (list, tuple)):
         for t in tree:
