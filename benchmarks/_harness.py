@@ -97,10 +97,10 @@ def table_ratios(body: str) -> list[tuple[str, float]]:
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
     columns = [i for i in range(len(headers))
                if any(_ratio(r[i]) is not None for r in rows if i < len(r))]
-    if not columns:
-        return []
-    col = columns[-1]
     measured = [any(m in h for m in ("ms", " s", "MiB", "ratio", "/", "time")) for h in headers]
+    if not columns:
+        return _table_times(headers, rows, measured)
+    col = columns[-1]
     out = []
     for r in rows:
         v = _ratio(r[col]) if col < len(r) else None
@@ -112,6 +112,21 @@ def table_ratios(body: str) -> list[tuple[str, float]]:
                 continue
             words.append(f"{headers[i]} {c}" if _is_number(c) else c)
         out.append((" / ".join(words)[:70], v))
+    return out
+
+
+def _table_times(headers, rows, measured) -> list[tuple[str, float]]:
+    """Without ratio cells: every time column (``... ms`` / ``... s``) of every row,
+    labelled by the row and the column (the contenders side by side)."""
+    times = [i for i, h in enumerate(headers) if h.endswith((" ms", " s"))]
+    out = []
+    for r in rows:
+        name = " / ".join(f"{headers[i]} {c}" if _is_number(c) else c
+                          for i, c in enumerate(r) if c and not measured[i]
+                          and i not in times and not headers[i].endswith("colors"))
+        for i in times:
+            if i < len(r) and _is_number(r[i]) and float(r[i]) > 0:
+                out.append((f"{name} / {headers[i]}"[:70], float(r[i])))
     return out
 
 
@@ -154,7 +169,8 @@ def plot(path: Path, title: str, sections: list[tuple[str, str]],
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_title(heading, fontsize=8, loc="left")
         ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle(f"{title} (ratio, log axis; derivs in blue)", fontsize=9)
+    fig.suptitle(f"{title} (ratios or times as in each table, log axis; derivs in blue)",
+                 fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)

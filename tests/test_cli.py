@@ -70,3 +70,14 @@ def test_mixed_frameworks_get_a_derivs_error():
         derivs.laplacian(jax_f)(torch.ones(3))
     with pytest.raises(TypeError, match=r"written with torch"):
         derivs.bilaplacian(torch_f)(jnp.ones(3))
+
+
+def test_sparse_mixed_frameworks_get_a_derivs_error():
+    import jax.numpy as jnp
+    import torch
+
+    def torch_residual(x):
+        return torch.sin(x[1:]) - x[:-1]
+
+    with pytest.raises(TypeError, match=r"written with torch .* jax.Array"):
+        derivs.jacobian(torch_residual, sparse=True)(jnp.ones(5))
