@@ -120,3 +120,65 @@ def test_errors_name_the_fix():
                                                              torch.ones(3))
     with pytest.raises(ValueError, match=r"estimate\(key, \*args\)"):
         derivs.hutchinson_laplacian(f)(jax.random.key(0))
+
+
+# -- the Bi-Laplacian and diffusion estimators --------------------------------------------
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_bilaplacian_estimator_on_the_fourth_power(fw):
+    """f = |x|^4: D^4 f[v] = 24 |v|^4, so the mean is 8 D (D + 2) and one term's
+    variance is 64 (D (D+2) (D+4) (D+6) - (D (D+2))^2) (the documented formula)."""
+    D, S = 3, 40_000
+    f = (lambda x: jnp.sum(x ** 2) ** 2) if fw == "jax" else (lambda x: (x ** 2).sum() ** 2)
+    est = derivs.hutchinson_bilaplacian(f, samples=S, with_stderr=True)
+    mean, stderr = (float(to_numpy(v)) for v in est(_key(fw, 4), array(fw, X[:D])))
+    var = 64 * (D * (D + 2) * (D + 4) * (D + 6) - (D * (D + 2)) ** 2)
+    assert abs(mean - 8 * D * (D + 2)) < 5 * np.sqrt(var / S)
+    np.testing.assert_allclose(stderr ** 2 * S, var, rtol=0.15)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_bilaplacian_estimator_is_unbiased(fw):
+    f = _coupled(fw)
+    exact = float(to_numpy(derivs.bilaplacian(f)(array(fw, X))))
+    S = 20_000
+    mean, stderr = (float(to_numpy(v)) for v in derivs.hutchinson_bilaplacian(
+        f, samples=S, with_stderr=True)(_key(fw, 6), array(fw, X)))
+    assert abs(mean - exact) < 5 * stderr
+    batched = derivs.hutchinson_bilaplacian(f, samples=64, batch_axis=0)(
+        _key(fw, 6), array(fw, np.stack([X, -X])))
+    assert to_numpy(batched).shape == (2,)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+@pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
+def test_diffusion_estimator_unbiased_with_the_documented_variance(fw, distribution):
+    """tr(S S^T H) over random combinations of S's columns: unbiased, the variance of
+    one term that of Hutchinson's estimator for H' = S^T H S, and the drift and
+    reaction terms exact."""
+    S_ = RNG.normal(size=(5, 3)) / 2
+    b = RNG.normal(size=5)
+    H = _hessian(X)
+    Hp = S_.T @ H @ S_
+    var, n = _variance(Hp, distribution), 20_000
+    f = _coupled(fw)
+    exact = float(to_numpy(derivs.diffusion_operator(f, array(fw, S_), array(fw, b), 0.3)(
+        array(fw, X))))
+    est = derivs.hutchinson_diffusion(f, array(fw, S_), array(fw, b), 0.3, samples=n,
+                                      distribution=distribution, with_stderr=True)
+    mean, stderr = (float(to_numpy(v)) for v in est(_key(fw, 8), array(fw, X)))
+    assert abs(mean - exact) < 5 * np.sqrt(var / n)
+    np.testing.assert_allclose(stderr ** 2 * n, var, rtol=0.1)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_diffusion_estimator_per_sample_sigma(fw):
+    """sigma as a function of x, with a batch axis: each sample its own estimate,
+    exact when sigma^T H sigma is diagonal (Rademacher)."""
+    m = jnp if fw == "jax" else torch
+    f = (lambda x: (m.sin(x) * x ** 2).sum(-1))  # diagonal Hessian
+    sigma = lambda x: m.cos(x)[..., :, None] * array(fw, np.eye(5)[:, :2])  # noqa: E731
+    XB = RNG.normal(size=(3, 5))
+    got = to_numpy(derivs.hutchinson_diffusion(f, sigma, samples=4, batch_axis=0)(
+        _key(fw, 9), array(fw, XB)))
+    want = to_numpy(derivs.diffusion_operator(f, sigma, batch_axis=0)(array(fw, XB)))
+    np.testing.assert_allclose(got, want, rtol=1e-10)

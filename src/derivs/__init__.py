@@ -12,6 +12,8 @@ from ._api import partials as partials
 from ._api import value_and_partials as value_and_partials
 from ._collapsed import bilaplacian as bilaplacian
 from ._collapsed import diffusion_operator as diffusion_operator
+from ._estimators import hutchinson_bilaplacian as hutchinson_bilaplacian
+from ._estimators import hutchinson_diffusion as hutchinson_diffusion
 from ._estimators import hutchinson_laplacian as hutchinson_laplacian
 from ._operators import differential_operator as differential_operator
 from ._operators import hessian_diagonal as hessian_diagonal
@@ -46,6 +48,8 @@ __all__ = [
     "explain",
     "hessian",
     "hessian_diagonal",
+    "hutchinson_bilaplacian",
+    "hutchinson_diffusion",
     "hutchinson_laplacian",
     "jacobian",
     "laplacian",

@@ -498,41 +498,46 @@ def diffusion_operator(f: Callable, sigma: Any, drift: Any = None, reaction: Any
                             f"None, got {v!r}.")
 
     def plan(backend, x, sample):
-        xs = tuple(x.shape)
-        if callable(sigma):
-            s = sigma(x)
-            shape = tuple(getattr(s, "shape", ()))
-            if shape[:-1] != xs or len(shape) != len(xs) + 1:
-                raise ValueError(f"{api}: sigma(x) must have shape x.shape + (r,) = "
-                                 f"{xs} + (r,), got {shape}.")
-            rows, per_sample = _move_last_first(backend.name, s), True
-        else:
-            s = _as_array(backend.name, sigma, x)
-            if tuple(s.shape[:-1]) != tuple(sample) or s.ndim != len(sample) + 1:
-                raise ValueError(f"{api}: a constant sigma must have shape sample_shape + "
-                                 f"(r,) = {tuple(sample)} + (r,), got {tuple(s.shape)}.")
-            rows, per_sample = _move_last_first(backend.name, s), False
-        r = rows.shape[0]
-        b = None
-        if drift is not None:
-            b = drift(x) if callable(drift) else _as_array(backend.name, drift, x)
-            if tuple(b.shape) == xs:
-                pass
-            elif tuple(b.shape) == tuple(sample) and batch_axis is not None:
-                b = _expand_sample(backend.name, b, x, batch_axis)
-            else:
-                raise ValueError(f"{api}: drift must have x's shape {xs}"
-                                 + (f" or the sample shape {tuple(sample)}"
-                                    if batch_axis is not None else "")
-                                 + f", got {tuple(b.shape)}.")
-        value = None
-        if reaction is not None:
-            c = reaction(x) if callable(reaction) else reaction
-            value = lambda out, c=c: c * out  # noqa: E731
-        return Call(rows, _pure_terms(r), per_sample, b, value)
+        return diffusion_terms(api, backend, x, sample, batch_axis, sigma, drift, reaction)
 
     return make(f, argnum, batch_axis, api, plan, strategy=strategy, chunk_size=chunk_size,
                 torch_compile=torch_compile)
+
+
+def diffusion_terms(api, backend, x, sample, batch_axis, sigma, drift, reaction) -> Call:
+    """The :class:`Call` of ``tr(sigma sigma^T H) + drift . grad + reaction`` at ``x``:
+    ``sigma``'s columns as seeds, the drift shaped like ``x``, the reaction's term
+    (shared by :func:`diffusion_operator` and ``hutchinson_diffusion``)."""
+    xs = tuple(x.shape)
+    if callable(sigma):
+        s = sigma(x)
+        shape = tuple(getattr(s, "shape", ()))
+        if shape[:-1] != xs or len(shape) != len(xs) + 1:
+            raise ValueError(f"{api}: sigma(x) must have shape x.shape + (r,) = "
+                             f"{xs} + (r,), got {shape}.")
+        per_sample = True
+    else:
+        s = _as_array(backend.name, sigma, x)
+        if tuple(s.shape[:-1]) != tuple(sample) or s.ndim != len(sample) + 1:
+            raise ValueError(f"{api}: a constant sigma must have shape sample_shape + "
+                             f"(r,) = {tuple(sample)} + (r,), got {tuple(s.shape)}.")
+        per_sample = False
+    rows = _move_last_first(backend.name, s)
+    b = None
+    if drift is not None:
+        b = drift(x) if callable(drift) else _as_array(backend.name, drift, x)
+        if tuple(b.shape) == tuple(sample) and batch_axis is not None:
+            b = _expand_sample(backend.name, b, x, batch_axis)
+        elif tuple(b.shape) != xs:
+            raise ValueError(f"{api}: drift must have x's shape {xs}"
+                             + (f" or the sample shape {tuple(sample)}"
+                                if batch_axis is not None else "")
+                             + f", got {tuple(b.shape)}.")
+    value = None
+    if reaction is not None:
+        c = reaction(x) if callable(reaction) else reaction
+        value = lambda out, c=c: c * out  # noqa: E731
+    return Call(rows, _pure_terms(rows.shape[0]), per_sample, b, value)
 
 
 def from_terms(f, coefficients, requests, n: int, argnum, batch_axis, api, strategy,

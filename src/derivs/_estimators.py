@@ -1,8 +1,10 @@
 """Stochastic estimators, used only when asked for by name.
 
-Every other operator in derivs is exact. ``hutchinson_laplacian`` trades
-exactness for a cost that does not grow with the dimension: ``S`` second
-directional derivatives instead of ``D``. It is never chosen automatically.
+Every other operator in derivs is exact. ``hutchinson_laplacian``,
+``hutchinson_bilaplacian`` and ``hutchinson_diffusion`` trade exactness for a cost
+that does not grow with the dimension: ``S`` directional derivatives instead of
+``D`` (``D^2`` for the Bi-Laplacian, ``r`` for a diffusion of rank ``r``). None is
+ever chosen automatically.
 """
 
 from __future__ import annotations
@@ -70,26 +72,185 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
         backend = backends.backend_for(args, api)
         x = backend.as_input(args[argnum], argnum, api, batch_axis)
         sample = _common.sample_shape(tuple(x.shape), batch_axis)
-        fw = _framework(backend.name)
         directions = _draw(backend.name, key, (samples,) + tuple(sample), x, distribution, api)
-
-        def at(z):
-            return f(*args[:argnum], z, *args[argnum + 1:], **kwargs)
-
-        def quad(v):  # d^2/dt^2 f(x + t v) at t = 0, i.e. v^T H v
-            if batch_axis is not None:  # the same direction in every sample
-                v = fw.broadcast(fw.unsqueeze(v, batch_axis % x.ndim), x)
-            return fw.jvp(lambda z: fw.jvp(at, z, v), x, v)
-
-        terms = fw.vmap(quad)(directions)
-        mean = terms.mean(0)
-        if not with_stderr:
-            return mean
-        spread = ((terms - mean) ** 2).sum(0) / max(samples - 1, 1)
-        return mean, (spread / samples) ** 0.5
+        args = args[:argnum] + (x,) + args[argnum + 1:]
+        # v^T H v = d^2/dt^2 f(x + t v) at t = 0; the same direction in every sample
+        terms = _directional(backend.name, f, args, kwargs, argnum, batch_axis, directions,
+                             2, per_sample=False)
+        return _mean(terms, samples, with_stderr)
 
     estimate.__derivs_estimator__ = api
     return estimate
+
+
+def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
+                           batch_axis: int | None = None, with_stderr: bool = False
+                           ) -> Callable:
+    """An unbiased random estimate of the Bi-Laplacian ``sum_ij d^4 f / dx_i^2 dx_j^2``
+    of ``f`` in argument ``argnum``, for when ``D^2`` directions of the exact
+    :func:`derivs.bilaplacian` are too many.
+
+    Returns ``estimate(key, *args, **kwargs)`` (``key`` as for
+    :func:`hutchinson_laplacian`). For standard normal ``v``, ``E[v_a v_b v_c v_d]
+    = d_ab d_cd + d_ac d_bd + d_ad d_bc``, so ``E[D^4 f[v]] = 3 * Delta^2 f``: the
+    estimate is ``mean_s D^4 f[v_s] / 3`` over ``samples`` Gaussian directions,
+    four nested JVPs each (Rademacher directions would be biased: their fourth
+    moments lose ``2 sum_i d^4 f / dx_i^4``). The variance of one term is
+    ``(E[D^4 f[v]^2] - 9 (Delta^2 f)^2) / 9``, a sum over the eighth moments of
+    ``v``; for ``f = |x|^4`` it is ``64 (D (D+2) (D+4) (D+6) - (D (D+2))^2)``.
+    ``with_stderr=True`` also returns the estimated standard error.
+
+    Example (``f = |x|^4``: ``Delta^2 f = 8 D (D + 2) = 120`` at ``D = 3``):
+
+      >>> import torch, derivs
+      >>> est = derivs.hutchinson_bilaplacian(lambda x: (x ** 2).sum() ** 2, samples=20000)
+      >>> value = est(0, torch.zeros(3, dtype=torch.float64))
+      >>> bool(abs(value - 120) < 5)
+      True
+    """
+    api = "derivs.hutchinson_bilaplacian"
+    _check(api, f, argnum, batch_axis, samples)
+
+    @functools.wraps(f)
+    def estimate(key: Any, *args: Any, **kwargs: Any) -> Any:
+        backend, args, x, sample = _inputs(api, args, argnum, batch_axis)
+        directions = _draw(backend.name, key, (samples,) + tuple(sample), x, "gaussian", api)
+        terms = _directional(backend.name, f, args, kwargs, argnum, batch_axis, directions, 4,
+                             per_sample=False)
+        return _mean(terms / 3, samples, with_stderr)
+
+    estimate.__derivs_estimator__ = api
+    return estimate
+
+
+def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: Any = None,
+                         samples: int = 64, argnum: int = 0, *, batch_axis: int | None = None,
+                         distribution: str = "rademacher", with_stderr: bool = False
+                         ) -> Callable:
+    """An unbiased random estimate of :func:`derivs.diffusion_operator`'s
+    ``tr(sigma sigma^T Hess f) + drift . grad f + reaction * f``: the trace over
+    ``samples`` random combinations ``sigma z`` of ``sigma``'s ``r`` columns
+    (``E[z z^T] = I``), for when ``r`` is large; the drift and reaction terms are
+    exact. Arguments as for :func:`derivs.diffusion_operator`; ``key`` as for
+    :func:`hutchinson_laplacian`.
+
+    With ``H' = sigma^T H sigma`` (``r x r``), the variance of one term is
+    ``2 * sum_{i != j} H'_ij^2`` for Rademacher ``z`` and ``2 * ||H'||_F^2`` for
+    Gaussian ``z``; ``with_stderr=True`` also returns the estimated standard error.
+
+    Example (``f = x0 x1``, ``sigma = I``: ``tr H = 0``, every Rademacher term is
+    ``2 z0 z1``, so the estimate varies around 0):
+
+      >>> import jax, jax.numpy as jnp, derivs
+      >>> est = derivs.hutchinson_diffusion(lambda x: x[0] * x[1], jnp.eye(2), samples=4000)
+      >>> bool(abs(est(jax.random.key(0), jnp.ones(2))) < 0.2)
+      True
+    """
+    from ._collapsed import diffusion_terms
+
+    api = "derivs.hutchinson_diffusion"
+    _check(api, f, argnum, batch_axis, samples)
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"{api}: distribution={distribution!r} is not one of "
+                         f"{DISTRIBUTIONS}.")
+    if sigma is None:
+        raise TypeError(f"{api}: sigma is required (a function of x returning x.shape + "
+                        "(r,), or a constant array sample_shape + (r,)).")
+
+    @functools.wraps(f)
+    def estimate(key: Any, *args: Any, **kwargs: Any) -> Any:
+        backend, args, x, sample = _inputs(api, args, argnum, batch_axis)
+        call = diffusion_terms(api, backend, x, sample, batch_axis, sigma, drift, reaction)
+        cols = call.seeds  # (r, *x.shape) per sample, or (r, *sample)
+        z = _draw(backend.name, key, (samples, cols.shape[0]), x, distribution, api)
+        directions = _combine(backend.name, z, cols)
+        terms = _directional(backend.name, f, args, kwargs, argnum, batch_axis, directions, 2,
+                             per_sample=call.per_sample)
+        out = _mean(terms, samples, with_stderr)
+        exact = _exact_terms(backend.name, f, args, kwargs, argnum, call)
+        if exact is None:
+            return out
+        return (out[0] + exact, out[1]) if with_stderr else out + exact
+
+    estimate.__derivs_estimator__ = api
+    return estimate
+
+
+def _check(api, f, argnum, batch_axis, samples) -> None:
+    check_operator_arguments(api, f, argnum, batch_axis)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"{api}: samples must be a positive int, got {samples!r}.")
+
+
+def _inputs(api, args, argnum, batch_axis):
+    if argnum >= len(args):
+        raise ValueError(f"{api}: argnum={argnum} but the estimator was called with "
+                         f"{len(args)} argument(s) after the key; call it as "
+                         "estimate(key, *args).")
+    backend = backends.backend_for(args, api)
+    x = backend.as_input(args[argnum], argnum, api, batch_axis)
+    args = args[:argnum] + (x,) + args[argnum + 1:]
+    return backend, args, x, _common.sample_shape(tuple(x.shape), batch_axis)
+
+
+def _directional(name, f, args, kwargs, argnum, batch_axis, directions, order: int,
+                 per_sample: bool):
+    """``D^order f[v]`` for every direction ``v`` (nested JVPs, vmapped), stacked
+    first; shared directions are broadcast over the batch axis."""
+    fw = _framework(name)
+    x = args[argnum]
+
+    def at(z):
+        return f(*args[:argnum], z, *args[argnum + 1:], **kwargs)
+
+    def term(v):
+        if batch_axis is not None and not per_sample:
+            v = fw.broadcast(fw.unsqueeze(v, batch_axis % x.ndim), x)
+        g = at
+        for _ in range(order):
+            g = _along(fw, g, v)
+        return g(x)
+
+    return fw.vmap(term)(directions)
+
+
+def _along(fw, g, v):
+    return lambda z: fw.jvp(g, z, v)
+
+
+def _mean(terms, samples: int, with_stderr: bool):
+    mean = terms.mean(0)
+    if not with_stderr:
+        return mean
+    spread = ((terms - mean) ** 2).sum(0) / max(samples - 1, 1)
+    return mean, (spread / samples) ** 0.5
+
+
+def _combine(name, z, cols):
+    """``sum_k z[s, k] cols[k]`` for every draw ``s``."""
+    if name == "jax":
+        import jax.numpy as jnp
+
+        return jnp.tensordot(z, cols, axes=1)
+    import torch
+
+    return torch.tensordot(z, cols, dims=1)
+
+
+def _exact_terms(name, f, args, kwargs, argnum, call):
+    """``Df[drift] + reaction * f`` of a diffusion call (None when both are absent)."""
+    out = None
+    x = args[argnum]
+
+    def at(z):
+        return f(*args[:argnum], z, *args[argnum + 1:], **kwargs)
+
+    if call.drift is not None:
+        out = _framework(name).jvp(at, x, call.drift)
+    if call.value is not None:
+        v = call.value(at(x))
+        out = v if out is None else out + v
+    return out
 
 
 def _draw(framework: str, key: Any, shape: tuple[int, ...], like: Any, distribution: str,
