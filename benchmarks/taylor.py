@@ -449,7 +449,7 @@ def _bilaplacian(quick: bool) -> list[dict]:
     jfns = {"derivs": jax.jit(derivs.bilaplacian(uj, batch_axis=0)),
             "derivs (vmap)": jax.jit(jax.vmap(derivs.bilaplacian(uj))),
             "derivs pair family": jax.jit(_collapsed.make(uj, 0, 0, "pairs",
-                                                   lambda b, z, s: pairs_call)),
+                                                   lambda b, z, s, axis: pairs_call)),
             "nested lap(lap)": jax.jit(jax.vmap(lapj(lapj(uj)))), "f": jax.jit(uj)}
     refj = np.asarray(jfns["nested lap(lap)"](xj))
     for name, fn in jfns.items():

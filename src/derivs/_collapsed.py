@@ -128,7 +128,8 @@ _LAYOUTS = {
 def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
          plan: Callable, *, strategy: str | None = None, chunk_size: int | None = None,
          torch_compile: bool = False) -> Callable:
-    """The operator ``plan(backend, x, sample) -> Call`` of ``f``."""
+    """The operator ``plan(backend, x, sample, batch_axis) -> Call`` of ``f`` (the
+    batch axis passed in: a vmapped call plans one sample)."""
     check_operator_arguments(api, f, argnum, batch_axis)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
@@ -147,7 +148,7 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
 
     def decide(args, kwargs):
         backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
-        call = plan(backend, x, sample)
+        call = plan(backend, x, sample, batch_axis)
         engine, layout, why = None, "nested", None
         if strategy != NESTED:
             engine, layout, why = _engine(backend.name, transform, cache, f, args, kwargs,
@@ -161,7 +162,8 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
         backend, args, x, sample, call, engine, layout, why = decide(args, kwargs)
         if batch_axis is not None:
             v = transform.batch_verdict(backend, args, kwargs)
-            if not v.proven:
+            # undecided, or NOTE [batch axis layout]: the per-sample operator, vmapped
+            if not v.proven or backend.name in _batch.VMAPPED_OPERATORS:
                 if not unbatched:
                     unbatched.append(make(f, argnum, None, api, plan, strategy=strategy,
                                           chunk_size=chunk_size, torch_compile=torch_compile))
@@ -182,6 +184,9 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
         if batch_axis is not None:
             v = transform.batch_verdict(backend, args, kwargs)
             notes.append(f"batch_axis: {v.reason}")
+            if v.proven and backend.name in _batch.VMAPPED_OPERATORS:
+                notes.append("batch_axis: runs as jax.vmap of the per-sample operator "
+                             "(measured faster; NOTE [batch axis layout])")
         if why is not None:
             notes.append(why)
         if layout in ("stacked", "stacked pairs"):
@@ -442,7 +447,7 @@ def bilaplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
       >>> derivs.bilaplacian(f)(torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64))
       tensor(120., dtype=torch.float64)
     """
-    def plan(backend, x, sample):
+    def plan(backend, x, sample, batch_axis):
         return _bilaplacian_call(_common.numel(sample))
 
     return make(f, argnum, batch_axis, "derivs.bilaplacian", plan, strategy=strategy,
@@ -497,7 +502,7 @@ def diffusion_operator(f: Callable, sigma: Any, drift: Any = None, reaction: Any
             raise TypeError(f"{api}: {name} must be a function of x, an array, a number or "
                             f"None, got {v!r}.")
 
-    def plan(backend, x, sample):
+    def plan(backend, x, sample, batch_axis):
         return diffusion_terms(api, backend, x, sample, batch_axis, sigma, drift, reaction)
 
     return make(f, argnum, batch_axis, api, plan, strategy=strategy, chunk_size=chunk_size,
@@ -561,7 +566,7 @@ def from_terms(f, coefficients, requests, n: int, argnum, batch_axis, api, strat
         call = Call(d.rows, tuple((float(w), (k, k)) for k, w in enumerate(d.weights)),
                     value=value)
 
-    def plan(backend, x, sample):
+    def plan(backend, x, sample, batch_axis):
         if classified.drift is None:
             return call
         drift = _as_array(backend.name, classified.drift.reshape(sample), x)

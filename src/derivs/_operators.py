@@ -367,6 +367,9 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         v = verdict(d, kwargs)
         if v is not None:
             notes.append(f"batch_axis: {v.reason}")
+            if v.proven and d.backend.name in _batch.VMAPPED_OPERATORS:
+                notes.append("batch_axis: runs as jax.vmap of the per-sample operator "
+                             "(measured faster; NOTE [batch axis layout])")
         if d.why is not None:
             notes.append(f"family layout not used: {d.why}")
         if torch_compile:
@@ -396,7 +399,8 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
     def run(args, kwargs):
         d = decide(args, kwargs)
         v = verdict(d, kwargs)
-        if v is not None and not v.proven:
+        if v is not None and (not v.proven or d.backend.name in _batch.VMAPPED_OPERATORS):
+            # undecided, or NOTE [batch axis layout]: the per-sample operator, vmapped
             if not unbatched:
                 unbatched.append(_make_operator(f, argnum, None, strategy, api, collapsed,
                                                 chunk_size, torch_compile))
