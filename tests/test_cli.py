@@ -81,3 +81,15 @@ def test_sparse_mixed_frameworks_get_a_derivs_error():
 
     with pytest.raises(TypeError, match=r"written with torch .* jax.Array"):
         derivs.jacobian(torch_residual, sparse=True)(jnp.ones(5))
+
+
+def test_out_of_memory_names_the_knobs():
+    import jax.numpy as jnp
+
+    def f(x):
+        raise MemoryError("simulated: RESOURCE_EXHAUSTED while allocating")
+
+    with pytest.raises(MemoryError, match=r"derivs.laplacian: ran out of memory.*batch_size"):
+        derivs.laplacian(f)(jnp.ones(3))
+    with pytest.raises(MemoryError, match=r"derivs.partial: ran out of memory"):
+        derivs.partial(f, 0)(jnp.ones(3))

@@ -381,3 +381,29 @@ def test_jax_batch_axis_runs_as_vmap():
                        (derivs.bilaplacian(u, batch_axis=0), derivs.bilaplacian(u))):
         np.testing.assert_allclose(op(x), jax.vmap(single)(x), rtol=1e-12)
         assert "runs as jax.vmap" in str(derivs.explain(op, x))
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_batch_size_bounds_the_samples(fw):
+    """batch_size=b: b samples at a time (a lax.map in JAX, a loop in PyTorch), the
+    same values; 5 samples in chunks of 2 leave a remainder."""
+    rng = np.random.default_rng(15)
+    W = rng.normal(size=(4, 3)) / 2
+    m = jnp if fw == "jax" else torch
+    Wf = array(fw, W)
+    u = lambda x: m.tanh(x @ Wf).sum(-1)  # noqa: E731
+    x = array(fw, rng.normal(size=(5, 4)))
+    S = array(fw, rng.normal(size=(4, 2)))
+    for make in (lambda **k: derivs.laplacian(u, **k), lambda **k: derivs.hessian_diagonal(u, **k),
+                 lambda **k: derivs.bilaplacian(u, **k),
+                 lambda **k: derivs.diffusion_operator(u, S, **k)):
+        want = to_numpy(make(batch_axis=0)(x))
+        got = to_numpy(make(batch_axis=0, batch_size=2)(x))
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    if fw == "jax":
+        jitted = jax.jit(derivs.laplacian(u, batch_axis=0, batch_size=2))
+        np.testing.assert_allclose(jitted(x), derivs.laplacian(u, batch_axis=0)(x), rtol=1e-12)
+    with pytest.raises(ValueError, match="pass batch_axis"):
+        derivs.laplacian(u, batch_size=2)
+    with pytest.raises(ValueError, match="positive int"):
+        derivs.bilaplacian(u, batch_axis=0, batch_size=0)

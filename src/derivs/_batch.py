@@ -153,6 +153,44 @@ def _coupling(matrix, out_shape, in_shape, bo: int, bi: int):
     return int(out_sample[bad[0]]), int(in_sample[bad[0]])
 
 
+def chunked(backend_name: str, per_sample, batched, args: tuple, batch_axis: int, size: int,
+            out_axis: int, batch_size: int):
+    """An operator over ``size`` samples, ``batch_size`` samples at a time (memory for
+    ``batch_size`` samples). JAX: ``lax.map`` of ``per_sample`` (vmapped inside
+    each chunk); PyTorch: a Python loop of ``batched`` over slices, concatenated."""
+    dims = [_mapped_axis(a, batch_axis, size) for a in args]
+    if backend_name == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        mapped = tuple(jnp.moveaxis(a, d, 0) for a, d in zip(args, dims) if d is not None)
+
+        def one(xs):
+            it = iter(xs)
+            return per_sample(*[a if d is None else next(it) for a, d in zip(args, dims)])
+
+        out = jax.lax.map(one, mapped, batch_size=batch_size)
+        return jax.tree_util.tree_map(lambda o: jnp.moveaxis(o, 0, out_axis), out)
+    import torch
+    import torch.utils._pytree as pytree
+
+    parts = []
+    for lo in range(0, size, batch_size):
+        piece = [a if d is None else a.narrow(d, lo, min(batch_size, size - lo))
+                 for a, d in zip(args, dims)]
+        parts.append(batched(*piece))
+    flat = [pytree.tree_flatten(p) for p in parts]
+    leaves = [torch.cat([f[0][k] for f in flat], dim=out_axis) for k in range(len(flat[0][0]))]
+    return pytree.tree_unflatten(leaves, flat[0][1])
+
+
+def _mapped_axis(a, batch_axis: int, size: int) -> int | None:
+    shape = getattr(a, "shape", None)
+    if shape is None or not len(shape) or shape[batch_axis % len(shape)] != size:
+        return None
+    return batch_axis % len(shape)
+
+
 def vmapped(backend_name: str, fn, args: tuple, batch_axis: int, size: int, out_axis: int):
     """``fn(*args)`` (returning arrays) vmapped over the samples: every array
     argument with ``size`` entries on ``batch_axis`` is mapped, the rest is

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import _api, _batch, backends
-from ._operators import check_operator_arguments, operator_input
+from ._operators import check_batch_size, check_operator_arguments, operator_input
 from .backends import _common
 from .core import _directions
 from .core._cache import LRUCache
@@ -127,10 +127,11 @@ _LAYOUTS = {
 
 def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
          plan: Callable, *, strategy: str | None = None, chunk_size: int | None = None,
-         torch_compile: bool = False) -> Callable:
+         torch_compile: bool = False, batch_size: int | None = None) -> Callable:
     """The operator ``plan(backend, x, sample, batch_axis) -> Call`` of ``f`` (the
     batch axis passed in: a vmapped call plans one sample)."""
     check_operator_arguments(api, f, argnum, batch_axis)
+    check_batch_size(api, batch_size, batch_axis)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
         raise ValueError(f"{api}: chunk_size must be None (all terms at once) or a "
@@ -145,6 +146,7 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
     transform = _api._build(f, [0], argnum, False, batch_axis, api=api, allow_value=False)
     cache = LRUCache(maxsize=64)  # programs per signature, layouts per term set
     unbatched: list = []
+    whole: list = []  # the operator without batch_size (one chunk of samples)
 
     def decide(args, kwargs):
         backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
@@ -160,6 +162,16 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
 
     def run(args, kwargs):
         backend, args, x, sample, call, engine, layout, why = decide(args, kwargs)
+        if batch_size is not None and x.shape[batch_axis] > batch_size:
+            v = transform.batch_verdict(backend, args, kwargs)
+            if not whole:
+                whole.append(make(f, argnum, batch_axis, api, plan, strategy=strategy,
+                                  chunk_size=chunk_size, torch_compile=torch_compile))
+                unbatched.append(make(f, argnum, None, api, plan, strategy=strategy,
+                                      chunk_size=chunk_size, torch_compile=torch_compile))
+            return _batch.chunked(backend.name, lambda *a: unbatched[-1](*a, **kwargs),
+                                  lambda *a: whole[0](*a, **kwargs), args, batch_axis,
+                                  x.shape[batch_axis], v.out_axis, batch_size)
         if batch_axis is not None:
             v = transform.batch_verdict(backend, args, kwargs)
             # undecided, or NOTE [batch axis layout]: the per-sample operator, vmapped
@@ -424,7 +436,7 @@ def _tree_add(name, a, b):
 # -- the operators ------------------------------------------------------------------
 def bilaplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
                 strategy: str | None = None, chunk_size: int | None = None,
-                torch_compile: bool = False) -> Callable:
+                batch_size: int | None = None, torch_compile: bool = False) -> Callable:
     """The Bi-Laplacian ``sum_ij d^4 f / dx_i^2 dx_j^2`` (the Laplacian of the
     Laplacian) over every coordinate of argument ``argnum``, exactly.
 
@@ -437,8 +449,9 @@ def bilaplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
     A vector- or array-valued ``f`` gives the Bi-Laplacian of each output component.
     ``batch_axis`` as in :func:`derivs.partial` (proven from ``f``'s graph).
     ``chunk_size=c`` carries ``c`` directions at a time (memory ``c / D^2`` of the
-    whole family, for some speed). ``torch_compile=True`` (PyTorch) compiles the
-    traced pass with ``torch.compile``.
+    whole family, for some speed); ``batch_size=b`` (with ``batch_axis``) carries
+    ``b`` samples at a time. ``torch_compile=True`` (PyTorch) compiles the traced
+    pass with ``torch.compile``.
 
     Example (``f = |x|^4`` has ``Delta^2 f = 8 D (D + 2)``):
 
@@ -451,13 +464,14 @@ def bilaplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
         return _bilaplacian_call(_common.numel(sample))
 
     return make(f, argnum, batch_axis, "derivs.bilaplacian", plan, strategy=strategy,
-                chunk_size=chunk_size, torch_compile=torch_compile)
+                chunk_size=chunk_size, torch_compile=torch_compile, batch_size=batch_size)
 
 
 def diffusion_operator(f: Callable, sigma: Any, drift: Any = None, reaction: Any = None,
                        argnum: int = 0, *, batch_axis: int | None = None,
                        strategy: str | None = None, chunk_size: int | None = None,
-                       torch_compile: bool = False) -> Callable:
+                       batch_size: int | None = None, torch_compile: bool = False
+                       ) -> Callable:
     """The second-order operator ``tr(sigma sigma^T Hess f) + drift . grad f +
     reaction * f`` in argument ``argnum``, exactly, in one collapsed pass.
 
@@ -478,7 +492,9 @@ def diffusion_operator(f: Callable, sigma: Any, drift: Any = None, reaction: Any
     * ``reaction``: a function of ``x`` whose result multiplies ``f(x)``, a number, or
       None.
 
-    A vector-valued ``f`` gives the operator per output component. For a general
+    ``chunk_size`` carries that many columns at a time, ``batch_size`` (with
+    ``batch_axis``) that many samples. A vector-valued ``f`` gives the operator per
+    output component. For a general
     symmetric ``C`` (not a factor), :func:`derivs.differential_operator` with the
     terms ``(C_ij, (i, j))`` takes ``C``'s eigenvectors as directions.
 
@@ -506,7 +522,7 @@ def diffusion_operator(f: Callable, sigma: Any, drift: Any = None, reaction: Any
         return diffusion_terms(api, backend, x, sample, batch_axis, sigma, drift, reaction)
 
     return make(f, argnum, batch_axis, api, plan, strategy=strategy, chunk_size=chunk_size,
-                torch_compile=torch_compile)
+                torch_compile=torch_compile, batch_size=batch_size)
 
 
 def diffusion_terms(api, backend, x, sample, batch_axis, sigma, drift, reaction) -> Call:

@@ -163,7 +163,7 @@ def _family_terms(f, t, coefficients, argnum, batch_axis, api, strategy, torch_c
 
 def laplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
               strategy: str | None = None, chunk_size: int | None = None,
-              torch_compile: bool = False) -> Callable:
+              batch_size: int | None = None, torch_compile: bool = False) -> Callable:
     """The Laplacian ``sum_i d^2 f / dx_i^2`` over every coordinate of argument
     ``argnum``, exactly.
 
@@ -183,7 +183,9 @@ def laplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
     times the size of f's (as in a dense Hessian). ``chunk_size=c`` carries ``c``
     directions at a time (a ``lax.map`` over chunks in JAX, ``vmap(chunk_size=c)``
     for PyTorch HVPs, ``c`` coordinate groups per built graph for PyTorch jets):
-    memory ``c / D`` of that, for some speed.
+    memory ``c / D`` of that, for some speed. ``batch_size=b`` (with ``batch_axis``)
+    bounds memory over the samples instead: ``b`` samples at a time (JAX: a
+    ``lax.map``; PyTorch: a loop), at the cost of ``ceil(B / b)`` sequential passes.
 
     ``torch_compile=True`` (PyTorch): the jet strategy's traced pass runs through
     ``torch.compile`` (compiled on the first call per argument signature); with
@@ -199,12 +201,13 @@ def laplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
       tensor([ 6., 12.], dtype=torch.float64)
     """
     return _make_operator(f, argnum, batch_axis, strategy, "derivs.laplacian", collapsed=True,
-                          chunk_size=chunk_size, torch_compile=torch_compile)
+                          chunk_size=chunk_size, torch_compile=torch_compile,
+                          batch_size=batch_size)
 
 
 def hessian_diagonal(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
                      strategy: str | None = None, chunk_size: int | None = None,
-                     torch_compile: bool = False) -> Callable:
+                     batch_size: int | None = None, torch_compile: bool = False) -> Callable:
     """The diagonal ``d^2 f / dx_i^2`` of the Hessian of ``f`` in argument ``argnum``,
     exactly, without forming the Hessian. Shape: ``f``'s output shape followed by
     the argument's (sample) shape.
@@ -214,8 +217,8 @@ def hessian_diagonal(f: Callable, argnum: int = 0, *, batch_axis: int | None = N
     memory (``O(D)`` per output instead of ``O(D^2)``) and, for many outputs or
     high cost of reverse mode, time. Strategies as for :func:`laplacian`
     (``"traced-jet"``: second-order Taylor jets along the ``D`` unit directions),
-    and so are ``chunk_size`` (bounds memory to ``chunk_size`` directions at a time)
-    and ``torch_compile``.
+    and so are ``chunk_size`` (bounds memory to ``chunk_size`` directions at a time),
+    ``batch_size`` (``batch_size`` samples at a time) and ``torch_compile``.
 
     Example:
 
@@ -225,7 +228,8 @@ def hessian_diagonal(f: Callable, argnum: int = 0, *, batch_axis: int | None = N
       Array([ 6., 14., 18.], dtype=float32)
     """
     return _make_operator(f, argnum, batch_axis, strategy, "derivs.hessian_diagonal",
-                          collapsed=False, chunk_size=chunk_size, torch_compile=torch_compile)
+                          collapsed=False, chunk_size=chunk_size, torch_compile=torch_compile,
+                          batch_size=batch_size)
 
 
 def choose_strategy(collapsed: bool, n: int, scalar_output: bool, framework: str) -> str:
@@ -256,6 +260,17 @@ def unrolled(framework: str, n: int, collapsed: bool = True,
     return n <= UNROLL_MAX_DIRECTIONS
 
 
+def check_batch_size(api: str, batch_size: Any, batch_axis: Any) -> None:
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{api}: batch_size must be None (every sample at once) or a "
+                         f"positive int, got {batch_size!r}.")
+    if batch_axis is None:
+        raise ValueError(f"{api}: batch_size={batch_size} splits the samples of batch_axis; "
+                         "pass batch_axis (or call the operator under jax.lax.map / a loop).")
+
+
 def check_operator_arguments(api: str, f: Callable, argnum: Any, batch_axis: Any) -> None:
     """The checks every operator and estimator makes on its arguments."""
     if not callable(f):
@@ -284,8 +299,10 @@ def operator_input(api: str, args: tuple, argnum: int, batch_axis: int | None,
 
 
 def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
-                   chunk_size: int | None = None, torch_compile: bool = False) -> Callable:
+                   chunk_size: int | None = None, torch_compile: bool = False,
+                   batch_size: int | None = None) -> Callable:
     check_operator_arguments(api, f, argnum, batch_axis)
+    check_batch_size(api, batch_size, batch_axis)
     if not isinstance(torch_compile, bool):
         raise TypeError(f"{api}: torch_compile must be True or False, got {torch_compile!r}.")
     if torch_compile and strategy == REVERSE:
@@ -385,6 +402,7 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
                                    d.layout, engine, notes)
 
     unbatched: list = []  # the operator without batch_axis, for an unproven batch axis
+    whole: list = []  # the operator without batch_size (one chunk of samples)
 
     def verdict(d, kwargs):
         """NOTE [batch axis proof] for the operator's f (None without batch_axis)."""
@@ -399,6 +417,15 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
     def run(args, kwargs):
         d = decide(args, kwargs)
         v = verdict(d, kwargs)
+        if batch_size is not None and d.args[argnum].shape[batch_axis] > batch_size:
+            if not whole:  # the operator over every sample of a chunk at once
+                whole.append(_make_operator(f, argnum, batch_axis, strategy, api, collapsed,
+                                            chunk_size, torch_compile))
+                unbatched.append(_make_operator(f, argnum, None, strategy, api, collapsed,
+                                                chunk_size, torch_compile))
+            return _batch.chunked(d.backend.name, lambda *a: unbatched[-1](*a, **kwargs),
+                                  lambda *a: whole[0](*a, **kwargs), d.args, batch_axis,
+                                  d.args[argnum].shape[batch_axis], v.out_axis, batch_size)
         if v is not None and (not v.proven or d.backend.name in _batch.VMAPPED_OPERATORS):
             # undecided, or NOTE [batch axis layout]: the per-sample operator, vmapped
             if not unbatched:

@@ -101,10 +101,32 @@ def checked_call(f: Any, args: tuple, api: str, run):
     try:
         return run()
     except Exception as e:
+        if _out_of_memory(e):
+            raise MemoryError(
+                f"{api}: ran out of memory ({type(e).__name__}: {str(e).splitlines()[0][:120]})."
+                " The operators bound it: chunk_size=c carries c directions at a time, "
+                "batch_size=b (with batch_axis) b samples at a time; for partials, map "
+                "over chunks of the samples (jax.lax.map, or a loop in PyTorch).") from e
         mismatch = framework_mismatch(f, args, api)
         if mismatch is None:
             raise
         raise TypeError(mismatch) from e
+
+
+# Messages of the frameworks' out-of-memory errors: XLA (RESOURCE_EXHAUSTED; on CPU
+# an allocation inside a YNNPACK kernel fails with a bare INTERNAL error), PyTorch.
+_OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory",
+                "YNNPACK operation failed", "CUDA out of memory")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(e, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    text = str(e)
+    return any(m in text for m in _OOM_MARKERS)
 
 
 def _leaves(tree: Any):
