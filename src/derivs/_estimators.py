@@ -56,24 +56,15 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
       Array(36., dtype=float32)
     """
     api = "derivs.hutchinson_laplacian"
-    check_operator_arguments(api, f, argnum, batch_axis)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"{api}: samples must be a positive int, got {samples!r}.")
+    _check(api, f, argnum, batch_axis, samples)
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"{api}: distribution={distribution!r} is not one of "
                          f"{DISTRIBUTIONS}.")
 
     @functools.wraps(f)
     def estimate(key: Any, *args: Any, **kwargs: Any) -> Any:
-        if argnum >= len(args):
-            raise ValueError(f"{api}: argnum={argnum} but the estimator was called with "
-                             f"{len(args)} argument(s) after the key; call it as "
-                             "estimate(key, *args).")
-        backend = backends.backend_for(args, api)
-        x = backend.as_input(args[argnum], argnum, api, batch_axis)
-        sample = _common.sample_shape(tuple(x.shape), batch_axis)
+        backend, args, x, sample = _inputs(api, args, argnum, batch_axis)
         directions = _draw(backend.name, key, (samples,) + tuple(sample), x, distribution, api)
-        args = args[:argnum] + (x,) + args[argnum + 1:]
         # v^T H v = d^2/dt^2 f(x + t v) at t = 0; the same direction in every sample
         terms = _directional(backend.name, f, args, kwargs, argnum, batch_axis, directions,
                              2, per_sample=False)
