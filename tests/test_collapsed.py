@@ -336,7 +336,7 @@ def test_pair_interpolation_exact(n):
     got = sum(w * np.einsum("ijkl,i,j,k,l->", T, v, v, v, v) for v, w in zip(s.rows, s.weights))
     assert got == pytest.approx(np.einsum("iijj,ij->", T, c), rel=1e-12)
     # D units (weight 1 - (D - 1) / 3, zero at D = 4) and D (D - 1) pairs
-    assert _directions.bilaplacian(n).size == n * n - (n if n == 4 else 0)
+    assert _directions.fourth_order_pairs(np.ones((n, n))).size == n * n - (n if n == 4 else 0)
 
 
 def test_second_order_directions_exact():
@@ -360,8 +360,9 @@ def test_partition_tables():
     phi, a = sp.Function("phi"), sp.Function("a")
     for k in range(1, 6):
         want = sp.expand(sp.diff(phi(a(t)), t, k))
-        got = sum(m * sp.Subs(sp.Derivative(phi(sp.Symbol("y")), sp.Symbol("y"), len(parts)),
+        # one group k times: the blocks' sizes are the parts of a partition of k
+        got = sum(m * sp.Subs(sp.Derivative(phi(sp.Symbol("y")), sp.Symbol("y"), len(blocks)),
                               sp.Symbol("y"), a(t)).doit()
-                  * math.prod(sp.diff(a(t), t, p) for p in parts)
-                  for m, parts in _directions.faa_di_bruno(k))
+                  * math.prod(sp.diff(a(t), t, len(b)) for b in blocks)
+                  for blocks, m in _stacked._partitions((0,) * k))
         assert sp.simplify(want - sp.expand(got)) == 0

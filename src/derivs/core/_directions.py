@@ -4,7 +4,7 @@ A collapsed operator of order ``K`` is ``L f = sum_n w_n D^K f[v_n, ..., v_n]``:
 a weighted sum of ``K``-th directional derivatives. Both engines propagate it
 with the directions stacked on one family axis (PyTorch: ``torch_engine._family``,
 JAX: ``jax_engine.run_directions``); this module only says which directions and
-weights an operator needs, and the Faa di Bruno coefficients of the rules.
+weights an operator needs (the rules themselves: ``core._stacked``).
 
 NOTE [pair interpolation]: a fourth-order operator ``sum_ij c_ij d^4 f / dx_i^2
 dx_j^2`` (the Bi-Laplacian is ``c = 1``) is not a sum of fourth powers of the unit
@@ -30,8 +30,6 @@ factor ``C = S S^T`` given as ``S`` takes ``S``'s columns with weight 1.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 
 import numpy as np
 
@@ -50,15 +48,6 @@ class DirectionSet:
     @property
     def size(self) -> int:
         return int(self.rows.shape[0])
-
-    @property
-    def unit_weights(self) -> bool:
-        return bool(np.all(self.weights == 1.0))
-
-
-def laplacian(n: int) -> DirectionSet:
-    """The Laplacian: the ``n`` unit directions, weight 1."""
-    return DirectionSet(np.eye(n), np.ones(n), 2)
 
 
 def fourth_order_pairs(c: np.ndarray) -> DirectionSet:
@@ -84,11 +73,9 @@ def fourth_order_pairs(c: np.ndarray) -> DirectionSet:
     return DirectionSet(np.stack(rows), np.asarray(weights), 4)
 
 
-def bilaplacian(n: int) -> DirectionSet:
-    """The Bi-Laplacian ``sum_ij d^4 f / dx_i^2 dx_j^2``: ``n^2`` directions."""
-    return fourth_order_pairs(np.ones((n, n)))
-
-
+    @property
+    def size(self) -> int:
+        return int(self.rows.shape[0])
 def second_order(c: np.ndarray) -> DirectionSet:
     """``sum_ij c_ij d^2 f / dx_i dx_j`` (``tr(C H)``; ``C`` is symmetrized, as the
     Hessian is symmetric): the eigenvectors of ``C`` with their eigenvalues as
@@ -148,26 +135,3 @@ def classify(coefficients, requests, n: int) -> Classified | None:
             C[flats[0], flats[2]] += c
         return Classified(fourth_order_pairs(C), None, float(value))
     return None
-
-
-@functools.lru_cache(maxsize=64)
-def faa_di_bruno(k: int) -> tuple[tuple[int, tuple[int, ...]], ...]:
-    """``(multiplicity, parts)`` with ``d^k phi(a(t)) / dt^k = sum multiplicity *
-    phi^(len(parts))(a) * prod_j a_j`` over the partitions of ``k`` (derivative-
-    normalized coefficients ``a_j = d^j a / dt^j``): ``k! / prod(j!^m_j m_j!)``."""
-    out = []
-    for parts in _partitions(k, k):
-        counts = {p: parts.count(p) for p in set(parts)}
-        m = math.factorial(k) // math.prod(math.factorial(p) ** c * math.factorial(c)
-                                           for p, c in counts.items())
-        out.append((m, parts))
-    return tuple(out)
-
-
-def _partitions(k: int, largest: int):
-    if k == 0:
-        yield ()
-        return
-    for p in range(min(k, largest), 0, -1):
-        for rest in _partitions(k - p, p):
-            yield (p,) + rest

@@ -146,11 +146,6 @@ class Layout:
                            np.array([w for _, w in es], np.float64))
                      for (m, levels), es in sorted(groups.items()))
 
-    @functools.cached_property
-    def block_counts(self) -> tuple[int, ...]:
-        """Every ``m`` of a table (the highest derivative order a rule needs)."""
-        return tuple(sorted({t.m for t in self.row_tables + self.top_tables}))
-
 
 def _proper_submultisets(alpha: Multi) -> set[Multi]:
     out: set[Multi] = set()

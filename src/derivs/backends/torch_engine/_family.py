@@ -242,10 +242,6 @@ class FamilyProgram:
         return outs
 
 
-# The Laplacian's program (the family with unit seeds by default).
-FamilyLaplacian = FamilyProgram
-
-
 def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
             batch_axis: int | None, cache=None) -> FamilyProgram | Fallback:
     """The family program for these arguments, or why there is none (a fallback
