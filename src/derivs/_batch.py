@@ -153,6 +153,46 @@ def _coupling(matrix, out_shape, in_shape, bo: int, bi: int):
     return int(out_sample[bad[0]]), int(in_sample[bad[0]])
 
 
+class SampleRoutes:
+    """The routes over the samples that every operator shares, taken before any
+    engine is prepared (so nothing is traced or captured for the whole batch):
+    ``batch_size`` samples at a time (:func:`chunked`), or the per-sample operator
+    vmapped when the batch axis is unproven or NOTE [batch axis layout] says so.
+    ``rebuild(batch_axis, batch_size)`` makes the operator with other settings; the
+    two it needs are built on first use."""
+
+    def __init__(self, rebuild, batch_axis: int | None, batch_size: int | None):
+        self._rebuild, self.batch_axis, self.batch_size = rebuild, batch_axis, batch_size
+        self._per_sample = self._whole = None
+
+    def run(self, name: str, args: tuple, kwargs: dict, x, verdict: Verdict | None):
+        """``(True, result)`` when a route takes this call, else ``(False, None)``."""
+        if verdict is None:
+            return False, None
+        b, size = self.batch_axis, x.shape[self.batch_axis]
+        if self.batch_size is not None and size > self.batch_size:
+            return True, chunked(name, lambda *a: self.per_sample(*a, **kwargs),
+                                 lambda *a: self.whole(*a, **kwargs), args, b, size,
+                                 verdict.out_axis, self.batch_size)
+        if not verdict.proven or name in VMAPPED_OPERATORS:
+            return True, vmapped(name, lambda *a: self.per_sample(*a, **kwargs), args, b, size,
+                                 verdict.out_axis)
+        return False, None
+
+    @property
+    def per_sample(self):
+        if self._per_sample is None:
+            self._per_sample = self._rebuild(None, None)
+        return self._per_sample
+
+    @property
+    def whole(self):
+        """The operator over every sample of a chunk at once."""
+        if self._whole is None:
+            self._whole = self._rebuild(self.batch_axis, None)
+        return self._whole
+
+
 def chunked(backend_name: str, per_sample, batched, args: tuple, batch_axis: int, size: int,
             out_axis: int, batch_size: int):
     """An operator over ``size`` samples, ``batch_size`` samples at a time (memory for

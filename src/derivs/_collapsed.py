@@ -145,42 +145,34 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
     # holds the PyTorch capture, the output-shape probe and the batch-axis verdict.
     transform = _api._build(f, [0], argnum, False, batch_axis, api=api, allow_value=False)
     cache = LRUCache(maxsize=64)  # programs per signature, layouts per term set
-    unbatched: list = []
-    whole: list = []  # the operator without batch_size (one chunk of samples)
+    routes = _batch.SampleRoutes(
+        lambda axis, size: make(f, argnum, axis, api, plan, strategy=strategy,
+                                chunk_size=chunk_size, torch_compile=torch_compile,
+                                batch_size=size),
+        batch_axis, batch_size)
 
-    def decide(args, kwargs):
-        backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
+    def decide(backend, args, x, sample, kwargs):
         call = plan(backend, x, sample, batch_axis)
         engine, layout, why = None, "nested", None
         if strategy != NESTED:
             engine, layout, why = _engine(backend.name, transform, cache, f, args, kwargs,
                                           argnum, batch_axis, call, torch_compile)
-        return backend, args, x, sample, call, engine, layout, why
+        return call, engine, layout, why
+
+    def verdict(backend, args, kwargs):
+        if batch_axis is None:
+            return None
+        return transform.batch_verdict(backend, args, kwargs)
 
     def op(*args, **kwargs):
         return backends.checked_call(f, args, api, lambda: run(args, kwargs))
 
     def run(args, kwargs):
-        backend, args, x, sample, call, engine, layout, why = decide(args, kwargs)
-        if batch_size is not None and x.shape[batch_axis] > batch_size:
-            v = transform.batch_verdict(backend, args, kwargs)
-            if not whole:
-                whole.append(make(f, argnum, batch_axis, api, plan, strategy=strategy,
-                                  chunk_size=chunk_size, torch_compile=torch_compile))
-                unbatched.append(make(f, argnum, None, api, plan, strategy=strategy,
-                                      chunk_size=chunk_size, torch_compile=torch_compile))
-            return _batch.chunked(backend.name, lambda *a: unbatched[-1](*a, **kwargs),
-                                  lambda *a: whole[0](*a, **kwargs), args, batch_axis,
-                                  x.shape[batch_axis], v.out_axis, batch_size)
-        if batch_axis is not None:
-            v = transform.batch_verdict(backend, args, kwargs)
-            # undecided, or NOTE [batch axis layout]: the per-sample operator, vmapped
-            if not v.proven or backend.name in _batch.VMAPPED_OPERATORS:
-                if not unbatched:
-                    unbatched.append(make(f, argnum, None, api, plan, strategy=strategy,
-                                          chunk_size=chunk_size, torch_compile=torch_compile))
-                return _batch.vmapped(backend.name, lambda *a: unbatched[0](*a, **kwargs),
-                                      args, batch_axis, x.shape[batch_axis], v.out_axis)
+        backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
+        routed, out = routes.run(backend.name, args, kwargs, x, verdict(backend, args, kwargs))
+        if routed:
+            return out
+        call, engine, layout, why = decide(backend, args, x, sample, kwargs)
         if engine is None:
             out = _nested(backend.name, f, args, kwargs, argnum, batch_axis, call, chunk_size)
         else:
@@ -191,10 +183,11 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
         return out
 
     def explain(*args, **kwargs) -> FamilyExplanation:
-        backend, args, x, sample, call, engine, layout, why = decide(args, kwargs)
+        backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
+        call, engine, layout, why = decide(backend, args, x, sample, kwargs)
         notes = []
-        if batch_axis is not None:
-            v = transform.batch_verdict(backend, args, kwargs)
+        v = verdict(backend, args, kwargs)
+        if v is not None:
             notes.append(f"batch_axis: {v.reason}")
             if v.proven and backend.name in _batch.VMAPPED_OPERATORS:
                 notes.append("batch_axis: runs as jax.vmap of the per-sample operator "

@@ -349,11 +349,10 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
             per_shape.put(sample, transforms)
         return transforms
 
-    def decide(args, kwargs):
-        """Everything a call depends on: the backend, the converted arguments, the
-        sample shape and direction count, the strategy and, for jets, the direction
-        layout (with the PyTorch family program when that is the layout)."""
-        backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
+    def decide(backend, args, x, sample, kwargs):
+        """Everything a call on converted arguments depends on: the direction count,
+        the strategy and, for jets, the direction layout (with the PyTorch family
+        program when that is the layout)."""
         n = _common.numel(sample)
         scalar = None
         if strategy is None and not torch_compile:
@@ -379,9 +378,10 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
                                program_seeds=seeds)
 
     def explain(*args, **kwargs) -> OperatorExplanation:
-        d = decide(args, kwargs)
+        backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
+        d = decide(backend, args, x, sample, kwargs)
         notes, engine = [], None
-        v = verdict(d, kwargs)
+        v = verdict(backend, args, kwargs)
         if v is not None:
             notes.append(f"batch_axis: {v.reason}")
             if v.proven and d.backend.name in _batch.VMAPPED_OPERATORS:
@@ -401,39 +401,27 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
                                    strategy is None and not torch_compile, d.scalar, collapsed,
                                    d.layout, engine, notes)
 
-    unbatched: list = []  # the operator without batch_axis, for an unproven batch axis
-    whole: list = []  # the operator without batch_size (one chunk of samples)
+    routes = _batch.SampleRoutes(
+        lambda axis, size: _make_operator(f, argnum, axis, strategy, api, collapsed,
+                                          chunk_size, torch_compile, size),
+        batch_axis, batch_size)
 
-    def verdict(d, kwargs):
+    def verdict(backend, args, kwargs):
         """NOTE [batch axis proof] for the operator's f (None without batch_axis)."""
         if batch_axis is None:
             return None
-        return transform.batch_verdict(d.backend, d.args, kwargs)
+        return transform.batch_verdict(backend, args, kwargs)
 
     @functools.wraps(f)
     def op(*args, **kwargs):
         return backends.checked_call(f, args, api, lambda: run(args, kwargs))
 
     def run(args, kwargs):
-        d = decide(args, kwargs)
-        v = verdict(d, kwargs)
-        if batch_size is not None and d.args[argnum].shape[batch_axis] > batch_size:
-            if not whole:  # the operator over every sample of a chunk at once
-                whole.append(_make_operator(f, argnum, batch_axis, strategy, api, collapsed,
-                                            chunk_size, torch_compile))
-                unbatched.append(_make_operator(f, argnum, None, strategy, api, collapsed,
-                                                chunk_size, torch_compile))
-            return _batch.chunked(d.backend.name, lambda *a: unbatched[-1](*a, **kwargs),
-                                  lambda *a: whole[0](*a, **kwargs), d.args, batch_axis,
-                                  d.args[argnum].shape[batch_axis], v.out_axis, batch_size)
-        if v is not None and (not v.proven or d.backend.name in _batch.VMAPPED_OPERATORS):
-            # undecided, or NOTE [batch axis layout]: the per-sample operator, vmapped
-            if not unbatched:
-                unbatched.append(_make_operator(f, argnum, None, strategy, api, collapsed,
-                                                chunk_size, torch_compile))
-            x = d.args[argnum]
-            return _batch.vmapped(d.backend.name, lambda *a: unbatched[0](*a, **kwargs),
-                                  d.args, batch_axis, x.shape[batch_axis], v.out_axis)
+        backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
+        routed, out = routes.run(backend.name, args, kwargs, x, verdict(backend, args, kwargs))
+        if routed:
+            return out
+        d = decide(backend, args, x, sample, kwargs)
         fw = _framework(d.backend.name)
         args, sample, n = d.args, d.sample, d.n
         if d.chosen == REVERSE:
