@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import _api, _batch, backends
-from ._operators import check_batch_size, check_operator_arguments, operator_input
+from ._operators import _framework, check_operator_options, operator_input
 from .backends import _common
 from .core import _directions
 from .core._cache import LRUCache
@@ -130,17 +130,8 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
          torch_compile: bool = False, batch_size: int | None = None) -> Callable:
     """The operator ``plan(backend, x, sample, batch_axis) -> Call`` of ``f`` (the
     batch axis passed in: a vmapped call plans one sample)."""
-    check_operator_arguments(api, f, argnum, batch_axis)
-    check_batch_size(api, batch_size, batch_axis)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                   or chunk_size < 1):
-        raise ValueError(f"{api}: chunk_size must be None (all terms at once) or a "
-                         f"positive int, got {chunk_size!r}.")
-    if strategy not in (None, *STRATEGIES):
-        raise ValueError(f"{api}: strategy={strategy!r} is not one of None (automatic), "
-                         + ", ".join(repr(s) for s in STRATEGIES) + ".")
-    if not isinstance(torch_compile, bool):
-        raise TypeError(f"{api}: torch_compile must be True or False, got {torch_compile!r}.")
+    check_operator_options(api, f, argnum, batch_axis, strategy, STRATEGIES, chunk_size,
+                           batch_size, torch_compile, "terms")
     # Carries f and argnum: the JAX engine traces f's jaxpr through it, and its cache
     # holds the PyTorch capture, the output-shape probe and the batch-axis verdict.
     transform = _api._build(f, [0], argnum, False, batch_axis, api=api, allow_value=False)
@@ -352,34 +343,9 @@ def _group_transforms(transform, argnum, batch_axis, cache, call: Call, chunk_si
 def _nested(name, f, args, kwargs, argnum, batch_axis, call: Call, chunk_size):
     """``sum_n w_n D^K f[v_n] + Df[drift]`` by ``K`` nested JVPs per direction."""
     x = args[argnum]
-    if name == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        jvp = lambda g, z, v: jax.jvp(g, (z,), (v,))[1]  # noqa: E731
-        vmap, asarray = jax.vmap, (lambda r: jnp.asarray(r, x.dtype))
-        expand = lambda v: jnp.broadcast_to(jnp.expand_dims(v, batch_axis % x.ndim),  # noqa: E731
-                                            x.shape)
-    else:
-        import torch
-
-        jvp = lambda g, z, v: torch.func.jvp(g, (z,), (v,))[1]  # noqa: E731
-        vmap, asarray = torch.func.vmap, (lambda r: torch.as_tensor(r).to(x))
-        expand = lambda v: v.unsqueeze(batch_axis % x.ndim).expand(x.shape)  # noqa: E731
-
-    def g(z):
-        return f(*args[:argnum], z, *args[argnum + 1:], **kwargs)
-
+    fw = _framework(name)
+    asarray = functools.partial(_as_array, name, like=x)
     rows, weights, order = call.directions()
-
-    def directional(v):
-        if batch_axis is not None and not call.per_sample:
-            v = expand(v)
-        h = g
-        for _ in range(order):
-            h = _jvp_of(jvp, h, v)
-        return h(x)
-
     rows = asarray(rows)
     if not call.per_sample:
         rows = rows.reshape((rows.shape[0],) + tuple(_common.sample_shape(tuple(x.shape),
@@ -388,21 +354,48 @@ def _nested(name, f, args, kwargs, argnum, batch_axis, call: Call, chunk_size):
     out = None
     step = chunk_size or max(rows.shape[0], 1)
     for lo in range(0, rows.shape[0], step):
-        part = vmap(directional)(rows[lo:lo + step])
+        part = directional(name, f, args, kwargs, argnum, batch_axis, rows[lo:lo + step],
+                           order, call.per_sample)
         w = asarray(weights[lo:lo + step])
         part = _tree_map(name, lambda p, w=w: (p * w.reshape((-1,) + (1,) * (p.ndim - 1)))
                          .sum(0), part)
         out = part if out is None else _tree_add(name, out, part)
+
+    def at(z):
+        return f(*args[:argnum], z, *args[argnum + 1:], **kwargs)
+
     if call.drift is not None:
-        term = jvp(g, x, asarray(call.drift))
+        term = fw.jvp(at, x, asarray(call.drift))
         out = term if out is None else _tree_add(name, out, term)
     if out is None:
-        out = _tree_map(name, lambda o: o * 0, g(x))
+        out = _tree_map(name, lambda o: o * 0, at(x))
     return out
 
 
-def _jvp_of(jvp, h, v):
-    return lambda z: jvp(h, z, v)
+def directional(name, f, args, kwargs, argnum, batch_axis, directions, order: int,
+                per_sample: bool):
+    """``D^order f[v]`` for every direction ``v`` (nested JVPs, vmapped), stacked
+    first; shared directions are broadcast over the batch axis. The nested-forward
+    strategy here and the estimators (``_estimators``) are built on it."""
+    fw = _framework(name)
+    x = args[argnum]
+
+    def at(z):
+        return f(*args[:argnum], z, *args[argnum + 1:], **kwargs)
+
+    def term(v):
+        if batch_axis is not None and not per_sample:
+            v = fw.broadcast(fw.unsqueeze(v, batch_axis % x.ndim), x)
+        g = at
+        for _ in range(order):
+            g = _along(fw, g, v)
+        return g(x)
+
+    return fw.vmap(term)(directions)
+
+
+def _along(fw, g, v):
+    return lambda z: fw.jvp(g, z, v)
 
 
 def _tree_map(name, fn, tree):

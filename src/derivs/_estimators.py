@@ -13,9 +13,8 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from . import backends
-from ._operators import _framework, check_operator_arguments
-from .backends import _common
+from ._collapsed import directional
+from ._operators import _framework, check_operator_arguments, operator_input
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
 
@@ -66,7 +65,7 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
         backend, args, x, sample = _inputs(api, args, argnum, batch_axis)
         directions = _draw(backend.name, key, (samples,) + tuple(sample), x, distribution, api)
         # v^T H v = d^2/dt^2 f(x + t v) at t = 0; the same direction in every sample
-        terms = _directional(backend.name, f, args, kwargs, argnum, batch_axis, directions,
+        terms = directional(backend.name, f, args, kwargs, argnum, batch_axis, directions,
                              2, per_sample=False)
         return _mean(terms, samples, with_stderr)
 
@@ -106,7 +105,7 @@ def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
     def estimate(key: Any, *args: Any, **kwargs: Any) -> Any:
         backend, args, x, sample = _inputs(api, args, argnum, batch_axis)
         directions = _draw(backend.name, key, (samples,) + tuple(sample), x, "gaussian", api)
-        terms = _directional(backend.name, f, args, kwargs, argnum, batch_axis, directions, 4,
+        terms = directional(backend.name, f, args, kwargs, argnum, batch_axis, directions, 4,
                              per_sample=False)
         return _mean(terms / 3, samples, with_stderr)
 
@@ -155,7 +154,7 @@ def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: A
         cols = call.seeds  # (r, *x.shape) per sample, or (r, *sample)
         z = _draw(backend.name, key, (samples, cols.shape[0]), x, distribution, api)
         directions = _combine(backend.name, z, cols)
-        terms = _directional(backend.name, f, args, kwargs, argnum, batch_axis, directions, 2,
+        terms = directional(backend.name, f, args, kwargs, argnum, batch_axis, directions, 2,
                              per_sample=call.per_sample)
         out = _mean(terms, samples, with_stderr)
         exact = _exact_terms(backend.name, f, args, kwargs, argnum, call)
@@ -174,39 +173,13 @@ def _check(api, f, argnum, batch_axis, samples) -> None:
 
 
 def _inputs(api, args, argnum, batch_axis):
+    """``(backend, args, x, sample shape)`` as for the exact operators, with the
+    estimators' own hint for a missing argument (the key comes first)."""
     if argnum >= len(args):
         raise ValueError(f"{api}: argnum={argnum} but the estimator was called with "
                          f"{len(args)} argument(s) after the key; call it as "
                          "estimate(key, *args).")
-    backend = backends.backend_for(args, api)
-    x = backend.as_input(args[argnum], argnum, api, batch_axis)
-    args = args[:argnum] + (x,) + args[argnum + 1:]
-    return backend, args, x, _common.sample_shape(tuple(x.shape), batch_axis)
-
-
-def _directional(name, f, args, kwargs, argnum, batch_axis, directions, order: int,
-                 per_sample: bool):
-    """``D^order f[v]`` for every direction ``v`` (nested JVPs, vmapped), stacked
-    first; shared directions are broadcast over the batch axis."""
-    fw = _framework(name)
-    x = args[argnum]
-
-    def at(z):
-        return f(*args[:argnum], z, *args[argnum + 1:], **kwargs)
-
-    def term(v):
-        if batch_axis is not None and not per_sample:
-            v = fw.broadcast(fw.unsqueeze(v, batch_axis % x.ndim), x)
-        g = at
-        for _ in range(order):
-            g = _along(fw, g, v)
-        return g(x)
-
-    return fw.vmap(term)(directions)
-
-
-def _along(fw, g, v):
-    return lambda z: fw.jvp(g, z, v)
+    return operator_input(api, args, argnum, batch_axis, False)
 
 
 def _mean(terms, samples: int, with_stderr: bool):

@@ -260,15 +260,29 @@ def unrolled(framework: str, n: int, collapsed: bool = True,
     return n <= UNROLL_MAX_DIRECTIONS
 
 
-def check_batch_size(api: str, batch_size: Any, batch_axis: Any) -> None:
-    if batch_size is None:
-        return
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"{api}: batch_size must be None (every sample at once) or a "
-                         f"positive int, got {batch_size!r}.")
-    if batch_axis is None:
-        raise ValueError(f"{api}: batch_size={batch_size} splits the samples of batch_axis; "
-                         "pass batch_axis (or call the operator under jax.lax.map / a loop).")
+def check_operator_options(api: str, f: Callable, argnum: Any, batch_axis: Any, strategy: Any,
+                           strategies: tuple, chunk_size: Any, batch_size: Any,
+                           torch_compile: Any, chunked: str) -> None:
+    """The checks of every exact operator's options (``chunked``: what
+    ``chunk_size`` counts)."""
+    check_operator_arguments(api, f, argnum, batch_axis)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise ValueError(f"{api}: chunk_size must be None (all {chunked} at once) or a "
+                         f"positive int, got {chunk_size!r}.")
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"{api}: batch_size must be None (every sample at once) or a "
+                             f"positive int, got {batch_size!r}.")
+        if batch_axis is None:
+            raise ValueError(f"{api}: batch_size={batch_size} splits the samples of "
+                             "batch_axis; pass batch_axis (or call the operator under "
+                             "jax.lax.map / a loop).")
+    if strategy not in (None, *strategies):
+        raise ValueError(f"{api}: strategy={strategy!r} is not one of None (automatic), "
+                         + ", ".join(repr(k) for k in strategies) + ".")
+    if not isinstance(torch_compile, bool):
+        raise TypeError(f"{api}: torch_compile must be True or False, got {torch_compile!r}.")
 
 
 def check_operator_arguments(api: str, f: Callable, argnum: Any, batch_axis: Any) -> None:
@@ -301,20 +315,11 @@ def operator_input(api: str, args: tuple, argnum: int, batch_axis: int | None,
 def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
                    chunk_size: int | None = None, torch_compile: bool = False,
                    batch_size: int | None = None) -> Callable:
-    check_operator_arguments(api, f, argnum, batch_axis)
-    check_batch_size(api, batch_size, batch_axis)
-    if not isinstance(torch_compile, bool):
-        raise TypeError(f"{api}: torch_compile must be True or False, got {torch_compile!r}.")
+    check_operator_options(api, f, argnum, batch_axis, strategy, OPERATOR_STRATEGIES,
+                           chunk_size, batch_size, torch_compile, "directions")
     if torch_compile and strategy == REVERSE:
         raise ValueError(f"{api}: torch_compile=True compiles the traced jet pass; "
                          "strategy='reverse' has none. Pass strategy=None or 'traced-jet'.")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                   or chunk_size < 1):
-        raise ValueError(f"{api}: chunk_size must be None (all directions at once) or a "
-                         f"positive int, got {chunk_size!r}.")
-    if strategy not in (None, *OPERATOR_STRATEGIES):
-        raise ValueError(f"{api}: strategy={strategy!r} is not one of None (automatic), "
-                         "'traced-jet', 'reverse'.")
     # Carries f and argnum: JAX's engine traces f's jaxpr per call through it, and its
     # cache holds the output-shape probe.
     transform = _api._build(f, [0], argnum, False, batch_axis, api=api, allow_value=False)
