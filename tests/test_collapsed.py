@@ -366,3 +366,28 @@ def test_partition_tables():
                   * math.prod(sp.diff(a(t), t, len(b)) for b in blocks)
                   for blocks, m in _stacked._partitions((0,) * k))
         assert sp.simplify(want - sp.expand(got)) == 0
+
+
+def test_torch_compile_graph_is_keyed_on_repeated_axes():
+    """The compiled family pass is traced with Python branches on stride-0 axes
+    (repeated rows are multiplied once): a sigma that returns an expanded tensor on
+    one call and a dense one of the same shape on the next must not reuse the
+    first graph (a silent wrong value before the key held the repeated axes)."""
+    W = torch.as_tensor(_W)
+    u = lambda x: torch.tanh(x @ W).sum(-1)  # noqa: E731
+    S0 = torch.as_tensor(_RNG.normal(size=(D, 2)))
+    state = {"expand": True}
+
+    def sigma(z):
+        if state["expand"]:
+            return S0.expand(z.shape[0], D, 2)
+        return torch.stack([S0 * (i + 1) for i in range(z.shape[0])])
+
+    x = torch.as_tensor(_X)
+    compiled = derivs.diffusion_operator(u, sigma, batch_axis=0, torch_compile=True)
+    for expand in (True, False):
+        state["expand"] = expand
+        S = sigma(x).numpy()
+        want = np.stack([_dense("torch", u, _X[k:k + 1], C2=S[k] @ S[k].T)[0]
+                         for k in range(len(_X))])
+        np.testing.assert_allclose(_np(compiled(x)), want, rtol=1e-10, atol=1e-10)

@@ -752,8 +752,13 @@ class CompiledProgram:
         if seeds is None:
             seeds = p.laplacian_seeds(tensors[p.selected])
         given = [seeds.seeds] + ([] if seeds.top is None else [seeds.top])
+        # The trace takes Python branches on which axes repeat (stride 0, ``_compact``),
+        # so those are part of the key as much as shapes: an expanded seed traced once
+        # must not serve a dense one of the same shape.
         key = (id(seeds.layout), seeds.top is not None,
-               tuple((tuple(t.shape), t.dtype, t.device) for t in tensors + given))
+               tuple((tuple(t.shape), t.dtype, t.device,
+                      tuple(d for d, st in enumerate(t.stride()) if st == 0 and t.shape[d] > 1))
+                     for t in tensors + given))
         hit = self.graphs.get(key)
         if hit is None or hit[0] is not seeds.layout:
             layout, count, has_top = seeds.layout, len(tensors), seeds.top is not None
