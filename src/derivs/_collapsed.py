@@ -45,7 +45,9 @@ class Call:
     drift: Any = None
     value: Callable[[Any], Any] | None = None  # f's output -> its term, or None
     units: bool = False
-    memo: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    # per object: dataclasses.replace (e.g. another drift) starts an empty one
+    memo: dict = dataclasses.field(default_factory=dict, repr=False, compare=False,
+                                   init=False)
 
     @property
     def order(self) -> int:
@@ -70,7 +72,7 @@ class Call:
         if "univariate" not in self.memo:
             rows, weights, k = self.directions()
             self.memo["univariate"] = dataclasses.replace(
-                self, seeds=rows, units=False, memo={},
+                self, seeds=rows, units=False,
                 terms=tuple((float(w), (n,) * k) for n, w in enumerate(weights)))
         return self.memo["univariate"]
 
