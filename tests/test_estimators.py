@@ -182,3 +182,19 @@ def test_diffusion_estimator_per_sample_sigma(fw):
         _key(fw, 9), array(fw, XB)))
     want = to_numpy(derivs.diffusion_operator(f, sigma, batch_axis=0)(array(fw, XB)))
     np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_new_estimators_name_the_fix():
+    f = lambda x: jnp.sum(x ** 2)  # noqa: E731
+    with pytest.raises(ValueError, match="positive int"):
+        derivs.hutchinson_bilaplacian(f, samples=0)
+    with pytest.raises(ValueError, match="distribution"):
+        derivs.hutchinson_diffusion(f, jnp.eye(3), distribution="sphere")
+    with pytest.raises(TypeError, match="sigma is required"):
+        derivs.hutchinson_diffusion(f, None)
+    with pytest.raises(TypeError, match="jax.random key"):
+        derivs.hutchinson_bilaplacian(f)(0, jnp.ones(3))
+    with pytest.raises(ValueError, match=r"after the key"):
+        derivs.hutchinson_diffusion(f, jnp.eye(3))(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"sample_shape \+ \(r,\)"):
+        derivs.hutchinson_diffusion(f, jnp.eye(4))(jax.random.key(0), jnp.ones(3))
