@@ -159,16 +159,26 @@ class SampleRoutes:
     ``batch_size`` samples at a time (:func:`chunked`), or the per-sample operator
     vmapped when the batch axis is unproven or NOTE [batch axis layout] says so.
     ``rebuild(batch_axis, batch_size)`` makes the operator with other settings; the
-    two it needs are built on first use."""
+    two it needs are built on first use. ``transform`` (the operator's) proves the
+    batch axis and caches the verdict."""
 
-    def __init__(self, rebuild, batch_axis: int | None, batch_size: int | None):
-        self._rebuild, self.batch_axis, self.batch_size = rebuild, batch_axis, batch_size
+    def __init__(self, transform, rebuild, batch_axis: int | None, batch_size: int | None):
+        self._transform, self._rebuild = transform, rebuild
+        self.batch_axis, self.batch_size = batch_axis, batch_size
         self._per_sample = self._whole = None
 
-    def run(self, name: str, args: tuple, kwargs: dict, x, verdict: Verdict | None):
+    def verdict(self, backend, args: tuple, kwargs: dict) -> Verdict | None:
+        """NOTE [batch axis proof] for the operator's f (None without batch_axis)."""
+        if self.batch_axis is None:
+            return None
+        return self._transform.batch_verdict(backend, args, kwargs)
+
+    def run(self, backend, args: tuple, kwargs: dict, x):
         """``(True, result)`` when a route takes this call, else ``(False, None)``."""
+        verdict = self.verdict(backend, args, kwargs)
         if verdict is None:
             return False, None
+        name = backend.name
         b, size = self.batch_axis, x.shape[self.batch_axis]
         if self.batch_size is not None and size > self.batch_size:
             return True, chunked(name, lambda *a: self.per_sample(*a, **kwargs),

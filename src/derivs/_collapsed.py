@@ -139,9 +139,9 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
     transform = _api._build(f, [0], argnum, False, batch_axis, api=api, allow_value=False)
     cache = LRUCache(maxsize=64)  # programs per signature, layouts per term set
     routes = _batch.SampleRoutes(
-        lambda axis, size: make(f, argnum, axis, api, plan, strategy=strategy,
-                                chunk_size=chunk_size, torch_compile=torch_compile,
-                                batch_size=size),
+        transform, lambda axis, size: make(f, argnum, axis, api, plan, strategy=strategy,
+                                           chunk_size=chunk_size, torch_compile=torch_compile,
+                                           batch_size=size),
         batch_axis, batch_size)
 
     def decide(backend, args, x, sample, kwargs):
@@ -152,17 +152,12 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
                                           argnum, batch_axis, call, torch_compile)
         return call, engine, layout, why
 
-    def verdict(backend, args, kwargs):
-        if batch_axis is None:
-            return None
-        return transform.batch_verdict(backend, args, kwargs)
-
     def op(*args, **kwargs):
         return backends.checked_call(f, args, api, lambda: run(args, kwargs))
 
     def run(args, kwargs):
         backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
-        routed, out = routes.run(backend.name, args, kwargs, x, verdict(backend, args, kwargs))
+        routed, out = routes.run(backend, args, kwargs, x)
         if routed:
             return out
         call, engine, layout, why = decide(backend, args, x, sample, kwargs)
@@ -179,7 +174,7 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
         backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
         call, engine, layout, why = decide(backend, args, x, sample, kwargs)
         notes = []
-        v = verdict(backend, args, kwargs)
+        v = routes.verdict(backend, args, kwargs)
         if v is not None:
             notes.append(f"batch_axis: {v.reason}")
             if v.proven and backend.name in _batch.VMAPPED_OPERATORS:

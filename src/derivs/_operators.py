@@ -386,7 +386,7 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
         d = decide(backend, args, x, sample, kwargs)
         notes, engine = [], None
-        v = verdict(backend, args, kwargs)
+        v = routes.verdict(backend, args, kwargs)
         if v is not None:
             notes.append(f"batch_axis: {v.reason}")
             if v.proven and d.backend.name in _batch.VMAPPED_OPERATORS:
@@ -407,15 +407,9 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
                                    d.layout, engine, notes)
 
     routes = _batch.SampleRoutes(
-        lambda axis, size: _make_operator(f, argnum, axis, strategy, api, collapsed,
-                                          chunk_size, torch_compile, size),
+        transform, lambda axis, size: _make_operator(f, argnum, axis, strategy, api, collapsed,
+                                                     chunk_size, torch_compile, size),
         batch_axis, batch_size)
-
-    def verdict(backend, args, kwargs):
-        """NOTE [batch axis proof] for the operator's f (None without batch_axis)."""
-        if batch_axis is None:
-            return None
-        return transform.batch_verdict(backend, args, kwargs)
 
     @functools.wraps(f)
     def op(*args, **kwargs):
@@ -423,7 +417,7 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
 
     def run(args, kwargs):
         backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
-        routed, out = routes.run(backend.name, args, kwargs, x, verdict(backend, args, kwargs))
+        routed, out = routes.run(backend, args, kwargs, x)
         if routed:
             return out
         d = decide(backend, args, x, sample, kwargs)
