@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _jax_detect
+from ..backends import _varying
 
 name = "jax"
 
@@ -50,10 +51,10 @@ def compressed(mode, fun, args, argnum, has_aux, seeds):
     seeds = jnp.asarray(seeds, x.dtype)
     if mode == "row":  # seeds live in the output space
         out, vjp, aux = jax.vjp(f_x, x, has_aux=True)
-        cot = seeds.reshape((-1,) + out.shape)
+        cot = _varying.like(seeds.reshape((-1,) + out.shape), out)
         (rows,) = jax.vmap(vjp)(cot)
         return rows.reshape(cot.shape[0], -1), aux
-    seeds = seeds.reshape((-1,) + x.shape)
+    seeds = _varying.like(seeds.reshape((-1,) + x.shape), x)  # NOTE [varying axes]
     # Column mode: JVPs of f; Hessian: JVPs of its gradient (forward over reverse).
     # linearize evaluates the primal once and vmaps only the linear map (measured
     # faster than vmapping jvp, whose batched trace keeps more of the primal work).

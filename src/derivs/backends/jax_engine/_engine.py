@@ -166,6 +166,27 @@ def _input_jet(x, slot: int | None, groups, batch_axis) -> Jet:
 
 
 FAMILY_AXIS = "derivs_directions"
+
+
+def _in_manual_mesh() -> bool:
+    """Whether this is traced inside ``jax.shard_map`` (some mesh axis is manual)."""
+    get = getattr(jax.sharding, "get_abstract_mesh", None)
+    return get is not None and bool(getattr(get(), "manual_axes", ()))
+
+
+def _family_key(key):
+    """NOTE [family inside shard_map]: a collapsed family sums its lanes' terms with
+    ``lax.psum`` over derivs' own ``vmap`` axis. Inside ``jax.shard_map`` with its
+    default ``check_vma=True``, JAX (0.9-0.10) fails on any collective over a vmap
+    axis name (an ``AssertionError`` in ``pvary``: the name is not a mesh axis).
+    There the family runs unfused instead: every lane keeps its own top coefficient
+    (the key without a family axis), the lanes' results are summed after the vmap,
+    and a top term (a drift) enters in lane 0 only. Exact, with no collective, at the
+    cost of carrying the top coefficient per direction (``1 + 2D`` values per
+    intermediate of a Laplacian instead of ``2 + D``), inside ``shard_map`` only."""
+    if isinstance(key, _jets.Collapsed) and key.family is not None and _in_manual_mesh():
+        return _jets.Collapsed(key.terms), False
+    return key, True
 # NOTE [narrow family seeds]: without a batch axis (e.g. under jax.vmap) lane i's
 # seed can be e_i as a Narrow coefficient at the lane's (traced) position, so that
 # the first linear layer reads row i of its weight instead of multiplying the
@@ -188,6 +209,7 @@ def run_family(compiled: Compiled, slot: int, key, batch_axis: int | None,
     bounding memory; a collapsed key is linear in the family, so chunk sums add."""
     position = next(p for p, s in compiled.selected.items() if s == slot)
     x = compiled.arrays[position]
+    key, fused = _family_key(key)  # NOTE [family inside shard_map]
     sample = x.shape if batch_axis is None else tuple(
         d for i, d in enumerate(x.shape) if i != batch_axis % x.ndim)
     n = int(np.prod(sample, dtype=np.int64))
@@ -215,9 +237,12 @@ def run_family(compiled: Compiled, slot: int, key, batch_axis: int | None,
         outs = map_indices(along_index, n, chunk_size, FAMILY_AXIS)
     else:
         outs = map_units(along, n, tuple(sample), x.dtype, chunk_size, FAMILY_AXIS)
-    # collapsed: a chunk's family sum is the same in each of its lanes
-    outs = ([o[:, 0].sum(0) for o in outs] if collapsed
-            else [o.reshape((-1,) + o.shape[2:])[:n] for o in outs])
+    # collapsed: a chunk's family sum is the same in each of its lanes (unfused: the
+    # lanes hold their own terms; padding lanes are zero directions, adding zero)
+    if collapsed:
+        outs = [o[:, 0].sum(0) if fused else o.sum((0, 1)) for o in outs]
+    else:
+        outs = [o.reshape((-1,) + o.shape[2:])[:n] for o in outs]
     return jax.tree_util.tree_unflatten(compiled.out_tree, outs)
 
 
@@ -292,6 +317,7 @@ def run_directions(compiled: Compiled, slot: int, rows, weights: np.ndarray, ord
 def _collapsed_family(compiled, position, x, rows, key, batch_axis, per_sample, top,
                       chunk_size):
     jnp = jax.numpy
+    key, fused = _family_key(key)  # NOTE [family inside shard_map]
 
     def along(v, top_scale):
         if batch_axis is not None and not per_sample:
@@ -314,13 +340,23 @@ def _collapsed_family(compiled, position, x, rows, key, batch_axis, per_sample, 
     n = rows.shape[0]
     if n == 0:  # only the top term: one lane of a zero direction
         rows, n = jnp.zeros((1,) + rows.shape[1:], rows.dtype), 1
-    if chunk_size is None or chunk_size >= n:
-        outs = jax.vmap(lambda v: along(v, 1.0), axis_name=FAMILY_AXIS)(rows)
-        return [o[0] for o in outs]  # the family sum is the same in every lane
+    width = n if chunk_size is None or chunk_size >= n else chunk_size
+    # fused: the top is family-wide, so every lane adds it once for all; unfused:
+    # only lane 0 may add it
+    lane_top = (jnp.ones(width, x.dtype) if fused
+                else (jnp.arange(width) == 0).astype(x.dtype))
+
+    def lanes(vs, top_scale):
+        return jax.vmap(lambda v, t: along(v, t * top_scale),
+                        axis_name=FAMILY_AXIS if fused else None)(vs, lane_top)
+
+    if width == n:
+        outs = lanes(rows, 1.0)
+        # the family sum is the same in every lane
+        return [o[0] if fused else o.sum(0) for o in outs]
     pad = (-n) % chunk_size  # zero directions contribute zero
     padded = jnp.concatenate([rows, jnp.zeros((pad,) + rows.shape[1:], rows.dtype)])
     chunks = padded.reshape((-1, chunk_size) + rows.shape[1:])
     first = (jnp.arange(chunks.shape[0]) == 0).astype(x.dtype)
-    outs = jax.lax.map(lambda a: jax.vmap(lambda v: along(v, a[1]), axis_name=FAMILY_AXIS)(
-        a[0]), (chunks, first))
-    return [o[:, 0].sum(0) for o in outs]
+    outs = jax.lax.map(lambda a: lanes(a[0], a[1]), (chunks, first))
+    return [o[:, 0].sum(0) if fused else o.sum((0, 1)) for o in outs]

@@ -32,6 +32,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from ...core import _jets
+from .. import _varying
 from . import _jet
 from ._jet import Jet
 
@@ -62,7 +63,18 @@ class Unsupported(Exception):
 
 def bind(prim, params: dict, *args):
     # As jax.core.eval_jaxpr does: call primitives turn params back into functions.
-    return prim.bind(*args, **prim.get_bind_params(params))
+    return prim.bind(*_match_varying(params, args), **prim.get_bind_params(params))
+
+
+def _match_varying(params: dict, args: tuple) -> tuple:
+    """NOTE [varying axes] (``backends/_varying.py``): operands cast up to the varying
+    manual axes of the others, so that the rules work inside ``jax.shard_map``.
+    Higher-order primitives (calls, control flow) are left alone: their inner jaxprs
+    fix their operands' types, and mixing is allowed there."""
+    if len(args) < 2 or any(isinstance(v, (jcore.Jaxpr, jcore.ClosedJaxpr))
+                            for v in params.values()):
+        return args
+    return _varying.match(args)
 
 
 def is_float(x: Any) -> bool:
@@ -356,7 +368,15 @@ def _avals(jets: list[Jet]) -> tuple:
 def _jvp_jaxpr(prim, params_key, params: dict, avals: tuple, diff: tuple[int, ...]):
     if params_key is None:
         return _make_jvp_jaxpr(prim, params, avals, diff)
-    return _cached_jvp_jaxpr(prim, params_key, avals, diff, _Box(params))
+    return _cached_jvp_jaxpr(prim, params_key, avals, diff, _mesh(), _Box(params))
+
+
+def _mesh():
+    """The abstract mesh being traced under: a jaxpr traced inside ``shard_map``
+    (manual axes) holds that mesh in its types and must not be reused outside it,
+    nor the other way round, so it is part of the cache key."""
+    get = getattr(jax.sharding, "get_abstract_mesh", None)
+    return None if get is None else get()
 
 
 class _Box:
@@ -373,7 +393,7 @@ class _Box:
 
 
 @functools.lru_cache(maxsize=1024)
-def _cached_jvp_jaxpr(prim, params_key, avals, diff, box):
+def _cached_jvp_jaxpr(prim, params_key, avals, diff, mesh, box):
     return _make_jvp_jaxpr(prim, box.value, avals, diff)
 
 
@@ -400,11 +420,11 @@ def _second_jaxpr(prim, params: dict, avals: tuple, i: int):
     params_key = _params_key(params)
     if params_key is None:
         return _make_second_jaxpr(prim, params, avals, i)
-    return _cached_second_jaxpr(prim, params_key, avals, i, _Box(params))
+    return _cached_second_jaxpr(prim, params_key, avals, i, _mesh(), _Box(params))
 
 
 @functools.lru_cache(maxsize=512)
-def _cached_second_jaxpr(prim, params_key, avals, i, box):
+def _cached_second_jaxpr(prim, params_key, avals, i, mesh, box):
     return _make_second_jaxpr(prim, box.value, avals, i)
 
 

@@ -1,0 +1,49 @@
+"""Varying manual axes: the types ``jax.shard_map`` gives arrays inside its body.
+
+NOTE [varying axes]: inside ``jax.shard_map`` (its default ``check_vma=True``) every
+array's type says over which manual mesh axes its value varies, and most primitives
+(``sub``, ``mul``, ...) and JAX's own JVPs require their operands to agree. ``jnp``
+inserts the casts while a function is traced, so the user's jaxpr already holds its
+``pvary``s; derivs, though, creates arrays that jaxpr never saw (seeds, zero
+coefficients, the literals of JAX's own JVP of ``tanh``) and binds primitives on
+them directly. Those arrays are cast up to the varying axes of what they meet, as
+``jnp`` would: a no-op cast that changes the type, never the value. Outside
+``shard_map`` every array varies over nothing and these helpers return their input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+
+def axes(x: Any) -> frozenset:
+    """The manual mesh axes over which ``x`` varies (empty outside ``shard_map``)."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "mat", None)  # jax >= 0.10: the manual axis type; before: .vma
+    return mat.varying if mat is not None else getattr(aval, "vma", frozenset())
+
+
+def cast(x: Any, to: frozenset) -> Any:
+    """``x`` typed as varying over ``to`` (a superset of its own axes)."""
+    missing = to - axes(x)
+    return jax.lax.pcast(x, tuple(sorted(missing)), to="varying") if missing else x
+
+
+def like(x: Any, reference: Any) -> Any:
+    """``x`` typed as varying over at least the axes ``reference`` varies over."""
+    to = axes(reference)
+    return cast(x, to | axes(x)) if to else x
+
+
+def match(args: tuple) -> tuple:
+    """Operands cast up to the union of their varying axes, as ``jnp`` casts the
+    operands of one primitive."""
+    if len(args) < 2:
+        return args
+    kinds = [axes(a) for a in args]
+    union = frozenset().union(*kinds)
+    if all(k == union for k in kinds):
+        return args
+    return tuple(a if k == union else cast(a, union) for a, k in zip(args, kinds))
