@@ -106,3 +106,50 @@ def test_operator_batch_axis_is_proven_or_refused(name):
     mixed = lambda v: lib.sin(v).sum(-1) * v[..., 0].sum()  # noqa: E731
     with pytest.raises(ValueError, match="batch_axis=0 is wrong"):
         derivs.laplacian(mixed, batch_axis=0)(x)
+
+
+@pytest.mark.parametrize("name", ["jax", "torch"])
+def test_batch_size_bounds_the_samples_of_partials(name):
+    """batch_size=b on partial / partials / value_and_partials: b samples at a time,
+    7 samples in chunks of 3 leave a remainder. Oracle: nested dense derivatives
+    of each sample (jax.jacfwd / torch.func.jacfwd), and f itself for the value."""
+    lib, arr, vmap = fw(name)
+    rng = np.random.default_rng(3)
+    W = arr(rng.normal(size=(4, 5)) / 2)
+    f = lambda v: lib.tanh(v @ W).sum(-1) + v[..., 0] * v[..., 3] ** 2  # noqa: E731
+    x = arr(rng.normal(size=(7, 4)))
+    jacfwd = jax.jacfwd if name == "jax" else torch.func.jacfwd
+    hess = vmap(jacfwd(jacfwd(f)))(x)           # (7, 4, 4)
+    third = vmap(jacfwd(jacfwd(jacfwd(f))))(x)  # (7, 4, 4, 4)
+    as_np = lambda t: np.asarray(t.detach() if name == "torch" else t)  # noqa: E731
+    got = derivs.partial(f, (0, 3), batch_axis=0, batch_size=3)(x)
+    np.testing.assert_allclose(as_np(got), as_np(hess[:, 0, 3]), rtol=1e-12, atol=1e-12)
+    d = derivs.partials(f, [(1, 1), (0, 3, 3)], batch_axis=0, batch_size=3)(x)
+    np.testing.assert_allclose(as_np(d[(1, 1)]), as_np(hess[:, 1, 1]), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(as_np(d[(0, 3, 3)]), as_np(third[:, 0, 3, 3]), rtol=1e-12,
+                               atol=1e-12)
+    value, d = derivs.value_and_partials(f, [(2, 2)], batch_axis=0, batch_size=3)(x)
+    np.testing.assert_allclose(as_np(value), as_np(f(x)), rtol=1e-12)
+    np.testing.assert_allclose(as_np(d[(2, 2)]), as_np(hess[:, 2, 2]), rtol=1e-12, atol=1e-12)
+    if name == "jax":  # under jit, and differentiable through the chunks
+        op = derivs.partial(f, (0, 3), batch_axis=0, batch_size=3)
+        np.testing.assert_allclose(jax.jit(op)(x), hess[:, 0, 3], rtol=1e-12, atol=1e-12)
+        g = jax.grad(lambda v: op(v).sum())(x)
+        want = jax.grad(lambda v: vmap(jacfwd(jacfwd(f)))(v)[:, 0, 3].sum())(x)
+        np.testing.assert_allclose(g, want, rtol=1e-10, atol=1e-12)
+    else:
+        xs = x.clone().requires_grad_(True)
+        derivs.partial(f, (0, 3), batch_axis=0, batch_size=3)(xs).sum().backward()
+        want = torch.func.grad(lambda v: vmap(jacfwd(jacfwd(f)))(v)[:, 0, 3].sum())(x)
+        np.testing.assert_allclose(xs.grad.numpy(), want.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_batch_size_errors():
+    f = lambda v: jnp.sin(v).sum(-1)  # noqa: E731
+    with pytest.raises(ValueError, match="pass batch_axis"):
+        derivs.partial(f, 0, batch_size=2)
+    with pytest.raises(ValueError, match="positive int"):
+        derivs.partials(f, [(0,)], batch_axis=0, batch_size=0)
+    with pytest.raises(ValueError, match="has_aux=True is not supported"):
+        derivs.value_and_partials(lambda v: (f(v), v), [(0,)], has_aux=True, batch_axis=0,
+                                  batch_size=2)

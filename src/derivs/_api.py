@@ -33,6 +33,7 @@ class _Transform:
     plan: _plan.Plan
     strategy: str | None = None
     torch_compile: bool = False
+    batch_size: int | None = None  # samples per chunk of batch_axis (None: all at once)
     # Compiled derivative graphs of engines that trace (bounded, thread-safe).
     cache: Any = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -120,12 +121,28 @@ class _Transform:
             self.cache.put(key, verdict)
         return verdict
 
+    def _twin(self, batch_axis: int | None) -> "_Transform":
+        """This transform with another ``batch_axis`` and no ``batch_size``, built once."""
+        key = ("twin", batch_axis)
+        twin = self.cache.get(key)
+        if twin is None:
+            twin = dataclasses.replace(self, batch_axis=batch_axis, batch_size=None,
+                                       cache=LRUCache(maxsize=32))
+            self.cache.put(key, twin)
+        return twin
+
+    def _chunked(self, backend, args: tuple, kwargs: dict, out_axis: int):
+        """``batch_size`` samples at a time (``_batch.chunked``: a ``lax.map`` of the
+        per-sample transform in JAX, a loop of the batched one in PyTorch)."""
+        size = args[self.argnums[0]].shape[self.batch_axis]
+        one, whole = self._twin(None), self._twin(self.batch_axis)
+        return list(_batch.chunked(backend.name, lambda *a: tuple(one(a, kwargs)[0]),
+                                   lambda *a: tuple(whole(a, kwargs)[0]), args,
+                                   self.batch_axis, size, out_axis, self.batch_size)), None
+
     def _vmapped(self, backend, args: tuple, kwargs: dict, out_axis: int):
         """The unbatched transform vmapped over the samples (an undecided batch axis)."""
-        twin = self.cache.get(("unbatched twin",))
-        if twin is None:
-            twin = dataclasses.replace(self, batch_axis=None, cache=LRUCache(maxsize=32))
-            self.cache.put(("unbatched twin",), twin)
+        twin = self._twin(None)
         size = args[self.argnums[0]].shape[self.batch_axis]
         if self.has_aux:
             out = _batch.vmapped(backend.name, lambda *a: tuple(twin(a, kwargs)), args,
@@ -162,7 +179,7 @@ class _Transform:
         return tuple(full)
 
     def __call__(self, args: tuple, kwargs: dict) -> tuple[list[Any], Any]:
-        if self.strategy != _plan.NESTED_FORWARD:
+        if self.strategy != _plan.NESTED_FORWARD and self.batch_size is None:
             engine = backends.engine_for_plain_call(args)
             compiled = engine.lookup(self, args, kwargs) if engine is not None else None
             if compiled is not None:  # checked when it was built for this signature
@@ -171,6 +188,9 @@ class _Transform:
         args = self.with_selected(args, selected)
         if self.batch_axis is not None:
             verdict = self.batch_verdict(backend, args, kwargs)
+            size = args[self.argnums[0]].shape[self.batch_axis]
+            if self.batch_size is not None and size > self.batch_size:
+                return self._chunked(backend, args, kwargs, verdict.out_axis)
             if not verdict.proven:
                 return self._vmapped(backend, args, kwargs, verdict.out_axis)
         strategy, compiled, _ = self.resolve(backend, args, kwargs)
@@ -218,7 +238,7 @@ def _combine(coefficients, results):
 def _build(fun: Callable, specs: Sequence[Any], argnums: Any, has_aux: bool,
            batch_axis: Any, *, api: str, allow_value: bool, extra_value: bool = False,
            strategy: str | None = None, torch_compile: bool = False,
-           operator: Sequence[float] | None = None) -> _Transform:
+           operator: Sequence[float] | None = None, batch_size: Any = None) -> _Transform:
     if not callable(fun):
         raise TypeError(
             f"{api}: f must be callable, got {type(fun).__name__}. Pass the function "
@@ -230,6 +250,11 @@ def _build(fun: Callable, specs: Sequence[Any], argnums: Any, has_aux: bool,
         raise TypeError(f"{api}: torch_compile must be True or False, got {torch_compile!r}.")
     if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):
         raise TypeError(f"{api}: batch_axis must be None or an int axis, got {batch_axis!r}.")
+    _batch.check_batch_size(api, batch_size, batch_axis)
+    if batch_size is not None and has_aux:
+        raise ValueError(f"{api}: batch_size with has_aux=True is not supported: f's aux "
+                         "for the whole batch cannot be pieced together from chunks. Pass "
+                         "batch_size=None, or call the transform on slices yourself.")
     if strategy is not None and strategy not in _plan.STRATEGIES:
         raise ValueError(f"{api}: strategy={strategy!r} is not one of None (automatic), "
                          + ", ".join(repr(k) for k in _plan.STRATEGIES) + ".")
@@ -241,7 +266,7 @@ def _build(fun: Callable, specs: Sequence[Any], argnums: Any, has_aux: bool,
         requests.append(())
     return _Transform(fun, api, argnums_t, has_aux, batch_axis, keys,
                       _plan.make_plan(requests, operator), strategy, torch_compile,
-                      LRUCache(maxsize=32))
+                      batch_size, LRUCache(maxsize=32))
 
 
 def _wrap(fun: Callable, transform: _Transform, finish: Callable) -> Callable:
@@ -257,7 +282,8 @@ def _wrap(fun: Callable, transform: _Transform, finish: Callable) -> Callable:
 
 def partial(f: Callable, index: Any, argnums: int | Sequence[int] = 0,
             has_aux: bool = False, *, batch_axis: int | None = None,
-            strategy: str | None = None, torch_compile: bool = False) -> Callable:
+            strategy: str | None = None, torch_compile: bool = False,
+            batch_size: int | None = None) -> Callable:
     """One partial derivative of ``f``, as a function with ``f``'s signature.
 
     Args:
@@ -282,6 +308,10 @@ def partial(f: Callable, index: Any, argnums: int | Sequence[int] = 0,
         ``f``'s graph on the first call per signature (NOTE [batch axis proof] in
         ``_batch.py``): a wrong batch axis is a ``ValueError``, an undecidable one
         runs vmapped over the samples.
+      batch_size: with ``batch_axis``, bound memory over the samples: ``b`` samples
+        at a time (JAX: ``jax.lax.map`` of the per-sample transform, vmapped within
+        each chunk of ``b``; PyTorch: a Python loop of the batched transform over
+        slices). Same values; each chunk costs a pass, so small chunks are slower.
       strategy: None (automatic, see :func:`explain`), ``"nested-forward"``,
         ``"traced-jet"`` (``f`` traced to an ATen graph or a jaxpr and propagated as
         Taylor jets; fails with the reason instead of falling back when ``f``
@@ -320,19 +350,20 @@ def partial(f: Callable, index: Any, argnums: int | Sequence[int] = 0,
     """
     t = _build(f, [index], argnums, has_aux, batch_axis, api="derivs.partial",
                allow_value=False, strategy=strategy,
-               torch_compile=torch_compile)
+               torch_compile=torch_compile, batch_size=batch_size)
     return _wrap(f, t, lambda r, aux: (r[0], aux) if has_aux else r[0])
 
 
 def partials(f: Callable, requests: Sequence[Any], argnums: int | Sequence[int] = 0,
              has_aux: bool = False, *, batch_axis: int | None = None,
-             strategy: str | None = None, torch_compile: bool = False) -> Callable:
+             strategy: str | None = None, torch_compile: bool = False,
+             batch_size: int | None = None) -> Callable:
     """Several partial derivatives of ``f`` at once, sharing work; returns a dict.
 
     ``requests`` is a list of indices spelled as for :func:`partial`; ``()`` means
     the value of ``f``. The transformed function returns a dict keyed by each
-    request exactly as written (lists become tuples). Requests contained in one
-    another share a pass: ``[(0,), (0, 2), (0, 2, 4)]`` costs one nested
+    request exactly as written (lists become tuples). The options are
+    :func:`partial`'s. Requests contained in one another share a pass: ``[(0,), (0, 2), (0, 2, 4)]`` costs one nested
     third-order pass, not three (see :func:`explain`).
 
     Example:
@@ -346,7 +377,7 @@ def partials(f: Callable, requests: Sequence[Any], argnums: int | Sequence[int] 
     api = "derivs.partials"
     specs = _check_request_list(requests, api)
     t = _build(f, specs, argnums, has_aux, batch_axis, api=api, allow_value=True,
-               strategy=strategy, torch_compile=torch_compile)
+               strategy=strategy, torch_compile=torch_compile, batch_size=batch_size)
 
     def finish(results, aux):
         d = dict(zip(t.keys, results))
@@ -358,10 +389,10 @@ def partials(f: Callable, requests: Sequence[Any], argnums: int | Sequence[int] 
 def value_and_partials(f: Callable, requests: Sequence[Any],
                        argnums: int | Sequence[int] = 0, has_aux: bool = False, *,
                        batch_axis: int | None = None, strategy: str | None = None,
-                       torch_compile: bool = False) -> Callable:
+                       torch_compile: bool = False, batch_size: int | None = None) -> Callable:
     """The value of ``f`` and several partials, from the same passes (no second
     forward evaluation). Returns ``(value, dict)``, or ``((value, aux), dict)``
-    with ``has_aux=True`` (as ``jax.value_and_grad``).
+    with ``has_aux=True`` (as ``jax.value_and_grad``). The options are :func:`partial`'s.
 
     Example:
 
@@ -375,7 +406,7 @@ def value_and_partials(f: Callable, requests: Sequence[Any],
     specs = _check_request_list(requests, api)
     t = _build(f, specs, argnums, has_aux, batch_axis, api=api, allow_value=True,
                extra_value=True, strategy=strategy,
-               torch_compile=torch_compile)
+               torch_compile=torch_compile, batch_size=batch_size)
 
     def finish(results, aux):
         value, d = results[-1], dict(zip(t.keys, results[:-1]))
@@ -464,12 +495,16 @@ def explain(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
             verdict = t.batch_verdict(backend, full, {})
             notes = [f"batch_axis: {verdict.reason}"] + (
                 [] if verdict.proven else ["the strategy runs per sample under vmap"]) + notes
+            if t.batch_size is not None:
+                notes.insert(1, f"batch_size={t.batch_size}: the samples run {t.batch_size} "
+                             "at a time (JAX: jax.lax.map of the per-sample transform; "
+                             "PyTorch: a loop over slices), one pass per chunk")
     elif t.strategy is None:
         notes = ["PyTorch calls use traced-jet when f can be traced (pass example arguments "
                  "to see the decision)"]
     report = _plan.describe(t.plan, strategy, keys=t.keys, argnums=t.argnums,
                             backend=backend_name, shapes=shapes, batch_axis=t.batch_axis,
-                            notes=notes)
+                            notes=notes, batch_size=t.batch_size)
     return Explanation(t.plan, strategy, report, backend_name, notes)
 
 

@@ -153,6 +153,19 @@ def _coupling(matrix, out_shape, in_shape, bo: int, bi: int):
     return int(out_sample[bad[0]]), int(in_sample[bad[0]])
 
 
+def check_batch_size(api: str, batch_size: Any, batch_axis: Any) -> None:
+    """``batch_size``: None, or a positive int that splits ``batch_axis``."""
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{api}: batch_size must be None (every sample at once) or a "
+                         f"positive int, got {batch_size!r}.")
+    if batch_axis is None:
+        raise ValueError(f"{api}: batch_size={batch_size} splits the samples of "
+                         "batch_axis; pass batch_axis (or call the transform under "
+                         "jax.lax.map / a loop).")
+
+
 class SampleRoutes:
     """The routes over the samples that every operator shares, taken before any
     engine is prepared (so nothing is traced or captured for the whole batch):
@@ -245,13 +258,7 @@ def vmapped(backend_name: str, fn, args: tuple, batch_axis: int, size: int, out_
     """``fn(*args)`` (returning arrays) vmapped over the samples: every array
     argument with ``size`` entries on ``batch_axis`` is mapped, the rest is
     broadcast; results carry the sample axis at ``out_axis``."""
-    def dim(a):
-        shape = getattr(a, "shape", None)
-        if shape is None or not len(shape) or shape[batch_axis % len(shape)] != size:
-            return None
-        return batch_axis % len(shape)
-
-    in_dims = tuple(dim(a) for a in args)
+    in_dims = tuple(_mapped_axis(a, batch_axis, size) for a in args)
     if backend_name == "jax":
         import jax
 

@@ -270,14 +270,7 @@ def check_operator_options(api: str, f: Callable, argnum: Any, batch_axis: Any, 
                                    or chunk_size < 1):
         raise ValueError(f"{api}: chunk_size must be None (all {chunked} at once) or a "
                          f"positive int, got {chunk_size!r}.")
-    if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"{api}: batch_size must be None (every sample at once) or a "
-                             f"positive int, got {batch_size!r}.")
-        if batch_axis is None:
-            raise ValueError(f"{api}: batch_size={batch_size} splits the samples of "
-                             "batch_axis; pass batch_axis (or call the operator under "
-                             "jax.lax.map / a loop).")
+    _batch.check_batch_size(api, batch_size, batch_axis)
     if strategy not in (None, *strategies):
         raise ValueError(f"{api}: strategy={strategy!r} is not one of None (automatic), "
                          + ", ".join(repr(k) for k in strategies) + ".")

@@ -189,7 +189,8 @@ def _locate(mi: MultiIndex, passes: tuple[Pass, ...]) -> tuple[int, int]:
 
 def describe(plan: Plan, strategy: str, *, keys: Sequence[Any], argnums: tuple[int, ...],
              backend: str | None, shapes: Sequence[tuple[int, ...]] | None,
-             batch_axis: int | None, notes: Sequence[str] = ()) -> str:
+             batch_axis: int | None, notes: Sequence[str] = (),
+             batch_size: int | None = None) -> str:
     """The human-readable report printed by ``derivs.explain``."""
     def coord(c: Coord) -> str:
         return f"x{c[1]}" if len(argnums) == 1 else f"arg{argnums[c[0]]}[{c[1]}]"
@@ -203,8 +204,10 @@ def describe(plan: Plan, strategy: str, *, keys: Sequence[Any], argnums: tuple[i
         lines.append(label + ", ".join(
             f"arg{a}: {tuple(s)}" for a, s in zip(argnums, shapes)))
     if batch_axis is not None:
-        lines.append(f"batch axis      : {batch_axis} (one pass serves every sample; valid when "
-                     "samples are independent)")
+        serves = ("one pass serves every sample" if batch_size is None
+                  else f"one pass serves {batch_size} samples at a time")
+        lines.append(f"batch axis      : {batch_axis} ({serves}; valid when samples are "
+                     "independent)")
     passes = plan.passes_for(strategy)
     lines.append(f"passes          : {len(passes)}")
     for i, p in enumerate(passes):
