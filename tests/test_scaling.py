@@ -25,7 +25,8 @@ def run(script: str, *args: str, env: dict | None = None) -> str:
 def test_every_jax_transform_on_8_devices():
     """Inside jax.shard_map (default checks, and jax.grad through it) and under jit
     with sharded points: equal to the unsharded run; per-point operators compile
-    with no collective beyond f's own."""
+    with no collective beyond f's own; sparse outputs of a sharded input stay
+    sharded."""
     out = run("jax_mesh.py", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     passed = {line.rsplit(" ", 1)[0] for line in out.splitlines() if line.endswith(" ok")}
     for name in ("partial", "partial batch_axis", "partials", "value_and_partials",
@@ -38,6 +39,9 @@ def test_every_jax_transform_on_8_devices():
         assert f"shard_map d=6 {name}" in passed, name
         assert f"jit d=6 {name}" in passed, name
     assert "jit d=3 bilaplacian" in passed
+    # eager sparse derivatives of a sharded input: sharded BCOO, no gather of the
+    # compressed matrix
+    assert {"sparse sharded jacobian", "sparse sharded hessian"} <= passed
 
 
 def test_torch_ddp_two_gloo_processes(tmp_path):

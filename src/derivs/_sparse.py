@@ -114,10 +114,9 @@ class Prepared:
         self.detect_seconds = detect_s
         self.coloring_seconds = color_s
         self.conservative_ops = conservative
-        self._seeds = coloring.seeds(np.float64)
         self._layout = fw.layout(pattern)
         self._evaluate = fw.evaluator(coloring.mode, owner.fun, owner.argnum, owner.has_aux,
-                                      self._seeds, coloring.gather)
+                                      coloring, pattern.shape)
 
     def fresh(self) -> bool:
         """Whether the pattern still holds for what f reads now."""
@@ -128,8 +127,15 @@ class Prepared:
         return self.coloring.n_colors
 
     def __call__(self, *args):
-        data, aux = self._evaluate(args)
-        out = self._fw.assemble(data, self._layout, self.pattern, self.owner.format)
+        fw = self._fw
+        if (self.owner.format in ("native", "coo") and fw.sharded(args[self.owner.argnum])
+                and fw.read_layout_pays(self._evaluate, self.pattern.nnz)):
+            # a sharded input: the output stays sharded (NOTE [read-position layout])
+            data, aux = self._evaluate(args, "by_read")
+            out = fw.assemble_by_read(data, self._evaluate, self.pattern, self._layout)
+        else:
+            data, aux = self._evaluate(args)
+            out = fw.assemble(data, self._layout, self.pattern, self.owner.format)
         return (out, aux) if self.owner.has_aux else out
 
     def check(self, *args, n_probes: int = 3, seed: int = 0) -> float:

@@ -104,9 +104,9 @@ def checked_call(f: Any, args: tuple, api: str, run):
         if _out_of_memory(e):
             raise MemoryError(
                 f"{api}: ran out of memory ({type(e).__name__}: {str(e).splitlines()[0][:120]})."
-                " The operators bound it: chunk_size=c carries c directions at a time, "
-                "batch_size=b (with batch_axis) b samples at a time; for partials, map "
-                "over chunks of the samples (jax.lax.map, or a loop in PyTorch).") from e
+                " Bound it with batch_size=b (with batch_axis: b samples at a time, on "
+                "every transform) and, on the operators, chunk_size=c (c directions at a "
+                "time).") from e
         mismatch = framework_mismatch(f, args, api)
         if mismatch is None:
             raise

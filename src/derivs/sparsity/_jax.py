@@ -64,17 +64,146 @@ def compressed(mode, fun, args, argnum, has_aux, seeds):
     return out.reshape(seeds.shape[0], -1), aux
 
 
-def evaluator(mode, fun, argnum, has_aux, seeds, gather):
-    """``args -> (nonzero values in pattern order, aux)``: the compressed passes
-    and one gather (traceable: runs under ``jit``)."""
-    gather = np.asarray(gather)
+def seeds_from(colors, n_colors: int, dtype):
+    """``(n_colors, len(colors))`` seeds built in the program from the coloring and
+    an iota: row ``c`` is 1 where ``colors == c``. No ``n_colors x n`` constant is
+    embedded (at n = 1e6 and 3 colors that was 24 MB in every compiled program)."""
+    colors = jnp.asarray(colors)
+    return (colors[None, :] == jnp.arange(n_colors, dtype=colors.dtype)[:, None]).astype(dtype)
 
-    def evaluate(args):
-        stack, aux = compressed(mode, fun, args, argnum, has_aux, seeds)
+
+class Evaluator:
+    """``evaluate(args) -> (nonzero values, aux)`` for one prepared signature, in two
+    layouts of the same values:
+
+    * pattern order (``pattern``): the stack of compressed products read at the
+      coloring's ``gather``, a global gather;
+    * NOTE [read-position layout] (``by_read``): entry ``p`` is read from row
+      ``q = gather[p] % L`` of the ``(n_colors, L)`` stack (the output row in
+      forward mode and for Hessians, the input column in reverse mode). Grouping
+      the entries by ``q`` into ``r`` slots per position (ELL-style, padded) makes
+      the read a ``take_along_axis`` along the colors: local to whichever device
+      holds position ``q``. A sharded input thus gets a sharded output with no
+      exchange of the compressed matrix (``docs/scaling.md``); the padding slots hold
+      out-of-bounds indices, which BCOO ignores.
+
+    Called on concrete arrays, both run through ``jax.jit`` with the coloring's
+    arrays as arguments (not constants): an eager call then costs what a jitted one
+    does, and compiling embeds no pattern-sized constant."""
+
+    def __init__(self, mode, fun, argnum, has_aux, coloring, shape):
+        self.mode, self.fun, self.argnum, self.has_aux = mode, fun, argnum, has_aux
+        self.n_colors = coloring.n_colors
+        gather = np.asarray(coloring.gather, np.int64)
+        self.width = shape[1] if mode == "row" else shape[0]  # L: read positions
+        read, color = gather % max(self.width, 1), gather // max(self.width, 1)
+        order = np.argsort(read, kind="stable")
+        counts = np.bincount(read, minlength=self.width)
+        self.slots = int(counts.max()) if counts.size else 0
+        start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        slot = np.empty_like(order)
+        slot[order] = np.arange(order.size) - start[read[order]]
+        table = np.zeros((self.width, self.slots), np.int32)
+        table[read, slot] = color
+        mask = np.zeros((self.width, self.slots), bool)
+        mask[read, slot] = True
+        # pattern entry of each read-layout slot, -1 for padding
+        self.slot_entry = np.full(self.width * self.slots, -1, np.int64)
+        self.slot_entry[read * self.slots + slot] = np.arange(gather.size)
+        self._np = {"colors": np.asarray(coloring.colors, np.int32),
+                    "gather": gather.astype(np.int32), "table": table, "mask": mask}
+        self._device = None
+        self._jitted: dict = {}
+
+    def _stack(self, args, consts):
+        x = args[self.argnum]
+        seeds = seeds_from(consts["colors"], self.n_colors, x.dtype)
+        return compressed(self.mode, self.fun, args, self.argnum, self.has_aux, seeds)
+
+    def _pattern(self, args, consts):
+        stack, aux = self._stack(args, consts)
         # derivs built the indices: in bounds and unique, so XLA may skip the checks.
-        return stack.reshape(-1).at[gather].get(mode="promise_in_bounds",
-                                                unique_indices=True), aux
-    return evaluate
+        return stack.reshape(-1).at[consts["gather"]].get(mode="promise_in_bounds",
+                                                          unique_indices=True), aux
+
+    def _by_read(self, args, consts):
+        stack, aux = self._stack(args, consts)
+        vals = jnp.take_along_axis(stack.T, consts["table"], axis=1)
+        return jnp.where(consts["mask"], vals, 0).reshape(-1), aux
+
+    def _consts(self, tracing: bool):
+        if tracing:  # under the caller's transform: constants of its program
+            return self._np
+        if self._device is None:
+            self._device = {k: jnp.asarray(v) for k, v in self._np.items()}
+        return self._device
+
+    def __call__(self, args, layout: str = "pattern"):
+        impl = self._pattern if layout == "pattern" else self._by_read
+        if is_tracing(args):
+            return impl(args, self._consts(True))
+        # Arrays are the compiled program's arguments; anything else (a Python int
+        # that slices, a string) is static, part of the key, as jax.jit's
+        # static_argnums would have it.
+        dynamic = [i for i, a in enumerate(args) if isinstance(a, (jax.Array, np.ndarray))]
+        static = tuple((i, a) for i, a in enumerate(args) if i not in dynamic)
+        try:
+            key = (layout, static, hash(static))
+        except TypeError:  # an unhashable argument: run uncompiled
+            return impl(args, self._consts(True))
+        fn = self._jitted.get(key)
+        if fn is None:
+            def run(arrays, consts, _static=static, _n=len(args)):
+                full = dict(_static)
+                full.update(zip(dynamic, arrays))
+                return impl(tuple(full[i] for i in range(_n)), consts)
+            fn = self._jitted[key] = jax.jit(run)
+        return fn(tuple(args[i] for i in dynamic), self._consts(False))
+
+
+def read_layout_pays(ev: "Evaluator", nnz: int) -> bool:
+    """The read-position layout pads every position to the busiest one's count; it is
+    taken when that at most doubles the stored entries (stencils, bands, blocks),
+    never for a pattern with a few dense rows."""
+    return ev.width * ev.slots <= 2 * nnz + ev.width
+
+
+def assemble_by_read(data, ev: "Evaluator", pattern, lay):
+    """The BCOO of NOTE [read-position layout]: ``data`` in read-position slots, the
+    indices laid out over the devices as ``data`` is; padding slots point out of
+    bounds (``(m, n)``), which BCOO operations ignore."""
+    from jax.experimental import sparse as jsparse
+
+    m, n = pattern.shape
+    sharding = getattr(data, "sharding", None)
+    key = ("by read", sharding)
+    if lay.get("by read key") != key:
+        entry = ev.slot_entry
+        idx = np.full((entry.size, 2), (m, n), np.int32)
+        idx[entry >= 0, 0] = pattern.rows[entry[entry >= 0]]
+        idx[entry >= 0, 1] = pattern.cols[entry[entry >= 0]]
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            spec = jax.sharding.PartitionSpec(*sharding.spec[:1], None)
+            lay["by read"] = jax.device_put(idx, jax.sharding.NamedSharding(sharding.mesh, spec))
+        else:
+            lay["by read"] = jnp.asarray(idx)
+        lay["by read key"] = key
+    return jsparse.BCOO((data, lay["by read"]), shape=(m, n), indices_sorted=False,
+                        unique_indices=False)
+
+
+def evaluator(mode, fun, argnum, has_aux, coloring, shape):
+    """The prepared evaluator (:class:`Evaluator`); traceable: runs under ``jit``."""
+    return Evaluator(mode, fun, argnum, has_aux, coloring, shape)
+
+
+def sharded(x) -> bool:
+    """Whether ``x`` is a concrete array laid out over more than one device (its
+    sparse derivative then takes the read-position layout)."""
+    sharding = getattr(x, "sharding", None)
+    if isinstance(x, jax.core.Tracer) or sharding is None:
+        return False
+    return len(sharding.device_set) > 1 and not sharding.is_fully_replicated
 
 
 def layout(pattern):
@@ -83,17 +212,28 @@ def layout(pattern):
             "cols": pattern.cols.astype(np.int32), "indptr": pattern.indptr.astype(np.int32)}
 
 
+def _index(lay, name, data):
+    """``lay[name]`` as a JAX array: a constant under a transform, else converted
+    once and kept (an eager call must not copy the pattern to the device again)."""
+    if isinstance(data, jax.core.Tracer):
+        return jnp.asarray(lay[name])
+    key = name + " on device"
+    if key not in lay:
+        lay[key] = jnp.asarray(lay[name])
+    return lay[key]
+
+
 def assemble(data, lay, pattern, fmt):
     m, n = pattern.shape
     if fmt in ("native", "coo"):
         from jax.experimental import sparse as jsparse
 
-        return jsparse.BCOO((data, jnp.asarray(lay["coo"])), shape=(m, n), indices_sorted=True,
+        return jsparse.BCOO((data, _index(lay, "coo", data)), shape=(m, n), indices_sorted=True,
                             unique_indices=True)
     if fmt == "csr":
         from jax.experimental import sparse as jsparse
 
-        return jsparse.BCSR((data, jnp.asarray(lay["cols"]), jnp.asarray(lay["indptr"])),
+        return jsparse.BCSR((data, _index(lay, "cols", data), _index(lay, "indptr", data)),
                             shape=(m, n))
     if fmt == "scipy":
         if isinstance(data, jax.core.Tracer):

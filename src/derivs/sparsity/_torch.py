@@ -55,7 +55,12 @@ def compressed(mode, fun, args, argnum, has_aux, seeds):
     return t.reshape(seeds.shape[0], -1), aux
 
 
-def evaluator(mode, fun, argnum, has_aux, seeds, gather):
+def sharded(x) -> bool:
+    """PyTorch tensors take the pattern-order layout wherever they live."""
+    return False
+
+
+def evaluator(mode, fun, argnum, has_aux, coloring, shape):
     """``args -> (nonzero values in pattern order, aux)``.
 
     The compressed passes go through ``torch.func`` transforms, whose Python
@@ -65,7 +70,8 @@ def evaluator(mode, fun, argnum, has_aux, seeds, gather):
     with autograd intact. Functions that cannot be captured that way (closures
     over tensors, whose values a graph would freeze; ``has_aux``; data-dependent
     control flow) run the transforms eagerly."""
-    gather_np = np.asarray(gather)
+    seeds = coloring.seeds(np.float64)
+    gather_np = np.asarray(coloring.gather)
     graphs: dict = {}
 
     def eager(args):
