@@ -42,6 +42,9 @@ def test_every_jax_transform_on_8_devices():
     # eager sparse derivatives of a sharded input: sharded BCOO, no gather of the
     # compressed matrix
     assert {"sparse sharded jacobian", "sparse sharded hessian"} <= passed
+    # an Explicit-sharding mesh (jax.make_mesh's default since JAX 0.10)
+    assert {"explicit laplacian", "explicit partial batch_axis", "explicit bilaplacian",
+            "explicit sparse jacobian"} <= passed
 
 
 def test_torch_ddp_two_gloo_processes(tmp_path):

@@ -31,11 +31,12 @@ def loss(net, x: torch.Tensor) -> torch.Tensor:
     and a data term through the wrapper itself. derivs differentiates the wrapped
     module (``net.module``); the wrapper's own forward, run once per step, is what
     makes DDP average every parameter's gradient, the derivs terms' included."""
+    data = ((net(x).squeeze(-1) - 1) ** 2).mean()
     inner = net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
     u = lambda z: inner(z).squeeze(-1)  # noqa: E731
     lap = derivs.laplacian(u, batch_axis=0)(x)
     ux = derivs.partial(u, 0, batch_axis=0)(x)
-    return ((lap + ux - torch.sin(x).sum(-1)) ** 2).mean() + ((net(x).squeeze(-1) - 1) ** 2).mean()
+    return ((lap + ux - torch.sin(x).sum(-1)) ** 2).mean() + data
 
 
 def points() -> torch.Tensor:

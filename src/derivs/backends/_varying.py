@@ -47,3 +47,27 @@ def match(args: tuple) -> tuple:
     if all(k == union for k in kinds):
         return args
     return tuple(a if k == union else cast(a, union) for a, k in zip(args, kinds))
+
+
+def explicit_mesh(x: Any) -> bool:
+    """Whether ``x``'s type is sharded over an explicit-sharding mesh axis."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    return bool(getattr(getattr(sharding, "mesh", None), "explicit_axes", ())) and \
+        spec is not None and any(s is not None for s in spec)
+
+
+def stacked_like(stack: Any, reference: Any) -> Any:
+    """``stack`` (a leading axis, then ``reference``'s shape: seeds, cotangents)
+    typed as ``reference`` is: varying over its manual axes, and, under an explicit
+    sharding mesh (``jax.sharding.AxisType.Explicit``, where shardings are part of
+    the type), sharded as ``reference`` along the trailing axes, as JAX requires
+    of a tangent."""
+    stack = like(stack, reference)
+    sharding = getattr(jax.typeof(reference), "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    mesh = getattr(sharding, "mesh", None)
+    explicit = getattr(mesh, "explicit_axes", ())
+    if spec is None or not explicit or not any(s is not None for s in spec):
+        return stack
+    return jax.sharding.reshard(stack, jax.sharding.PartitionSpec(None, *spec))

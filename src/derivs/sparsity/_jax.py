@@ -51,10 +51,10 @@ def compressed(mode, fun, args, argnum, has_aux, seeds):
     seeds = jnp.asarray(seeds, x.dtype)
     if mode == "row":  # seeds live in the output space
         out, vjp, aux = jax.vjp(f_x, x, has_aux=True)
-        cot = _varying.like(seeds.reshape((-1,) + out.shape), out)
+        cot = _varying.stacked_like(seeds.reshape((-1,) + out.shape), out)
         (rows,) = jax.vmap(vjp)(cot)
         return rows.reshape(cot.shape[0], -1), aux
-    seeds = _varying.like(seeds.reshape((-1,) + x.shape), x)  # NOTE [varying axes]
+    seeds = _varying.stacked_like(seeds.reshape((-1,) + x.shape), x)  # NOTE [varying axes]
     # Column mode: JVPs of f; Hessian: JVPs of its gradient (forward over reverse).
     # linearize evaluates the primal once and vmaps only the linear map (measured
     # faster than vmapping jvp, whose batched trace keeps more of the primal work).
@@ -123,8 +123,13 @@ class Evaluator:
     def _pattern(self, args, consts):
         stack, aux = self._stack(args, consts)
         # derivs built the indices: in bounds and unique, so XLA may skip the checks.
-        return stack.reshape(-1).at[consts["gather"]].get(mode="promise_in_bounds",
-                                                          unique_indices=True), aux
+        # Under an explicit-sharding mesh the result's sharding must be stated: pattern
+        # order is replicated (a global gather; the read-position layout avoids it).
+        explicit = _varying.explicit_mesh(stack)
+        extra = {"out_sharding": jax.sharding.PartitionSpec()} if explicit else {}
+        flat = stack.reshape(-1, **extra) if explicit else stack.reshape(-1)
+        return flat.at[consts["gather"]].get(mode="promise_in_bounds", unique_indices=True,
+                                             **extra), aux
 
     def _by_read(self, args, consts):
         stack, aux = self._stack(args, consts)
