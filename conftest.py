@@ -4,3 +4,7 @@
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+# Scripts that tests/test_scaling.py runs in subprocesses (8 simulated devices, a
+# gloo process group): importing them here would fix the device count too early.
+collect_ignore_glob = ["tests/multidevice/*"]

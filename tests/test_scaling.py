@@ -49,7 +49,7 @@ def test_every_jax_transform_on_8_devices():
 
 def test_torch_ddp_two_gloo_processes(tmp_path):
     """derivs inside a DistributedDataParallel loss on 127.0.0.1: the averaged
-    gradient equals the single-process one."""
+    gradient equals the single-process one. An FSDP module is a clear error."""
     env = {"GLOO_SOCKET_IFNAME": "lo"} if Path("/sys/class/net/lo").exists() else {}
     out = run("torch_ddp.py", str(tmp_path / "grads.pt"), env=env)
-    assert "ddp ok" in out
+    assert "ddp ok" in out and "fsdp error ok" in out

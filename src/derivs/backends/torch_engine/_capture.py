@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import gc
 import operator
+import sys
 import threading
 from typing import Any
 
@@ -137,6 +138,14 @@ def capture(fun, args: tuple, kwargs: dict, *, reads=None, table: dict | None = 
         state = _guards.walk(fun if reads is None else reads)
     except _guards.Unguardable as e:
         raise Unliftable(str(e)) from e
+    sharded = _fsdp_module(state.owners.values())
+    if sharded is not None:
+        raise StateError(
+            f"derivs: f reads a module sharded by FSDP ({sharded}). derivs cannot "
+            "differentiate through FSDP's parameter gathering yet (it frees the gathered "
+            "parameters that a derivative graph keeps for backward). Wrap the model in "
+            "DistributedDataParallel instead and differentiate ddp.module (README, "
+            "'Beyond one device'), or differentiate an unsharded copy of the model.")
     for t in state.tensors:
         if _is_transform_tensor(t):
             raise Unliftable("f reads a tensor that a torch.func transform is tracking "
@@ -147,6 +156,20 @@ def capture(fun, args: tuple, kwargs: dict, *, reads=None, table: dict | None = 
     except Unsupported as e:
         e.valid = state.check  # the reason holds for this state only
         raise
+
+
+def _fsdp_module(modules) -> str | None:
+    """The class name of the first module that FSDP (``fully_shard`` or
+    ``FullyShardedDataParallel``) manages, or None. Read only when FSDP is loaded."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is None:
+        return None
+    kinds = tuple(k for k in (getattr(fsdp, "FSDPModule", None),
+                              getattr(fsdp, "FullyShardedDataParallel", None)) if k is not None)
+    for m in modules:
+        if kinds and isinstance(m, kinds):
+            return type(m).__name__
+    return None
 
 
 def _capture(fun, leaves, in_spec, is_tensor, state, table, pure) -> Capture:
