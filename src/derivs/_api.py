@@ -40,7 +40,7 @@ class _Transform:
     def resolve(self, backend, args: tuple, kwargs: dict):
         """``(strategy, compiled-or-None, notes)`` for this call."""
         engine = getattr(backend, "engine", None)
-        if backend.name != "torch" and self.torch_compile:
+        if not backend.accepts_torch_compile and self.torch_compile:
             raise ValueError(
                 f"{self.api}: torch_compile=True is for PyTorch functions; for {backend.name} "
                 "functions wrap the transform in jax.jit instead.")
@@ -136,7 +136,7 @@ class _Transform:
         per-sample transform in JAX, a loop of the batched one in PyTorch)."""
         size = args[self.argnums[0]].shape[self.batch_axis]
         one, whole = self._twin(None), self._twin(self.batch_axis)
-        return list(_batch.chunked(backend.name, lambda *a: tuple(one(a, kwargs)[0]),
+        return list(_batch.chunked(backend, lambda *a: tuple(one(a, kwargs)[0]),
                                    lambda *a: tuple(whole(a, kwargs)[0]), args,
                                    self.batch_axis, size, out_axis, self.batch_size)), None
 
@@ -145,10 +145,10 @@ class _Transform:
         twin = self._twin(None)
         size = args[self.argnums[0]].shape[self.batch_axis]
         if self.has_aux:
-            out = _batch.vmapped(backend.name, lambda *a: tuple(twin(a, kwargs)), args,
+            out = _batch.vmapped(backend, lambda *a: tuple(twin(a, kwargs)), args,
                                  self.batch_axis, size, out_axis)
             return list(out[0]), out[1]
-        return list(_batch.vmapped(backend.name, lambda *a: tuple(twin(a, kwargs)[0]), args,
+        return list(_batch.vmapped(backend, lambda *a: tuple(twin(a, kwargs)[0]), args,
                                    self.batch_axis, size, out_axis)), None
 
     def shapes_and_backend(self, args: tuple):

@@ -27,7 +27,6 @@ fails at once.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import warnings
 from typing import Any
@@ -42,11 +41,10 @@ import numpy as np
 # the Hessian diagonal 1.01 / 1.15 / 1.10x against 0.89 / 0.98 / 0.72x. The
 # one-pass layout broadcasts each seed over the batch, which XLA does not fuse away.
 # JAX operators therefore run vmapped once the axis is proven; PyTorch's family
-# keeps the one pass (its seeds are stride-0 views, multiplied once).
-VMAPPED_OPERATORS = frozenset({"jax"})
+# keeps the one pass (its seeds are stride-0 views, multiplied once). The adapters
+# hold the rule (``vmap_operators``).
 FULL_LIMIT = 4096  # input elements up to which the proof runs on the whole batch
 PROBE_SAMPLES = 3
-_DETECTORS = {"jax": "derivs.sparsity._jax", "torch": "derivs.sparsity._torch"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +85,7 @@ def verdict(api: str, backend, fun, args: tuple, kwargs: dict, argnums, batch_ax
     probe = size if math.prod(x.shape) <= FULL_LIMIT else min(size, PROBE_SAMPLES)
     small = tuple(_first(a, b, size, probe) for a in args)
     small_kwargs = {k: _first(v, b, size, probe) for k, v in kwargs.items()}
-    detector = importlib.import_module(_DETECTORS[backend.name])
+    detector = backend.sparsity()
     where = "" if probe == size else f" (checked on the first {probe} samples)"
     valid = None
     for argnum in argnums:
@@ -191,14 +189,13 @@ class SampleRoutes:
         verdict = self.verdict(backend, args, kwargs)
         if verdict is None:
             return False, None
-        name = backend.name
         b, size = self.batch_axis, x.shape[self.batch_axis]
         if self.batch_size is not None and size > self.batch_size:
-            return True, chunked(name, lambda *a: self.per_sample(*a, **kwargs),
+            return True, chunked(backend, lambda *a: self.per_sample(*a, **kwargs),
                                  lambda *a: self.whole(*a, **kwargs), args, b, size,
                                  verdict.out_axis, self.batch_size)
-        if not verdict.proven or name in VMAPPED_OPERATORS:
-            return True, vmapped(name, lambda *a: self.per_sample(*a, **kwargs), args, b, size,
+        if not verdict.proven or backend.vmap_operators:
+            return True, vmapped(backend, lambda *a: self.per_sample(*a, **kwargs), args, b, size,
                                  verdict.out_axis)
         return False, None
 
@@ -216,35 +213,14 @@ class SampleRoutes:
         return self._whole
 
 
-def chunked(backend_name: str, per_sample, batched, args: tuple, batch_axis: int, size: int,
+def chunked(backend, per_sample, batched, args: tuple, batch_axis: int, size: int,
             out_axis: int, batch_size: int):
     """An operator over ``size`` samples, ``batch_size`` samples at a time (memory for
-    ``batch_size`` samples). JAX: ``lax.map`` of ``per_sample`` (vmapped inside
-    each chunk); PyTorch: a Python loop of ``batched`` over slices, concatenated."""
+    ``batch_size`` samples): the adapter's ``map_chunks`` (JAX: ``lax.map`` of
+    ``per_sample``, vmapped inside each chunk; PyTorch: a Python loop of ``batched``
+    over slices, concatenated)."""
     dims = [_mapped_axis(a, batch_axis, size) for a in args]
-    if backend_name == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        mapped = tuple(jnp.moveaxis(a, d, 0) for a, d in zip(args, dims) if d is not None)
-
-        def one(xs):
-            it = iter(xs)
-            return per_sample(*[a if d is None else next(it) for a, d in zip(args, dims)])
-
-        out = jax.lax.map(one, mapped, batch_size=batch_size)
-        return jax.tree_util.tree_map(lambda o: jnp.moveaxis(o, 0, out_axis), out)
-    import torch
-    import torch.utils._pytree as pytree
-
-    parts = []
-    for lo in range(0, size, batch_size):
-        piece = [a if d is None else a.narrow(d, lo, min(batch_size, size - lo))
-                 for a, d in zip(args, dims)]
-        parts.append(batched(*piece))
-    flat = [pytree.tree_flatten(p) for p in parts]
-    leaves = [torch.cat([f[0][k] for f in flat], dim=out_axis) for k in range(len(flat[0][0]))]
-    return pytree.tree_unflatten(leaves, flat[0][1])
+    return backend.map_chunks(per_sample, batched, args, dims, size, out_axis, batch_size)
 
 
 def _mapped_axis(a, batch_axis: int, size: int) -> int | None:
@@ -254,21 +230,15 @@ def _mapped_axis(a, batch_axis: int, size: int) -> int | None:
     return batch_axis % len(shape)
 
 
-def vmapped(backend_name: str, fn, args: tuple, batch_axis: int, size: int, out_axis: int):
+def vmapped(backend, fn, args: tuple, batch_axis: int, size: int, out_axis: int):
     """``fn(*args)`` (returning arrays) vmapped over the samples: every array
     argument with ``size`` entries on ``batch_axis`` is mapped, the rest is
     broadcast; results carry the sample axis at ``out_axis``."""
     in_dims = tuple(_mapped_axis(a, batch_axis, size) for a in args)
-    if backend_name == "jax":
-        import jax
 
-        vmap = lambda: jax.vmap(fn, in_axes=in_dims, out_axes=out_axis)(*args)  # noqa: E731
-        stack = jax.numpy.stack
-    else:
-        import torch
+    def vmap():
+        return backend.vmap_over(fn, in_dims, out_axis)(*args)
 
-        vmap = lambda: torch.func.vmap(fn, in_dims=in_dims, out_dims=out_axis)(*args)  # noqa: E731
-        stack = torch.stack
     try:
         return vmap()
     except Exception:  # noqa: BLE001 - e.g. data-dependent control flow under vmap
@@ -276,7 +246,7 @@ def vmapped(backend_name: str, fn, args: tuple, batch_axis: int, size: int, out_
     # one sample at a time: slow, but f runs exactly as written on each sample
     rows = [fn(*[a if d is None else _take(a, d, i) for a, d in zip(args, in_dims)])
             for i in range(size)]
-    return _stack_tree(rows, out_axis, stack)
+    return _stack_tree(rows, out_axis, backend.stack)
 
 
 def _take(a, axis: int, i: int):

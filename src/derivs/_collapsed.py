@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import _api, _batch, backends
-from ._operators import _framework, check_operator_options, operator_input
+from ._validation import check_operator_options, operator_input
 from .backends import _common
 from .core import _directions
 from .core._cache import LRUCache
@@ -166,8 +166,7 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
         else:
             out = engine(args, kwargs, call, chunk_size)
         if call.value is not None:
-            out = _tree_add(backend.name, out,
-                            _tree_map(backend.name, call.value, f(*args, **kwargs)))
+            out = backend.tree_add(out, backend.tree_map(call.value, f(*args, **kwargs)))
         return out
 
     def explain(*args, **kwargs) -> FamilyExplanation:
@@ -177,7 +176,7 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
         v = routes.verdict(backend, args, kwargs)
         if v is not None:
             notes.append(f"batch_axis: {v.reason}")
-            if v.proven and backend.name in _batch.VMAPPED_OPERATORS:
+            if v.proven and backend.vmap_operators:
                 notes.append("batch_axis: runs as jax.vmap of the per-sample operator "
                              "(measured faster; NOTE [batch axis layout])")
         if why is not None:
@@ -293,7 +292,7 @@ def _torch_run(program, cache, argnum, batch_axis, pairs, args, kwargs, call: Ca
     out = None
     for k, layout in enumerate(_layout(cache, call.terms, len(call.seeds), chunk_size)):
         part = program(args, kwargs, _family.Seeds(layout, seeds, drift if k == 0 else None))
-        out = part if out is None else _tree_add("torch", out, part)
+        out = part if out is None else backends.backend_named("torch").tree_add(out, part)
     return out
 
 
@@ -314,8 +313,7 @@ def _groups(transform, argnum, batch_axis, cache, torch_compile, args, kwargs, c
     for t in _group_transforms(transform, argnum, batch_axis, cache, call, chunk_size,
                                torch_compile):
         part = t(args, kwargs)[0][0]
-        out = part if out is None else _tree_add(backends.backend_for(args, t.api).name,
-                                                 out, part)
+        out = part if out is None else backends.backend_for(args, t.api).tree_add(out, part)
     return out
 
 
@@ -340,8 +338,8 @@ def _group_transforms(transform, argnum, batch_axis, cache, call: Call, chunk_si
 def _nested(name, f, args, kwargs, argnum, batch_axis, call: Call, chunk_size):
     """``sum_n w_n D^K f[v_n] + Df[drift]`` by ``K`` nested JVPs per direction."""
     x = args[argnum]
-    fw = _framework(name)
-    asarray = functools.partial(_as_array, name, like=x)
+    fw = backends.backend_named(name)
+    asarray = functools.partial(fw.as_array, like=x)
     rows, weights, order = call.directions()
     rows = asarray(rows)
     if not call.per_sample:
@@ -354,18 +352,18 @@ def _nested(name, f, args, kwargs, argnum, batch_axis, call: Call, chunk_size):
         part = directional(name, f, args, kwargs, argnum, batch_axis, rows[lo:lo + step],
                            order, call.per_sample)
         w = asarray(weights[lo:lo + step])
-        part = _tree_map(name, lambda p, w=w: (p * w.reshape((-1,) + (1,) * (p.ndim - 1)))
-                         .sum(0), part)
-        out = part if out is None else _tree_add(name, out, part)
+        part = fw.tree_map(lambda p, w=w: (p * w.reshape((-1,) + (1,) * (p.ndim - 1))).sum(0),
+                           part)
+        out = part if out is None else fw.tree_add(out, part)
 
     def at(z):
         return f(*args[:argnum], z, *args[argnum + 1:], **kwargs)
 
     if call.drift is not None:
-        term = fw.jvp(at, x, asarray(call.drift))
-        out = term if out is None else _tree_add(name, out, term)
+        term = fw.jvp_tangent(at, x, asarray(call.drift))
+        out = term if out is None else fw.tree_add(out, term)
     if out is None:
-        out = _tree_map(name, lambda o: o * 0, at(x))
+        out = fw.tree_map(lambda o: o * 0, at(x))
     return out
 
 
@@ -374,7 +372,7 @@ def directional(name, f, args, kwargs, argnum, batch_axis, directions, order: in
     """``D^order f[v]`` for every direction ``v`` (nested JVPs, vmapped), stacked
     first; shared directions are broadcast over the batch axis. The nested-forward
     strategy here and the estimators (``_estimators``) are built on it."""
-    fw = _framework(name)
+    fw = backends.backend_named(name)
     x = args[argnum]
 
     def at(z):
@@ -392,28 +390,7 @@ def directional(name, f, args, kwargs, argnum, batch_axis, directions, order: in
 
 
 def _along(fw, g, v):
-    return lambda z: fw.jvp(g, z, v)
-
-
-def _tree_map(name, fn, tree):
-    if name == "jax":
-        import jax
-
-        return jax.tree_util.tree_map(fn, tree)
-    import torch.utils._pytree as pytree
-
-    return pytree.tree_map(fn, tree)
-
-
-def _tree_add(name, a, b):
-    if name == "jax":
-        import jax
-
-        return jax.tree_util.tree_map(lambda u, v: u + v, a, b)
-    import torch.utils._pytree as pytree
-
-    flat_a, spec = pytree.tree_flatten(a)
-    return pytree.tree_unflatten([u + v for u, v in zip(flat_a, pytree.tree_leaves(b))], spec)
+    return lambda z: fw.jvp_tangent(g, z, v)
 
 
 # -- the operators ------------------------------------------------------------------
@@ -521,17 +498,17 @@ def diffusion_terms(api, backend, x, sample, batch_axis, sigma, drift, reaction)
                              f"{xs} + (r,), got {shape}.")
         per_sample = True
     else:
-        s = _as_array(backend.name, sigma, x)
+        s = backend.as_array(sigma, x)
         if tuple(s.shape[:-1]) != tuple(sample) or s.ndim != len(sample) + 1:
             raise ValueError(f"{api}: a constant sigma must have shape sample_shape + "
                              f"(r,) = {tuple(sample)} + (r,), got {tuple(s.shape)}.")
         per_sample = False
-    rows = _move_last_first(backend.name, s)
+    rows = backend.movedim(s, -1, 0)
     b = None
     if drift is not None:
-        b = drift(x) if callable(drift) else _as_array(backend.name, drift, x)
+        b = drift(x) if callable(drift) else backend.as_array(drift, x)
         if tuple(b.shape) == tuple(sample) and batch_axis is not None:
-            b = _expand_sample(backend.name, b, x, batch_axis)
+            b = backend.broadcast(backend.unsqueeze(b, batch_axis % x.ndim), x)
         elif tuple(b.shape) != xs:
             raise ValueError(f"{api}: drift must have x's shape {xs}"
                              + (f" or the sample shape {tuple(sample)}"
@@ -568,9 +545,9 @@ def from_terms(f, coefficients, requests, n: int, argnum, batch_axis, api, strat
     def plan(backend, x, sample, batch_axis):
         if classified.drift is None:
             return call
-        drift = _as_array(backend.name, classified.drift.reshape(sample), x)
+        drift = backend.as_array(classified.drift.reshape(sample), x)
         if batch_axis is not None:
-            drift = _expand_sample(backend.name, drift, x, batch_axis)
+            drift = backend.broadcast(backend.unsqueeze(drift, batch_axis % x.ndim), x)
         return dataclasses.replace(call, drift=drift)
 
     return make(f, argnum, batch_axis, api, plan,
@@ -588,30 +565,3 @@ def _bilaplacian_call(n: int) -> Call:
 @functools.lru_cache(maxsize=64)
 def _pure_terms(r: int) -> tuple:
     return tuple((1.0, (k, k)) for k in range(r))
-
-
-def _as_array(name, v, like):
-    if name == "jax":
-        import jax.numpy as jnp
-
-        return jnp.asarray(v, like.dtype)
-    import torch
-
-    return torch.as_tensor(v).to(dtype=like.dtype, device=like.device)
-
-
-def _move_last_first(name, s):
-    if name == "jax":
-        import jax.numpy as jnp
-
-        return jnp.moveaxis(s, -1, 0)
-    return s.movedim(-1, 0)
-
-
-def _expand_sample(name, v, x, batch_axis):
-    b = batch_axis % x.ndim
-    if name == "jax":
-        import jax.numpy as jnp
-
-        return jnp.broadcast_to(jnp.expand_dims(v, b), x.shape)
-    return v.unsqueeze(b).expand(x.shape)

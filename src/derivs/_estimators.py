@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._collapsed import directional
-from ._operators import _framework, check_operator_arguments, operator_input
+from ._validation import check_operator_arguments, operator_input
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
 
@@ -63,7 +63,7 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
     @functools.wraps(f)
     def estimate(key: Any, *args: Any, **kwargs: Any) -> Any:
         backend, args, x, sample = _inputs(api, args, argnum, batch_axis)
-        directions = _draw(backend.name, key, (samples,) + tuple(sample), x, distribution, api)
+        directions = backend.random_directions(key, (samples,) + tuple(sample), x, distribution, api)
         # v^T H v = d^2/dt^2 f(x + t v) at t = 0; the same direction in every sample
         terms = directional(backend.name, f, args, kwargs, argnum, batch_axis, directions,
                              2, per_sample=False)
@@ -104,7 +104,7 @@ def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
     @functools.wraps(f)
     def estimate(key: Any, *args: Any, **kwargs: Any) -> Any:
         backend, args, x, sample = _inputs(api, args, argnum, batch_axis)
-        directions = _draw(backend.name, key, (samples,) + tuple(sample), x, "gaussian", api)
+        directions = backend.random_directions(key, (samples,) + tuple(sample), x, "gaussian", api)
         terms = directional(backend.name, f, args, kwargs, argnum, batch_axis, directions, 4,
                              per_sample=False)
         return _mean(terms / 3, samples, with_stderr)
@@ -152,12 +152,12 @@ def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: A
         backend, args, x, sample = _inputs(api, args, argnum, batch_axis)
         call = diffusion_terms(api, backend, x, sample, batch_axis, sigma, drift, reaction)
         cols = call.seeds  # (r, *x.shape) per sample, or (r, *sample)
-        z = _draw(backend.name, key, (samples, cols.shape[0]), x, distribution, api)
-        directions = _combine(backend.name, z, cols)
+        z = backend.random_directions(key, (samples, cols.shape[0]), x, distribution, api)
+        directions = backend.tensordot(z, cols)
         terms = directional(backend.name, f, args, kwargs, argnum, batch_axis, directions, 2,
                              per_sample=call.per_sample)
         out = _mean(terms, samples, with_stderr)
-        exact = _exact_terms(backend.name, f, args, kwargs, argnum, call)
+        exact = _exact_terms(backend, f, args, kwargs, argnum, call)
         if exact is None:
             return out
         return (out[0] + exact, out[1]) if with_stderr else out + exact
@@ -190,18 +190,7 @@ def _mean(terms, samples: int, with_stderr: bool):
     return mean, (spread / samples) ** 0.5
 
 
-def _combine(name, z, cols):
-    """``sum_k z[s, k] cols[k]`` for every draw ``s``."""
-    if name == "jax":
-        import jax.numpy as jnp
-
-        return jnp.tensordot(z, cols, axes=1)
-    import torch
-
-    return torch.tensordot(z, cols, dims=1)
-
-
-def _exact_terms(name, f, args, kwargs, argnum, call):
+def _exact_terms(backend, f, args, kwargs, argnum, call):
     """``Df[drift] + reaction * f`` of a diffusion call (None when both are absent)."""
     out = None
     x = args[argnum]
@@ -210,34 +199,8 @@ def _exact_terms(name, f, args, kwargs, argnum, call):
         return f(*args[:argnum], z, *args[argnum + 1:], **kwargs)
 
     if call.drift is not None:
-        out = _framework(name).jvp(at, x, call.drift)
+        out = backend.jvp_tangent(at, x, call.drift)
     if call.value is not None:
         v = call.value(at(x))
         out = v if out is None else out + v
     return out
-
-
-def _draw(framework: str, key: Any, shape: tuple[int, ...], like: Any, distribution: str,
-          api: str) -> Any:
-    """``shape`` random directions with ``like``'s dtype and device."""
-    if framework == "jax":
-        import jax
-
-        if not (isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-                                                or key.shape == (2,))):
-            raise TypeError(f"{api}: with JAX arrays, key must be a jax.random key "
-                            f"(e.g. jax.random.key(0)), got {type(key).__name__}.")
-        if distribution == "rademacher":
-            return jax.random.rademacher(key, shape, dtype=like.dtype)
-        return jax.random.normal(key, shape, dtype=like.dtype)
-    import torch
-
-    if isinstance(key, int) and not isinstance(key, bool):
-        key = torch.Generator(device=like.device).manual_seed(key)
-    if not isinstance(key, torch.Generator):
-        raise TypeError(f"{api}: with torch tensors, key must be an int seed or a "
-                        f"torch.Generator, got {type(key).__name__}.")
-    if distribution == "rademacher":
-        bits = torch.randint(0, 2, shape, generator=key, device=like.device)
-        return bits.to(like.dtype) * 2 - 1
-    return torch.randn(shape, generator=key, dtype=like.dtype, device=like.device)

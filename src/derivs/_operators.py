@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from . import _api, _batch, backends
+from . import _api, _batch, _collapsed, backends
+from ._validation import check_operator_options, operator_input
 from .backends import _common
 from .core import _jets
 from .core._cache import LRUCache
@@ -112,7 +113,6 @@ def _family_terms(f, t, coefficients, argnum, batch_axis, api, strategy, torch_c
     one (``core._directions.classify``: second-order, or fourth-order
     ``d^4 / dx_i^2 dx_j^2``, terms), decided per sample size at the first call;
     None when no term set of this shape can be one."""
-    from . import _collapsed
     from .core import _directions
 
     requests = t.plan.requests
@@ -260,51 +260,6 @@ def unrolled(framework: str, n: int, collapsed: bool = True,
     return n <= UNROLL_MAX_DIRECTIONS
 
 
-def check_operator_options(api: str, f: Callable, argnum: Any, batch_axis: Any, strategy: Any,
-                           strategies: tuple, chunk_size: Any, batch_size: Any,
-                           torch_compile: Any, chunked: str) -> None:
-    """The checks of every exact operator's options (``chunked``: what
-    ``chunk_size`` counts)."""
-    check_operator_arguments(api, f, argnum, batch_axis)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                   or chunk_size < 1):
-        raise ValueError(f"{api}: chunk_size must be None (all {chunked} at once) or a "
-                         f"positive int, got {chunk_size!r}.")
-    _batch.check_batch_size(api, batch_size, batch_axis)
-    if strategy not in (None, *strategies):
-        raise ValueError(f"{api}: strategy={strategy!r} is not one of None (automatic), "
-                         + ", ".join(repr(k) for k in strategies) + ".")
-    if not isinstance(torch_compile, bool):
-        raise TypeError(f"{api}: torch_compile must be True or False, got {torch_compile!r}.")
-
-
-def check_operator_arguments(api: str, f: Callable, argnum: Any, batch_axis: Any) -> None:
-    """The checks every operator and estimator makes on its arguments."""
-    if not callable(f):
-        raise TypeError(f"{api}: f must be callable, got {type(f).__name__}.")
-    if isinstance(argnum, bool) or not isinstance(argnum, int) or argnum < 0:
-        raise TypeError(f"{api}: argnum must be a non-negative int (one argument), got "
-                        f"{argnum!r}; for several arguments concatenate them into one.")
-    if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):
-        raise TypeError(f"{api}: batch_axis must be None or an int axis, got {batch_axis!r}.")
-
-
-def operator_input(api: str, args: tuple, argnum: int, batch_axis: int | None,
-                   torch_compile: bool):
-    """``(backend, args, x, sample shape)`` of an operator's call: the argument
-    ``argnum`` converted to the backend's array, checked against ``batch_axis``."""
-    if argnum >= len(args):
-        raise ValueError(f"{api}: argnum={argnum} but the function was called with "
-                         f"{len(args)} positional argument(s).")
-    backend = backends.backend_for(args, api)
-    if torch_compile and backend.name != "torch":
-        raise ValueError(f"{api}: torch_compile=True is for PyTorch functions; for "
-                         f"{backend.name} functions wrap the operator in jax.jit instead.")
-    x = backend.as_input(args[argnum], argnum, api, batch_axis)
-    args = args[:argnum] + (x,) + args[argnum + 1:]
-    return backend, args, x, _common.sample_shape(tuple(x.shape), batch_axis)
-
-
 def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
                    chunk_size: int | None = None, torch_compile: bool = False,
                    batch_size: int | None = None) -> Callable:
@@ -382,7 +337,7 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         v = routes.verdict(backend, args, kwargs)
         if v is not None:
             notes.append(f"batch_axis: {v.reason}")
-            if v.proven and d.backend.name in _batch.VMAPPED_OPERATORS:
+            if v.proven and d.backend.vmap_operators:
                 notes.append("batch_axis: runs as jax.vmap of the per-sample operator "
                              "(measured faster; NOTE [batch axis layout])")
         if d.why is not None:
@@ -414,7 +369,7 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         if routed:
             return out
         d = decide(backend, args, x, sample, kwargs)
-        fw = _framework(d.backend.name)
+        fw = d.backend
         args, sample, n = d.args, d.sample, d.n
         if d.chosen == REVERSE:
             return _reverse(fw, f, args, kwargs, argnum, batch_axis, sample, collapsed,
@@ -493,51 +448,6 @@ def _unrolled_transform(f, coords: range, argnum, batch_axis, collapsed: bool,
     return _api.partials(f, specs, argnum, batch_axis=batch_axis, torch_compile=torch_compile)
 
 
-def _framework(name: str) -> SimpleNamespace:
-    """The few array operations the operators need, per framework."""
-    if name == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        return SimpleNamespace(
-            unsqueeze=jnp.expand_dims,
-            broadcast=lambda v, like: jnp.broadcast_to(v, like.shape), stack=jnp.stack,
-            grad=jax.grad, jvp=lambda g, x, v: jax.jvp(g, (x,), (v,))[1], vmap=jax.vmap,
-            over_units=_jax_over_units,
-            sum=jnp.sum, movedim=jnp.moveaxis, tree_map=jax.tree_util.tree_map)
-    import torch
-
-    return SimpleNamespace(
-        unsqueeze=torch.unsqueeze, broadcast=lambda v, like: v.expand(like.shape),
-        stack=torch.stack, grad=torch.func.grad,
-        jvp=lambda g, x, v: torch.func.jvp(g, (x,), (v,))[1], vmap=torch.func.vmap,
-        over_units=_torch_over_units,
-        sum=torch.sum, movedim=torch.movedim, tree_map=torch.utils._pytree.tree_map)
-
-
-def _jax_over_units(g, n: int, sample, like, chunk_size):
-    """``g`` vmapped over the unit directions ``e_0 .. e_{n-1}`` shaped ``sample``,
-    stacked, ``chunk_size`` at a time (``jax_engine.map_units``)."""
-    from .backends.jax_engine._engine import map_units
-
-    out = map_units(g, n, sample, like.dtype, chunk_size)
-    return out.reshape((-1,) + out.shape[2:])[:n]  # zero padding directions dropped
-
-
-def _torch_over_units(g, n: int, sample, like, chunk_size):
-    """As :func:`_jax_over_units`, chunks in a Python loop."""
-    import torch
-
-    step = chunk_size or n
-    outs = []
-    for lo in range(0, n, step):
-        count = min(step, n - lo)
-        rows = torch.zeros(count, n, dtype=like.dtype, device=like.device)
-        rows[torch.arange(count), torch.arange(lo, lo + count)] = 1
-        outs.append(torch.func.vmap(g)(rows.reshape((count,) + sample)))
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
-
-
 def _directions_last(fw, stacked, sample):
     """``(n, *out)`` per unit direction -> ``(*out, *sample)``."""
     moved = fw.movedim(stacked, 0, -1)
@@ -584,7 +494,7 @@ def _reverse(fw, f, args, kwargs, argnum, batch_axis, sample, collapsed, chunk_s
     def quad(v):
         if batch_axis is not None:  # the same direction in every sample
             v = fw.broadcast(fw.unsqueeze(v, batch_axis % ndim), x)
-        return _sample_sum(fw.jvp(grad, x, v) * v, batch_axis, ndim, fw.sum)
+        return _sample_sum(fw.jvp_tangent(grad, x, v) * v, batch_axis, ndim, fw.reduce_sum)
 
     diag = fw.over_units(quad, n, tuple(sample), x, chunk_size)  # (n, *batch)
     return diag.sum(0) if collapsed else _directions_last(fw, diag, sample)

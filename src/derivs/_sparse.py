@@ -10,7 +10,6 @@ matrix. The pattern is *global*: valid for every value of the inputs.
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,14 +23,13 @@ from .core._cache import LRUCache
 from .sparsity import _coloring
 from .sparsity._pattern import Pattern
 
-_FRAMEWORKS = {"jax": "derivs.sparsity._jax", "torch": "derivs.sparsity._torch"}
 FORMATS = ("native", "coo", "csr", "scipy", "dense")
 UNKNOWN = ("warn", "error", "silent")
 
 
 def _framework(args: tuple, api: str):
     backend = backends.backend_for(args, api)
-    return importlib.import_module(_FRAMEWORKS[backend.name]), backend
+    return backend.sparsity(), backend
 
 
 def _check_argnum(argnum: Any, n_args: int | None, api: str) -> int:

@@ -1,7 +1,7 @@
 """Backends execute plans; one module per framework, chosen from the arguments.
 
-A backend is a module with ``name``, ``owns(x)``, ``as_input(...)``,
-``check_output(...)``, ``one_hot(...)`` and ``jvp(...)``. Frameworks are imported
+A backend is a module implementing the written protocol ``_protocol.Backend``
+(``_jax.py``, ``_torch.py``; mypy checks both against it). Frameworks are imported
 only when the caller already uses them, so ``import derivs`` needs neither.
 """
 

@@ -7,6 +7,7 @@ XLA removes the hyper-dual coefficients that no request reads (under ``jit``).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import jax
@@ -14,8 +15,18 @@ import jax.numpy as jnp
 
 from . import _common
 from . import jax_engine as engine  # noqa: F401  (the traced-jet strategy)
+from .jax_engine._jet import one_hot as one_hot  # the engine's seeds, shared
 
 name = "jax"
+accepts_torch_compile = False  # jit the transform instead
+# NOTE [batch axis layout] (``_batch.py``): a proven batch axis runs the per-sample
+# operator under jax.vmap, measured faster than seeding every sample in one pass.
+vmap_operators = True
+
+
+def sparsity():
+    """The sparse-derivative side of this framework (detection, compressed passes)."""
+    return importlib.import_module("derivs.sparsity._jax")
 
 
 def owns(x: Any) -> bool:
@@ -47,14 +58,6 @@ def check_output(out: Any, api: str) -> None:
         dtype = jnp.result_type(leaf)
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(_common.bad_output_message(api, dtype))
-
-
-def one_hot(x: jax.Array, flat: int, batch_axis: int | None) -> jax.Array:
-    shape = _common.sample_shape(x.shape, batch_axis)
-    t = jnp.zeros(_common.numel(shape), x.dtype).at[flat].set(1).reshape(shape)
-    if batch_axis is None:
-        return t
-    return jnp.broadcast_to(jnp.expand_dims(t, batch_axis % x.ndim), x.shape)
 
 
 def jvp(fun, primal, tangent):
@@ -107,3 +110,74 @@ def first_order_reverse(fun, selected: tuple, requests) -> list:
     return [out if not mi else jnp.reshape(jnp.reshape(grads[mi[0][0]], (-1,))[mi[0][1]],
                                            jnp.shape(out))
             for mi in requests]
+
+
+# -- the array operations the operators need (``_operators.py``, ``_collapsed.py``) -------
+unsqueeze = jnp.expand_dims
+stack = jnp.stack
+grad = jax.grad
+vmap = jax.vmap
+reduce_sum = jnp.sum
+movedim = jnp.moveaxis
+tree_map = jax.tree_util.tree_map
+
+
+def broadcast(v, like):
+    return jnp.broadcast_to(v, like.shape)
+
+
+def jvp_tangent(g, x, v):
+    """The tangent of ``g`` at ``x`` along ``v``."""
+    return jax.jvp(g, (x,), (v,))[1]
+
+
+def over_units(g, n: int, sample, like, chunk_size):
+    """``g`` vmapped over the unit directions ``e_0 .. e_{n-1}`` shaped ``sample``,
+    stacked, ``chunk_size`` at a time (``jax_engine.map_units``)."""
+    out = engine.map_units(g, n, sample, like.dtype, chunk_size)
+    return out.reshape((-1,) + out.shape[2:])[:n]  # zero padding directions dropped
+
+
+def tree_add(a, b):
+    return jax.tree_util.tree_map(lambda u, v: u + v, a, b)
+
+
+def as_array(v, like):
+    """``v`` as an array of ``like``'s dtype (and device)."""
+    return jnp.asarray(v, like.dtype)
+
+
+def tensordot(a, b):
+    """``a`` contracted with ``b`` over ``a``'s last and ``b``'s first axis."""
+    return jnp.tensordot(a, b, axes=1)
+
+
+def random_directions(key, shape: tuple, like, distribution: str, api: str):
+    """``shape`` random numbers (Rademacher or Gaussian) of ``like``'s dtype; ``key``
+    a ``jax.random`` key."""
+    if not (isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+                                            or key.shape == (2,))):
+        raise TypeError(f"{api}: with JAX arrays, key must be a jax.random key "
+                        f"(e.g. jax.random.key(0)), got {type(key).__name__}.")
+    if distribution == "rademacher":
+        return jax.random.rademacher(key, shape, dtype=like.dtype)
+    return jax.random.normal(key, shape, dtype=like.dtype)
+
+
+def vmap_over(fn, in_dims: tuple, out_axis: int):
+    return jax.vmap(fn, in_axes=in_dims, out_axes=out_axis)
+
+
+def map_chunks(per_sample, batched, args: tuple, dims: list, size: int, out_axis: int,
+               batch_size: int):
+    """``per_sample`` over the samples, ``batch_size`` at a time: ``jax.lax.map``
+    (vmapped within each chunk). ``dims``: each argument's sample axis, or None."""
+    mapped = tuple(jnp.moveaxis(a, d, 0) for a, d in zip(args, dims) if d is not None)
+
+    def one(xs):
+        it = iter(xs)
+        return per_sample(*[a if d is None else next(it) for a, d in zip(args, dims)])
+
+    out = jax.lax.map(one, mapped, batch_size=batch_size)
+    return jax.tree_util.tree_map(lambda o: jnp.moveaxis(o, 0, out_axis), out)
+

@@ -8,6 +8,7 @@ can be trained through with ``loss.backward()``. Nothing is written to
 
 from __future__ import annotations
 
+import importlib
 import threading
 from typing import Any
 
@@ -18,6 +19,15 @@ from . import _common
 from . import torch_engine as engine  # noqa: F401  (the traced-jet strategy)
 
 name = "torch"
+accepts_torch_compile = True
+# NOTE [batch axis layout] (``_batch.py``): the family keeps one pass over every
+# sample (its seeds are stride-0 views, multiplied once).
+vmap_operators = False
+
+
+def sparsity():
+    """The sparse-derivative side of this framework (detection, compressed passes)."""
+    return importlib.import_module("derivs.sparsity._torch")
 
 # NOTE [thread safety]: PyTorch's forward-AD levels are process-wide, so nested
 # torch.func.jvp calls from two threads corrupt each other ("Trying to access a
@@ -145,3 +155,83 @@ def first_order_reverse(fun, selected: tuple, requests) -> list:
     entries = [g.reshape(-1).unbind(0) for g in grads]
     shaped = (lambda v: v) if out.dim() == 0 else (lambda v: v.reshape(out.shape))
     return [out if not mi else shaped(entries[mi[0][0]][mi[0][1]]) for mi in requests]
+
+
+# -- the array operations the operators need (``_operators.py``, ``_collapsed.py``) -------
+unsqueeze = torch.unsqueeze
+stack = torch.stack
+grad = torch.func.grad
+vmap = torch.func.vmap
+reduce_sum = torch.sum
+movedim = torch.movedim
+tree_map = pytree.tree_map
+
+
+def broadcast(v, like):
+    return v.expand(like.shape)
+
+
+def jvp_tangent(g, x, v):
+    """The tangent of ``g`` at ``x`` along ``v``."""
+    return torch.func.jvp(g, (x,), (v,))[1]
+
+
+def over_units(g, n: int, sample, like, chunk_size):
+    """``g`` vmapped over the unit directions ``e_0 .. e_{n-1}`` shaped ``sample``,
+    stacked, ``chunk_size`` at a time (a Python loop over chunks)."""
+    step = chunk_size or n
+    outs = []
+    for lo in range(0, n, step):
+        count = min(step, n - lo)
+        rows = torch.zeros(count, n, dtype=like.dtype, device=like.device)
+        rows[torch.arange(count), torch.arange(lo, lo + count)] = 1
+        outs.append(torch.func.vmap(g)(rows.reshape((count,) + sample)))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def tree_add(a, b):
+    flat_a, spec = pytree.tree_flatten(a)
+    return pytree.tree_unflatten([u + v for u, v in zip(flat_a, pytree.tree_leaves(b))], spec)
+
+
+def as_array(v, like):
+    """``v`` as a tensor of ``like``'s dtype and device."""
+    return torch.as_tensor(v).to(dtype=like.dtype, device=like.device)
+
+
+def tensordot(a, b):
+    """``a`` contracted with ``b`` over ``a``'s last and ``b``'s first axis."""
+    return torch.tensordot(a, b, dims=1)
+
+
+def random_directions(key, shape: tuple, like, distribution: str, api: str):
+    """``shape`` random numbers (Rademacher or Gaussian) of ``like``'s dtype and
+    device; ``key`` an int seed or a ``torch.Generator``."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        key = torch.Generator(device=like.device).manual_seed(key)
+    if not isinstance(key, torch.Generator):
+        raise TypeError(f"{api}: with torch tensors, key must be an int seed or a "
+                        f"torch.Generator, got {type(key).__name__}.")
+    if distribution == "rademacher":
+        bits = torch.randint(0, 2, shape, generator=key, device=like.device)
+        return bits.to(like.dtype) * 2 - 1
+    return torch.randn(shape, generator=key, dtype=like.dtype, device=like.device)
+
+
+def vmap_over(fn, in_dims: tuple, out_axis: int):
+    return torch.func.vmap(fn, in_dims=in_dims, out_dims=out_axis)
+
+
+def map_chunks(per_sample, batched, args: tuple, dims: list, size: int, out_axis: int,
+               batch_size: int):
+    """``batched`` over slices of ``batch_size`` samples, in a Python loop,
+    concatenated. ``dims``: each argument's sample axis, or None."""
+    parts = []
+    for lo in range(0, size, batch_size):
+        piece = [a if d is None else a.narrow(d, lo, min(batch_size, size - lo))
+                 for a, d in zip(args, dims)]
+        parts.append(batched(*piece))
+    flat = [pytree.tree_flatten(p) for p in parts]
+    leaves = [torch.cat([f[0][k] for f in flat], dim=out_axis) for k in range(len(flat[0][0]))]
+    return pytree.tree_unflatten(leaves, flat[0][1])
+

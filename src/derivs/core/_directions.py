@@ -71,11 +71,6 @@ def fourth_order_pairs(c: np.ndarray) -> DirectionSet:
     if not rows:
         return DirectionSet(np.zeros((0, n)), np.zeros(0), 4)
     return DirectionSet(np.stack(rows), np.asarray(weights), 4)
-
-
-    @property
-    def size(self) -> int:
-        return int(self.rows.shape[0])
 def second_order(c: np.ndarray) -> DirectionSet:
     """``sum_ij c_ij d^2 f / dx_i dx_j`` (``tr(C H)``; ``C`` is symmetrized, as the
     Hessian is symmetric): the eigenvectors of ``C`` with their eigenvalues as

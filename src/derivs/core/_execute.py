@@ -1,8 +1,8 @@
 """Runs a plan with a backend: nested forward mode with one-hot tangents.
 
-The executor is framework-free: it needs from a backend only ``one_hot`` (the
-tangent that seeds one coordinate) and ``jvp`` (one forward-mode level over a
-single argument, passing auxiliary data through). Both JAX and torch.func
+The executor is framework-free: of the backend protocol (``backends/_protocol.py``)
+it needs only ``one_hot`` (the tangent that seeds one coordinate) and ``jvp`` (one
+forward-mode level over a single argument, passing auxiliary data through). Both JAX and torch.func
 implement ``jvp`` as a composable transform, so the result composes with their
 ``vmap``/``grad``/``jit`` and with ordinary autograd.
 

@@ -147,7 +147,7 @@ def closure(key: Key) -> tuple[Key, ...]:
     """Every key that ``key``'s rules can read: its lower set (and itself)."""
     if not isinstance(key, Collapsed):
         return below(key)
-    seen: dict[Key, None] = {}
+    seen: dict[Kappa, None] = {}
     for _, alpha in key.terms:
         for t in below(alpha):
             if t != alpha:
@@ -175,7 +175,7 @@ def second_order_pairs(key: Key) -> tuple[tuple[Kappa, Kappa, float], ...] | Non
         for c, alpha in key.terms:
             if sum(alpha) > 2:
                 return None
-            for t, r, m in second_order_pairs(alpha):
+            for t, r, m in second_order_pairs(alpha) or ():  # order <= 2: never None
                 out[(t, r)] = out.get((t, r), 0.0) + c * m
         return tuple((t, r, m) for (t, r), m in out.items() if m != 0)
     if sum(key) > 2:

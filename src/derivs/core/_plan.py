@@ -161,7 +161,7 @@ def make_plan(requests: Sequence[MultiIndex],
         if best is None:
             pass_counts.append(need)
         else:
-            pass_counts[best] = pass_counts[best] | need
+            pass_counts[best] = Counter(pass_counts[best] | need)
     if not pass_counts:  # only the value was asked for
         pass_counts.append(Counter())
     passes = tuple(Pass(tuple(sorted(pc.elements()))) for pc in pass_counts)

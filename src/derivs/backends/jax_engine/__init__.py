@@ -9,6 +9,7 @@ from __future__ import annotations
 from ._engine import Compiled as Compiled
 from ._engine import Fallback as Fallback
 from ._engine import execute as execute
+from ._engine import map_units as map_units
 from ._engine import prepare as prepare
 from ._engine import run_reads as run_reads
 from ._engine import run_directions as run_directions

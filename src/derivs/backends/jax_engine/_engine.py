@@ -21,9 +21,10 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
-from .. import _jax
 from .._common import Fallback, no_output_message
-from ._interpret import UNSUPPORTED, Interpreter
+from . import _jet, _rules  # noqa: F401  (fills the rule registry)
+from ._interpret import Interpreter
+from ._registry import UNSUPPORTED
 from ...core import _jets
 from ._jet import Jet, Narrow
 
@@ -155,7 +156,7 @@ def _input_jet(x, slot: int | None, groups, batch_axis) -> Jet:
                 seeds[g] = Narrow(jax.numpy.ones((1,), x.dtype),
                                   np.array([mine[g]], np.int64), x.shape)
             else:
-                seeds[g] = _jax.one_hot(x, mine[g], batch_axis)
+                seeds[g] = _jet.one_hot(x, mine[g], batch_axis)
         return seeds[g]
 
     jet = Jet(x, rule, expands=True)

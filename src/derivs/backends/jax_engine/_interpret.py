@@ -1,20 +1,12 @@
 """A jaxpr interpreter that carries jets (``_jet.Jet``) instead of values.
 
 Every equation whose inputs are all constant is simply evaluated. Otherwise the
-primitive's rule builds the output jets:
-
-* primitives linear in their floating-point operands (reshape, slicing, sums,
-  concatenation, select, gather/scatter, ...): coefficient-wise;
-* bilinear ones (mul, dot_general, conv): the Leibniz rule;
-* elementwise nonlinear ones (sin, tan, atan, pow, logistic, max, ...): the chain
-  rule, with each partial derivative ``d phi / d x_i`` obtained as a jet by
-  interpreting JAX's own JVP of the primitive at a unit tangent (so every JAX
-  elementwise primitive is covered, with JAX's derivative formulas);
-* dedicated rules (``_rules.py``): reduce_prod, div, calls, control flow;
-* anything else, including ``custom_jvp`` functions (whose custom rule is used,
-  never bypassed): the JVP recursion ``v[kappa] = jvp(phi)(a, d_g a)[kappa - e_g]``,
-  i.e. JAX's JVP of the primitive interpreted on jets one order lower. Exact, and
-  as cheap as the chain rule for elementwise functions.
+primitive's rule from the engine's one registry (``_registry.py``, filled by
+``_rules.py``: linear, bilinear, elementwise and dedicated rules) builds the output
+jets. Anything else, including ``custom_jvp`` functions (whose custom rule is used,
+never bypassed), runs the JVP recursion ``v[kappa] = jvp(phi)(a, d_g a)[kappa -
+e_g]``, i.e. JAX's JVP of the primitive interpreted on jets one order lower. Exact,
+and as cheap as the chain rule for elementwise functions.
 
 NOTE [memo]: equations are memoized on (primitive, params, input jets), so the
 ``tan(x)`` inside the JVP of ``tan`` is the very jet being computed, and its lower
@@ -33,29 +25,9 @@ from jax.extend import core as jcore
 
 from ...core import _jets
 from .. import _varying
+from . import _registry
 from . import _jet
 from ._jet import Jet
-
-# Jointly linear in their floating-point operands; integer operands (indices,
-# predicates) are parameters.
-LINEAR = {
-    "neg", "reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice",
-    "rev", "reduce_sum", "copy", "copy_p", "convert_element_type", "cumsum",
-    "reduce_precision", "pad", "concatenate", "add", "sub", "add_any", "select_n",
-    "dynamic_slice", "dynamic_update_slice", "gather", "scatter-add", "scatter_add",
-    "scatter", "sharding_constraint", "real", "imag", "complex", "conj", "split", "mesh_cast", "reshard", "pvary",
-}
-BILINEAR = {"mul", "dot_general", "conv_general_dilated"}
-ELEMENTWISE = {
-    "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh",
-    "atanh", "exp", "exp2", "log", "log1p", "expm1", "logistic", "sqrt", "rsqrt", "cbrt",
-    "integer_pow", "pow", "erf", "erfc", "erf_inv", "lgamma", "digamma", "abs", "sign",
-    "max", "min", "atan2", "rem", "square", "floor", "ceil", "round", "clamp", "div",
-    "nextafter",
-}
-# Forward-mode derivatives through custom_vjp functions are undefined in JAX too.
-UNSUPPORTED = {"custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin"}
-
 
 class Unsupported(Exception):
     """f uses something the interpreter cannot differentiate exactly; fall back."""
@@ -144,29 +116,28 @@ class Interpreter:
         return outs
 
     def _rule(self, prim, params: dict, jets: list[Jet]) -> list[Jet]:
-        from ._rules import RULES
-
         name = prim.name
-        if name in UNSUPPORTED:
-            raise Unsupported(f"{name}: forward-mode derivatives of custom_vjp functions "
-                              "are not defined (give the function a custom_jvp rule)")
-        rule = RULES.get(name)
+        if name in _registry.UNSUPPORTED:
+            raise Unsupported(f"{name}: {_registry.UNSUPPORTED[name]}")
+        rule = _registry.RULES.get(name)
         if rule is not None:
             return rule(self, prim, params, jets)
-        if name in LINEAR:
-            return _linear(prim, params, jets, [not is_float(j.primal) for j in jets])
-        if name == "mul":  # elementwise: narrow coefficients stay narrow
-            a, b = jets
-            return [_jet.bilinear(a, b, _narrow_mul(prim, params), narrow=True)]
-        if name == "dot_general":
-            a, b = jets
-            return [_jet.bilinear(a, b, _narrow_dot(prim, params), narrow=True)]
-        if name in BILINEAR:
-            a, b = jets
-            return [_jet.bilinear(a, b, lambda x, y: bind(prim, params, x, y))]
-        if name in ELEMENTWISE and not prim.multiple_results:
-            return [self.elementwise(prim, params, jets)]
         return self.jvp_recursion(prim, params, jets)
+
+    # -- the rule kinds the registry's helpers name (``_registry.py``) ------------------
+    def linear(self, prim, params: dict, jets: list[Jet]) -> list[Jet]:
+        return _linear(prim, params, jets, [not is_float(j.primal) for j in jets])
+
+    def bilinear(self, prim, params: dict, jets: list[Jet], product=None) -> list[Jet]:
+        a, b = jets
+        if product is None:
+            return [_jet.bilinear(a, b, lambda x, y: bind(prim, params, x, y))]
+        return [_jet.bilinear(a, b, product(prim, params), narrow=True)]
+
+    def elementwise_rule(self, prim, params: dict, jets: list[Jet]) -> list[Jet]:
+        if prim.multiple_results:
+            return self.jvp_recursion(prim, params, jets)
+        return [self.elementwise(prim, params, jets)]
 
     def elementwise(self, prim, params: dict, jets: list[Jet]) -> Jet:
         primal = self.bind(prim, params, *[j.primal for j in jets])
@@ -178,7 +149,7 @@ class Interpreter:
     def _chain_rule(self, prim, params, jets, primal) -> Jet:
 
         def psis(result: Jet) -> list[Jet | None]:
-            by_output = _OUTPUT_DERIVATIVES.get(prim.name)
+            by_output = _registry.OUTPUT_DERIVATIVES.get(prim.name)
             if by_output is not None and sum(not j.const for j in jets) == 1:
                 return [None if j.const else by_output(result) for j in jets]
             out = []
@@ -263,52 +234,6 @@ class Interpreter:
         jet = Jet(primal, lambda key: None)
         jet.memo.update({k: v for k, v in coeffs.items() if k != zero})
         return jet
-
-
-def _affine(c: float, sign: float, v: Jet) -> Jet:
-    """The jet of ``c + sign * v``."""
-    return Jet(c + sign * v.primal, lambda key: _jet.scale(v.get(key), sign))
-
-
-def _square(v: Jet) -> Jet:
-    return _jet.bilinear(v, v, lambda x, y: x * y)
-
-
-# NOTE [derivatives from the output]: the chain rule at orders >= 3 propagates the
-# jet of phi'. JAX's JVP rules write tanh' as (1 + y)(1 - y) and logistic' as
-# y (1 - y): products of two different jets, a full Leibniz sum per order. As
-# 1 - y^2 and y - y^2 they are squares, whose Leibniz terms pair up (see
-# ``_jet.bilinear``): fewer products (pure d^4 of the benchmark's tanh MLP: 56
-# multiplies and 23 additions in the optimized program, from 62 and 30; nested
-# jax.jvp compiles to 40 and 40).
-_OUTPUT_DERIVATIVES = {
-    "tanh": lambda y: _affine(1.0, -1.0, _square(y)),
-    "logistic": lambda y: _jet.linear([y, _square(y)], lambda a, b: a - b),
-}
-
-
-def _narrow_mul(prim, params):
-    def mul(x, y):
-        if isinstance(x, _jet.Narrow) or isinstance(y, _jet.Narrow):
-            return x * y
-        return bind(prim, params, x, y)
-    return mul
-
-
-def _narrow_dot(prim, params):
-    """``dot_general`` where one factor may be a narrow vector contracted along its
-    only axis (a seeded input entering a dense layer): only the rows of the other
-    factor at the nonzero positions are read."""
-    (lc, rc), (lb, rb) = params["dimension_numbers"]
-
-    def dot(x, y):
-        nx, ny = isinstance(x, _jet.Narrow), isinstance(y, _jet.Narrow)
-        if nx and not ny and not lb and len(x.shape) == 1 and tuple(lc) == (0,):
-            return bind(prim, params, x.values, jnp.take(y, x.positions, axis=rc[0]))
-        if ny and not nx and not rb and len(y.shape) == 1 and tuple(rc) == (0,):
-            return bind(prim, params, jnp.take(x, y.positions, axis=lc[0]), y.values)
-        return bind(prim, params, _jet.densify(x), _jet.densify(y))
-    return dot
 
 
 def _linear(prim, params, jets: list[Jet], fixed: list[bool]) -> list[Jet]:

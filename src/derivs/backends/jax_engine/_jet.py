@@ -148,6 +148,16 @@ def const(value: Any) -> Jet:
     return Jet(value)
 
 
+def one_hot(x, flat: int, batch_axis: int | None):
+    """The unit direction ``e_flat`` of one sample of ``x`` (broadcast over the
+    batch axis): the seed of a coordinate group."""
+    shape = _common.sample_shape(x.shape, batch_axis)
+    t = jnp.zeros(_common.numel(shape), x.dtype).at[flat].set(1).reshape(shape)
+    if batch_axis is None:
+        return t
+    return jnp.broadcast_to(jnp.expand_dims(t, batch_axis % x.ndim), x.shape)
+
+
 # -- coefficient arithmetic with None as zero ---------------------------------------------
 add = _common.add
 
