@@ -7,6 +7,7 @@ depend on each other both ways). Package ``__init__`` re-exports are edges too."
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).parent.parent / "src"
@@ -86,3 +87,27 @@ def test_the_circle_finder_finds_circles():
     assert sorted(_cycles(edges)) == [["a", "b"], ["c", "d", "e"]]
     graph = _graph()
     assert "derivs._api" in graph["derivs"]  # the graph sees the package's re-exports
+
+
+# The framework layer: the adapters and engines (backends/) and each framework's
+# sparse side; the CLI demo only asks which frameworks are installed.
+_FRAMEWORK_LAYER = ("derivs/backends/", "derivs/sparsity/_jax", "derivs/sparsity/_torch",
+                    "derivs/_demo.py")
+_NAME_TEST = re.compile(r"""[=!]=\s*["'](jax|torch)["']|["'](jax|torch)["']\s*[=!]=|"""
+                        r"""\bin\s*[(\[{]\s*["'](jax|torch)["']""")
+
+
+def test_no_framework_name_tests_outside_the_framework_layer():
+    """Partials, operators, estimators and sparse transforms ask the adapter
+    (``backends/_protocol.py``), never ``backend.name == "jax"``."""
+    found = []
+    for path in (SRC / "derivs").rglob("*.py"):
+        rel = path.relative_to(SRC).as_posix()
+        if rel.startswith(_FRAMEWORK_LAYER):
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if _NAME_TEST.search(line.split("#")[0]):
+                found.append(f"{rel}:{n}: {line.strip()}")
+    assert found == []
+    assert _NAME_TEST.search('if backend.name == "jax":')  # the pattern can match
+    assert _NAME_TEST.search("name in ('torch', 'jax')")

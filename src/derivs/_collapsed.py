@@ -148,7 +148,7 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
         call = plan(backend, x, sample, batch_axis)
         engine, layout, why = None, "nested", None
         if strategy != NESTED:
-            engine, layout, why = _engine(backend.name, transform, cache, f, args, kwargs,
+            engine, layout, why = _engine(backend, transform, cache, f, args, kwargs,
                                           argnum, batch_axis, call, torch_compile)
         return call, engine, layout, why
 
@@ -219,14 +219,14 @@ def _layout(cache, terms: tuple, groups: int, chunk_size: int | None) -> list:
     return hit[1]
 
 
-def _engine(name, transform, cache, f, args, kwargs, argnum, batch_axis, call: Call,
+def _engine(backend, transform, cache, f, args, kwargs, argnum, batch_axis, call: Call,
             torch_compile):
     """``(run, layout, None)`` for a traced engine, or ``(None, "nested", why)``."""
-    if name == "torch":
+    if backend.stacked_family:  # PyTorch: the stacked family program
         from .backends.torch_engine import _family, cache_key, guarded_get
 
-        layout = mixed_layout("torch", args[argnum].device.type) if call.univariate() is None \
-            else "stacked"
+        layout = mixed_layout(backend, args[argnum].device.type) \
+            if call.univariate() is None else "stacked"
         if layout == "coordinate groups":
             return functools.partial(_groups, transform, argnum, batch_axis, cache,
                                      torch_compile), layout, None
@@ -244,7 +244,7 @@ def _engine(name, transform, cache, f, args, kwargs, argnum, batch_axis, call: C
                                   layout == "stacked pairs"), layout, None)
     if call.univariate() is None:
         return functools.partial(_groups, transform, argnum, batch_axis, cache, False), \
-            mixed_layout("jax", None), None
+            mixed_layout(backend, None), None
     from .backends import jax_engine
 
     compiled = jax_engine.prepare(transform, args, kwargs)
@@ -265,11 +265,10 @@ def _engine(name, transform, cache, f, args, kwargs, argnum, batch_axis, call: C
 # coordinate groups were launch-bound (1.06x), so other devices take the stacked
 # pairs: fewest kernels, no gathers. ``benchmarks/taylor.py`` (and the GPU script)
 # measure the three side by side; the device rule is unmeasured on GPUs so far.
-def mixed_layout(framework: str, device_type: str | None) -> str:
-    """The layout of mixed fourth-order terms (NOTE [mixed-term layout])."""
-    if framework == "jax" or device_type == "cpu":
-        return "coordinate groups"
-    return "stacked pairs"
+def mixed_layout(backend, device_type: str | None) -> str:
+    """The layout of mixed fourth-order terms (NOTE [mixed-term layout]): stacked
+    pairs where the adapter says the device is launch-bound, else coordinate groups."""
+    return "stacked pairs" if backend.launch_bound(device_type) else "coordinate groups"
 
 
 def _torch_run(program, cache, argnum, batch_axis, pairs, args, kwargs, call: Call,

@@ -249,13 +249,14 @@ def model_costs(collapsed: bool, n: int) -> dict[str, float]:
     return {TAYLOR: float((2 * n + 4) if collapsed else 6 * n), REVERSE: HVP_COST * n}
 
 
-def unrolled(framework: str, n: int, collapsed: bool = True,
+def unrolled(backend, n: int, collapsed: bool = True,
              device_type: str | None = None) -> bool:
     """Whether the jet strategy carries ``n`` directions as ``n`` coordinate groups
-    (see NOTE [direction layout]); otherwise one family axis. PyTorch on an
-    accelerator is launch-bound (one kernel per op and direction: an H200 ran the
-    unrolled Bi-Laplacian at 1.06x nested AD), so there every D takes the family."""
-    if framework == "torch" and device_type not in (None, "cpu"):
+    (see NOTE [direction layout]); otherwise one family axis. Where the adapter says
+    the device is launch-bound (PyTorch on an accelerator: one kernel per op and
+    direction; an H200 ran the unrolled Bi-Laplacian at 1.06x nested AD), every D
+    takes the family."""
+    if backend.launch_bound(device_type):
         return False
     return n <= UNROLL_MAX_DIRECTIONS
 
@@ -315,8 +316,8 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         layout, program, why = None, None, None
         if chosen != REVERSE:
             device = getattr(getattr(x, "device", None), "type", None)
-            layout = "unrolled" if unrolled(backend.name, n, collapsed, device) else "family"
-            if layout == "family" and backend.name == "torch":
+            layout = "unrolled" if unrolled(backend, n, collapsed, device) else "family"
+            if layout == "family" and backend.stacked_family:
                 if chunk_size is None:
                     program, why = torch_family(backend, args, kwargs)
                 else:

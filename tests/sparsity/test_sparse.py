@@ -201,7 +201,7 @@ def test_torch_autograd_through_sparse_values():
 def test_check_catches_a_wrong_pattern(fw, monkeypatch):
     f = P.fd1d(ns(fw))
     x = array(fw, np.linspace(-1, 1, 12))
-    mod = derivs._sparse.importlib.import_module(derivs._sparse._FRAMEWORKS[fw])
+    mod = derivs.backends.backend_named(fw).sparsity()
     real = mod.detect
 
     def drop_superdiagonal(*a, **k):

@@ -19,9 +19,16 @@ from .jax_engine._jet import one_hot as one_hot  # the engine's seeds, shared
 
 name = "jax"
 accepts_torch_compile = False  # jit the transform instead
+stacked_family = False  # a family of directions is vmapped (jax_engine.run_family)
 # NOTE [batch axis layout] (``_batch.py``): a proven batch axis runs the per-sample
 # operator under jax.vmap, measured faster than seeding every sample in one pass.
 vmap_operators = True
+
+
+def launch_bound(device_type: str | None) -> bool:
+    """Whether one kernel per op and direction would dominate: never for XLA, which
+    fuses the unrolled directions into few kernels."""
+    return False
 
 
 def sparsity():

@@ -23,6 +23,14 @@ class Backend(Protocol):
     # NOTE [batch axis layout] (``_batch.py``): a proven batch axis runs the per-sample
     # operator vmapped (True) or every sample in one pass (False)
     vmap_operators: bool
+    # the engine has a stacked family program (one batched op per ATen op for all
+    # directions) rather than a vmapped family
+    stacked_family: bool
+
+    def launch_bound(self, device_type: str | None) -> bool:
+        """Whether one kernel per op and direction would dominate on this device (then
+        every D takes the stacked family; NOTE [direction layout], [mixed-term layout])."""
+        ...
 
     def sparsity(self) -> ModuleType:
         """The sparse-derivative side (``derivs.sparsity._jax`` / ``_torch``)."""

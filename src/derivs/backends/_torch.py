@@ -20,9 +20,17 @@ from . import torch_engine as engine  # noqa: F401  (the traced-jet strategy)
 
 name = "torch"
 accepts_torch_compile = True
+stacked_family = True  # the stacked family program (torch_engine._family)
 # NOTE [batch axis layout] (``_batch.py``): the family keeps one pass over every
 # sample (its seeds are stride-0 views, multiplied once).
 vmap_operators = False
+
+
+def launch_bound(device_type: str | None) -> bool:
+    """Whether one kernel per op and direction would dominate: on an accelerator
+    (eager PyTorch launches every op; an H200 ran the unrolled Bi-Laplacian at 1.06x
+    nested AD), not on the CPU."""
+    return device_type not in (None, "cpu")
 
 
 def sparsity():
