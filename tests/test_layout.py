@@ -91,7 +91,7 @@ def test_the_circle_finder_finds_circles():
 
 # The framework layer: the adapters and engines (backends/) and each framework's
 # sparse side; the CLI demo only asks which frameworks are installed.
-_FRAMEWORK_LAYER = ("derivs/backends/", "derivs/sparsity/_jax", "derivs/sparsity/_torch",
+_FRAMEWORK_LAYER = ("derivs/backends/", "derivs/_sparsity/_jax", "derivs/_sparsity/_torch",
                     "derivs/_demo.py")
 _NAME_TEST = re.compile(r"""[=!]=\s*["'](jax|torch)["']|["'](jax|torch)["']\s*[=!]=|"""
                         r"""\bin\s*[(\[{]\s*["'](jax|torch)["']""")
@@ -111,3 +111,12 @@ def test_no_framework_name_tests_outside_the_framework_layer():
     assert found == []
     assert _NAME_TEST.search('if backend.name == "jax":')  # the pattern can match
     assert _NAME_TEST.search("name in ('torch', 'jax')")
+
+
+def test_the_public_sparsity_function_shadows_no_package():
+    import importlib
+
+    import derivs
+
+    coloring = importlib.import_module("derivs._sparsity._coloring")
+    assert callable(derivs.sparsity) and coloring.Coloring is derivs.Coloring

@@ -24,15 +24,17 @@ from ._sparse import SparseExplanation as SparseExplanation
 from ._sparse import hessian as hessian
 from ._sparse import jacobian as jacobian
 from ._sparse import sparsity as sparsity
-from .sparsity._coloring import Coloring as Coloring
-from .sparsity._errors import SparsityWarning as SparsityWarning
-from .sparsity._errors import UnsupportedOpError as UnsupportedOpError
-from .sparsity._pattern import Pattern as Pattern
+from ._sparsity._coloring import Coloring as Coloring
+from ._sparsity._errors import SparsityWarning as SparsityWarning
+from ._sparsity._errors import UnsupportedOpError as UnsupportedOpError
+from ._sparsity._pattern import Pattern as Pattern
 
 __version__ = "0.1.0"
 
 # The public API; subpackages (``derivs.core``, ``derivs.backends``,
-# ``derivs.sparsity``) are private.
+# ``derivs._sparsity``) are private. (The sparse machinery lives in ``_sparsity`` so
+# that the function ``derivs.sparsity`` shadows no package: ``import
+# derivs._sparsity._coloring`` works.)
 __all__ = [
     "Coloring",
     "Explanation",

@@ -20,8 +20,8 @@ import scipy.sparse as sp
 
 from . import backends
 from .core._cache import LRUCache
-from .sparsity import _coloring
-from .sparsity._pattern import Pattern
+from ._sparsity import _coloring
+from ._sparsity._pattern import Pattern
 
 FORMATS = ("native", "coo", "csr", "scipy", "dense")
 UNKNOWN = ("warn", "error", "silent")
@@ -95,7 +95,7 @@ class SparseExplanation:
 
 class Prepared:
     """A sparse derivative prepared for one argument signature: its ``pattern``
-    (:class:`Pattern`), ``coloring`` (:class:`derivs.sparsity.Coloring`) and the
+    (:class:`Pattern`), ``coloring`` (:class:`derivs.Coloring`) and the
     seconds detection and coloring took. Calling it evaluates the derivative."""
 
     def __init__(self, owner: "SparseDerivative", fw, pattern: Pattern,

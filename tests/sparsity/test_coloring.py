@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from derivs.sparsity import _coloring, _kernels
-from derivs.sparsity._pattern import Pattern
+from derivs._sparsity import _coloring, _kernels
+from derivs._sparsity._pattern import Pattern
 
 from . import _problems as P
 

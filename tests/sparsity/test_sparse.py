@@ -281,7 +281,7 @@ def test_python_scalar_arguments_are_part_of_the_signature():
 def test_torch_captured_pass_equals_the_eager_transforms(kind):
     """The simplified ATen graph (folded constants, removed no-ops) computes the same
     compressed products as torch.func run eagerly."""
-    from derivs.sparsity import _torch as T
+    from derivs._sparsity import _torch as T
 
     f = P.rosenbrock(torch) if kind == "hessian" else P.fd1d(torch)
     x = torch.as_tensor(np.random.default_rng(4).uniform(-1, 1, 30))
@@ -357,7 +357,7 @@ def test_a_failing_rule_gives_the_dense_pattern(fw, monkeypatch):
     """A detection rule that raises never leaves a pattern short: f is taken as dense
     over its input, with a SparsityWarning, or an error under unknown='error'."""
     from derivs import SparsityWarning
-    from derivs.sparsity import _jax_detect, _torch_detect
+    from derivs._sparsity import _jax_detect, _torch_detect
 
     detector = (_jax_detect if fw == "jax" else _torch_detect).Detector
 

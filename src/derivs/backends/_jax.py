@@ -33,7 +33,7 @@ def launch_bound(device_type: str | None) -> bool:
 
 def sparsity():
     """The sparse-derivative side of this framework (detection, compressed passes)."""
-    return importlib.import_module("derivs.sparsity._jax")
+    return importlib.import_module("derivs._sparsity._jax")
 
 
 def owns(x: Any) -> bool:

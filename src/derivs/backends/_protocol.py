@@ -12,10 +12,14 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..core._execute import ForwardMode
 
-class Backend(Protocol):
+
+class Backend(ForwardMode, Protocol):
     """One framework: detection, validation, seeds, JVPs, signatures, dense
-    fallbacks and the few array operations the operators need."""
+    fallbacks and the few array operations the operators need. Extends the
+    executor's framework-free part (``core._execute.ForwardMode``: ``name``,
+    ``one_hot``, ``jvp``)."""
 
     name: str  # "jax" or "torch": for messages and measured rules keyed by framework
     engine: ModuleType  # the traced-jet engine (``jax_engine`` / ``torch_engine``)
@@ -33,7 +37,7 @@ class Backend(Protocol):
         ...
 
     def sparsity(self) -> ModuleType:
-        """The sparse-derivative side (``derivs.sparsity._jax`` / ``_torch``)."""
+        """The sparse-derivative side (``derivs._sparsity._jax`` / ``_torch``)."""
         ...
 
     # -- detection and validation ------------------------------------------------------
@@ -49,15 +53,7 @@ class Backend(Protocol):
         """TypeError unless ``out`` is (a pytree of) floating arrays."""
         ...
 
-    # -- nested forward mode (``core/_execute.py``) ---------------------------------------
-    def one_hot(self, x: Any, flat: int, batch_axis: int | None) -> Any:
-        """The unit direction ``e_flat`` of one sample (broadcast over the batch axis)."""
-        ...
-
-    def jvp(self, fun: Callable, primal: Any, tangent: Any) -> tuple[Any, Any, Any]:
-        """``(f(primal), its tangent, aux)`` of ``fun(primal) -> (out, aux)``."""
-        ...
-
+    # -- beyond nested forward mode (``core/_execute.py``: ``one_hot``, ``jvp``) ----------
     def first_order_reverse(self, fun: Callable, selected: tuple, requests: Any) -> list:
         """First-order partials (and the value) of a scalar output from one gradient."""
         ...

@@ -35,7 +35,7 @@ def launch_bound(device_type: str | None) -> bool:
 
 def sparsity():
     """The sparse-derivative side of this framework (detection, compressed passes)."""
-    return importlib.import_module("derivs.sparsity._torch")
+    return importlib.import_module("derivs._sparsity._torch")
 
 # NOTE [thread safety]: PyTorch's forward-AD levels are process-wide, so nested
 # torch.func.jvp calls from two threads corrupt each other ("Trying to access a

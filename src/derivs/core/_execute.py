@@ -23,10 +23,11 @@ from typing import Any, Protocol
 from ._plan import Plan
 
 
-class Backend(Protocol):
-    """What the executor needs from a framework. A backend may also offer
-    ``serialized()``, a context manager held while a plan runs (for frameworks whose
-    forward mode is not thread-safe)."""
+class ForwardMode(Protocol):
+    """What the executor needs from a framework: the framework-free part of the
+    adapter protocol (``backends._protocol.Backend`` extends it). A backend may also
+    offer ``serialized()``, a context manager held while a plan runs (for frameworks
+    whose forward mode is not thread-safe)."""
 
     name: str
 
@@ -38,7 +39,7 @@ class Backend(Protocol):
         ...
 
 
-def run_plan(backend: Backend, plan: Plan, call: Callable[[tuple], tuple[Any, Any]],
+def run_plan(backend: ForwardMode, plan: Plan, call: Callable[[tuple], tuple[Any, Any]],
              selected: tuple, batch_axis: int | None) -> tuple[list[Any], Any]:
     """Evaluates ``plan``; returns the requested results in request order and the
     auxiliary data of ``call`` (``call(selected) -> (out, aux)``).
@@ -57,7 +58,7 @@ def run_plan(backend: Backend, plan: Plan, call: Callable[[tuple], tuple[Any, An
     return results, aux
 
 
-def _nested(backend: Backend, call: Callable, selected: tuple,
+def _nested(backend: ForwardMode, call: Callable, selected: tuple,
             directions: Sequence[tuple[int, int]],
             batch_axis: int | None) -> tuple[list[Any], Any]:
     """The ``2**m`` hyper-dual coefficients of ``call`` along ``directions``;
