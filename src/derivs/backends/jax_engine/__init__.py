@@ -6,7 +6,7 @@ reason; ``execute`` interprets it with jets.
 
 from __future__ import annotations
 
-from ._engine import Compiled as Compiled
+from ._engine import Traced as Traced
 from ._engine import Fallback as Fallback
 from ._engine import execute as execute
 from ._engine import map_units as map_units

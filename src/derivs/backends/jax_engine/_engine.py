@@ -30,7 +30,10 @@ from ._jet import Jet, Narrow
 
 
 @dataclasses.dataclass
-class Compiled:
+class Traced:
+    """``f`` traced to a jaxpr for one call (each call traces again; ``jax.jit`` of
+    the transform compiles once): the jaxpr, its array inputs and what to read."""
+
     closed: Any  # ClosedJaxpr of f over its array leaves
     out_tree: Any
     arrays: list  # the array leaves of (args, kwargs), in jaxpr input order
@@ -49,7 +52,7 @@ def _is_array(x: Any) -> bool:
     return isinstance(x, (jax.Array, np.ndarray))
 
 
-def prepare(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
+def prepare(transform, args: tuple, kwargs: dict) -> Traced | Fallback:
     if transform.has_aux:
         return Fallback("has_aux=True (auxiliary outputs run on the general path)")
     leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
@@ -92,7 +95,7 @@ def prepare(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
         offsets.append(n)
         n += len(jax.tree_util.tree_leaves(a))
     selected = {positions[offsets[a]]: slot for slot, a in enumerate(transform.argnums)}
-    return Compiled(closed, side["tree"], arrays, selected, _count_eqns(closed.jaxpr),
+    return Traced(closed, side["tree"], arrays, selected, _count_eqns(closed.jaxpr),
                     transform.plan.jet_reads(), transform.batch_axis)
 
 
@@ -120,11 +123,11 @@ def _count_eqns(jaxpr) -> int:
     return sum(1 + sum(_count_eqns(s) for s in _subjaxprs(e)) for e in jaxpr.eqns)
 
 
-def execute(compiled: Compiled, args: tuple, kwargs: dict, n_requests: int) -> list[Any]:
+def execute(compiled: Traced, args: tuple, kwargs: dict, n_requests: int) -> list[Any]:
     return run_reads(compiled, compiled.reads, n_requests, compiled.batch_axis)
 
 
-def run_reads(compiled: Compiled, reads, n_results: int, batch_axis: int | None) -> list[Any]:
+def run_reads(compiled: Traced, reads, n_results: int, batch_axis: int | None) -> list[Any]:
     """``reads``: per pass, ``(groups, [(result index, key), ...])`` where groups
     are ``(slot, flat)`` coordinates; returns the results as pytrees like f's output."""
     results: list[Any] = [None] * n_results
@@ -200,7 +203,7 @@ def _family_key(key):
 NARROW_FAMILY_SEEDS = False
 
 
-def run_family(compiled: Compiled, slot: int, key, batch_axis: int | None,
+def run_family(compiled: Traced, slot: int, key, batch_axis: int | None,
                collapsed: bool, chunk_size: int | None = None) -> Any:
     """Coefficient ``key`` of one-coordinate-group jets along every unit direction of
     argument ``slot``, vmapped over the directions (not unrolled). ``collapsed``:
@@ -282,7 +285,7 @@ def unit_rows(start, count: int, n: int, dtype) -> jax.Array:
     return (index[:, None] == jnp.arange(n)[None, :]).astype(dtype)
 
 
-def run_directions(compiled: Compiled, slot: int, rows, weights: np.ndarray, order: int,
+def run_directions(compiled: Traced, slot: int, rows, weights: np.ndarray, order: int,
                    batch_axis: int | None, *, per_sample: bool = False, top=None,
                    chunk_size: int | None = None) -> Any:
     """``sum_n w_n D^order f[v_n]`` (plus ``Df[top]``), with the directions ``rows``

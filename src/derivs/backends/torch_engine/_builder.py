@@ -18,11 +18,11 @@ import torch.fx as fx
 aten = torch.ops.aten
 
 
-class Narrow(NamedTuple):
+class Column(NamedTuple):
     """A tensor that is zero except at position ``pos`` along ``axis`` (counted from
     the right, so it survives broadcasting), where it equals ``val`` (a node with
     size 1 on that axis, or a float). The one-hot tangent of a vector coordinate is
-    ``Narrow(1.0, ...)``: products with it are column slices, and products of two
+    ``Column(1.0, ...)``: products with it are column slices, and products of two
     different columns are structural zeros."""
 
     val: Any
@@ -33,7 +33,7 @@ class Narrow(NamedTuple):
     device: torch.device
 
 
-Val = Union[fx.Node, float, Narrow, None]
+Val = Union[fx.Node, float, Column, None]
 
 
 def is_random(target) -> bool:
@@ -49,7 +49,7 @@ def _is_neg(v: Any) -> bool:
     return isinstance(v, fx.Node) and v.target == aten.neg.default
 
 
-def _narrow(n: Narrow, val: Any) -> Val:
+def _narrow(n: Column, val: Any) -> Val:
     return None if val is None else n._replace(val=val)
 
 
@@ -127,8 +127,8 @@ class Builder:
             return b
         if b is None:
             return a
-        if isinstance(a, Narrow) or isinstance(b, Narrow):
-            if (isinstance(a, Narrow) and isinstance(b, Narrow)
+        if isinstance(a, Column) or isinstance(b, Column):
+            if (isinstance(a, Column) and isinstance(b, Column)
                     and a[1:] == b[1:]):
                 return _narrow(a, self.add(a.val, b.val))
             return self.add(self.densify(a), self.densify(b))
@@ -151,10 +151,10 @@ class Builder:
     def mul(self, a: Val, b: Val) -> Val:
         if a is None or b is None:
             return None
-        if isinstance(b, Narrow):
+        if isinstance(b, Column):
             a, b = b, a
-        if isinstance(a, Narrow):
-            if isinstance(b, Narrow):
+        if isinstance(a, Column):
+            if isinstance(b, Column):
                 if a.axis != b.axis or a.size != b.size:
                     return self.mul(a, self.densify(b))
                 return None if a.pos != b.pos else _narrow(a, self.mul(a.val, b.val))
@@ -213,7 +213,7 @@ class Builder:
         shape = torch.broadcast_shapes(self.shape(x), self.shape(y), self.shape(out))
         return tuple(shape) == self.shape(out)
 
-    def column(self, b: Val, n: Narrow) -> Val:
+    def column(self, b: Val, n: Column) -> Val:
         """The part of ``b`` that multiplies ``n``'s nonzero position."""
         if not isinstance(b, fx.Node):
             return b
@@ -227,24 +227,24 @@ class Builder:
         """``target(a, b)`` for an op linear in ``a`` (mul, div by ``b``)."""
         if a is None:
             return None
-        if isinstance(a, Narrow):
+        if isinstance(a, Column):
             val = a.val
             if isinstance(val, float):  # keep the size-1 axis: a node is needed
                 val = self.op(aten.full.default, [1] * -a.axis, val, dtype=a.dtype,
                               device=a.device)
             return _narrow(a, self.op(target, val, self.column(b, a)))
         if isinstance(a, float):
-            raise TypeError("internal: elementwise() needs a tensor or Narrow operand")
+            raise TypeError("internal: elementwise() needs a tensor or Column operand")
         return self.op(target, a, b)
 
     def mm_narrow(self, x: Val, y: Val, like_x: fx.Node, like_y: fx.Node) -> Val:
-        """``x @ y`` (2-d) when one factor is a Narrow column/row block: a one-hot
+        """``x @ y`` (2-d) when one factor is a Column column/row block: a one-hot
         column of ``x`` picks one row of ``y`` (an outer product instead of a matrix
         product); a one-hot row of ``y`` picks one column of ``x``. None otherwise."""
-        if isinstance(x, Narrow) and isinstance(y, fx.Node) and x.axis == -1:
+        if isinstance(x, Column) and isinstance(y, fx.Node) and x.axis == -1:
             row = self.op(aten.slice.Tensor, self.materialize(y, like_y), 0, x.pos, x.pos + 1)
             return self.mul(self.materialize(x.val, self._col_like(like_x)), row)
-        if isinstance(y, Narrow) and isinstance(x, fx.Node) and y.axis == -2:
+        if isinstance(y, Column) and isinstance(x, fx.Node) and y.axis == -2:
             col = self.op(aten.slice.Tensor, self.materialize(x, like_x), 1, y.pos, y.pos + 1)
             return self.mul(col, self.materialize(y.val, self._row_like(like_y)))
         return None
@@ -256,8 +256,8 @@ class Builder:
         return self.op(aten.slice.Tensor, like, 0, 0, 1)
 
     def densify(self, v: Val) -> Val:
-        """A Narrow as an ordinary node: its column times a one-hot along the axis."""
-        if not isinstance(v, Narrow):
+        """A Column as an ordinary node: its column times a one-hot along the axis."""
+        if not isinstance(v, Column):
             return v
         key = ("onehot", v.axis, v.pos, v.size, v.dtype, v.device)
         hot = self._memo.get(key)

@@ -30,7 +30,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from .._common import Fallback, numel, sample_shape
-from ._builder import Builder, Narrow
+from ._builder import Builder, Column
 from ._capture import BUILD_LOCK, StateError, cache_key, outside_functorch, shared_capture
 from ._jet import Context, Jet
 from ._interpret import interpret
@@ -189,7 +189,7 @@ def _input_jet(ctx: Context, node: fx.Node, slot: int | None, groups, batch_axis
         if one_element:
             return 1.0  # the all-ones tangent: folds away in every product
         if vector_axis is not None:
-            return Narrow(1.0, vector_axis, flat, sshape[0], val.dtype, val.device)
+            return Column(1.0, vector_axis, flat, sshape[0], val.dtype, val.device)
         key = (slot, flat)
         if key not in seed_nodes:
             t = torch.zeros(numel(sshape), dtype=val.dtype, device=val.device)

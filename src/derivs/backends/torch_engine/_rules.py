@@ -15,7 +15,7 @@ import torch
 import torch.fx as fx
 
 from ...core import _jets
-from ._builder import Narrow, aten
+from ._builder import Column, aten
 from ._jet import Context, Jet
 
 Rule = Callable[[Context, fx.Node, Callable], Jet]
@@ -65,7 +65,7 @@ _register(*_LINEAR)(_linear_rule(False))
 
 @_register(aten.sum.default, aten.sum.dim_IntList, aten.mean.default, aten.mean.dim)
 def _reduce(ctx, node, J):
-    """Sums and means; a Narrow coefficient reduced over its axis needs only its
+    """Sums and means; a Column coefficient reduced over its axis needs only its
     column (the other entries are structural zeros)."""
     a, b = J(node.args[0]), ctx.b
     rest, kw = _rest(node, J), _kw(node, J)
@@ -83,7 +83,7 @@ def _reduce(ctx, node, J):
 
     def rule(kappa):
         v = a.get(kappa)
-        if isinstance(v, Narrow) and (ndim + v.axis) in dims and not kw.get("dtype"):
+        if isinstance(v, Column) and (ndim + v.axis) in dims and not kw.get("dtype"):
             full = list(b.shape(a.node()))
             full[ndim + v.axis] = 1
             col = v.val if isinstance(v.val, fx.Node) else b.op(
