@@ -31,7 +31,8 @@ def test_every_jax_transform_on_8_devices():
     passed = {line.rsplit(" ", 1)[0] for line in out.splitlines() if line.endswith(" ok")}
     for name in ("partial", "partial batch_axis", "partials", "value_and_partials",
                  "laplacian", "laplacian batch_axis", "hessian_diagonal", "bilaplacian",
-                 "diffusion_operator", "differential_operator", "sparse jacobian",
+                 "diffusion_operator", "differential_operator", "hutchinson_laplacian",
+                 "sparse jacobian",
                  "sparse hessian"):
         assert f"shard_map d=3 {name}" in passed, name
     for name in ("laplacian", "laplacian batch_axis", "laplacian chunked",

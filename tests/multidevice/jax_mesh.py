@@ -64,6 +64,8 @@ def cases(d: int):
             u, sigma, jnp.linspace(-1.0, 1.0, d), -0.1)),
         "differential_operator": jax.vmap(derivs.differential_operator(
             u, [(1.0, 0), (-0.5, (1, 1)), (0.25, (0, 1))])),
+        "hutchinson_laplacian": jax.vmap(lambda z: derivs.hutchinson_laplacian(u, samples=4)(
+            jax.random.key(7), z)),
         "sparse jacobian": jax.vmap(lambda z: derivs.jacobian(
             lambda v: jnp.sin(v) * v[0] + v ** 2, sparse=True)(z).data),
         "sparse hessian": jax.vmap(lambda z: derivs.hessian(

@@ -105,8 +105,8 @@ def checked_call(f: Any, args: tuple, api: str, run):
             raise MemoryError(
                 f"{api}: ran out of memory ({type(e).__name__}: {str(e).splitlines()[0][:120]})."
                 " Bound it with batch_size=b (with batch_axis: b samples at a time, on "
-                "every transform) and, on the operators, chunk_size=c (c directions at a "
-                "time).") from e
+                "the partials and the exact operators) and, on the operators, chunk_size=c "
+                "(c directions at a time).") from e
         mismatch = framework_mismatch(f, args, api)
         if mismatch is None:
             raise
