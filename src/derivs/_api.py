@@ -16,6 +16,7 @@ from typing import Any
 from . import _batch, backends
 from .backends import _common
 from .core import _plan, _request
+from .core._spec import Spec
 from .core._cache import LRUCache
 from .core._execute import run_plan
 
@@ -36,6 +37,12 @@ class _Transform:
     batch_size: int | None = None  # samples per chunk of batch_axis (None: all at once)
     # Compiled derivative graphs of engines that trace (bounded, thread-safe).
     cache: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    @functools.cached_property
+    def spec(self) -> Spec:
+        """The request as the engines take it (``core/_spec.py``), sharing ``cache``."""
+        return Spec(self.fun, self.argnums, self.batch_axis, self.plan, self.has_aux,
+                    self.torch_compile, self.api, self.cache)
 
     def resolve(self, backend, args: tuple, kwargs: dict):
         """``(strategy, compiled-or-None, notes)`` for this call."""
@@ -58,7 +65,7 @@ class _Transform:
                 "forward jets"]
         if engine is None or self.strategy == _plan.NESTED_FORWARD:
             return _plan.NESTED_FORWARD, None, []
-        entry = engine.prepare(self, args, kwargs)
+        entry = engine.prepare(self.spec, args, kwargs)
         if isinstance(entry, engine.Fallback):
             if self.strategy == _plan.TRACED_JET:
                 raise ValueError(
@@ -181,7 +188,7 @@ class _Transform:
     def __call__(self, args: tuple, kwargs: dict) -> tuple[list[Any], Any]:
         if self.strategy != _plan.NESTED_FORWARD and self.batch_size is None:
             engine = backends.engine_for_plain_call(args)
-            compiled = engine.lookup(self, args, kwargs) if engine is not None else None
+            compiled = engine.lookup(self.spec, args, kwargs) if engine is not None else None
             if compiled is not None:  # checked when it was built for this signature
                 return engine.execute(compiled, args, kwargs, self.plan.n_results), None
         backend, selected, _ = self.shapes_and_backend(args)

@@ -247,7 +247,7 @@ def _engine(backend, transform, cache, f, args, kwargs, argnum, batch_axis, call
             mixed_layout(backend, None), None
     from .backends import jax_engine
 
-    compiled = jax_engine.prepare(transform, args, kwargs)
+    compiled = jax_engine.prepare(transform.spec, args, kwargs)
     if isinstance(compiled, jax_engine.Fallback):
         return None, "nested", f"the traced engine cannot take f: {compiled.reason}"
     return functools.partial(_jax_run, compiled, batch_axis), "family", None

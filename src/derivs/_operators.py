@@ -467,7 +467,7 @@ def _jax_taylor(fw, transform, args, kwargs, batch_axis, sample, collapsed, chun
     from .backends import jax_engine
     from .backends.jax_engine._engine import FAMILY_AXIS
 
-    compiled = jax_engine.prepare(transform, args, kwargs)
+    compiled = jax_engine.prepare(transform.spec, args, kwargs)
     if isinstance(compiled, jax_engine.Fallback):
         raise ValueError(f"{transform.api}: the Taylor operator cannot run here: "
                          f"{compiled.reason}. Pass strategy='reverse' for a scalar-valued f.")

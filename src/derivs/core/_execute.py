@@ -78,4 +78,4 @@ def _nested(backend: ForwardMode, call: Callable, selected: tuple,
     return [*primal_out, *tangent_out], aux
 
 
-__all__ = ["Backend", "run_plan"]
+__all__ = ["ForwardMode", "run_plan"]

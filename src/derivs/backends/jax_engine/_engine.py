@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
+from ...core._spec import Spec
 from .._common import Fallback, no_output_message
 from . import _jet, _rules  # noqa: F401  (fills the rule registry)
 from ._interpret import Interpreter
@@ -52,8 +53,8 @@ def _is_array(x: Any) -> bool:
     return isinstance(x, (jax.Array, np.ndarray))
 
 
-def prepare(transform, args: tuple, kwargs: dict) -> Traced | Fallback:
-    if transform.has_aux:
+def prepare(spec: Spec, args: tuple, kwargs: dict) -> Traced | Fallback:
+    if spec.has_aux:
         return Fallback("has_aux=True (auxiliary outputs run on the general path)")
     leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
     is_arr = [_is_array(x) for x in leaves]
@@ -63,7 +64,7 @@ def prepare(transform, args: tuple, kwargs: dict) -> Traced | Fallback:
         it = iter(arrays)
         full = [next(it) if a else leaf for a, leaf in zip(is_arr, leaves)]
         a, kw = jax.tree_util.tree_unflatten(treedef, full)
-        out = transform.fun(*a, **kw)
+        out = spec.fun(*a, **kw)
         out_leaves, side["tree"] = jax.tree_util.tree_flatten(out)
         return out_leaves
 
@@ -76,7 +77,7 @@ def prepare(transform, args: tuple, kwargs: dict) -> Traced | Fallback:
         return Fallback(f"f reads a traced value in Python ({type(e).__name__}: data-"
                         "dependent control flow or a conversion), so no jaxpr can be traced")
     if not closed.out_avals:
-        raise TypeError(no_output_message(transform.api, None))
+        raise TypeError(no_output_message(spec.api, None))
     for aval in closed.out_avals:
         if not np.issubdtype(aval.dtype, np.inexact):
             return Fallback("f returns a non-floating-point output")
@@ -94,9 +95,9 @@ def prepare(transform, args: tuple, kwargs: dict) -> Traced | Fallback:
     for a in args:
         offsets.append(n)
         n += len(jax.tree_util.tree_leaves(a))
-    selected = {positions[offsets[a]]: slot for slot, a in enumerate(transform.argnums)}
+    selected = {positions[offsets[a]]: slot for slot, a in enumerate(spec.argnums)}
     return Traced(closed, side["tree"], arrays, selected, _count_eqns(closed.jaxpr),
-                    transform.plan.jet_reads(), transform.batch_axis)
+                    spec.plan.jet_reads(), spec.batch_axis)
 
 
 def _unsupported(jaxpr) -> str | None:

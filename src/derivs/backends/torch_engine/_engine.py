@@ -29,6 +29,7 @@ import torch.utils._pytree as pytree
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
+from ...core._spec import Spec
 from .._common import Fallback, numel, sample_shape
 from ._builder import Builder, Column
 from ._capture import BUILD_LOCK, StateError, cache_key, outside_functorch, shared_capture
@@ -62,31 +63,31 @@ def tracing_active(args: tuple) -> bool:
     return get_proxy_mode() is not None or any(isinstance(a, FakeTensor) for a in args)
 
 
-def lookup(transform, args: tuple, kwargs: dict) -> Compiled | None:
+def lookup(spec: Spec, args: tuple, kwargs: dict) -> Compiled | None:
     """The hot path: a graph already built for these tensors' signature whose
     state guard still holds, or None. Only plain calls: tensors, no kwargs."""
     if kwargs:
         return None
     key = cache_key(args, kwargs)
-    entry = None if key is None else transform.cache.get(key)
+    entry = None if key is None else spec.cache.get(key)
     if type(entry) is Compiled and entry.valid():
         return entry
     return None
 
 
-def build(transform, args: tuple, kwargs: dict) -> Compiled | Fallback:
+def build(spec: Spec, args: tuple, kwargs: dict) -> Compiled | Fallback:
     t0 = time.perf_counter()
-    if transform.has_aux:
+    if spec.has_aux:
         return Fallback("has_aux=True (auxiliary outputs run on the general path)")
     offsets = _top_level_offsets(args)
-    selected_leaf = {offsets[a]: slot for slot, a in enumerate(transform.argnums)}
+    selected_leaf = {offsets[a]: slot for slot, a in enumerate(spec.argnums)}
     cap = None
     try:
-        cap = shared_capture(transform.cache, transform.fun, args, kwargs)
+        cap = shared_capture(spec.cache, spec.fun, args, kwargs)
         with BUILD_LOCK, outside_functorch():
-            module, n_ops = _derivative_module(transform, cap.graph, cap.is_tensor,
+            module, n_ops = _derivative_module(spec, cap.graph, cap.is_tensor,
                                                selected_leaf)
-        if transform.torch_compile:
+        if spec.torch_compile:
             # Compiles lazily on the first run; the user asked for it by name.
             module = torch.compile(module, fullgraph=True, dynamic=False)
             runner = module.forward
@@ -138,7 +139,7 @@ def _top_level_offsets(args: tuple) -> list[int]:
     return offsets
 
 
-def _derivative_module(transform, traced: fx.GraphModule, is_tensor, selected_leaf):
+def _derivative_module(spec: Spec, traced: fx.GraphModule, is_tensor, selected_leaf):
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     fake_mode = getattr(placeholders[0].meta.get("val") if placeholders else None,
                         "fake_mode", None)
@@ -151,11 +152,11 @@ def _derivative_module(transform, traced: fx.GraphModule, is_tensor, selected_le
                   if leaf in selected_leaf}
     seed_nodes: dict[tuple[int, int], Any] = {}
     results: list[fx.Node] = []
-    for groups, keys in transform.plan.jet_reads():
-        ctx = Context(b, transform.batch_axis, len(groups))
+    for groups, keys in spec.plan.jet_reads():
+        ctx = Context(b, spec.batch_axis, len(groups))
         env: dict[fx.Node, Jet] = {}
         for k, (ph, new) in enumerate(zip(placeholders, new_ph)):
-            env[ph] = _input_jet(ctx, new, slot_of_ph.get(k), groups, transform.batch_axis,
+            env[ph] = _input_jet(ctx, new, slot_of_ph.get(k), groups, spec.batch_axis,
                                  seed_nodes)
         outs = interpret(ctx, traced, env, keep_primals=True)
         for r, key in keys:
