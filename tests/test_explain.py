@@ -45,3 +45,26 @@ def test_explain_jet_plan_is_one_pass_sharing_lower_coefficients():
     # keys over (x0, x1, x2, x4): lower set of (1,0,1,1) has 8 keys with 27 Leibniz
     # terms; (0,2,0,0) adds (0,1,0,0) and (0,2,0,0): 2 + 3 terms
     assert e.estimated_cost == 27 + 5
+
+
+def test_every_transform_explains_itself_through_one_hook():
+    """derivs.explain calls the object's own ``__derivs_explain__``; every report
+    shares one base (``_report.Report``) whose str and repr are the report."""
+    import jax.numpy as jnp
+
+    import derivs
+    from derivs import _report
+
+    u = lambda z: jnp.sin(z).sum()  # noqa: E731
+    x = jnp.linspace(0.1, 0.9, 6)
+    made = [derivs.partial(u, (0, 1)), derivs.partials(u, [(0,), (1, 1)]),
+            derivs.laplacian(u), derivs.hessian_diagonal(u), derivs.bilaplacian(u),
+            derivs.differential_operator(u, [(1.0, (0, 0)), (0.5, (1, 1))]),
+            derivs.jacobian(jnp.sin, sparse=True)]
+    for op in made:
+        report = derivs.explain(op, x)
+        assert isinstance(report, _report.Report), op
+        assert str(report) == repr(report) and str(report)
+        assert type(op.explain(x)) is type(report)  # the public spelling, same hook
+    plain = derivs.explain(u, (0, 1), x)  # a plain function: the request form
+    assert isinstance(plain, derivs.Explanation) and plain.strategy

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _batch, backends
+from . import _batch, _report, backends
 from .backends import _common
 from .core import _plan, _request
 from .core._spec import Spec
@@ -283,8 +283,8 @@ def _wrap(fun: Callable, transform: _Transform, finish: Callable) -> Callable:
                                              lambda: transform(args, kwargs))
         return finish(results, aux)
 
-    transformed.__derivs_transform__ = transform  # read by derivs.explain
-    return transformed
+    transformed.__derivs_transform__ = transform
+    return _report.attach(transformed, lambda *args: _explain(transform, args))
 
 
 def partial(f: Callable, index: Any, argnums: int | Sequence[int] = 0,
@@ -422,7 +422,7 @@ def value_and_partials(f: Callable, requests: Sequence[Any],
     return _wrap(f, t, finish)
 
 
-class Explanation:
+class Explanation(_report.Report):
     """The plan derivs chose for a request; ``str()`` gives a readable report.
 
     Attributes: ``strategy``, ``passes`` (each with its ``directions``),
@@ -441,10 +441,7 @@ class Explanation:
         self.backend = backend
         self._report = report
 
-    def __str__(self) -> str:
-        return self._report
-
-    def __repr__(self) -> str:
+    def text(self) -> str:
         return self._report
 
 
@@ -475,22 +472,23 @@ def explain(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
       >>> e.strategy, len(e.passes), e.estimated_cost
       ('traced-jet', 1, 27.0)
     """
-    if hasattr(f, "prepare") and hasattr(f, "explain"):  # a sparse Jacobian / Hessian
-        return f.explain(*args)
-    if getattr(f, "__derivs_operator__", None) and hasattr(f, "explain"):  # laplacian, ...
-        return f.explain(*args)
-    t = getattr(f, "__derivs_transform__", None)
-    if t is None:
-        if not args:
-            raise TypeError(
-                "derivs.explain(f, request, *example_args): missing the request; e.g. "
-                "derivs.explain(f, (0, 2), x), or pass a function made by derivs.partial.")
-        request, *rest = args
-        args = tuple(rest)
-        specs = (_check_request_list(request, "derivs.explain")
-                 if isinstance(request, list) else [request])
-        t = _build(f, specs, argnums, False, batch_axis, api="derivs.explain",
-                   allow_value=True, strategy=strategy)
+    explain_self = _report.hook(f)  # anything derivs made explains itself
+    if explain_self is not None:
+        return explain_self(*args)
+    if not args:
+        raise TypeError(
+            "derivs.explain(f, request, *example_args): missing the request; e.g. "
+            "derivs.explain(f, (0, 2), x), or pass a function made by derivs.partial.")
+    request, *rest = args
+    specs = (_check_request_list(request, "derivs.explain")
+             if isinstance(request, list) else [request])
+    t = _build(f, specs, argnums, False, batch_axis, api="derivs.explain",
+               allow_value=True, strategy=strategy)
+    return _explain(t, tuple(rest))
+
+
+def _explain(t: _Transform, args: tuple) -> Explanation:
+    """The plan of transform ``t`` (at ``args`` when given)."""
     backend_name, shapes, notes = None, None, []
     strategy = t.strategy or _plan.NESTED_FORWARD
     if args:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _api, _batch, backends
+from . import _api, _batch, _report, backends
 from ._validation import check_operator_options, operator_input
 from .backends import _common
 from .core import _directions
@@ -90,7 +90,7 @@ class Call:
         return d.rows, d.weights, 4
 
 
-class FamilyExplanation:
+class FamilyExplanation(_report.Report):
     """What a collapsed operator does for given arguments: the seeds, the order,
     the layout that runs and why. Made by ``derivs.explain(op, *example_args)``."""
 
@@ -100,7 +100,7 @@ class FamilyExplanation:
         self.strategy, self.layout, self.requested = strategy, layout, requested
         self.notes, self.drift = list(notes), call.drift is not None
 
-    def __str__(self) -> str:
+    def text(self) -> str:
         lines = [f"{self.api} ({self.backend}), sample shape {self.sample}: {self.terms} "
                  f"term(s) of order <= {self.order} over {self.groups} seed direction(s)"
                  + (", plus the drift's first-order term" if self.drift else ""),
@@ -110,7 +110,6 @@ class FamilyExplanation:
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
-    __repr__ = __str__
 
 
 _LAYOUTS = {
@@ -200,8 +199,7 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
                                  strategy is not None, notes)
 
     op = functools.wraps(f)(op)
-    op.__derivs_operator__ = api
-    op.explain = explain
+    _report.attach(op, explain)
     return op
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from . import _api, _batch, _collapsed, backends
+from . import _api, _batch, _collapsed, _report, backends
 from ._validation import check_operator_options, operator_input
 from .backends import _common
 from .core import _jets
@@ -156,8 +156,7 @@ def _family_terms(f, t, coefficients, argnum, batch_axis, api, strategy, torch_c
             return _api.explain(coordinate_groups, *args, **kwargs)
         return chosen.explain(*args, **kwargs)
 
-    op.__derivs_operator__ = api
-    op.explain = explain
+    _report.attach(op, explain)
     return op
 
 
@@ -390,12 +389,11 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         diag = [o[(i, i)] for o in outs for i in sorted(k[0] for k in o)]
         return _directions_last(fw, fw.stack(diag), sample)
 
-    op.__derivs_operator__ = api
-    op.explain = explain
+    _report.attach(op, explain)
     return op
 
 
-class OperatorExplanation:
+class OperatorExplanation(_report.Report):
     """What :func:`laplacian` / :func:`hessian_diagonal` do for given arguments:
     the strategy, the direction layout of the jet strategy, and the cost model's
     estimate of each strategy (in evaluations of f). ``str()`` is a readable
@@ -411,7 +409,7 @@ class OperatorExplanation:
         self.model_costs = model_costs(collapsed, n)
         self.scalar_output, self.collapsed = scalar, collapsed
 
-    def __str__(self) -> str:
+    def text(self) -> str:
         what = "collapsed second-order jet (2 + D values per intermediate)" if self.collapsed \
             else "second-order jet per direction"
         lines = [f"{self.api} ({self.backend}), sample shape {self.sample}: "
@@ -434,7 +432,6 @@ class OperatorExplanation:
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
-    __repr__ = __str__
 
 
 def _unrolled_transform(f, coords: range, argnum, batch_axis, collapsed: bool,

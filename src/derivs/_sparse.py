@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from . import backends
+from . import _report, backends
 from .core._cache import LRUCache
 from ._sparsity import _coloring
 from ._sparsity._pattern import Pattern
@@ -68,7 +68,7 @@ def _signature(args: tuple) -> tuple | None:
     return tuple(sig)
 
 
-class SparseExplanation:
+class SparseExplanation(_report.Report):
     """What ``derivs.explain`` reports for a sparse Jacobian or Hessian.
 
     Attributes: ``strategy`` (``"colored-forward"``, ``"colored-reverse"`` or
@@ -87,10 +87,8 @@ class SparseExplanation:
         self.backend = prepared.framework
         self._report = report
 
-    def __str__(self) -> str:
+    def text(self) -> str:
         return self._report
-
-    __repr__ = __str__
 
 
 class Prepared:
@@ -291,6 +289,8 @@ class SparseDerivative:
 
     def explain(self, *args) -> "SparseExplanation":
         return self.prepare(*args).explain()
+
+    __derivs_explain__ = explain  # the hook derivs.explain calls (``_report.py``)
 
     def __repr__(self) -> str:
         return f"<derivs sparse {self.kind} of {getattr(self.fun, '__name__', self.fun)!r}>"
