@@ -383,3 +383,22 @@ def test_sparse_only_options_need_sparse_true(make):
         make(f, check=True)
     with pytest.raises(TypeError, match="sparse must be True or False"):
         make(f, sparse="true")
+
+
+@pytest.mark.parametrize("reach", ["guarded", "unguardable"])
+def test_jax_eager_program_never_keeps_stale_closure_values(reach):
+    """Eager JAX calls run one compiled program, which keeps the values f closed over
+    when it was traced. A change to that state must show in the next call: a guarded
+    f is prepared (and traced) again; an f that reaches too much to guard (a list
+    longer than the guards' limit) runs uncompiled. Oracle: jax.jacfwd of f now."""
+    from derivs.backends import _guards
+
+    size = 4 if reach == "guarded" else _guards.MAX_PLACES + 10
+    scale = np.ones(size)  # a NumPy array guarded by contents; a long list is not
+    scale = scale if reach == "guarded" else list(scale)
+    f = lambda v: jnp.sin(v) * scale[0] + v[::-1] ** 2  # noqa: E731
+    jac = derivs.jacobian(f, sparse=True, format="dense")
+    x = jnp.linspace(0.1, 0.9, 8)
+    np.testing.assert_allclose(jac(x), jax.jacfwd(f)(x), rtol=1e-12)
+    scale[0] = 3.0  # in place: same pattern, other values
+    np.testing.assert_allclose(jac(x), jax.jacfwd(f)(x), rtol=1e-12)

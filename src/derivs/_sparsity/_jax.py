@@ -35,13 +35,18 @@ def detect(kind, fun, args, argnum, has_aux, unknown):
     # The pattern reads the values f closes over (zeros of constant arrays): it holds
     # while the state guard of what f reads holds (JAX arrays cannot change in place,
     # so identities, Python values and NumPy contents cover it).
+    return (*_jax_detect.detect(target, args, argnum, unknown), state_guard(fun))
+
+
+def state_guard(fun):
+    """``() -> bool`` while what ``fun`` reads is unchanged (NOTE [state guards]), or
+    None when it reaches too much to guard."""
     from ..backends import _guards
 
     try:
-        valid = _guards.walk(fun).check
+        return _guards.walk(fun).check
     except _guards.Unguardable:
-        valid = None
-    return (*_jax_detect.detect(target, args, argnum, unknown), valid)
+        return None
 
 
 def compressed(mode, fun, args, argnum, has_aux, seeds):
@@ -89,10 +94,15 @@ class Evaluator:
 
     Called on concrete arrays, both run through ``jax.jit`` with the coloring's
     arrays as arguments (not constants): an eager call then costs what a jitted one
-    does, and compiling embeds no pattern-sized constant."""
+    does, and compiling embeds no pattern-sized constant. A compiled program keeps
+    the values ``f`` closed over when it was traced, so it is used only while a state
+    guard watches what ``f`` reads (the prepared derivative is then remade, and the
+    program traced again, when that state changes). When ``f`` reaches too much to
+    guard, every call runs uncompiled and reads ``f``'s state afresh."""
 
     def __init__(self, mode, fun, argnum, has_aux, coloring, shape):
         self.mode, self.fun, self.argnum, self.has_aux = mode, fun, argnum, has_aux
+        self.guarded = state_guard(fun) is not None
         self.n_colors = coloring.n_colors
         gather = np.asarray(coloring.gather, np.int64)
         self.width = shape[1] if mode == "row" else shape[0]  # L: read positions
@@ -145,7 +155,7 @@ class Evaluator:
 
     def __call__(self, args, layout: str = "pattern"):
         impl = self._pattern if layout == "pattern" else self._by_read
-        if is_tracing(args):
+        if is_tracing(args) or not self.guarded:
             return impl(args, self._consts(True))
         # Arrays are the compiled program's arguments; anything else (a Python int
         # that slices, a string) is static, part of the key, as jax.jit's
