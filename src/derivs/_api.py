@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _batch, _report, backends
+from . import _batch, _report, _validation, backends
 from .backends import _common
 from .core import _plan, _request
 from .core._spec import Spec
@@ -253,10 +253,8 @@ def _build(fun: Callable, specs: Sequence[Any], argnums: Any, has_aux: bool,
         )
     if not isinstance(has_aux, bool):
         raise TypeError(f"{api}: has_aux must be True or False, got {has_aux!r}.")
-    if not isinstance(torch_compile, bool):
-        raise TypeError(f"{api}: torch_compile must be True or False, got {torch_compile!r}.")
-    if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):
-        raise TypeError(f"{api}: batch_axis must be None or an int axis, got {batch_axis!r}.")
+    _validation.check_torch_compile(api, torch_compile)
+    _validation.check_batch_axis(api, batch_axis)
     _batch.check_batch_size(api, batch_size, batch_axis)
     if batch_size is not None and has_aux:
         raise ValueError(f"{api}: batch_size with has_aux=True is not supported: f's aux "

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import _api, _batch, _report, backends
-from ._validation import check_operator_options, operator_input
+from ._validation import check_operator_options, operator_entry, operator_input
 from .backends import _common
 from .core import _directions
 from .core._cache import LRUCache
@@ -151,14 +151,7 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
                                           argnum, batch_axis, call, torch_compile)
         return call, engine, layout, why
 
-    def op(*args, **kwargs):
-        return backends.checked_call(f, args, api, lambda: run(args, kwargs))
-
-    def run(args, kwargs):
-        backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
-        routed, out = routes.run(backend, args, kwargs, x)
-        if routed:
-            return out
+    def run(backend, args, x, sample, kwargs):
         call, engine, layout, why = decide(backend, args, x, sample, kwargs)
         if engine is None:
             out = _nested(backend.name, f, args, kwargs, argnum, batch_axis, call, chunk_size)
@@ -171,13 +164,7 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
     def explain(*args, **kwargs) -> FamilyExplanation:
         backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
         call, engine, layout, why = decide(backend, args, x, sample, kwargs)
-        notes = []
-        v = routes.verdict(backend, args, kwargs)
-        if v is not None:
-            notes.append(f"batch_axis: {v.reason}")
-            if v.proven and backend.vmap_operators:
-                notes.append("batch_axis: runs as jax.vmap of the per-sample operator "
-                             "(measured faster; NOTE [batch axis layout])")
+        notes = routes.notes(backend, args, kwargs)
         if why is not None:
             notes.append(why)
         if layout in ("stacked", "stacked pairs"):
@@ -198,7 +185,7 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
                                  FAMILY if engine is not None else NESTED, layout,
                                  strategy is not None, notes)
 
-    op = functools.wraps(f)(op)
+    op = operator_entry(api, f, argnum, batch_axis, torch_compile, routes, run)
     _report.attach(op, explain)
     return op
 

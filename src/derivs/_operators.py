@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from . import _api, _batch, _collapsed, _report, backends
-from ._validation import check_operator_options, operator_input
+from . import _api, _batch, _collapsed, _report
+from ._validation import check_operator_options, operator_entry, operator_input
 from .backends import _common
 from .core import _jets
 from .core._cache import LRUCache
@@ -333,13 +333,7 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
     def explain(*args, **kwargs) -> OperatorExplanation:
         backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
         d = decide(backend, args, x, sample, kwargs)
-        notes, engine = [], None
-        v = routes.verdict(backend, args, kwargs)
-        if v is not None:
-            notes.append(f"batch_axis: {v.reason}")
-            if v.proven and d.backend.vmap_operators:
-                notes.append("batch_axis: runs as jax.vmap of the per-sample operator "
-                             "(measured faster; NOTE [batch axis layout])")
+        notes, engine = routes.notes(backend, args, kwargs), None
         if d.why is not None:
             notes.append(f"family layout not used: {d.why}")
         if torch_compile:
@@ -359,15 +353,7 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
                                                      chunk_size, torch_compile, size),
         batch_axis, batch_size)
 
-    @functools.wraps(f)
-    def op(*args, **kwargs):
-        return backends.checked_call(f, args, api, lambda: run(args, kwargs))
-
-    def run(args, kwargs):
-        backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
-        routed, out = routes.run(backend, args, kwargs, x)
-        if routed:
-            return out
+    def run(backend, args, x, sample, kwargs):
         d = decide(backend, args, x, sample, kwargs)
         fw = d.backend
         args, sample, n = d.args, d.sample, d.n
@@ -389,6 +375,7 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         diag = [o[(i, i)] for o in outs for i in sorted(k[0] for k in o)]
         return _directions_last(fw, fw.stack(diag), sample)
 
+    op = operator_entry(api, f, argnum, batch_axis, torch_compile, routes, run)
     _report.attach(op, explain)
     return op
 

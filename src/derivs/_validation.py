@@ -1,10 +1,11 @@
-"""Argument validation shared by the operators and estimators: the options they
-all take (``argnum``, ``batch_axis``, ``chunk_size``, ``batch_size``, ``strategy``,
-``torch_compile``) and the conversion of the differentiated argument. Each error
-says what to pass instead."""
+"""Argument validation shared by the transforms: the options they all take
+(``argnum``, ``batch_axis``, ``chunk_size``, ``batch_size``, ``strategy``,
+``torch_compile``), the conversion of the differentiated argument, and the entry
+every exact operator's callable shares. Each error says what to pass instead."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -26,8 +27,7 @@ def check_operator_options(api: str, f: Callable, argnum: Any, batch_axis: Any, 
     if strategy not in (None, *strategies):
         raise ValueError(f"{api}: strategy={strategy!r} is not one of None (automatic), "
                          + ", ".join(repr(k) for k in strategies) + ".")
-    if not isinstance(torch_compile, bool):
-        raise TypeError(f"{api}: torch_compile must be True or False, got {torch_compile!r}.")
+    check_torch_compile(api, torch_compile)
 
 
 def check_operator_arguments(api: str, f: Callable, argnum: Any, batch_axis: Any) -> None:
@@ -37,8 +37,17 @@ def check_operator_arguments(api: str, f: Callable, argnum: Any, batch_axis: Any
     if isinstance(argnum, bool) or not isinstance(argnum, int) or argnum < 0:
         raise TypeError(f"{api}: argnum must be a non-negative int (one argument), got "
                         f"{argnum!r}; for several arguments concatenate them into one.")
+    check_batch_axis(api, batch_axis)
+
+
+def check_batch_axis(api: str, batch_axis: Any) -> None:
     if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):
         raise TypeError(f"{api}: batch_axis must be None or an int axis, got {batch_axis!r}.")
+
+
+def check_torch_compile(api: str, torch_compile: Any) -> None:
+    if not isinstance(torch_compile, bool):
+        raise TypeError(f"{api}: torch_compile must be True or False, got {torch_compile!r}.")
 
 
 def operator_input(api: str, args: tuple, argnum: int, batch_axis: int | None,
@@ -55,3 +64,21 @@ def operator_input(api: str, args: tuple, argnum: int, batch_axis: int | None,
     x = backend.as_input(args[argnum], argnum, api, batch_axis)
     args = args[:argnum] + (x,) + args[argnum + 1:]
     return backend, args, x, _common.sample_shape(tuple(x.shape), batch_axis)
+
+
+def operator_entry(api: str, f: Callable, argnum: int, batch_axis: int | None,
+                   torch_compile: bool, routes: "_batch.SampleRoutes", body: Callable) -> Callable:
+    """An exact operator's callable (``f``'s signature): the argument ``argnum``
+    checked and converted (:func:`operator_input`), a route over the samples taken
+    when one applies (``routes.run``), else ``body(backend, args, x, sample,
+    kwargs)``; a failure that a framework mix-up explains says so
+    (``backends.checked_call``)."""
+    def run(args, kwargs):
+        backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
+        routed, out = routes.run(backend, args, kwargs, x)
+        return out if routed else body(backend, args, x, sample, kwargs)
+
+    @functools.wraps(f)
+    def op(*args, **kwargs):
+        return backends.checked_call(f, args, api, lambda: run(args, kwargs))
+    return op
