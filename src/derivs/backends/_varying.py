@@ -18,6 +18,17 @@ from typing import Any
 import jax
 
 
+def abstract_mesh() -> Any:
+    """The abstract mesh being traced under (None on a JAX without one)."""
+    get = getattr(jax.sharding, "get_abstract_mesh", None)
+    return None if get is None else get()
+
+
+def in_shard_map() -> bool:
+    """Whether this is traced inside ``jax.shard_map`` (some mesh axis is manual)."""
+    return bool(getattr(abstract_mesh(), "manual_axes", ()))
+
+
 def axes(x: Any) -> frozenset:
     """The manual mesh axes over which ``x`` varies (empty outside ``shard_map``)."""
     aval = jax.typeof(x)

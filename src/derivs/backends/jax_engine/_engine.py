@@ -22,6 +22,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from ...core._spec import Spec
+from .. import _varying
 from .._common import Fallback, no_output_message
 from . import _jet, _rules  # noqa: F401  (fills the rule registry)
 from ._interpret import Interpreter
@@ -97,7 +98,7 @@ def prepare(spec: Spec, args: tuple, kwargs: dict) -> Traced | Fallback:
         n += len(jax.tree_util.tree_leaves(a))
     selected = {positions[offsets[a]]: slot for slot, a in enumerate(spec.argnums)}
     return Traced(closed, side["tree"], arrays, selected, _count_eqns(closed.jaxpr),
-                    spec.plan.jet_reads(), spec.batch_axis)
+                  spec.plan.jet_reads(), spec.batch_axis)
 
 
 def _unsupported(jaxpr) -> str | None:
@@ -173,12 +174,6 @@ def _input_jet(x, slot: int | None, groups, batch_axis) -> Jet:
 FAMILY_AXIS = "derivs_directions"
 
 
-def _in_manual_mesh() -> bool:
-    """Whether this is traced inside ``jax.shard_map`` (some mesh axis is manual)."""
-    get = getattr(jax.sharding, "get_abstract_mesh", None)
-    return get is not None and bool(getattr(get(), "manual_axes", ()))
-
-
 def _family_key(key):
     """NOTE [family inside shard_map]: a collapsed family sums its lanes' terms with
     ``lax.psum`` over derivs' own ``vmap`` axis. Inside ``jax.shard_map`` with its
@@ -189,9 +184,12 @@ def _family_key(key):
     and a top term (a drift) enters in lane 0 only. Exact, with no collective, at the
     cost of carrying the top coefficient per direction (``1 + 2D`` values per
     intermediate of a Laplacian instead of ``2 + D``), inside ``shard_map`` only."""
-    if isinstance(key, _jets.Collapsed) and key.family is not None and _in_manual_mesh():
+    if (isinstance(key, _jets.Collapsed) and key.family is not None
+            and _varying.in_shard_map()):
         return _jets.Collapsed(key.terms), False
     return key, True
+
+
 # NOTE [narrow family seeds]: without a batch axis (e.g. under jax.vmap) lane i's
 # seed can be e_i as a Narrow coefficient at the lane's (traced) position, so that
 # the first linear layer reads row i of its weight instead of multiplying the

@@ -293,15 +293,8 @@ def _avals(jets: list[Jet]) -> tuple:
 def _jvp_jaxpr(prim, params_key, params: dict, avals: tuple, diff: tuple[int, ...]):
     if params_key is None:
         return _make_jvp_jaxpr(prim, params, avals, diff)
-    return _cached_jvp_jaxpr(prim, params_key, avals, diff, _mesh(), _Box(params))
-
-
-def _mesh():
-    """The abstract mesh being traced under: a jaxpr traced inside ``shard_map``
-    (manual axes) holds that mesh in its types and must not be reused outside it,
-    nor the other way round, so it is part of the cache key."""
-    get = getattr(jax.sharding, "get_abstract_mesh", None)
-    return None if get is None else get()
+    return _cached_jvp_jaxpr(prim, params_key, avals, diff, _varying.abstract_mesh(),
+                             _Box(params))
 
 
 class _Box:
@@ -317,6 +310,9 @@ class _Box:
         return True
 
 
+# The abstract mesh is part of these caches' keys: a jaxpr traced inside
+# ``shard_map`` (manual axes) holds that mesh in its types and must not be reused
+# outside it, nor the other way round.
 @functools.lru_cache(maxsize=1024)
 def _cached_jvp_jaxpr(prim, params_key, avals, diff, mesh, box):
     return _make_jvp_jaxpr(prim, box.value, avals, diff)
@@ -345,7 +341,8 @@ def _second_jaxpr(prim, params: dict, avals: tuple, i: int):
     params_key = _params_key(params)
     if params_key is None:
         return _make_second_jaxpr(prim, params, avals, i)
-    return _cached_second_jaxpr(prim, params_key, avals, i, _mesh(), _Box(params))
+    return _cached_second_jaxpr(prim, params_key, avals, i, _varying.abstract_mesh(),
+                                _Box(params))
 
 
 @functools.lru_cache(maxsize=512)
