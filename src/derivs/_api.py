@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _batch, _report, _validation, backends
+from . import _batch, _probes, _report, _validation, backends
 from .backends import _common
 from .core import _plan, _request
 from .core._spec import Spec
@@ -89,44 +89,12 @@ class _Transform:
         if self.batch_axis is not None:
             return ("with batch_axis the gradient would sum over samples; vmap the "
                     "unbatched transform instead")
-        shape = self.output_shape(backend, args, kwargs)
+        shape = _probes.output_shape(self.spec, backend, args, kwargs)
         if shape is None:
             return "f's output is not one number"
         if math.prod(shape) != 1:
             return f"f's output has {math.prod(shape)} elements, not 1"
         return None
-
-    def output_shape(self, backend, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
-        """The shape of f's output (None for a container), probed once per
-        argument signature (``backend.signature``) and state of what f reads
-        (``backend.state_check``)."""
-        key = ("output shape", backend.signature(self.fun, args, kwargs))
-        if key[1] is not None:
-            hit = self.cache.get(key)
-            if hit is not None and hit[1]():
-                return hit[0]
-        check = backend.state_check(self.fun)
-        shape = backend.output_shape(self.fun, args, kwargs, self.cache)
-        if key[1] is not None and check is not None:
-            self.cache.put(key, (shape, check))
-        return shape
-
-    def batch_verdict(self, backend, args: tuple, kwargs: dict) -> _batch.Verdict:
-        """Whether ``batch_axis`` is right for f at these arguments (NOTE [batch axis
-        proof]), cached per signature while what f reads is unchanged; raises
-        ValueError when it is wrong."""
-        key = ("batch verdict", backend.signature(self.fun, args, kwargs))
-        hit = self.cache.get(key) if key[1] is not None else None
-        if hit is not None and (hit.valid is None or hit.valid()):
-            return hit
-        fun = self.fun if not self.has_aux else (lambda *a, **k: self.fun(*a, **k)[0])
-        shape = (self.output_shape(backend, args, kwargs) if not self.has_aux
-                 else backend.output_shape(fun, args, kwargs))
-        verdict = _batch.verdict(self.api, backend, self.fun, args, kwargs, self.argnums,
-                                 self.batch_axis, self.has_aux, shape)
-        if key[1] is not None:
-            self.cache.put(key, verdict)
-        return verdict
 
     def _twin(self, batch_axis: int | None) -> "_Transform":
         """This transform with another ``batch_axis`` and no ``batch_size``, built once."""
@@ -194,7 +162,7 @@ class _Transform:
         backend, selected, _ = self.shapes_and_backend(args)
         args = self.with_selected(args, selected)
         if self.batch_axis is not None:
-            verdict = self.batch_verdict(backend, args, kwargs)
+            verdict = _probes.batch_verdict(self.spec, backend, args, kwargs)
             size = args[self.argnums[0]].shape[self.batch_axis]
             if self.batch_size is not None and size > self.batch_size:
                 return self._chunked(backend, args, kwargs, verdict.out_axis)
@@ -495,7 +463,7 @@ def _explain(t: _Transform, args: tuple) -> Explanation:
         full = t.with_selected(args, selected)
         strategy, _, notes = t.resolve(backend, full, {})
         if t.batch_axis is not None:
-            verdict = t.batch_verdict(backend, full, {})
+            verdict = _probes.batch_verdict(t.spec, backend, full, {})
             notes = [f"batch_axis: {verdict.reason}"] + (
                 [] if verdict.proven else ["the strategy runs per sample under vmap"]) + notes
             if t.batch_size is not None:

@@ -170,11 +170,12 @@ class SampleRoutes:
     ``batch_size`` samples at a time (:func:`chunked`), or the per-sample operator
     vmapped when the batch axis is unproven or NOTE [batch axis layout] says so.
     ``rebuild(batch_axis, batch_size)`` makes the operator with other settings; the
-    two it needs are built on first use. ``transform`` (the operator's) proves the
-    batch axis and caches the verdict."""
+    two it needs are built on first use. ``prove(backend, args, kwargs)`` gives
+    the batch axis's cached verdict (``_probes.batch_verdict`` of the operator's
+    spec)."""
 
-    def __init__(self, transform, rebuild, batch_axis: int | None, batch_size: int | None):
-        self._transform, self._rebuild = transform, rebuild
+    def __init__(self, prove, rebuild, batch_axis: int | None, batch_size: int | None):
+        self._prove, self._rebuild = prove, rebuild
         self.batch_axis, self.batch_size = batch_axis, batch_size
         self._per_sample = self._whole = None
 
@@ -182,7 +183,7 @@ class SampleRoutes:
         """NOTE [batch axis proof] for the operator's f (None without batch_axis)."""
         if self.batch_axis is None:
             return None
-        return self._transform.batch_verdict(backend, args, kwargs)
+        return self._prove(backend, args, kwargs)
 
     def notes(self, backend, args: tuple, kwargs: dict) -> list[str]:
         """What ``explain`` says of the batch axis and the route it takes."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _api, _batch, _report, backends
+from . import _api, _batch, _probes, _report, backends
 from ._validation import check_operator_options, operator_entry, operator_input
 from .backends import _common
 from .core import _directions
@@ -133,21 +133,22 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
     batch axis passed in: a vmapped call plans one sample)."""
     check_operator_options(api, f, argnum, batch_axis, strategy, STRATEGIES, chunk_size,
                            batch_size, torch_compile, "terms")
-    # Carries f and argnum: the JAX engine traces f's jaxpr through it, and its cache
-    # holds the PyTorch capture, the output-shape probe and the batch-axis verdict.
-    transform = _api._build(f, [0], argnum, False, batch_axis, api=api, allow_value=False)
+    # The engines' request (f in argnum); its cache holds the PyTorch capture, the
+    # output-shape probe and the batch-axis verdict.
+    spec = _probes.operator_spec(f, argnum, batch_axis, api)
     cache = LRUCache(maxsize=64)  # programs per signature, layouts per term set
     routes = _batch.SampleRoutes(
-        transform, lambda axis, size: make(f, argnum, axis, api, plan, strategy=strategy,
-                                           chunk_size=chunk_size, torch_compile=torch_compile,
-                                           batch_size=size),
+        functools.partial(_probes.batch_verdict, spec),
+        lambda axis, size: make(f, argnum, axis, api, plan, strategy=strategy,
+                                chunk_size=chunk_size, torch_compile=torch_compile,
+                                batch_size=size),
         batch_axis, batch_size)
 
     def decide(backend, args, x, sample, kwargs):
         call = plan(backend, x, sample, batch_axis)
         engine, layout, why = None, "nested", None
         if strategy != NESTED:
-            engine, layout, why = _engine(backend, transform, cache, f, args, kwargs,
+            engine, layout, why = _engine(backend, spec, cache, f, args, kwargs,
                                           argnum, batch_axis, call, torch_compile)
         return call, engine, layout, why
 
@@ -172,7 +173,7 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
             rows = _layout(cache, c.terms, len(c.seeds), None)[0].size
             notes.append(f"{rows} stacked coefficient rows per intermediate")
         if layout == "coordinate groups":
-            t = _group_transforms(transform, argnum, batch_axis, cache, call, chunk_size,
+            t = _group_transforms(spec, argnum, batch_axis, cache, call, chunk_size,
                                   torch_compile)[0]
             inner = _api.explain(_api._wrap(f, t, lambda r, aux: r[0]), *args, **kwargs)
             notes.append(f"the coordinate groups run as {inner.strategy}"
@@ -204,7 +205,7 @@ def _layout(cache, terms: tuple, groups: int, chunk_size: int | None) -> list:
     return hit[1]
 
 
-def _engine(backend, transform, cache, f, args, kwargs, argnum, batch_axis, call: Call,
+def _engine(backend, spec, cache, f, args, kwargs, argnum, batch_axis, call: Call,
             torch_compile):
     """``(run, layout, None)`` for a traced engine, or ``(None, "nested", why)``."""
     if backend.stacked_family:  # PyTorch: the stacked family program
@@ -213,12 +214,12 @@ def _engine(backend, transform, cache, f, args, kwargs, argnum, batch_axis, call
         layout = mixed_layout(backend, args[argnum].device.type) \
             if call.univariate() is None else "stacked"
         if layout == "coordinate groups":
-            return functools.partial(_groups, transform, argnum, batch_axis, cache,
+            return functools.partial(_groups, spec, argnum, batch_axis, cache,
                                      torch_compile), layout, None
         key = cache_key(args, kwargs)
         program = None if key is None else guarded_get(cache, ("program", key))
         if program is None:
-            program = _family.prepare(f, args, kwargs, argnum, batch_axis, transform.cache)
+            program = _family.prepare(f, args, kwargs, argnum, batch_axis, spec.cache)
             if torch_compile and not isinstance(program, _common.Fallback):
                 program = _family.compiled(program)
             if key is not None:
@@ -228,11 +229,11 @@ def _engine(backend, transform, cache, f, args, kwargs, argnum, batch_axis, call
         return (functools.partial(_torch_run, program, cache, argnum, batch_axis,
                                   layout == "stacked pairs"), layout, None)
     if call.univariate() is None:
-        return functools.partial(_groups, transform, argnum, batch_axis, cache, False), \
+        return functools.partial(_groups, spec, argnum, batch_axis, cache, False), \
             mixed_layout(backend, None), None
     from .backends import jax_engine
 
-    compiled = jax_engine.prepare(transform.spec, args, kwargs)
+    compiled = jax_engine.prepare(spec, args, kwargs)
     if isinstance(compiled, jax_engine.Fallback):
         return None, "nested", f"the traced engine cannot take f: {compiled.reason}"
     return functools.partial(_jax_run, compiled, batch_axis), "family", None
@@ -289,19 +290,19 @@ def _jax_run(compiled, batch_axis, args, kwargs, call: Call, chunk_size):
                                      chunk_size=chunk_size)
 
 
-def _groups(transform, argnum, batch_axis, cache, torch_compile, args, kwargs, call: Call,
+def _groups(spec, argnum, batch_axis, cache, torch_compile, args, kwargs, call: Call,
             chunk_size):
     """Unit-seeded terms as coordinate groups: ``differential_operator``'s own path
     (``_api``), ``chunk_size`` terms per transform."""
     out = None
-    for t in _group_transforms(transform, argnum, batch_axis, cache, call, chunk_size,
+    for t in _group_transforms(spec, argnum, batch_axis, cache, call, chunk_size,
                                torch_compile):
         part = t(args, kwargs)[0][0]
         out = part if out is None else backends.backend_for(args, t.api).tree_add(out, part)
     return out
 
 
-def _group_transforms(transform, argnum, batch_axis, cache, call: Call, chunk_size,
+def _group_transforms(spec, argnum, batch_axis, cache, call: Call, chunk_size,
                       torch_compile: bool = False) -> list:
     key = ("groups", id(call.terms), chunk_size)  # plans reuse their term tuples
     hit = cache.get(key)
@@ -311,8 +312,8 @@ def _group_transforms(transform, argnum, batch_axis, cache, call: Call, chunk_si
         parts = []
         for lo in range(0, len(call.terms), step):
             chunk = call.terms[lo:lo + step]
-            t = _api._build(transform.fun, [tuple(a) for _, a in chunk], argnum, False,
-                            batch_axis, api=transform.api, allow_value=False,
+            t = _api._build(spec.fun, [tuple(a) for _, a in chunk], argnum, False,
+                            batch_axis, api=spec.api, allow_value=False,
                             operator=[c for c, _ in chunk], torch_compile=torch_compile)
             parts.append(t)
         cache.put(key, (call.terms, parts))

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from . import _api, _batch, _collapsed, _report
+from . import _api, _batch, _probes, _collapsed, _report
 from ._validation import check_operator_options, operator_entry, operator_input
 from .backends import _common
 from .core import _jets
@@ -268,9 +268,9 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
     if torch_compile and strategy == REVERSE:
         raise ValueError(f"{api}: torch_compile=True compiles the traced jet pass; "
                          "strategy='reverse' has none. Pass strategy=None or 'traced-jet'.")
-    # Carries f and argnum: JAX's engine traces f's jaxpr per call through it, and its
-    # cache holds the output-shape probe.
-    transform = _api._build(f, [0], argnum, False, batch_axis, api=api, allow_value=False)
+    # The engines' request (f in argnum); its cache holds the PyTorch capture, the
+    # output-shape probe and the batch-axis verdict.
+    spec = _probes.operator_spec(f, argnum, batch_axis, api)
     per_shape = LRUCache(maxsize=32)  # unrolled layout: the transforms per sample shape
     families = LRUCache(maxsize=32)  # PyTorch Laplacian: the family program per signature
 
@@ -282,7 +282,7 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         key = cache_key(args, kwargs)
         program = None if key is None else guarded_get(families, key)
         if program is None:
-            program = _family.prepare(f, args, kwargs, argnum, batch_axis, transform.cache)
+            program = _family.prepare(f, args, kwargs, argnum, batch_axis, spec.cache)
             if torch_compile and not isinstance(program, _common.Fallback):
                 program = _family.compiled(program)
             if key is not None:
@@ -309,7 +309,7 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         n = _common.numel(sample)
         scalar = None
         if strategy is None and not torch_compile:
-            scalar = _scalar_output(transform.output_shape(backend, args, kwargs), batch_axis)
+            scalar = _scalar_output(_probes.output_shape(spec, backend, args, kwargs), batch_axis)
         chosen = strategy or (TAYLOR if torch_compile else
                               choose_strategy(collapsed, n, scalar, backend.name))
         layout, program, why = None, None, None
@@ -349,8 +349,9 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
                                    d.layout, engine, notes)
 
     routes = _batch.SampleRoutes(
-        transform, lambda axis, size: _make_operator(f, argnum, axis, strategy, api, collapsed,
-                                                     chunk_size, torch_compile, size),
+        functools.partial(_probes.batch_verdict, spec),
+        lambda axis, size: _make_operator(f, argnum, axis, strategy, api, collapsed,
+                                          chunk_size, torch_compile, size),
         batch_axis, batch_size)
 
     def run(backend, args, x, sample, kwargs):
@@ -367,7 +368,7 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
             return fw.tree_map(lambda o: _directions_last(fw, o, sample),
                                d.program(args, kwargs, seeds))
         if d.layout == "family":
-            return _jax_taylor(fw, transform, args, kwargs, batch_axis, sample, collapsed,
+            return _jax_taylor(fw, spec, args, kwargs, batch_axis, sample, collapsed,
                                chunk_size)
         outs = [t(*args, **kwargs) for t in unrolled_transforms(sample, n)]
         if collapsed:
@@ -447,13 +448,13 @@ def _scalar_output(shape: tuple[int, ...] | None, batch_axis: int | None) -> boo
     return math.prod(shape) == 1 if batch_axis is None else len(shape) == 1
 
 
-def _jax_taylor(fw, transform, args, kwargs, batch_axis, sample, collapsed, chunk_size):
+def _jax_taylor(fw, spec, args, kwargs, batch_axis, sample, collapsed, chunk_size):
     from .backends import jax_engine
     from .backends.jax_engine._engine import FAMILY_AXIS
 
-    compiled = jax_engine.prepare(transform.spec, args, kwargs)
+    compiled = jax_engine.prepare(spec, args, kwargs)
     if isinstance(compiled, jax_engine.Fallback):
-        raise ValueError(f"{transform.api}: the Taylor operator cannot run here: "
+        raise ValueError(f"{spec.api}: the Taylor operator cannot run here: "
                          f"{compiled.reason}. Pass strategy='reverse' for a scalar-valued f.")
     if collapsed:
         key = _jets.Collapsed(((1.0, (2,)),), family=FAMILY_AXIS)
