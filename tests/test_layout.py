@@ -89,6 +89,28 @@ def test_the_circle_finder_finds_circles():
     assert "derivs._api" in graph["derivs"]  # the graph sees the package's re-exports
 
 
+_ENGINES = ("derivs.backends.jax_engine", "derivs.backends.torch_engine")
+
+
+def _private_engine_imports(edges: dict[str, set[str]]) -> list[str]:
+    """Imports of an engine's private modules from outside that engine."""
+    return sorted(f"{m} -> {t}" for m, targets in edges.items() for t in targets
+                  for engine in _ENGINES
+                  if t.startswith(engine + "._") and not (m == engine or
+                                                          m.startswith(engine + ".")))
+
+
+def test_engines_are_used_through_their_package():
+    """Each engine's ``__init__`` is its written interface (the capture helpers the
+    sparse side shares, the family program the operators run): nothing outside an
+    engine imports its private modules, so its internals can move freely."""
+    assert _private_engine_imports(_graph()) == []
+    fixture = {"derivs._x": {"derivs.backends.torch_engine._capture"},
+               "derivs.backends.torch_engine": {"derivs.backends.torch_engine._capture"}}
+    assert _private_engine_imports(fixture) == [
+        "derivs._x -> derivs.backends.torch_engine._capture"]
+
+
 # The framework layer: the adapters and engines (backends/) and each framework's
 # sparse side; the CLI demo only asks which frameworks are installed.
 _FRAMEWORK_LAYER = ("derivs/backends/", "derivs/_sparsity/_jax", "derivs/_sparsity/_torch",

@@ -6,7 +6,7 @@ Each is ``sum_n w_n D^K f[v_n] (+ Df[drift]) (+ c f)`` for directions ``v_n`` an
 weights ``w_n`` from ``core._directions``, computed in one collapsed Taylor pass
 with the directions stacked on one axis: the value and the ``K - 1`` lower
 coefficients of every direction, and one summed top coefficient, per
-intermediate (``torch_engine._family``; JAX: ``jax_engine.run_directions``).
+intermediate (``torch_engine.family_program``; JAX: ``jax_engine.run_directions``).
 ``strategy="nested-forward"`` takes ``K`` nested JVPs per direction instead (the
 reference, and what runs when the engine cannot take ``f``).
 """
@@ -209,21 +209,14 @@ def _engine(backend, spec, cache, f, args, kwargs, argnum, batch_axis, call: Cal
             torch_compile):
     """``(run, layout, None)`` for a traced engine, or ``(None, "nested", why)``."""
     if backend.stacked_family:  # PyTorch: the stacked family program
-        from .backends.torch_engine import _family, cache_key, guarded_get
+        from .backends import torch_engine
 
         layout = mixed_layout(backend, args[argnum].device.type) \
             if call.univariate() is None else "stacked"
         if layout == "coordinate groups":
             return functools.partial(_groups, spec, argnum, batch_axis, cache,
                                      torch_compile), layout, None
-        key = cache_key(args, kwargs)
-        program = None if key is None else guarded_get(cache, ("program", key))
-        if program is None:
-            program = _family.prepare(f, args, kwargs, argnum, batch_axis, spec.cache)
-            if torch_compile and not isinstance(program, _common.Fallback):
-                program = _family.compiled(program)
-            if key is not None:
-                cache.put(("program", key), program)
+        program = torch_engine.family_program(spec, args, kwargs, cache, torch_compile)
         if isinstance(program, _common.Fallback):
             return None, "nested", f"the traced engine cannot take f: {program.reason}"
         return (functools.partial(_torch_run, program, cache, argnum, batch_axis,
@@ -261,7 +254,7 @@ def _torch_run(program, cache, argnum, batch_axis, pairs, args, kwargs, call: Ca
                chunk_size):
     import torch
 
-    from .backends.torch_engine import _family
+    from .backends import torch_engine
 
     if pairs:
         call = call.as_univariate()
@@ -269,14 +262,14 @@ def _torch_run(program, cache, argnum, batch_axis, pairs, args, kwargs, call: Ca
     if call.per_sample:
         seeds = torch.as_tensor(call.seeds).to(x)
     elif call.units:
-        seeds = _family.unit_seeds(x, batch_axis)
+        seeds = torch_engine.unit_seeds(x, batch_axis)
     else:
         flat = np.asarray(call.seeds) if not isinstance(call.seeds, torch.Tensor) else call.seeds
-        seeds = _family.shared_rows(flat.reshape(flat.shape[0], -1), x, batch_axis)
+        seeds = torch_engine.shared_rows(flat.reshape(flat.shape[0], -1), x, batch_axis)
     drift = None if call.drift is None else torch.as_tensor(call.drift).to(x)
     out = None
     for k, layout in enumerate(_layout(cache, call.terms, len(call.seeds), chunk_size)):
-        part = program(args, kwargs, _family.Seeds(layout, seeds, drift if k == 0 else None))
+        part = program(args, kwargs, torch_engine.Seeds(layout, seeds, drift if k == 0 else None))
         out = part if out is None else backends.backend_named("torch").tree_add(out, part)
     return out
 

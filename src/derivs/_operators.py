@@ -277,16 +277,9 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
     def torch_family(backend, args, kwargs):
         """The PyTorch family program for these arguments and None, or None and
         why there is none (then the layout is unrolled)."""
-        from .backends.torch_engine import _family, cache_key, guarded_get
+        from .backends import torch_engine
 
-        key = cache_key(args, kwargs)
-        program = None if key is None else guarded_get(families, key)
-        if program is None:
-            program = _family.prepare(f, args, kwargs, argnum, batch_axis, spec.cache)
-            if torch_compile and not isinstance(program, _common.Fallback):
-                program = _family.compiled(program)
-            if key is not None:
-                families.put(key, program)
+        program = torch_engine.family_program(spec, args, kwargs, families, torch_compile)
         if isinstance(program, _common.Fallback):
             return None, program.reason
         return program, None
@@ -450,14 +443,13 @@ def _scalar_output(shape: tuple[int, ...] | None, batch_axis: int | None) -> boo
 
 def _jax_taylor(fw, spec, args, kwargs, batch_axis, sample, collapsed, chunk_size):
     from .backends import jax_engine
-    from .backends.jax_engine._engine import FAMILY_AXIS
 
     compiled = jax_engine.prepare(spec, args, kwargs)
     if isinstance(compiled, jax_engine.Fallback):
         raise ValueError(f"{spec.api}: the Taylor operator cannot run here: "
                          f"{compiled.reason}. Pass strategy='reverse' for a scalar-valued f.")
     if collapsed:
-        key = _jets.Collapsed(((1.0, (2,)),), family=FAMILY_AXIS)
+        key = _jets.Collapsed(((1.0, (2,)),), family=jax_engine.FAMILY_AXIS)
         return jax_engine.run_family(compiled, 0, key, batch_axis, collapsed=True,
                                      chunk_size=chunk_size)
     out = jax_engine.run_family(compiled, 0, (2,), batch_axis, collapsed=False,

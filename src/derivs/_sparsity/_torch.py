@@ -82,7 +82,9 @@ def evaluator(mode, fun, argnum, has_aux, coloring, shape):
         return eager
 
     def evaluate(args):
-        if _tracing_active(args):
+        from ..backends.torch_engine import inside_functorch, inside_trace
+
+        if inside_trace(args) or inside_functorch():
             return eager(args)
         key = tuple((a.shape, a.dtype, a.device) if isinstance(a, torch.Tensor) else
                     (type(a), a) for a in args)
@@ -110,8 +112,7 @@ def _state_check(fun):
 def _capture(mode, fun, args, argnum, seeds, gather):
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from ..backends.torch_engine._capture import (BUILD_LOCK, clean_dispatch_state,
-                                                  outside_functorch)
+    from ..backends.torch_engine import BUILD_LOCK, clean_dispatch_state, outside_functorch
 
     slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
     x = args[argnum]
@@ -325,14 +326,6 @@ def _closes_over_tensors(fun) -> bool:
         return bool(_guards.walk(fun).tensors)
     except _guards.Unguardable:
         return True
-
-
-def _tracing_active(args) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-    from torch.fx.experimental.proxy_tensor import get_proxy_mode
-
-    return get_proxy_mode() is not None or any(isinstance(a, FakeTensor) for a in args) or \
-        torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def layout(pattern):

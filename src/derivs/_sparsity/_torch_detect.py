@@ -486,8 +486,7 @@ def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn", reads
     pattern then depends on those values: it holds while the capture's state
     guard holds and no such tensor was changed in place (its version counter).
     ``reads``: the function whose state ``fun`` reads (``fun`` may wrap it)."""
-    from ..backends.torch_engine._capture import (BUILD_LOCK, Unliftable, capture,
-                                                  outside_functorch)
+    from ..backends.torch_engine import BUILD_LOCK, Unliftable, capture, outside_functorch
 
     def target(*a):
         return _one_tensor(fun(*a))
@@ -573,8 +572,7 @@ def _detect_constants(fun: Callable, args: tuple, argnum: int, unknown: str):
         return _one_tensor(fun(*full))
 
     examples = [torch.empty(args[i].shape, dtype=args[i].dtype) for i in tensor_slots]
-    from ..backends.torch_engine._capture import (BUILD_LOCK, clean_dispatch_state,
-                                                  outside_functorch)
+    from ..backends.torch_engine import BUILD_LOCK, clean_dispatch_state, outside_functorch
 
     with BUILD_LOCK, outside_functorch(), clean_dispatch_state():
         # Tensors f closes over stay real: they become graph constants (get_attr).

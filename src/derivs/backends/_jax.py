@@ -15,7 +15,8 @@ import jax.numpy as jnp
 
 from . import _common
 from . import jax_engine as engine  # noqa: F401  (the traced-jet strategy)
-from .jax_engine._jet import one_hot as one_hot  # the engine's seeds, shared
+
+one_hot = engine.one_hot  # the engine's seeds, shared
 
 name = "jax"
 accepts_torch_compile = False  # jit the transform instead

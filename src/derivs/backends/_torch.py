@@ -134,7 +134,7 @@ def output_shape(fun, args: tuple, kwargs: dict, cache=None) -> tuple[int, ...] 
     in ``cache`` for the engine), else from one evaluation without autograd. The
     capture runs nothing, so a module in train mode raises before its statistics
     change."""
-    if not engine.tracing_active(args):
+    if not engine.inside_trace(args):
         try:
             cap = engine.shared_capture(cache, fun, args, kwargs)
         except engine.StateError:

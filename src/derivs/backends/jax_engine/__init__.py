@@ -6,6 +6,8 @@ reason; ``execute`` interprets it with jets.
 
 from __future__ import annotations
 
+from ._engine import FAMILY_AXIS as FAMILY_AXIS
+from ._jet import one_hot as one_hot
 from ._engine import Traced as Traced
 from ._engine import Fallback as Fallback
 from ._engine import execute as execute

@@ -283,6 +283,21 @@ def _clear_fake_caches() -> None:
         pass
 
 
+def inside_trace(args: tuple) -> bool:
+    """A graph is being built around this call (make_fx's proxy mode, or fake
+    tensors: derivs of derivs, torch.compile): build nothing here; the general
+    path composes with the outer trace."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    return get_proxy_mode() is not None or any(isinstance(a, FakeTensor) for a in args)
+
+
+def inside_functorch() -> bool:
+    """A torch.func transform (vmap, grad, jvp) is active at this call."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
 def outside_functorch():
     """Traces see plain tensors even when the call happens inside torch.func.vmap /
     grad: the graph depends on per-sample shapes only, and the transforms apply

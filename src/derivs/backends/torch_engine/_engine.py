@@ -26,8 +26,6 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
-from torch._subclasses.fake_tensor import FakeTensor
-from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from ...core._spec import Spec
 from .._common import Fallback, numel, sample_shape
@@ -55,12 +53,6 @@ class Compiled:
         lifted = f", {len(self.lifted)} tensors f reads lifted to inputs" if self.lifted else ""
         return (f"derivative graph of {self.ops} ops, built in {self.build_seconds:.3f} s"
                 f"{lifted}, cached per argument signature under a state guard")
-
-
-def tracing_active(args: tuple) -> bool:
-    """Inside another trace (e.g. derivs of derivs): build nothing there; the
-    general path composes with the outer trace."""
-    return get_proxy_mode() is not None or any(isinstance(a, FakeTensor) for a in args)
 
 
 def lookup(spec: Spec, args: tuple, kwargs: dict) -> Compiled | None:
