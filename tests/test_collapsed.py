@@ -41,6 +41,7 @@ def _fns(fw):
             "atan-div": lambda x: (m.arctan(x[..., 0] / (2 + x[..., 1] ** 2))
                                    + (x @ W).prod(-1)),
             "vector": lambda x: m.stack([(x ** 4).sum(-1), m.tanh(x @ W).prod(-1)], -1),
+            "square-divisor": lambda x: _square_divisor(m.tanh, x, W),
         }
     W = torch.as_tensor(_W)
     return {
@@ -52,7 +53,15 @@ def _fns(fw):
         "atan-div": lambda x: (torch.atan(x[..., 0] / (2 + x[..., 1] ** 2))
                                + (x @ W).prod(-1)),
         "vector": lambda x: torch.stack([(x ** 4).sum(-1), torch.tanh(x @ W).prod(-1)], -1),
+        "square-divisor": lambda x: _square_divisor(torch.tanh, x, W),
     }
+
+
+def _square_divisor(tanh, x, W):
+    """One intermediate times itself and as a divisor: the stacked program must keep
+    its rows (they were dropped once: silently wrong)."""
+    t = tanh(x @ W)
+    return (t * t).sum(-1) + (W[0] / (2 + t)).sum(-1)
 
 
 def _dense(fw, f, xs, C4=None, C2=None, b=None, c0=0.0):
@@ -102,7 +111,7 @@ def _force_layout(layout, monkeypatch):
 
 @pytest.mark.parametrize("fw", ["jax", "torch"])
 @pytest.mark.parametrize("case", ["mlp", "sigmoid-log-exp", "sin-cos-pow", "atan-div",
-                                  "vector"])
+                                  "vector", "square-divisor"])
 def test_bilaplacian_equals_nested_dense(fw, case):
     f = _fns(fw)[case]
     want = _dense(fw, f, _X, C4=np.ones((D, D)))
@@ -114,7 +123,7 @@ def test_bilaplacian_equals_nested_dense(fw, case):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("case", ["mlp", "sin-cos-pow", "atan-div", "vector"])
+@pytest.mark.parametrize("case", ["mlp", "sin-cos-pow", "atan-div", "vector", "square-divisor"])
 def test_torch_bilaplacian_layouts(layout, case, monkeypatch):
     """Every PyTorch layout of mixed fourth-order terms (NOTE [mixed-term layout]),
     including the stacked rules' torch.func fallback (atan, div) at order 4."""

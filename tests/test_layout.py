@@ -142,3 +142,31 @@ def test_the_public_sparsity_function_shadows_no_package():
 
     coloring = importlib.import_module("derivs._sparsity._coloring")
     assert callable(derivs.sparsity) and coloring.Coloring is derivs.Coloring
+
+
+def _rule_tables(path: Path) -> list[str]:
+    """Module-level dicts and sets whose name says they hold rules."""
+    names = []
+    for node in ast.parse(path.read_text()).body:
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, ast.AnnAssign) else [])
+        for t in targets:
+            if isinstance(t, ast.Name) and "RULES" in t.id.upper() and isinstance(
+                    node.value, (ast.Dict, ast.Set, ast.Call)):
+                names.append(t.id)
+    return names
+
+
+def test_each_engine_keeps_its_rules_in_one_registry():
+    """A rule for an op is found in the engine's ``_registry.py`` and nowhere else."""
+    for engine in ("jax_engine", "torch_engine"):
+        tables = {p.name: _rule_tables(p)
+                  for p in (SRC / "derivs" / "backends" / engine).glob("*.py")}
+        assert tables.pop("_registry.py"), engine
+        assert not any(tables.values()), (engine, tables)
+
+
+def test_the_rule_table_finder_finds_tables(tmp_path):
+    p = tmp_path / "m.py"
+    p.write_text("_SEQUENCE_RULES = {1: 2}\nrules: dict = {}\nOTHER = {}\n")
+    assert _rule_tables(p) == ["_SEQUENCE_RULES", "rules"]

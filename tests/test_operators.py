@@ -219,7 +219,16 @@ _TORCH_FAMILY_CASES = {  # batch-aware: any leading axes are samples
     "softplus-mean (decomposed)": lambda x, w: torch.nn.functional.softplus(x @ w).mean(-1),
     "vector output": lambda x, w: torch.stack([(x ** 3).sum(-1), torch.tanh(x @ w).prod(-1)],
                                               -1),
+    # one intermediate on both sides of a product, and as a divisor: nonlinear in
+    # it, so its rows must be kept (these were silently wrong: the rows were dropped)
+    "square of an intermediate": lambda x, w: (torch.tanh(x @ w) * torch.tanh(x @ w)).sum(-1)
+    + _twice(torch.sin(x)),
+    "intermediate divisor": lambda x, w: (_W[:, 0] / (2 + torch.tanh(x))).sum(-1),
 }
+
+
+def _twice(t):  # ``t * t`` of one traced node
+    return (t * t).sum(-1)
 
 
 @pytest.mark.parametrize("case", sorted(_TORCH_FAMILY_CASES))

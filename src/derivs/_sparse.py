@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _report, backends
+from .backends._common import leaf_signature
 from .core._cache import LRUCache
 from ._sparsity import _coloring
 from ._sparsity._pattern import Pattern
@@ -56,16 +57,13 @@ def _normalize(args: tuple, argnum: int, api: str) -> tuple:
 def _signature(args: tuple) -> tuple | None:
     """Shapes, dtypes and devices of array arguments, and the values of plain
     Python ones (a trace bakes those in: ``f(x, k)`` may slice with ``k``)."""
-    sig = []
-    for a in args:
-        if hasattr(a, "shape") and hasattr(a, "dtype"):
-            sig.append((type(a).__name__, tuple(a.shape), str(a.dtype),
-                        str(getattr(a, "device", ""))))
-        elif isinstance(a, (int, float, bool, str, complex, type(None))):
-            sig.append((type(a), a))
-        else:
-            return None  # not a signature derivs can key on: prepare afresh
-    return tuple(sig)
+    return leaf_signature(args, _array_meta)  # None: nothing to key on, prepare afresh
+
+
+def _array_meta(a: Any) -> tuple | None:
+    if hasattr(a, "shape") and hasattr(a, "dtype"):
+        return type(a).__name__, tuple(a.shape), str(a.dtype), str(getattr(a, "device", ""))
+    return None
 
 
 class SparseExplanation(_report.Report):

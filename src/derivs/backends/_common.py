@@ -87,6 +87,8 @@ class Fallback:
     reason: str
 
 
+# -- coefficient arithmetic with None as a structural zero (both engines' eager jets;
+# the PyTorch builder has its own, over graph nodes and narrow columns) -------------
 def add(x, y):
     """``x + y`` with None as a structural zero (the jet algebras' coefficient sum)."""
     if x is None:
@@ -94,6 +96,44 @@ def add(x, y):
     if y is None:
         return x
     return x + y
+
+
+def scale(x, c: float):
+    """``c * x``; None for a zero ``x`` or ``c``, and ``x`` itself for ``c == 1``."""
+    if x is None or c == 0:
+        return None
+    return x if c == 1 else x * c
+
+
+def total(values):
+    """The sum of ``values``, None as zero (None when all are)."""
+    out = None
+    for v in values:
+        out = add(out, v)
+    return out
+
+
+# Plain Python values a trace bakes in as constants (``f(x, k)`` may slice with
+# ``k``): part of a signature by value.
+PLAIN = (int, float, bool, str, complex, type(None))
+
+
+def leaf_signature(leaves, array_meta) -> tuple | None:
+    """The cache signature of argument leaves: ``array_meta(leaf)`` for arrays (the
+    framework's shape / dtype / device; None for a non-array) and ``(type, value)``
+    for plain values. None when a leaf is neither: derivs then keys nothing on it
+    and prepares afresh. Shared by every signature (the engines' caches, the
+    sparse transforms'), so that what a cache keys on is decided in one place."""
+    parts = []
+    for leaf in leaves:
+        meta = array_meta(leaf)
+        if meta is not None:
+            parts.append(meta)
+        elif isinstance(leaf, PLAIN):
+            parts.append((type(leaf), leaf))
+        else:
+            return None
+    return tuple(parts)
 
 
 _ABSENT = object()

@@ -74,18 +74,19 @@ def jvp(fun, primal, tangent):
         jax.tree_util.tree_flatten, owns, fun, primal, tangent)
 
 
+def _array_meta(leaf) -> tuple | None:
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        return tuple(leaf.shape), str(leaf.dtype)
+    return None
+
+
 def signature(fun, args: tuple, kwargs: dict):
     """What f's output shape can depend on: shapes and dtypes of the array leaves
     and of the arrays f reads from its closure and globals, and plain values.
     None when a leaf is neither."""
-    parts = []
-    for leaf in jax.tree_util.tree_leaves((args, kwargs)):
-        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
-            parts.append((tuple(leaf.shape), str(leaf.dtype)))
-        elif isinstance(leaf, (int, float, bool, str, type(None))):
-            parts.append((type(leaf), leaf))
-        else:
-            return None
+    parts = _common.leaf_signature(jax.tree_util.tree_leaves((args, kwargs)), _array_meta)
+    if parts is None:
+        return None
     read = tuple((tuple(v.shape), str(v.dtype)) for _, v in _common.referenced_values(fun)
                  if isinstance(v, jax.Array))
     return str(jax.tree_util.tree_structure((args, kwargs))), tuple(parts), read

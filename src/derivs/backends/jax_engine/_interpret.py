@@ -28,9 +28,7 @@ from .. import _varying
 from . import _registry
 from . import _jet
 from ._jet import Jet
-
-class Unsupported(Exception):
-    """f uses something the interpreter cannot differentiate exactly; fall back."""
+from ._registry import Unsupported as Unsupported  # raised by rules and the interpreter
 
 
 def bind(prim, params: dict, *args):

@@ -10,7 +10,7 @@ zero and never becomes an array unless a rule needs one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
@@ -159,20 +159,7 @@ def one_hot(x, flat: int, batch_axis: int | None):
 
 
 # -- coefficient arithmetic with None as zero ---------------------------------------------
-add = _common.add
-
-
-def scale(x, c: float):
-    if x is None or c == 0:
-        return None
-    return x if c == 1 else x * c
-
-
-def total(values: Iterable[Any]):
-    out = None
-    for v in values:
-        out = add(out, v)
-    return out
+add, scale, total = _common.add, _common.scale, _common.total
 
 
 def sum_of_products(terms, product=lambda x, y: x * y):

@@ -15,10 +15,15 @@ from typing import Any
 
 Rule = Callable[[Any, Any, dict, list], list]
 
+
+class Unsupported(Exception):
+    """f uses something the engine cannot differentiate exactly; fall back."""
+
+
 RULES: dict[str, Rule] = {}
 # Unsupported primitives: name -> why (the engine falls back before interpreting).
 UNSUPPORTED: dict[str, str] = {}
-# NOTE [derivatives from the output] (``_rules.py``): phi' as a function of the
+# NOTE [derivatives from the output] (``core._formulas``): phi' as a function of the
 # output's jet, for the chain rule at orders >= 3.
 OUTPUT_DERIVATIVES: dict[str, Callable] = {}
 

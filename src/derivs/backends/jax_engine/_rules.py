@@ -7,7 +7,7 @@ Each rule is ``rule(interpreter, primitive, params, input_jets) -> output jets``
 * bilinear ones (mul, dot_general, conv): the Leibniz rule (``defbilinear``), with
   narrow coefficients kept narrow through ``mul`` and ``dot_general``;
 * elementwise nonlinear ones (sin, tan, atan, pow, logistic, max, ...): the chain
-  rule (``defelementwise``), tanh and logistic with phi' from the output;
+  rule (``defelementwise``), tanh, logistic and tan with phi' from the output;
 * dedicated rules below: calls, constants, division, products along axes, control
   flow.
 """
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend import core as jcore
 
-from ...core import _jets
+from ...core import _formulas, _jets
 from . import _jet
 from ._interpret import Interpreter, bind, is_float
 from ._jet import Jet
@@ -70,25 +70,24 @@ def _reduce_prod(it: Interpreter, prim, params, jets):
     shape = a.primal.shape
     if a.seeds is not None and _seeded_axes(it, shape) == axes:
         return [_prod_of_seeds(a, axes)]
-    # General case: a balanced tree of pairwise products (log depth), over the
-    # reduced axes moved last and flattened.
+    # General case: a balanced tree of pairwise products (log depth, shared with
+    # the PyTorch engine: ``_formulas.product_tree``), over the reduced axes moved
+    # last and flattened.
     keep = [d for d in range(len(shape)) if d not in axes]
     perm = keep + list(axes)
     kept_shape = tuple(shape[d] for d in keep)
     n = 1
     for d in axes:
         n *= shape[d]
-    flat_shape = kept_shape + (n,)  # bound now: n changes below, coefficients come later
+    flat_shape = kept_shape + (n,)  # bound now: coefficients are computed later
     x = _jet.linear([a], lambda v: jnp.reshape(jnp.transpose(v, perm), flat_shape))
-    while n > 1:
-        if n % 2:
-            ones = _jet.const(jnp.ones(kept_shape + (1,), a.primal.dtype))
-            x = _jet.linear([x, ones], lambda u, o: jnp.concatenate([u, o], axis=-1))
-            n += 1
-        h = n // 2
-        left = _jet.linear([x], lambda v, h=h: v[..., :h])
-        right = _jet.linear([x], lambda v, h=h: v[..., h:])
-        x, n = _jet.bilinear(left, right, lambda u, v: u * v), h
+    ones = _jet.const(jnp.ones(kept_shape + (1,), a.primal.dtype))
+    x = _formulas.product_tree(
+        x, n,
+        pad=lambda u: _jet.linear([u, ones], lambda v, o: jnp.concatenate([v, o], axis=-1)),
+        halves=lambda u, h, n: (_jet.linear([u], lambda v: v[..., :h]),
+                                _jet.linear([u], lambda v: v[..., h:])),
+        mul=lambda u, w: _jet.bilinear(u, w, lambda p, q: p * q))
     return [_jet.linear([x], lambda v: v[..., 0])]
 
 
@@ -101,21 +100,15 @@ def _seeded_axes(it: Interpreter, shape) -> tuple[int, ...] | None:
 
 
 def _prod_of_seeds(a: Jet, axes: tuple[int, ...]) -> Jet:
-    """prod is multilinear in the entries: d^k prod / dx_p1 .. dx_pk (distinct p) is
-    the product of the other entries, and 0 if an entry repeats. This is the
-    hand-written derivative: one product per coefficient, no n^k work."""
+    """prod over the seeded entries: ``_formulas.multilinear_rule``."""
     seeds = a.seeds
     x = a.primal
     keep = [d for d in range(x.ndim) if d not in axes]
     flat = jnp.moveaxis(x, axes, list(range(x.ndim - len(axes), x.ndim))).reshape(
         tuple(x.shape[d] for d in keep) + (-1,))
 
-    def rule(kappa):
-        positions = _jets.multilinear_positions(kappa, seeds)
-        if positions is None:
-            return None
-        return jnp.prod(flat.at[..., jnp.array(positions)].set(1), axis=-1)
-
+    rule = _formulas.multilinear_rule(
+        seeds, lambda positions: jnp.prod(flat.at[..., jnp.array(positions)].set(1), axis=-1))
     return Jet(jnp.prod(flat, axis=-1), rule, expands=True)
 
 
@@ -240,26 +233,35 @@ def _while(it: Interpreter, prim, params, jets):
 
 
 # -- products and elementwise functions -------------------------------------------------
-def _affine(c: float, sign: float, v: Jet) -> Jet:
-    """The jet of ``c + sign * v``."""
-    return Jet(c + sign * v.primal, lambda key: _jet.scale(v.get(key), sign))
-
-
 def _square(v: Jet) -> Jet:
     return _jet.bilinear(v, v, lambda x, y: x * y)
 
 
-# NOTE [derivatives from the output]: the chain rule at orders >= 3 propagates the
-# jet of phi'. JAX's JVP rules write tanh' as (1 + y)(1 - y) and logistic' as
-# y (1 - y): products of two different jets, a full Leibniz sum per order. As
-# 1 - y^2 and y - y^2 they are squares, whose Leibniz terms pair up (see
-# ``_jet.bilinear``): fewer products (pure d^4 of the benchmark's tanh MLP: 56
-# multiplies and 23 additions in the optimized program, from 62 and 30; nested
-# jax.jvp compiles to 40 and 40).
-_OUTPUT_DERIVATIVES = {
-    "tanh": lambda y: _affine(1.0, -1.0, _square(y)),
-    "logistic": lambda y: _jet.linear([y, _square(y)], lambda a, b: a - b),
-}
+def _from_output(poly: _formulas.Poly):
+    """phi' as the jet of ``c0 + c1 y + c2 y^2`` in the output's jet ``y``.
+
+    NOTE [derivatives from the output] (``core._formulas``): the chain rule at
+    orders >= 3 propagates the jet of phi'. JAX's JVP rules write tanh' as
+    (1 + y)(1 - y) and logistic' as y (1 - y): products of two different jets, a
+    full Leibniz sum per order. With y^2 a square, whose Leibniz terms pair up
+    (see ``_jet.bilinear``), there are fewer products (pure d^4 of the benchmark's
+    tanh MLP: 56 multiplies and 23 additions in the optimized program, from 62 and
+    30; nested jax.jvp compiles to 40 and 40)."""
+    c0, c1, c2 = (tuple(poly) + (0.0, 0.0))[:3]
+    if len(poly) > 3 or not c2:
+        raise ValueError(f"internal: expected a quadratic phi', got {poly}")
+
+    def weighted(c: float, v):
+        return v if c == 1.0 else -v if c == -1.0 else c * v
+
+    def phi_prime(y: Jet) -> Jet:
+        if c1:
+            lin = _jet.linear([y, _square(y)],
+                              lambda a, b: weighted(c1, a) + weighted(c2, b))
+        else:
+            lin = _jet.linear([_square(y)], lambda b: weighted(c2, b))
+        return Jet(c0 + lin.primal, lin.get) if c0 else lin
+    return phi_prime
 
 
 def _narrow_mul(prim, params):
@@ -289,10 +291,11 @@ def _narrow_dot(prim, params):
 defbilinear("mul", product=_narrow_mul)  # elementwise: narrow coefficients stay narrow
 defbilinear("dot_general", product=_narrow_dot)
 defbilinear("conv_general_dilated")
-defelementwise("tanh", by_output=_OUTPUT_DERIVATIVES["tanh"])
-defelementwise("logistic", by_output=_OUTPUT_DERIVATIVES["logistic"])
+defelementwise("tanh", by_output=_from_output(_formulas.OUTPUT_POLYNOMIALS["tanh"]))
+defelementwise("logistic", by_output=_from_output(_formulas.OUTPUT_POLYNOMIALS["sigmoid"]))
+defelementwise("tan", by_output=_from_output(_formulas.OUTPUT_POLYNOMIALS["tan"]))
 defelementwise(
-    "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh",
+    "sin", "cos", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh",
     "atanh", "exp", "exp2", "log", "log1p", "expm1", "sqrt", "rsqrt", "cbrt",
     "integer_pow", "pow", "erf", "erfc", "erf_inv", "lgamma", "digamma", "abs", "sign",
     "max", "min", "atan2", "rem", "square", "floor", "ceil", "round", "clamp", "nextafter")

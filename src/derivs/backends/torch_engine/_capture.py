@@ -34,8 +34,10 @@ import torch.utils._pytree as pytree
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .. import _guards
+from .._common import leaf_signature
 from ._builder import is_mutating, is_random
-from ._rules import RULES, Unsupported
+from . import _rules  # noqa: F401  (fills the jet rule registry)
+from ._registry import JET_RULES, Unsupported
 
 aten = torch.ops.aten
 # Tracing uses process-wide dispatcher state and swaps the user's tensors for
@@ -72,13 +74,14 @@ class Capture:
         return self.state.check()
 
 
-_PLAIN = (int, float, bool, str, complex, type(None))
+def _tensor_meta(leaf) -> tuple | None:
+    return (leaf.shape, leaf.dtype, leaf.device) if isinstance(leaf, torch.Tensor) else None
 
 
 def cache_key(args: tuple, kwargs: dict) -> Any:
     """What a capture depends on besides the state ``f`` reads (which its guard
-    checks): tensor metadata and the values of non-tensor arguments. None if not
-    hashable."""
+    checks): tensor metadata and the values of non-tensor arguments
+    (``_common.leaf_signature``). None if not hashable."""
     if not kwargs:  # the hot path's plain call: tensors only
         key = []
         for a in args:
@@ -88,15 +91,8 @@ def cache_key(args: tuple, kwargs: dict) -> Any:
         else:
             return tuple(key)
     leaves, spec = pytree.tree_flatten((args, kwargs))
-    parts = []
-    for leaf in leaves:
-        if isinstance(leaf, torch.Tensor):
-            parts.append((leaf.shape, leaf.dtype, leaf.device))
-        elif isinstance(leaf, _PLAIN):
-            parts.append((type(leaf), leaf))
-        else:
-            return None
-    return str(spec), tuple(parts)
+    parts = leaf_signature(leaves, _tensor_meta)
+    return None if parts is None else (str(spec), parts)
 
 
 def guarded_get(cache, key) -> Any:
@@ -333,7 +329,7 @@ def decompositions() -> dict:
         for op in _EXTRA_DECOMPOSED:
             if op in decomposition_table:
                 table[op] = decomposition_table[op]
-        _DECOMPOSITIONS = {op: fn for op, fn in table.items() if op not in RULES}
+        _DECOMPOSITIONS = {op: fn for op, fn in table.items() if op not in JET_RULES}
     return _DECOMPOSITIONS
 
 

@@ -33,7 +33,7 @@ from ._builder import Builder, Column
 from ._capture import BUILD_LOCK, StateError, cache_key, outside_functorch, shared_capture
 from ._jet import Context, Jet
 from ._interpret import interpret
-from ._rules import Unsupported
+from ._registry import Unsupported
 from ._runner import python_runner
 
 

@@ -32,12 +32,13 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
+from ...core import _formulas
 from ...core._stacked import Layout, Table
 from .._common import Fallback, numel
 from .._common import add as _add
 from ._capture import Capture, StateError, shared_capture
 from ._engine import _top_level_offsets, fallback
-from ._rules import Unsupported
+from ._registry import FAMILY_RULES, Unsupported, deffamily
 
 aten = torch.ops.aten
 
@@ -268,7 +269,8 @@ def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
             return fallback(f"{n.target} takes a differentiated tensor as a keyword", cap.valid)
         if not isinstance(n.meta.get("val"), torch.Tensor):
             return fallback(f"{n.target} has several outputs", cap.valid)
-        if n.target not in _SEQUENCE_RULES and any(
+        entry = FAMILY_RULES.get(n.target)
+        if not (entry is not None and entry.sequence) and any(
                 isinstance(a, (list, tuple)) and any(x in live for x in a) for a in n.args):
             return fallback(f"{n.target} takes a list of differentiated tensors", cap.valid)
     program.need_c = _lower_readers(traced.graph, live)
@@ -287,8 +289,10 @@ def _lower_readers(graph: fx.Graph, live: set, outputs: set = frozenset()) -> se
         if n not in live or n.op != "call_function":
             continue
         inputs = [a for a in n.all_input_nodes if a in live]
-        if n in need or n.target not in _LINEAR_IN_EACH or (
-                n.target in _BILINEAR and len(inputs) > 1):
+        entry = FAMILY_RULES.get(n.target)
+        # positions of the differentiated arguments, with repeats (``t * t``)
+        positions = [i for i, a in enumerate(n.args) if isinstance(a, fx.Node) and a in live]
+        if n in need or entry is None or entry.reads_lower_coefficients(positions):
             need.update(inputs)
     return need
 
@@ -370,8 +374,9 @@ def _primal(a, env):
 
 
 def _apply(ctx: _Ctx, node: fx.Node, env: dict, want_c: bool) -> _Jet:
-    if node.target in _SEQUENCE_RULES:  # cat / stack: a list of values first
-        return _SEQUENCE_RULES[node.target](ctx, node, env, want_c)
+    entry = FAMILY_RULES.get(node.target)
+    if entry is not None and entry.sequence:  # cat / stack: a list of values first
+        return entry.rule(ctx, node, env, want_c)
     J = lambda a: env[a] if isinstance(a, fx.Node) else _Jet(_primal(a, env))  # noqa: E731
     jets = [J(a) for a in node.args]
     primals = [j.p for j in jets]
@@ -382,7 +387,7 @@ def _apply(ctx: _Ctx, node: fx.Node, env: dict, want_c: bool) -> _Jet:
     if all(j.const for j in jets) and not any(
             isinstance(v, fx.Node) and not env[v].const for v in node.kwargs.values()):
         return _Jet(out)
-    rule = _RULES.get(node.target)
+    rule = None if entry is None else entry.rule
     if rule is None or any(isinstance(v, fx.Node) for v in node.kwargs.values()):
         rule = _generic
     jet = rule(ctx, node.target, jets, out, kw, want_c)
@@ -557,24 +562,16 @@ def _elementwise(derivatives: Callable):
     return rule
 
 
-def _poly_in_output(first: np.ndarray):
-    """Derivatives of an op with ``phi' = P(phi)`` (a polynomial, highest power
-    first: tanh ``1 - y^2``, sigmoid ``y - y^2``): ``phi^(m+1) = (phi^(m))'(y) P(y)``."""
-    polys = [np.poly1d(first)]
+def _poly_in_output(name: str):
+    """Derivatives of an op whose ``phi'`` is a polynomial in its output ``y``
+    (``core._formulas``: tanh ``1 - y^2``, sigmoid ``y - y^2``), each evaluated at
+    ``y`` by Horner's rule."""
+    first = _formulas.OUTPUT_POLYNOMIALS[name]
 
     def derivatives(x, y, m):
-        while len(polys) < m:
-            polys.append(np.polyder(polys[-1]) * polys[0])
-        return [_horner(p, y) for p in polys[:m]]
+        return [_formulas.horner(p, y, constant=lambda c, like: torch.full_like(like, c))
+                for p in _formulas.derivative_polynomials(first, m)]
     return derivatives
-
-
-def _horner(p: np.poly1d, y: torch.Tensor) -> torch.Tensor:
-    coeffs = [float(c) for c in p.coeffs]
-    out = torch.full_like(y, coeffs[0]) if len(coeffs) == 1 else coeffs[0] * y + coeffs[1]
-    for c in coeffs[2:]:
-        out = out * y + c
-    return out
 
 
 def _cyclic(first_four: Callable):
@@ -694,46 +691,34 @@ def _join(ctx, node: fx.Node, env: dict, want_c: bool) -> _Jet:
     return _Jet(out, c, joined(lambda j: j.l, ()))
 
 
-_SEQUENCE_RULES = {aten.cat.default: _join, aten.stack.default: _join}
-
-# Linear in each argument (the collapsed coefficient reads no lower one) ...
-_LINEAR_IN_EACH = {
-    aten.add.Tensor, aten.sub.Tensor, aten.view.default, aten._unsafe_view.default,
-    aten.reshape.default, aten.expand.default, aten.neg.default, aten.clone.default,
-    aten.select.int, aten.slice.Tensor, aten.t.default, aten.transpose.int,
-    aten.permute.default, aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims,
-    aten.sum.dim_IntList, aten.sum.default, aten.mean.dim,
-    aten.mul.Tensor, aten.mm.default, aten.bmm.default, aten.matmul.default,
-    aten.addmm.default, aten.cat.default, aten.stack.default, aten.mv.default,
-    aten.div.Tensor,
-}
-# ... except these, when more than one argument is differentiated.
-_BILINEAR = {aten.mul.Tensor, aten.mm.default, aten.bmm.default, aten.matmul.default,
-             aten.addmm.default, aten.mv.default, aten.div.Tensor}
-
-_RULES: dict[Any, Callable] = {
-    aten.mm.default: _matmul, aten.bmm.default: _matmul, aten.matmul.default: _matmul,
-    aten.addmm.default: _addmm, aten.mv.default: _mv,
-    aten.div.Tensor: _linear_first,  # by a constant; a differentiated divisor: generic
-    aten.add.Tensor: _sum_like(1.0), aten.sub.Tensor: _sum_like(-1.0),
-    aten.mul.Tensor: _mul,
-    aten.tanh.default: _elementwise(_poly_in_output(np.array([-1.0, 0.0, 1.0]))),
-    aten.sigmoid.default: _elementwise(_poly_in_output(np.array([-1.0, 1.0, 0.0]))),
-    aten.sin.default: _elementwise(_cyclic(lambda x, y: (torch.cos(x), -y, -torch.cos(x), y))),
-    aten.cos.default: _elementwise(_cyclic(lambda x, y: (-torch.sin(x), -y, torch.sin(x), y))),
-    aten.exp.default: _elementwise(_exp_derivatives),
-    aten.log.default: _elementwise(_log_derivatives),
-    aten.pow.Tensor_Scalar: _pow_scalar,
-    aten.view.default: _view, aten._unsafe_view.default: _view,
-    aten.reshape.default: _view, aten.expand.default: _view,
-    aten.neg.default: _linear_first, aten.clone.default: _linear_first,
-    aten.select.int: _linear_first, aten.slice.Tensor: _linear_first,
-    aten.t.default: _linear_first, aten.transpose.int: _linear_first,
-    aten.permute.default: _linear_first, aten.unsqueeze.default: _linear_first,
-    aten.squeeze.dim: _linear_first, aten.squeeze.dims: _linear_first,
-    aten.sum.dim_IntList: _linear_first, aten.sum.default: _linear_first,
-    aten.mean.dim: _linear_first,
-}
+# -- the registry (``_registry.FAMILY_RULES``) -------------------------------------------
+# ``linear`` decides whose lower coefficients a program keeps (``_lower_readers``):
+# "joint" ops read none, "each" ops none with one differentiated argument (counted
+# with repeats: ``t * t`` is a square), "first" ops none when only the first is.
+deffamily(aten.cat.default, aten.stack.default, linear="joint", sequence=True)(_join)
+deffamily(aten.add.Tensor, linear="joint")(_sum_like(1.0))
+deffamily(aten.sub.Tensor, linear="joint")(_sum_like(-1.0))
+deffamily(aten.view.default, aten._unsafe_view.default, aten.reshape.default,
+          aten.expand.default, linear="joint")(_view)
+deffamily(aten.neg.default, aten.clone.default, aten.select.int, aten.slice.Tensor,
+          aten.t.default, aten.transpose.int, aten.permute.default, aten.unsqueeze.default,
+          aten.squeeze.dim, aten.squeeze.dims, aten.sum.dim_IntList, aten.sum.default,
+          aten.mean.dim, linear="joint")(_linear_first)
+# by a constant; a differentiated divisor goes to the generic rule (nonlinear)
+deffamily(aten.div.Tensor, linear="first")(_linear_first)
+deffamily(aten.mul.Tensor, linear="each")(_mul)
+deffamily(aten.mm.default, aten.bmm.default, aten.matmul.default, linear="each")(_matmul)
+deffamily(aten.addmm.default, linear="each")(_addmm)
+deffamily(aten.mv.default, linear="each")(_mv)
+deffamily(aten.tanh.default)(_elementwise(_poly_in_output("tanh")))
+deffamily(aten.sigmoid.default)(_elementwise(_poly_in_output("sigmoid")))
+deffamily(aten.sin.default)(
+    _elementwise(_cyclic(lambda x, y: (torch.cos(x), -y, -torch.cos(x), y))))
+deffamily(aten.cos.default)(
+    _elementwise(_cyclic(lambda x, y: (-torch.sin(x), -y, torch.sin(x), y))))
+deffamily(aten.exp.default)(_elementwise(_exp_derivatives))
+deffamily(aten.log.default)(_elementwise(_log_derivatives))
+deffamily(aten.pow.Tensor_Scalar)(_pow_scalar)
 
 
 class CompiledProgram:

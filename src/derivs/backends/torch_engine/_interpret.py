@@ -29,7 +29,9 @@ from ...core import _jets
 from ...core._cache import LRUCache
 from ._builder import Builder, is_mutating, is_random
 from ._jet import Context, Jet
-from ._rules import RULES, Unsupported
+from . import _rules  # noqa: F401  (fills the jet rule registry)
+from ._registry import JET_RULES
+from ._registry import Unsupported, defjet
 
 
 class Jets(list):
@@ -59,7 +61,7 @@ def interpret(ctx: Context, graph: fx.GraphModule, env: dict, depends: set | Non
         if node not in depends:
             env[node] = ctx.const(copy_node(b, node, J))
             continue
-        jet = RULES.get(node.target, generic_rule)(ctx, node, J)
+        jet = JET_RULES.get(node.target, generic_rule)(ctx, node, J)
         if keep_primals and isinstance(jet, Jet) and isinstance(jet.primal, fx.Node):
             jet.primal = copy_node(b, node, J)  # the exact op f itself ran
         env[node] = jet
@@ -99,7 +101,7 @@ def _getitem(ctx, node, J):
     return ctx.const(ctx.b.op(operator.getitem, whole.primal, node.args[1]))
 
 
-RULES[operator.getitem] = _getitem
+defjet(operator.getitem)(_getitem)
 
 
 # -- the generic rule (NOTE [generic rule]) ----------------------------------------------

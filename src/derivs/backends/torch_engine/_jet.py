@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from ...core import _jets
+from ...core import _formulas, _jets
 from ._builder import Builder, Val, aten
 
 Kappa = _jets.Kappa
@@ -260,6 +260,19 @@ def _pow(ctx: Context, a: Jet, p: float) -> Jet:
     return ctx.chain(a, primal, lambda r: ctx.scale(ctx.unary("pow", a, p - 1), p))
 
 
+def _from_output(name: str):
+    """phi' read off the output ``r`` (``core._formulas.OUTPUT_POLYNOMIALS``):
+    ``c0 + c1 r + c2 r^2``, with the square as one product."""
+    c0, c1, c2 = _formulas.OUTPUT_POLYNOMIALS[name]
+
+    def psi(c: Context, a: Jet, r: Jet) -> Jet:
+        out = c.scale(c.mul(r, r), c2)
+        if c1:
+            out = c.add(out, r, c1)
+        return c.affine(out, 1.0, c0) if c0 else out
+    return psi
+
+
 def _simple(target, psi):
     def make(ctx: Context, a: Jet, p):
         primal = ctx.b.op(target, a.node())
@@ -280,10 +293,9 @@ _UNARY: dict[str, Callable[[Context, Jet, Any], Jet]] = {
     "rsqrt": _simple(aten.rsqrt.default, lambda c, a, r: c.scale(c.unary("pow", a, -1.5), -0.5)),
     "reciprocal": _simple(aten.reciprocal.default,
                           lambda c, a, r: c.scale(c.unary("pow", a, -2.0), -1.0)),
-    "tanh": _simple(aten.tanh.default, lambda c, a, r: c.affine(c.mul(r, r), -1.0, 1.0)),
-    "tan": _simple(aten.tan.default, lambda c, a, r: c.affine(c.mul(r, r), 1.0, 1.0)),
-    "sigmoid": _simple(aten.sigmoid.default,
-                       lambda c, a, r: c.mul(r, c.affine(r, -1.0, 1.0))),
+    "tanh": _simple(aten.tanh.default, _from_output("tanh")),
+    "tan": _simple(aten.tan.default, _from_output("tan")),
+    "sigmoid": _simple(aten.sigmoid.default, _from_output("sigmoid")),
     "atan": _simple(aten.atan.default,
                     lambda c, a, r: c.unary("pow", c.affine(c.mul(a, a), 1.0, 1.0), -1.0)),
     "asin": _simple(aten.asin.default,

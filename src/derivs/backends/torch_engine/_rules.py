@@ -14,20 +14,14 @@ from collections.abc import Callable
 import torch
 import torch.fx as fx
 
-from ...core import _jets
+from ...core import _formulas
 from ._builder import Column, aten
 from ._jet import Context, Jet
+from ._registry import Unsupported, defjet
+
+__all__ = ["Unsupported"]  # raised by rules; defined with the registry
 
 Rule = Callable[[Context, fx.Node, Callable], Jet]
-RULES: dict[object, Rule] = {}
-
-
-def _register(*targets):
-    def deco(fn: Rule) -> Rule:
-        for t in targets:
-            RULES[t] = fn
-        return fn
-    return deco
 
 
 def _rest(node: fx.Node, J, start: int = 1):
@@ -59,11 +53,11 @@ def _linear_rule(transparent: bool) -> Rule:
     return rule
 
 
-_register(*_VIEWS)(_linear_rule(True))
-_register(*_LINEAR)(_linear_rule(False))
+defjet(*_VIEWS)(_linear_rule(True))
+defjet(*_LINEAR)(_linear_rule(False))
 
 
-@_register(aten.sum.default, aten.sum.dim_IntList, aten.mean.default, aten.mean.dim)
+@defjet(aten.sum.default, aten.sum.dim_IntList, aten.mean.default, aten.mean.dim)
 def _reduce(ctx, node, J):
     """Sums and means; a Column coefficient reduced over its axis needs only its
     column (the other entries are structural zeros)."""
@@ -98,26 +92,26 @@ def _reduce(ctx, node, J):
     return Jet(ctx, primal, rule)
 
 
-@_register(aten.neg.default)
+@defjet(aten.neg.default)
 def _neg(ctx, node, J):
     return ctx.scale(J(node.args[0]), -1.0)
 
 
-@_register(aten.cat.default, aten.stack.default)
+@defjet(aten.cat.default, aten.stack.default)
 def _cat(ctx, node, J):
     rest = _rest(node, J)
     parts = [J(a) for a in node.args[0]]
     return ctx.linear_n(parts, lambda xs: ctx.b.op(node.target, xs, *rest))
 
 
-@_register(aten.where.self, torch.ops.prims.where.default)
+@defjet(aten.where.self, torch.ops.prims.where.default)
 def _where(ctx, node, J):
     cond = J(node.args[0]).primal
     return ctx.linear_n([J(node.args[1]), J(node.args[2])],
                         lambda xs: ctx.b.op(aten.where.self, cond, xs[0], xs[1]))
 
 
-@_register(aten.constant_pad_nd.default)
+@defjet(aten.constant_pad_nd.default)
 def _pad(ctx, node, J):
     a, pad = J(node.args[0]), node.args[1]
     value = node.args[2] if len(node.args) > 2 else 0.0
@@ -126,7 +120,7 @@ def _pad(ctx, node, J):
     return jet
 
 
-@_register(aten.copy.default)
+@defjet(aten.copy.default)
 def _copy(ctx, node, J):
     """``copy(dest, src)`` (functionalized ``dest.copy_(src)``): ``src`` converted
     and broadcast to ``dest``'s dtype and shape; ``dest``'s values are overwritten,
@@ -148,27 +142,27 @@ def _copy(ctx, node, J):
 
 
 # -- arithmetic --------------------------------------------------------------------
-@_register(aten.add.Tensor, aten.add.Scalar)
+@defjet(aten.add.Tensor, aten.add.Scalar)
 def _add(ctx, node, J):
     return ctx.add(J(node.args[0]), J(node.args[1]), float(node.kwargs.get("alpha", 1)))
 
 
-@_register(aten.sub.Tensor, aten.sub.Scalar)
+@defjet(aten.sub.Tensor, aten.sub.Scalar)
 def _sub(ctx, node, J):
     return ctx.add(J(node.args[0]), J(node.args[1]), -float(node.kwargs.get("alpha", 1)))
 
 
-@_register(aten.rsub.Scalar, aten.rsub.Tensor)
+@defjet(aten.rsub.Scalar, aten.rsub.Tensor)
 def _rsub(ctx, node, J):
     return ctx.add(J(node.args[1]), J(node.args[0]), -float(node.kwargs.get("alpha", 1)))
 
 
-@_register(aten.mul.Tensor, aten.mul.Scalar)
+@defjet(aten.mul.Tensor, aten.mul.Scalar)
 def _mul(ctx, node, J):
     return ctx.mul(J(node.args[0]), J(node.args[1]))
 
 
-@_register(aten.div.Tensor, aten.div.Scalar)
+@defjet(aten.div.Tensor, aten.div.Scalar)
 def _div(ctx, node, J):
     a, b = J(node.args[0]), J(node.args[1])
     if b.const:
@@ -179,12 +173,12 @@ def _div(ctx, node, J):
     return ctx.mul(a, ctx.unary("pow", b, -1.0))
 
 
-@_register(aten.pow.Tensor_Scalar)
+@defjet(aten.pow.Tensor_Scalar)
 def _pow(ctx, node, J):
     return ctx.unary("pow", J(node.args[0]), float(node.args[1]))
 
 
-@_register(aten.pow.Scalar)
+@defjet(aten.pow.Scalar)
 def _pow_scalar_base(ctx, node, J):  # base ** x = exp(x * log(base)), base > 0
     import math
 
@@ -194,11 +188,11 @@ def _pow_scalar_base(ctx, node, J):  # base ** x = exp(x * log(base)), base > 0
 
 for _name in ("sin", "cos", "exp", "expm1", "log", "log1p", "sqrt", "rsqrt", "reciprocal",
               "tanh", "tan", "sigmoid", "atan", "asin", "acos", "atanh", "sinh", "cosh", "erf"):
-    RULES[getattr(aten, _name).default] = (
-        lambda name: lambda ctx, node, J: ctx.unary(name, J(node.args[0])))(_name)
+    defjet(getattr(aten, _name).default)(
+        (lambda name: lambda ctx, node, J: ctx.unary(name, J(node.args[0])))(_name))
 
 
-@_register(aten.silu.default)
+@defjet(aten.silu.default)
 def _silu(ctx, node, J):
     a = J(node.args[0])
     return ctx.mul(a, ctx.unary("sigmoid", a))
@@ -213,9 +207,9 @@ def _piecewise(slope: Callable[[Context, fx.Node, Callable], fx.Node]) -> Rule:
     return rule
 
 
-_register(aten.relu.default)(_piecewise(
+defjet(aten.relu.default)(_piecewise(
     lambda ctx, node, J: ctx.b.op(aten.gt.Scalar, J(node.args[0]).primal, 0)))
-_register(aten.abs.default)(_piecewise(
+defjet(aten.abs.default)(_piecewise(
     lambda ctx, node, J: ctx.b.op(aten.sgn.default, J(node.args[0]).primal)))
 
 
@@ -234,11 +228,11 @@ def _clamp_mask(ctx, node, J):
     return mask if mask is not None else ctx.b.op(aten.ones_like.default, x)
 
 
-_register(aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default)(
+defjet(aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default)(
     _piecewise(_clamp_mask))
 
 
-@_register(aten.maximum.default, aten.minimum.default)
+@defjet(aten.maximum.default, aten.minimum.default)
 def _max_min(ctx, node, J):
     a, b = J(node.args[0]), J(node.args[1])
     cmp = aten.ge.Tensor if node.target == aten.maximum.default else aten.le.Tensor
@@ -246,7 +240,7 @@ def _max_min(ctx, node, J):
     return ctx.linear_n([a, b], lambda xs: ctx.b.op(aten.where.self, pick_a, xs[0], xs[1]))
 
 
-@_register(aten.var.correction, aten.var.dim)
+@defjet(aten.var.correction, aten.var.dim)
 def _var(ctx, node, J):
     """Variance: mean of squared deviations, rescaled for the correction."""
     a, b = J(node.args[0]), ctx.b
@@ -273,7 +267,7 @@ def _var(ctx, node, J):
                      else float("nan"))
 
 
-@_register(aten.amax.default, aten.amin.default)
+@defjet(aten.amax.default, aten.amin.default)
 def _amax(ctx, node, J):
     """max/min over dims: piecewise linear; the derivative picks the extreme entry,
     shared evenly between ties (as PyTorch's own amax/amin backward)."""
@@ -293,7 +287,7 @@ def _amax(ctx, node, J):
     return ctx.linear(a, pick)
 
 
-@_register(aten.pow.Tensor_Tensor)
+@defjet(aten.pow.Tensor_Tensor)
 def _pow_tensor(ctx, node, J):
     """a ** b for tensor b: exp(b * log(a)) (a > 0, as the derivative in b needs)."""
     a, e = J(node.args[0]), J(node.args[1])
@@ -304,11 +298,11 @@ def _pow_tensor(ctx, node, J):
 
 # -- bilinear ops --------------------------------------------------------------------
 for _t in (aten.mm.default, aten.bmm.default, aten.mv.default, aten.dot.default):
-    RULES[_t] = (lambda t: lambda ctx, node, J: ctx.bilinear(
-        J(node.args[0]), J(node.args[1]), t))(_t)
+    defjet(_t)((lambda t: lambda ctx, node, J: ctx.bilinear(
+        J(node.args[0]), J(node.args[1]), t))(_t))
 
 
-@_register(aten.addmm.default)
+@defjet(aten.addmm.default)
 def _addmm(ctx, node, J):
     beta = float(node.kwargs.get("beta", 1))
     alpha = float(node.kwargs.get("alpha", 1))
@@ -327,13 +321,13 @@ _CONSTANT = [aten.detach.default, aten.lift_fresh_copy.default, aten.zeros_like.
              aten.ne.Scalar, aten.ne.Tensor, aten.argmax.default, aten.argmin.default]
 
 
-@_register(*_CONSTANT)
+@defjet(*_CONSTANT)
 def _constant(ctx, node, J):
     return ctx.const(ctx.b.op(node.target, *_rest(node, J, 0), **_kw(node, J)))
 
 
 # -- products along a dimension --------------------------------------------------------
-@_register(aten.prod.default, aten.prod.dim_int)
+@defjet(aten.prod.default, aten.prod.dim_int)
 def _prod(ctx, node, J):
     a = J(node.args[0])
     b = ctx.b
@@ -347,36 +341,32 @@ def _prod(ctx, node, J):
         raise Unsupported("prod with a dtype argument")
     if a.seeds is not None and _seeds_on_dim(a, shape, dim):
         return _prod_of_seeds(ctx, a, shape, dim, keepdim)
-    # General case: a balanced tree of pairwise products (log depth).
+    # General case: a balanced tree of pairwise products (log depth, shared with
+    # the JAX engine: ``_formulas.product_tree``).
     x = a if dim is not None else ctx.linear(a, lambda v: b.op(aten.view.default, v, [-1]),
                                               transparent=True)
     d = dim if dim is not None else 0
+
+    def pad(x):
+        one_shape = list(b.shape(x.node()))
+        one_shape[d] = 1
+        val = x.node().meta["val"]
+        ones = ctx.const(b.op(aten.ones.default, one_shape, dtype=val.dtype, device=val.device))
+        return ctx.linear_n([x, ones], lambda xs: b.op(aten.cat.default, xs, d))
+
+    def halves(x, h, n):
+        # Coefficients are emitted lazily, after the tree is built: h and n are
+        # bound here, per level.
+        return (ctx.linear(x, lambda v: b.op(aten.slice.Tensor, v, d, 0, h), transparent=True),
+                ctx.linear(x, lambda v: b.op(aten.slice.Tensor, v, d, h, n), transparent=True))
+
     n = shape[dim] if dim is not None else b.shape(x.node())[0]
-    while n > 1:
-        if n % 2:
-            one_shape = list(b.shape(x.node()))
-            one_shape[d] = 1
-            val = x.node().meta["val"]
-            ones = ctx.const(b.op(aten.ones.default, one_shape, dtype=val.dtype,
-                                  device=val.device))
-            x = ctx.linear_n([x, ones], lambda xs: b.op(aten.cat.default, xs, d))
-            n += 1
-        h = n // 2
-        # Coefficients are emitted lazily, after this loop: bind h and n now.
-        left = ctx.linear(x, lambda v, h=h: b.op(aten.slice.Tensor, v, d, 0, h),
-                          transparent=True)
-        right = ctx.linear(x, lambda v, h=h, n=n: b.op(aten.slice.Tensor, v, d, h, n),
-                           transparent=True)
-        x, n = ctx.mul(left, right), h
+    x = _formulas.product_tree(x, n, pad=pad, halves=halves, mul=ctx.mul)
     if dim is None:
         return ctx.linear(x, lambda v: b.op(aten.view.default, v, []), transparent=True)
     if keepdim:
         return x
     return ctx.linear(x, lambda v: b.op(aten.squeeze.dim, v, d), transparent=True)
-
-
-class Unsupported(Exception):
-    """f uses something the engine cannot differentiate exactly; fall back."""
 
 
 def _seeds_on_dim(a: Jet, shape, dim) -> bool:
@@ -390,9 +380,7 @@ def _seeds_on_dim(a: Jet, shape, dim) -> bool:
 
 
 def _prod_of_seeds(ctx, a: Jet, shape, dim, keepdim) -> Jet:
-    """prod is multilinear in the entries: d^k prod / dx_p1 .. dx_pk (distinct p) is
-    the product of the other entries, and 0 if an entry repeats. This is the
-    hand-written derivative: one product per coefficient, no n^k work."""
+    """prod over the seeded entries: ``_formulas.multilinear_rule``."""
     b = ctx.b
     d = 0 if dim is None else dim
     seeds = a.seeds
@@ -401,13 +389,11 @@ def _prod_of_seeds(ctx, a: Jet, shape, dim, keepdim) -> Jet:
         return b.op(aten.prod.default, v) if dim is None else b.op(
             aten.prod.dim_int, v, d, keepdim)
 
-    def rule(kappa):
-        positions = _jets.multilinear_positions(kappa, seeds)
-        if positions is None:
-            return None
+    def product_with_ones(positions):
         index = ctx.index_constant(positions, a.node())
         return reduce(b.op(aten.index_fill.int_Scalar, a.node(), d, index, 1.0))
 
+    rule = _formulas.multilinear_rule(seeds, product_with_ones)
     jet = Jet(ctx, reduce(a.node()), rule)
     jet.expands = True  # collapsed keys: summed from their terms
     return jet
