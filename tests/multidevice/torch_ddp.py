@@ -65,6 +65,9 @@ def worker(rank: int, port: int, world: int, out: str) -> None:
         else:
             raise AssertionError("derivs accepted an FSDP module")
     finally:
+        # both ranks reach teardown before either closes its gloo pairs: a rank that
+        # destroys the group while its peer still talks to it can abort (SIGABRT)
+        dist.barrier()
         dist.destroy_process_group()
 
 
