@@ -82,12 +82,11 @@ def evaluator(mode, fun, argnum, has_aux, coloring, shape):
         return eager
 
     def evaluate(args):
-        from ..backends.torch_engine import inside_functorch, inside_trace
+        from ..backends.torch_engine import cache_key, inside_functorch, inside_trace
 
-        if inside_trace(args) or inside_functorch():
+        key = cache_key(args, {})  # None: nothing derivs can key a graph on
+        if key is None or inside_trace(args) or inside_functorch():
             return eager(args)
-        key = tuple((a.shape, a.dtype, a.device) if isinstance(a, torch.Tensor) else
-                    (type(a), a) for a in args)
         g, valid = graphs.get(key, (None, None))
         if g is None or not valid():  # Python values the graph baked in changed
             valid = _state_check(fun)

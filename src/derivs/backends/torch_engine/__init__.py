@@ -14,7 +14,8 @@ only through the names re-exported here:
   ``make_fx`` trace must run under (one trace at a time; plain tensors inside
   torch.func transforms; PyTorch's dispatch state put back after a failure);
 * ``inside_trace(args)`` / ``inside_functorch()``: whether a graph is being
-  built around this call / a torch.func transform is active (build nothing then).
+  built around this call / a torch.func transform is active (build nothing then);
+* ``cache_key(args, kwargs)``: the signature a captured graph is kept under.
 
 The operators reach the stacked family program (``_family.py``) through
 ``family_program`` and its seeds (``Seeds``, ``unit_seeds``, ``shared_rows``).
@@ -31,7 +32,8 @@ from ._capture import capture as capture
 from ._capture import clean_dispatch_state as clean_dispatch_state
 from ._capture import inside_functorch as inside_functorch
 from ._capture import outside_functorch as outside_functorch
-from ._capture import StateError, cache_key, guarded_get, inside_trace, shared_capture
+from ._capture import cache_key as cache_key
+from ._capture import StateError, guarded_get, inside_trace, shared_capture
 from ._engine import build
 from ._family import Seeds as Seeds
 from ._family import shared_rows as shared_rows
@@ -53,7 +55,6 @@ def prepare(spec: Spec, args: tuple, kwargs: dict) -> Compiled | Fallback:
         entry = build(spec, args, kwargs)
         spec.cache.put(key, entry)
     return entry
-
 
 
 def family_program(spec: Spec, args: tuple, kwargs: dict, programs,

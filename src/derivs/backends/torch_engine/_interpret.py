@@ -30,8 +30,7 @@ from ...core._cache import LRUCache
 from ._builder import Builder, is_mutating, is_random
 from ._jet import Context, Jet
 from . import _rules  # noqa: F401  (fills the jet rule registry)
-from ._registry import JET_RULES
-from ._registry import Unsupported, defjet
+from ._registry import JET_RULES, Unsupported, defjet
 
 
 class Jets(list):

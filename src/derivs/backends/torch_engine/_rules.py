@@ -19,8 +19,6 @@ from ._builder import Column, aten
 from ._jet import Context, Jet
 from ._registry import Unsupported, defjet
 
-__all__ = ["Unsupported"]  # raised by rules; defined with the registry
-
 Rule = Callable[[Context, fx.Node, Callable], Jet]
 
 
