@@ -367,18 +367,23 @@ def _hessian_diagonal(quick: bool) -> list[dict]:
     return rows
 
 
-def _forced_layout(name: str, op, x):
+def _forced_layout(name: str, op, x, tables: bool = False):
     """A call of ``op(x)`` with the mixed-term layout forced to ``name`` (NOTE
-    [mixed-term layout] in derivs._collapsed)."""
+    [mixed-term layout] in derivs._collapsed); ``tables``: the stacked rules by
+    their Faa di Bruno tables, not by contractions (NOTE [contracted Bi-Laplacian]
+    in derivs.core._stacked; the A/B of that rule)."""
     from derivs import _collapsed
+    from derivs.core import _stacked
 
     def call():
-        saved = _collapsed.mixed_layout
-        _collapsed.mixed_layout = lambda fw, device: name
+        saved = _collapsed.mixed_layout, _stacked.Layout.contracted
+        _collapsed.mixed_layout = lambda fw, device, contracted: name
+        if tables:
+            _stacked.Layout.contracted = property(lambda self: None)
         try:
             return op(x)
         finally:
-            _collapsed.mixed_layout = saved
+            _collapsed.mixed_layout, _stacked.Layout.contracted = saved
     return call
 
 
@@ -425,6 +430,7 @@ def _bilaplacian(quick: bool) -> list[dict]:
                "derivs coordinate groups": layout("coordinate groups"),
                "derivs stacked pairs": layout("stacked pairs"),
                "derivs stacked mixed": layout("stacked"),
+               "derivs stacked mixed, tables": _forced_layout("stacked", op, xt, tables=True),
                "nested lap(lap)": lambda: nested(xt), "f": lambda: u(xt)}
         for name, fn in fns.items():
             if name != "f":
@@ -659,6 +665,8 @@ def _torch_device(device: str, quick: bool) -> list[dict]:
 
     fns4 = {"derivs": lambda: op(x4), "stacked pairs": layout("stacked pairs"),
             "stacked mixed": layout("stacked"), "coordinate groups": layout("coordinate groups"),
+            "stacked mixed, tables": _forced_layout("stacked", op, x4, tables=True),
+            "derivs torch_compile": lambda: compiled(x4),
             "stacked pairs torch_compile": layout("stacked pairs", compiled),
             "nested lap(lap)": lambda: nested(x4)}
     jet4 = _jet_operator("bilaplacian", u4, x4)

@@ -42,6 +42,7 @@ def _fns(fw):
                                    + (x @ W).prod(-1)),
             "vector": lambda x: m.stack([(x ** 4).sum(-1), m.tanh(x @ W).prod(-1)], -1),
             "square-divisor": lambda x: _square_divisor(m.tanh, x, W),
+            "nonlinear-products": lambda x: _nonlinear_products(m, x, W),
         }
     W = torch.as_tensor(_W)
     return {
@@ -54,6 +55,7 @@ def _fns(fw):
                                + (x @ W).prod(-1)),
         "vector": lambda x: torch.stack([(x ** 4).sum(-1), torch.tanh(x @ W).prod(-1)], -1),
         "square-divisor": lambda x: _square_divisor(torch.tanh, x, W),
+        "nonlinear-products": lambda x: _nonlinear_products(torch, x, W),
     }
 
 
@@ -62,6 +64,15 @@ def _square_divisor(tanh, x, W):
     its rows (they were dropped once: silently wrong)."""
     t = tanh(x @ W)
     return (t * t).sum(-1) + (W[0] / (2 + t)).sum(-1)
+
+
+def _nonlinear_products(m, x, W):
+    """Products (elementwise and matmul) of two intermediates with curvature,
+    fed to another nonlinearity: every cross term of a bilinear rule reaches the
+    result (NOTE [contracted Bi-Laplacian])."""
+    t, u = m.tanh(x @ W), m.cos(x @ W)
+    inner = (t[..., None, :] @ u[..., :, None])[..., 0, 0]
+    return m.sin((t * u).sum(-1)) + m.tanh(inner)
 
 
 def _dense(fw, f, xs, C4=None, C2=None, b=None, c0=0.0):
@@ -106,12 +117,12 @@ LAYOUTS = ["coordinate groups", "stacked pairs", "stacked"]
 
 
 def _force_layout(layout, monkeypatch):
-    monkeypatch.setattr(_collapsed, "mixed_layout", lambda fw, device: layout)
+    monkeypatch.setattr(_collapsed, "mixed_layout", lambda fw, device, contracted: layout)
 
 
 @pytest.mark.parametrize("fw", ["jax", "torch"])
 @pytest.mark.parametrize("case", ["mlp", "sigmoid-log-exp", "sin-cos-pow", "atan-div",
-                                  "vector", "square-divisor"])
+                                  "vector", "square-divisor", "nonlinear-products"])
 def test_bilaplacian_equals_nested_dense(fw, case):
     f = _fns(fw)[case]
     want = _dense(fw, f, _X, C4=np.ones((D, D)))
@@ -123,7 +134,8 @@ def test_bilaplacian_equals_nested_dense(fw, case):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("case", ["mlp", "sin-cos-pow", "atan-div", "vector", "square-divisor"])
+@pytest.mark.parametrize("case", ["mlp", "sin-cos-pow", "atan-div", "vector", "square-divisor",
+                                  "nonlinear-products"])
 def test_torch_bilaplacian_layouts(layout, case, monkeypatch):
     """Every PyTorch layout of mixed fourth-order terms (NOTE [mixed-term layout]),
     including the stacked rules' torch.func fallback (atan, div) at order 4."""
@@ -136,6 +148,26 @@ def test_torch_bilaplacian_layouts(layout, case, monkeypatch):
     chunked = derivs.bilaplacian(f, batch_axis=0, chunk_size=4)
     np.testing.assert_allclose(_np(chunked(torch.as_tensor(_X))), want, rtol=1e-10,
                                atol=1e-10)
+
+
+def test_merged_rows():
+    """NOTE [merged rows]: the Bi-Laplacian's third-level rows d_i^2 d_j merge into
+    D rows d_j (Laplacian); rows whose top entries differ stay apart."""
+    n = 6
+    bilap = [(1.0, (i, i, j, j)) for i in range(n) for j in range(n)]
+    layout = _stacked.Layout(n, bilap)
+    assert layout.size == n + n * (n + 1) // 2 + n
+    for j in range(n):  # d_j (Laplacian): every d_i^2 d_j, i = j included
+        row = layout.index[(j, j, j)]
+        assert sorted(layout.members[row]) == sorted(tuple(sorted((i, i, j)))
+                                                     for i in range(n))
+    weights = _RNG.uniform(1, 2, size=(n, n))
+    uneven = _stacked.Layout(n, [(float(weights[i, j]), (i, i, j, j))
+                                 for i in range(n) for j in range(n)])
+    assert uneven.size == n + n * (n + 1) // 2 + n * n
+    assert all(len(m) == 1 for m in uneven.members)
+    hessian_diagonal_read = _stacked.Layout(n, bilap, read=[(0, 0)])
+    assert hessian_diagonal_read.size == n + n * (n + 1) // 2 + n * n
 
 
 def test_bilaplacian_sympy():
@@ -221,11 +253,15 @@ def test_torch_bilaplacian_trains_module(layout, monkeypatch):
 
 
 @pytest.mark.parametrize("fw", ["jax", "torch"])
-def test_fourth_order_term_sets(fw, monkeypatch):
+@pytest.mark.parametrize("coefficients", ["random", "uniform off the diagonal"])
+def test_fourth_order_term_sets(fw, coefficients, monkeypatch):
     """``differential_operator`` with arbitrary d^4 / dx_i^2 dx_j^2 coefficients (not
-    symmetric, some zero): every layout."""
+    symmetric, some zero), or ones with twice the pure terms (the stacked layout
+    merges some third-level rows, not all: NOTE [merged rows]): every layout."""
     C = _RNG.normal(size=(D, D))
     C[0, 2] = C[2, 0] = 0.0
+    if coefficients != "random":
+        C = np.ones((D, D)) + np.eye(D)
     terms = [(float(C[i, j]), (i, i, j, j)) for i in range(D) for j in range(D) if C[i, j]]
     f = _fns(fw)["sin-cos-pow"]
     want = _dense(fw, f, _X, C4=C)
@@ -321,8 +357,20 @@ def test_explain_tells_the_layout(monkeypatch):
     f = _fns("torch")["mlp"]
     x = torch.as_tensor(_X)
     e = derivs.explain(derivs.bilaplacian(f, batch_axis=0), x)
-    assert e.layout == "coordinate groups"  # CPU (NOTE [mixed-term layout])
+    assert e.layout == "stacked"  # every device (NOTE [mixed-term layout])
+    assert f"{D + D * (D + 1) // 2 + D} stacked coefficient rows" in str(e)
+    assert "NOTE [contracted Bi-Laplacian]" in str(e)
+    C = np.arange(1.0, D * D + 1).reshape(D, D)  # uneven: no contraction, tables
+    e = derivs.explain(derivs.differential_operator(
+        f, [(float(C[i, j]), (i, i, j, j)) for i in range(D) for j in range(D)],
+        batch_axis=0), x)
+    assert e.layout == "coordinate groups"  # CPU
     assert "coordinate groups run as traced-jet" in str(e)
+    _force_layout("stacked", monkeypatch)
+    e = derivs.explain(derivs.differential_operator(
+        f, [(float(C[i, j]), (i, i, j, j)) for i in range(D) for j in range(D)],
+        batch_axis=0), x)
+    assert "contracted" not in str(e)
     _force_layout("stacked pairs", monkeypatch)
     e = derivs.explain(derivs.bilaplacian(f, batch_axis=0), x)
     assert f"{3 * D * D} stacked coefficient rows" in str(e)

@@ -170,8 +170,12 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
             notes.append(why)
         if layout in ("stacked", "stacked pairs"):
             c = call.as_univariate() if layout == "stacked pairs" else call
-            rows = _layout(cache, c.terms, len(c.seeds), None)[0].size
-            notes.append(f"{rows} stacked coefficient rows per intermediate")
+            stacked = _layout(cache, c.terms, len(c.seeds), None)[0]
+            notes.append(f"{stacked.size} stacked coefficient rows per intermediate")
+            if layout == "stacked" and stacked.contracted is not None:
+                notes.append("the Bi-Laplacian's rows (gradient, Hessian, gradient of the "
+                             "Laplacian): elementwise ops and products by contractions, "
+                             "not gathered products (NOTE [contracted Bi-Laplacian])")
         if layout == "coordinate groups":
             t = _group_transforms(spec, argnum, batch_axis, cache, call, chunk_size,
                                   torch_compile)[0]
@@ -211,8 +215,10 @@ def _engine(backend, spec, cache, f, args, kwargs, argnum, batch_axis, call: Cal
     if backend.stacked_family:  # PyTorch: the stacked family program
         from .backends import torch_engine
 
-        layout = mixed_layout(backend, args[argnum].device.type) \
-            if call.univariate() is None else "stacked"
+        layout = "stacked"
+        if call.univariate() is None:
+            contracted = _layout(cache, call.terms, len(call.seeds), None)[0].contracted
+            layout = mixed_layout(backend, args[argnum].device.type, contracted is not None)
         if layout == "coordinate groups":
             return functools.partial(_groups, spec, argnum, batch_axis, cache,
                                      torch_compile), layout, None
@@ -223,7 +229,7 @@ def _engine(backend, spec, cache, f, args, kwargs, argnum, batch_axis, call: Cal
                                   layout == "stacked pairs"), layout, None)
     if call.univariate() is None:
         return functools.partial(_groups, spec, argnum, batch_axis, cache, False), \
-            mixed_layout(backend, None), None
+            mixed_layout(backend, None, False), None
     from .backends import jax_engine
 
     compiled = jax_engine.prepare(spec, args, kwargs)
@@ -235,18 +241,26 @@ def _engine(backend, spec, cache, f, args, kwargs, argnum, batch_axis, call: Cal
 # NOTE [mixed-term layout]: mixed fourth-order terms (the Bi-Laplacian's
 # d^4 / dx_i^2 dx_j^2) have three layouts: coordinate groups (unrolled, one
 # coefficient per multi-index, cache-sized ops), stacked mixed rows (unit seeds;
-# D + D (D + 1) / 2 + D^2 rows, gathered products) and stacked pairs (the D^2 pair
-# directions of NOTE [pair interpolation]; 3 D^2 rows, contiguous slices). On CPU
-# (Bi-Laplacian, D = 10, tanh MLP 10-256-256-256-1, 512 points, as a ratio to the
-# nested Laplacian of the Laplacian) PyTorch ran 0.09-0.13x as coordinate groups,
-# 0.28-0.31x as pairs and 0.36-0.38x as mixed rows; JAX under jit 0.19-0.21x as
-# coordinate groups and 0.43-0.52x as a vmapped family of the pairs. On an H200 the
-# coordinate groups were launch-bound (1.06x), so other devices take the stacked
-# pairs: fewest kernels, no gathers. ``benchmarks/taylor.py`` (and the GPU script)
-# measure the three side by side; the device rule is unmeasured on GPUs so far.
-def mixed_layout(backend, device_type: str | None) -> str:
+# D + D (D + 1) / 2 + D rows with the third level merged, NOTE [merged rows]) and
+# stacked pairs (the D^2 pair directions of NOTE [pair interpolation]; 3 D^2 rows,
+# contiguous slices). A general term set's mixed rows run gathered products (one
+# per Faa di Bruno entry); the Bi-Laplacian's run contractions (NOTE [contracted
+# Bi-Laplacian]). On CPU (PyTorch, D = 10, tanh MLP 10-256-256-256-1, 512 points,
+# as a ratio to the nested Laplacian of the Laplacian; ``benchmarks/taylor.py``,
+# 2026-12-02): contracted mixed rows 0.14-0.15x, coordinate groups 0.30-0.37x,
+# pairs 0.35x (tables for mixed rows: 0.40x; on 2026-12-01 coordinate groups
+# measured 0.09-0.13x on another machine). So the Bi-Laplacian takes the mixed rows
+# on every device: on a GPU they also have the fewest rows (75 against 300 for the
+# pairs at D = 10, so a quarter of the matmul work) and about ten kernels per op
+# (unmeasured there so far; the GPU script measures all three). Other term sets
+# keep the older rule: on an H200 the coordinate groups were launch-bound (1.06x),
+# so launch-bound devices take the stacked pairs, CPUs the coordinate groups.
+def mixed_layout(backend, device_type: str | None, contracted: bool) -> str:
     """The layout of mixed fourth-order terms (NOTE [mixed-term layout]): stacked
-    pairs where the adapter says the device is launch-bound, else coordinate groups."""
+    mixed rows for a Bi-Laplacian (``contracted``), else stacked pairs where the
+    adapter says the device is launch-bound, else coordinate groups."""
+    if contracted:
+        return "stacked"
     return "stacked pairs" if backend.launch_bound(device_type) else "coordinate groups"
 
 

@@ -36,6 +36,7 @@ from ...core import _formulas
 from ...core._stacked import Layout, Table
 from .._common import Fallback, numel
 from .._common import add as _add
+from . import _contracted
 from ._capture import Capture, StateError, shared_capture
 from ._engine import _top_level_offsets, fallback
 from ._registry import FAMILY_RULES, Unsupported, deffamily
@@ -60,12 +61,21 @@ class _Ctx:
         self.layout, self.device = layout, device
         self.R = layout.size
         self._prepared: dict = {}
+        k = layout.contracted  # NOTE [contracted Bi-Laplacian]
+        self.contracted = None if k is None else _contracted.Maps(k, device)
+
+    def whole_levels(self, c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A stack cut at a level's end (zero-padded to the next one if not)."""
+        ends = self.layout.level_end
+        return c if c.shape[0] in ends else _padded(c, next(e for e in ends
+                                                             if e > c.shape[0]), like)
 
     def tables(self, kind: str, limit: int) -> list:
         """``(m, columns, target, weight)`` per table of ``kind`` ("rows" or "top")
         limited to blocks below ``limit``; a column is None for the whole stack in
-        order, a slice, or an index tensor; ``target`` is ``(level, None | index)``
-        for rows tables (None: the whole level in order)."""
+        order, a slice, or an index tensor; ``target`` is ``(level, None | index,
+        None | scatter)`` for rows tables (None, None: the whole level in order; a
+        scatter: NOTE [scatter by matmul])."""
         key = (kind, limit)
         hit = self._prepared.get(key)
         if hit is None:
@@ -100,10 +110,37 @@ class _Ctx:
             return None
         size = self.level_size(t.target_level)
         whole = len(t.target) == size and np.array_equal(t.target, np.arange(size))
-        return t.target_level, None if whole else torch.as_tensor(t.target, device=self.device)
+        if whole:
+            return t.target_level, None, None
+        if len(t.target) >= 2 * size:  # NOTE [scatter by matmul]
+            scatter = np.zeros((size, len(t.target)))
+            np.add.at(scatter, (t.target, np.arange(len(t.target))), t.weight)
+            return t.target_level, None, _Scatter(scatter, self.device)
+        return t.target_level, torch.as_tensor(t.target, device=self.device), None
 
     def level_size(self, level: int) -> int:
         return self.layout.level_end[level - 1] - self.layout.level_start(level)
+
+
+# NOTE [scatter by matmul]: a rows table whose entries outnumber its target rows
+# at least twice (the Bi-Laplacian's merged third level: about 20 entries per row,
+# NOTE [merged rows]) adds its weighted products into them with one matmul by a
+# (rows x entries) matrix holding the weights, instead of a weight multiply, a
+# zero fill and an index_add over the entries: one pass over the products, not
+# three. Tables with few entries per row keep the index_add (the matmul's cost
+# grows with rows x entries).
+class _Scatter:
+    """A dense (rows x entries) weighted scatter matrix, as a tensor per dtype."""
+
+    def __init__(self, matrix: np.ndarray, device):
+        self.matrix, self.device, self._tensors = matrix, device, {}
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        m = self._tensors.get(t.dtype)
+        if m is None:
+            m = self._tensors[t.dtype] = torch.as_tensor(self.matrix, dtype=t.dtype,
+                                                          device=self.device)
+        return (m @ t.reshape(t.shape[0], -1)).reshape((m.shape[0],) + tuple(t.shape[1:]))
 
 
 class _Rows:
@@ -112,17 +149,32 @@ class _Rows:
 
     def __init__(self, ctx: _Ctx, base: torch.Tensor | None):
         self.ctx, self.base, self.extra = ctx, base, {}
+        self.scaled: dict = {}  # (level, id(scale)) -> [scale, scattered sum]
 
-    def add(self, target, weight: np.ndarray, t: torch.Tensor) -> None:
-        level, index = target
-        t = _weighted(weight, t)
-        if index is not None:
-            full = torch.zeros((self.ctx.level_size(level),) + tuple(t.shape[1:]),
-                               dtype=t.dtype, device=t.device)
-            t = full.index_add(0, index, t)
-        self.extra[level] = _add(self.extra.get(level), t)
+    def add(self, target, weight: np.ndarray, t: torch.Tensor,
+            scale: torch.Tensor | None = None) -> None:
+        """Adds ``scale * (the weighted entries t, scattered to their rows)``.
+        ``scale`` is a factor common to every entry (``phi^(m)``): it multiplies
+        the scattered rows, fewer than the entries, once per distinct factor."""
+        level, index, scatter = target
+        if scatter is not None:
+            t = scatter(t)
+        else:
+            t = _weighted(weight, t)
+            if index is not None:
+                full = torch.zeros((self.ctx.level_size(level),) + tuple(t.shape[1:]),
+                                   dtype=t.dtype, device=t.device)
+                t = full.index_add(0, index, t)
+        if scale is None:
+            self.extra[level] = _add(self.extra.get(level), t)
+            return
+        slot = self.scaled.setdefault((level, id(scale)), [scale, None])
+        slot[1] = _add(slot[1], t)
 
     def stack(self) -> torch.Tensor | None:
+        for (level, _), (scale, t) in self.scaled.items():
+            self.extra[level] = _add(self.extra.get(level), scale * t)
+        self.scaled = {}
         if not self.extra:
             return self.base
         layout = self.ctx.layout
@@ -444,6 +496,12 @@ def _bilinear(product: Callable, linear_a: Callable, linear_b: Callable):
                       None if b.c is None else linear_b(a.p, _lift(b.c, nd)))
         l = _add(None if a.l is None else product(a.l, b.p),
                  None if b.l is None else product(a.p, b.l))
+        if (a.c is not None and b.c is not None and ctx.contracted is not None
+                and product in (torch.mul, torch.matmul)):  # NOTE [contracted Bi-Laplacian]
+            cross, top = _contracted.bilinear(
+                ctx.contracted, product, _lift(ctx.whole_levels(a.c, a.p), nd),
+                _lift(ctx.whole_levels(b.c, b.p), nd), want_c)
+            return _Jet(out, _plus(c, cross), _add(l, top))
         if a.c is not None and b.c is not None:
             rows = max(a.rows, b.rows)
             A, B = _lift(_padded(a.c, rows, a.p), nd), _lift(_padded(b.c, rows, b.p), nd)
@@ -534,6 +592,11 @@ def _elementwise(derivatives: Callable):
         if any(not j.const for j in jets[1:]):
             return _generic(ctx, target, jets, out, kw, want_c)
         rows = a.rows
+        if rows and ctx.contracted is not None:  # NOTE [contracted Bi-Laplacian]
+            nd = out.ndim if isinstance(out, torch.Tensor) else 0
+            c, l = _contracted.unary(ctx.contracted, _lift(ctx.whole_levels(a.c, a.p), nd),
+                                     a.l, derivatives(a.p, out, 4), want_c)
+            return _Jet(out, c, l)
         top_tables = ctx.tables("top", rows) if rows else []
         row_tables = ctx.tables("rows", rows) if rows and want_c else []
         d = derivatives(a.p, out, max([1] + [t[0] for t in top_tables + row_tables]))
@@ -556,7 +619,7 @@ def _elementwise(derivatives: Callable):
         if row_tables:
             acc = _Rows(ctx, c)
             for m, cols, target_, weight in row_tables:
-                acc.add(target_, weight, d[m - 1] * product(cols))
+                acc.add(target_, weight, product(cols), scale=d[m - 1])
             c = acc.stack()
         return _Jet(out, c, l)
     return rule
