@@ -448,3 +448,33 @@ def test_torch_compile_graph_is_keyed_on_repeated_axes():
         want = np.stack([_dense("torch", u, _X[k:k + 1], C2=S[k] @ S[k].T)[0]
                          for k in range(len(_X))])
         np.testing.assert_allclose(_np(compiled(x)), want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("layout", [None, "stacked", "stacked pairs"])
+def test_stacked_tables_are_made_once(layout, monkeypatch):
+    """NOTE [device constants]: a second call makes no tensor from NumPy (on a GPU
+    each would be a blocking copy that drains the launch queue), and stays exact."""
+    if layout is not None:
+        _force_layout(layout, monkeypatch)
+    f = _fns("torch")["nonlinear-products"]
+    C = np.ones((D, D)) if layout is None else np.arange(1.0, D * D + 1).reshape(D, D)
+    op = derivs.differential_operator(
+        f, [(float(C[i, j]), (i, i, j, j)) for i in range(D) for j in range(D)],
+        batch_axis=0)
+    x = torch.as_tensor(_X)
+    want = _dense("torch", f, _X, C4=C)
+    op(x)
+    made = []
+    as_tensor = torch.as_tensor
+
+    def counting(data, *args, **kwargs):
+        if isinstance(data, np.ndarray):
+            made.append(data.shape)
+        return as_tensor(data, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "as_tensor", counting)
+    got = op(x)
+    monkeypatch.setattr(torch, "as_tensor", as_tensor)
+    assert derivs.explain(op, x).layout == (layout or "stacked")
+    assert made == []
+    np.testing.assert_allclose(_np(got), want, rtol=1e-10, atol=1e-10)

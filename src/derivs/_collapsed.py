@@ -278,14 +278,35 @@ def _torch_run(program, cache, argnum, batch_axis, pairs, args, kwargs, call: Ca
     elif call.units:
         seeds = torch_engine.unit_seeds(x, batch_axis)
     else:
-        flat = np.asarray(call.seeds) if not isinstance(call.seeds, torch.Tensor) else call.seeds
+        flat = _device_constant(call, "seeds", x)
         seeds = torch_engine.shared_rows(flat.reshape(flat.shape[0], -1), x, batch_axis)
-    drift = None if call.drift is None else torch.as_tensor(call.drift).to(x)
+    drift = None if call.drift is None else _device_constant(call, "drift", x)
     out = None
     for k, layout in enumerate(_layout(cache, call.terms, len(call.seeds), chunk_size)):
         part = program(args, kwargs, torch_engine.Seeds(layout, seeds, drift if k == 0 else None))
         out = part if out is None else backends.backend_named("torch").tree_add(out, part)
     return out
+
+
+def _device_constant(call: Call, field: str, x):
+    """``call.<field>`` as a tensor like ``x``, made once per dtype and device
+    when it is a NumPy constant (NOTE [device constants] in torch_engine._family);
+    a user's tensor is read live (it may be trained), and a trace's tensors die
+    with the trace."""
+    import torch
+
+    from .backends import torch_engine
+
+    value = getattr(call, field)
+    if isinstance(value, torch.Tensor):
+        return value.to(x)
+    key = (field, x.dtype, x.device)
+    hit = call.memo.get(key)
+    if hit is None:
+        hit = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+        if not torch_engine.inside_trace((x,)):
+            call.memo[key] = hit
+    return hit
 
 
 def _jax_run(compiled, batch_axis, args, kwargs, call: Call, chunk_size):

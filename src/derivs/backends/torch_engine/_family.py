@@ -37,7 +37,7 @@ from ...core._stacked import Layout, Table
 from .._common import Fallback, numel
 from .._common import add as _add
 from . import _contracted
-from ._capture import Capture, StateError, shared_capture
+from ._capture import Capture, StateError, inside_trace, shared_capture
 from ._engine import _top_level_offsets, fallback
 from ._registry import FAMILY_RULES, Unsupported, deffamily
 
@@ -53,6 +53,13 @@ class Seeds:
         self.layout, self.seeds, self.top = layout, seeds, top
 
 
+# NOTE [device constants]: the tables' index and weight tensors are made once per
+# layout and device and kept with the program, not made per call: on a GPU each
+# ``torch.as_tensor(numpy, device="cuda")`` is a blocking copy from pageable memory,
+# which waits for every kernel queued before it, so a per-call copy inside the
+# interpretation drains the launch queue once per table (dozens of times per call).
+# Inside a trace (make_fx for torch_compile=True) a fresh context is used: its
+# tensors belong to that trace.
 class _Ctx:
     """The layout's tables, prepared for the call's device: columns as slices
     where they are contiguous (a univariate layout), else index tensors."""
@@ -85,7 +92,7 @@ class _Ctx:
                 t = t.limited(limit)
                 if t is not None:
                     hit.append((t.m, self._columns(t.blocks, limit), self._target(t),
-                                t.weight))
+                                _Weights(t.weight, self.device)))
             self._prepared[key] = hit
         return hit
 
@@ -151,7 +158,7 @@ class _Rows:
         self.ctx, self.base, self.extra = ctx, base, {}
         self.scaled: dict = {}  # (level, id(scale)) -> [scale, scattered sum]
 
-    def add(self, target, weight: np.ndarray, t: torch.Tensor,
+    def add(self, target, weight: _Weights, t: torch.Tensor,
             scale: torch.Tensor | None = None) -> None:
         """Adds ``scale * (the weighted entries t, scattered to their rows)``.
         ``scale`` is a factor common to every entry (``phi^(m)``): it multiplies
@@ -197,20 +204,35 @@ def _gather(stack: torch.Tensor, col) -> torch.Tensor:
     return stack if col is None else stack[col]
 
 
-def _weighted(weight: np.ndarray, t: torch.Tensor) -> torch.Tensor:
-    """``weight[i] * t[i]`` (NumPy weights; all-ones skip the multiply)."""
-    if np.all(weight == 1.0):
+class _Weights:
+    """A table's entry weights: NumPy, and a device tensor per dtype made once per
+    context (NOTE [device constants])."""
+
+    def __init__(self, weight: np.ndarray, device):
+        self.numpy, self.device, self._tensors = weight, device, {}
+        self.ones = bool(np.all(weight == 1.0))
+
+    def tensor(self, dtype) -> torch.Tensor:
+        w = self._tensors.get(dtype)
+        if w is None:
+            w = self._tensors[dtype] = torch.as_tensor(self.numpy, dtype=dtype,
+                                                       device=self.device)
+        return w
+
+
+def _weighted(weight: _Weights, t: torch.Tensor) -> torch.Tensor:
+    """``weight[i] * t[i]`` (all-ones skip the multiply)."""
+    if weight.ones:
         return t
-    w = torch.as_tensor(weight, dtype=t.dtype, device=t.device)
-    return w.reshape((-1,) + (1,) * (t.ndim - 1)) * t
+    return weight.tensor(t.dtype).reshape((-1,) + (1,) * (t.ndim - 1)) * t
 
 
-def _wsum(weight: np.ndarray, t: torch.Tensor) -> torch.Tensor:
+def _wsum(weight: _Weights, t: torch.Tensor) -> torch.Tensor:
     """``sum_i weight[i] * t[i]``."""
     t = _compact(t)  # repeated (stride-0) rows: reduce them once
-    if np.all(weight == 1.0):
+    if weight.ones:
         return t.sum(0)
-    return torch.tensordot(torch.as_tensor(weight, dtype=t.dtype, device=t.device), t, dims=1)
+    return torch.tensordot(weight.tensor(t.dtype), t, dims=1)
 
 
 class _Jet:
@@ -244,6 +266,7 @@ class FamilyProgram:
         self.out_spec, self.batch_axis = cap.out_spec, batch_axis
         self.lifted, self.valid = cap.lifted, cap.valid
         self.need_c: set = set()  # nodes whose stacked coefficients are read
+        self._contexts: dict = {}  # (id(layout), device) -> (layout, _Ctx)
         self.need_rows: set = set()  # the same when the outputs' own rows are read
         self._laplacians: dict = {}
 
@@ -264,6 +287,18 @@ class FamilyProgram:
             self._laplacians[(n, diagonal)] = layout
         return Seeds(layout, unit_seeds(x, self.batch_axis))
 
+    def _context(self, layout: Layout, x: torch.Tensor) -> _Ctx:
+        """The layout's prepared tables on x's device, kept across calls (NOTE
+        [device constants]); a fresh one inside a trace, whose tensors must not
+        outlive it."""
+        if inside_trace((x,)):
+            return _Ctx(layout, x.device)
+        key = (id(layout), x.device)
+        hit = self._contexts.get(key)
+        if hit is None or hit[0] is not layout:
+            hit = self._contexts[key] = (layout, _Ctx(layout, x.device))
+        return hit[1]
+
     def run(self, tensors: list, seeds: Seeds | None = None) -> list:
         """The operator's outputs (flat) for the graph's inputs ``tensors`` (the
         arguments' tensors, then the lifted ones)."""
@@ -271,7 +306,7 @@ class FamilyProgram:
         if seeds is None:  # the Laplacian
             seeds = self.laplacian_seeds(x)
         layout = seeds.layout
-        ctx = _Ctx(layout, x.device)
+        ctx = self._context(layout, x)
         s = seeds.seeds.to(x.dtype)
         groups = layout.seed_groups
         c = s if groups == tuple(range(s.shape[0])) else s[torch.as_tensor(groups)]
@@ -361,8 +396,9 @@ def unit_seeds(x: torch.Tensor, batch_axis: int | None) -> torch.Tensor:
     return eye.unsqueeze(1 + b).expand((n,) + tuple(x.shape))
 
 
-def shared_rows(rows: np.ndarray, x: torch.Tensor, batch_axis: int | None) -> torch.Tensor:
-    """Flat directions ``(N, D)`` as ``(N, *x.shape)``, the same in every sample."""
+def shared_rows(rows, x: torch.Tensor, batch_axis: int | None) -> torch.Tensor:
+    """Flat directions ``(N, D)`` (NumPy, or a tensor) as ``(N, *x.shape)``, the
+    same in every sample."""
     t = torch.as_tensor(rows, dtype=x.dtype, device=x.device)
     if batch_axis is None:
         return t.reshape((t.shape[0],) + tuple(x.shape))
