@@ -247,9 +247,9 @@ def _engine(backend, spec, cache, f, args, kwargs, argnum, batch_axis, call: Cal
 # per Faa di Bruno entry); the Bi-Laplacian's run contractions (NOTE [contracted
 # Bi-Laplacian]). On CPU (PyTorch, D = 10, tanh MLP 10-256-256-256-1, 512 points,
 # as a ratio to the nested Laplacian of the Laplacian; ``benchmarks/taylor.py``,
-# 2026-12-02): contracted mixed rows 0.14-0.15x, coordinate groups 0.30-0.37x,
-# pairs 0.35x (tables for mixed rows: 0.40x; on 2026-12-01 coordinate groups
-# measured 0.09-0.13x on another machine). So the Bi-Laplacian takes the mixed rows
+# 2026-12-02, three runs): contracted mixed rows 0.12-0.13x, coordinate groups
+# 0.49-0.51x, pairs 0.34-0.38x, mixed rows by tables 0.39-0.40x (on 2026-12-01
+# coordinate groups measured 0.09-0.13x on another machine). So the Bi-Laplacian takes the mixed rows
 # on every device: on a GPU they also have the fewest rows (75 against 300 for the
 # pairs at D = 10, so a quarter of the matmul work) and about ten kernels per op
 # (unmeasured there so far; the GPU script measures all three). Other term sets

@@ -69,7 +69,13 @@ class _Ctx:
         self.R = layout.size
         self._prepared: dict = {}
         k = layout.contracted  # NOTE [contracted Bi-Laplacian]
-        self.contracted = None if k is None else _contracted.Maps(k, device)
+        self._maps = None if k is None else _contracted.Maps(k, device)
+
+    @property
+    def contracted(self) -> "_contracted.Maps | None":
+        """The contracted rules' maps, while the layout offers them (a benchmark
+        A/B switches them off on a live layout)."""
+        return self._maps if self.layout.contracted is not None else None
 
     def whole_levels(self, c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """A stack cut at a level's end (zero-padded to the next one if not)."""
