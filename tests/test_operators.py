@@ -331,10 +331,12 @@ def test_planner_picks_the_measured_faster_strategy():
         assert _operators.choose_strategy(True, D, True, row["framework"]) == faster, row
         checked += 1
         if "derivs family_s" in row:  # the direction layout rule
-            layout = "family" if row["derivs family_s"] < row["derivs unrolled_s"] else "unrolled"
+            # within 10% the two layouts tie: their order flips between runs on 2
+            # cores (torch D = 3: unrolled 0.92x family on 12-01, 1.07x on 12-02)
             backend = backends.backend_named(row["framework"])
             chosen = "unrolled" if _operators.unrolled(backend, D) else "family"
-            assert chosen == layout, row
+            best = min(row["derivs family_s"], row["derivs unrolled_s"])
+            assert row[f"derivs {chosen}_s"] <= 1.1 * best, row
             checked += 1
     for row in data["hessian_diagonal"]:
         if "derivs traced-jet_s" in row:
