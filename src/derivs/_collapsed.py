@@ -249,10 +249,10 @@ def _engine(backend, spec, cache, f, args, kwargs, argnum, batch_axis, call: Cal
 # as a ratio to the nested Laplacian of the Laplacian; ``benchmarks/taylor.py``,
 # 2026-12-02, three runs): contracted mixed rows 0.12-0.13x, coordinate groups
 # 0.49-0.51x, pairs 0.34-0.38x, mixed rows by tables 0.39-0.40x (on 2026-12-01
-# coordinate groups measured 0.09-0.13x on another machine). So the Bi-Laplacian takes the mixed rows
-# on every device: on a GPU they also have the fewest rows (75 against 300 for the
-# pairs at D = 10, so a quarter of the matmul work) and about ten kernels per op
-# (unmeasured there so far; the GPU script measures all three). Other term sets
+# coordinate groups measured 0.09-0.13x on another machine). So the Bi-Laplacian
+# takes the mixed rows on every device: on a GPU they also have the fewest rows (75
+# against 300 for the pairs at D = 10, so a quarter of the matmul work) and about
+# ten kernels per op (unmeasured there so far; the GPU script measures all three). Other term sets
 # keep the older rule: on an H200 the coordinate groups were launch-bound (1.06x),
 # so launch-bound devices take the stacked pairs, CPUs the coordinate groups.
 def mixed_layout(backend, device_type: str | None, contracted: bool) -> str:

@@ -95,8 +95,9 @@ class Layout:
             below.update(_proper_submultisets(k) | {k})
         self.order = max([len(a) for _, a in self.terms] + [len(k) for k in self.read] + [1])
         # members[r]: the multi-indices row r sums (one, unless merged: NOTE [merged rows])
+        self._top_entries = _top_entries(self.terms)
         self.members: tuple[tuple[Multi, ...], ...] = _merge_rows(
-            sorted(below, key=lambda k: (len(k), k)), self.terms, self.order,
+            sorted(below, key=lambda k: (len(k), k)), self._top_entries, self.order,
             merge=not self.read)
         self.rows: tuple[Multi, ...] = tuple(ks[0] for ks in self.members)
         self.index = {k: i for i, ks in enumerate(self.members) for k in ks}
@@ -159,7 +160,7 @@ class Layout:
         """The partition entries with ``m >= 2`` blocks of the terms, weighted by
         ``c`` and merged over terms."""
         merged: dict[tuple[int, ...], float] = {}
-        for blocks, w in _top_entries(self.terms).items():
+        for blocks, w in self._top_entries.items():
             # an entry reading a merged row stands for one entry per member, all
             # of the same weight (NOTE [merged rows]): it is kept once, not summed
             key = tuple(sorted((self.index[b] for b in blocks),
@@ -226,14 +227,14 @@ def _top_entries(terms) -> dict[tuple[Multi, ...], float]:
 # 1) / 2 + D rows instead of D + D (D + 1) / 2 + D^2 (75 against 165 at D = 10),
 # the nested Laplacian's rows. Grouping by the exact top entries makes the merge
 # exact for any term set; rows that differ in any entry stay apart.
-def _merge_rows(rows: list, terms, order: int, merge: bool) -> tuple:
+def _merge_rows(rows: list, top_entries: dict, order: int, merge: bool) -> tuple:
     """``rows`` as tuples of members: rows of level ``order - 1 >= 2`` with the
-    same top entries merged (NOTE [merged rows])."""
+    same top entries (``_top_entries``) merged (NOTE [merged rows])."""
     if not merge or order < 3:
         return tuple((k,) for k in rows)
     level = order - 1
     readers: dict[Multi, list] = {}
-    for blocks, w in _top_entries(terms).items():
+    for blocks, w in top_entries.items():
         for i, b in enumerate(blocks):
             if len(b) == level:
                 readers.setdefault(b, []).append((blocks[:i] + blocks[i + 1:], w))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ...core._stacked import Contracted
+from .._common import add as _add
 
 
 class Maps:
@@ -103,17 +104,13 @@ def bilinear(maps: Maps, product: Callable, A: torch.Tensor, B: torch.Tensor,
     ga, Ha, Ta = maps.split(A)
     gb, Hb, Tb = maps.split(B)
     top = None
-
-    def acc(x, y):
-        return y if x is None else x + y
-
     if Ha is not None and Hb is not None:
-        top = acc(top, 2 * product(_trace(Ha), _trace(Hb))
+        top = _add(top, 2 * product(_trace(Ha), _trace(Hb))
                   + 4 * product(Ha, Hb).sum((0, 1)))
     if Ta is not None:
-        top = acc(top, 4 * product(Ta, gb).sum(0))
+        top = _add(top, 4 * product(Ta, gb).sum(0))
     if Tb is not None:
-        top = acc(top, 4 * product(ga, Tb).sum(0))
+        top = _add(top, 4 * product(ga, Tb).sum(0))
     if top is not None and scale != 1:
         top = scale * top
     if not want_c:
@@ -122,9 +119,9 @@ def bilinear(maps: Maps, product: Callable, A: torch.Tensor, B: torch.Tensor,
     Hn = outer + outer.transpose(0, 1)
     T = None
     if Ha is not None:
-        T = acc(T, product(_trace(Ha), gb) + 2 * product(Ha, gb.unsqueeze(1)).sum(0))
+        T = _add(T, product(_trace(Ha), gb) + 2 * product(Ha, gb.unsqueeze(1)).sum(0))
     if Hb is not None:
-        T = acc(T, product(ga, _trace(Hb)) + 2 * product(ga.unsqueeze(1), Hb).sum(0))
+        T = _add(T, product(ga, _trace(Hb)) + 2 * product(ga.unsqueeze(1), Hb).sum(0))
     if T is None:
         T = torch.zeros_like(Hn[0])
     return maps.join(None, Hn, T), top

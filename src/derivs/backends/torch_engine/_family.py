@@ -143,16 +143,13 @@ class _Ctx:
 # three. Tables with few entries per row keep the index_add (the matmul's cost
 # grows with rows x entries).
 class _Scatter:
-    """A dense (rows x entries) weighted scatter matrix, as a tensor per dtype."""
+    """A dense (rows x entries) weighted scatter matrix."""
 
     def __init__(self, matrix: np.ndarray, device):
-        self.matrix, self.device, self._tensors = matrix, device, {}
+        self.matrix = _DeviceArray(matrix, device)
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
-        m = self._tensors.get(t.dtype)
-        if m is None:
-            m = self._tensors[t.dtype] = torch.as_tensor(self.matrix, dtype=t.dtype,
-                                                          device=self.device)
+        m = self.matrix.tensor(t.dtype)
         return (m @ t.reshape(t.shape[0], -1)).reshape((m.shape[0],) + tuple(t.shape[1:]))
 
 
@@ -210,13 +207,12 @@ def _gather(stack: torch.Tensor, col) -> torch.Tensor:
     return stack if col is None else stack[col]
 
 
-class _Weights:
-    """A table's entry weights: NumPy, and a device tensor per dtype made once per
-    context (NOTE [device constants])."""
+class _DeviceArray:
+    """A NumPy constant of the tables, and its device tensor per dtype, made once
+    per context (NOTE [device constants])."""
 
-    def __init__(self, weight: np.ndarray, device):
-        self.numpy, self.device, self._tensors = weight, device, {}
-        self.ones = bool(np.all(weight == 1.0))
+    def __init__(self, array: np.ndarray, device):
+        self.numpy, self.device, self._tensors = array, device, {}
 
     def tensor(self, dtype) -> torch.Tensor:
         w = self._tensors.get(dtype)
@@ -224,6 +220,14 @@ class _Weights:
             w = self._tensors[dtype] = torch.as_tensor(self.numpy, dtype=dtype,
                                                        device=self.device)
         return w
+
+
+class _Weights(_DeviceArray):
+    """A table's entry weights (all ones: no multiply at all)."""
+
+    def __init__(self, weight: np.ndarray, device):
+        super().__init__(weight, device)
+        self.ones = bool(np.all(weight == 1.0))
 
 
 def _weighted(weight: _Weights, t: torch.Tensor) -> torch.Tensor:
@@ -272,8 +276,8 @@ class FamilyProgram:
         self.out_spec, self.batch_axis = cap.out_spec, batch_axis
         self.lifted, self.valid = cap.lifted, cap.valid
         self.need_c: set = set()  # nodes whose stacked coefficients are read
-        self._contexts: dict = {}  # (id(layout), device) -> (layout, _Ctx)
         self.need_rows: set = set()  # the same when the outputs' own rows are read
+        self._contexts: dict = {}  # (id(layout), device) -> (layout, _Ctx)
         self._laplacians: dict = {}
 
     def __call__(self, args: tuple, kwargs: dict, seeds: Seeds | None = None) -> Any:
