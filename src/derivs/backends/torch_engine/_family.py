@@ -32,14 +32,16 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from ...core import _formulas
+from ...core import _formulas, _regions
+from ...core import _univariate as U
 from ...core._stacked import Layout, Table
 from .._common import Fallback, numel
 from .._common import add as _add
 from . import _contracted
+from . import _pointwise  # noqa: F401  (fills the series rule registry)
 from ._capture import Capture, StateError, inside_trace, shared_capture
 from ._engine import _top_level_offsets, fallback
-from ._registry import FAMILY_RULES, Unsupported, deffamily
+from ._registry import FAMILY_RULES, SERIES_RULES, Unsupported, deffamily
 
 aten = torch.ops.aten
 
@@ -277,6 +279,10 @@ class FamilyProgram:
         self.lifted, self.valid = cap.lifted, cap.valid
         self.need_c: set = set()  # nodes whose stacked coefficients are read
         self.need_rows: set = set()  # the same when the outputs' own rows are read
+        # NOTE [elementwise regions]: fused members -> their region's root, and the
+        # members whose stacks something outside their region reads
+        self.members: dict = {}
+        self.exports: set = set()
         self._contexts: dict = {}  # (id(layout), device) -> (layout, _Ctx)
         self._laplacians: dict = {}
 
@@ -329,15 +335,75 @@ class FamilyProgram:
         env.update({n: _Jet(v) for n, v in self.literals.items()})
         outs = None
         need = self.need_rows if layout.read else self.need_c
+        series: dict = {}  # region values as univariate series (NOTE [elementwise regions])
         for node in self.graph.nodes:
             if node.op == "call_function":
-                env[node] = _apply(ctx, node, env, node in need)
+                root = self.members.get(node)
+                if root is None:
+                    env[node] = _apply(ctx, node, env, node in need)
+                else:
+                    env[node] = self._fused(ctx, node, root, env, series, layout.order,
+                                            node in need)
             elif node.op == "output":
                 if layout.read:  # the read rows, stacked first: (len(read), *out)
                     outs = [_rows_of(env[o], layout.read_rows) for o in node.args[0]]
                 else:
                     outs = [_top_of(env[o]) for o in node.args[0]]
         return outs
+
+
+    def _fused(self, ctx: _Ctx, node: fx.Node, root: fx.Node, env: dict, series: dict,
+               m: int, want_c: bool) -> _Jet:
+        """A member of a fused region: its series from its inputs' (the root's is
+        ``[r, 1, 0, ..]``); read outside the region, its stack and top come from
+        the root's by the elementwise rule with the series' derivatives."""
+        if root not in series:
+            series[root] = U.Series(U.variable(env[root].p, m))
+
+        def arg(a):
+            if isinstance(a, fx.Node):
+                return series[a] if a in series else env[a].p
+            return a
+
+        args = [arg(a) for a in node.args]
+        kw = {k: _primal(v, env) for k, v in node.kwargs.items()}
+        s = series[node] = SERIES_RULES[node.target].rule(args, kw, m)
+        if node not in self.exports:
+            return _Jet(s[0])
+        return _unary_stack(ctx, env[root], s[0], list(s[1:]), want_c)
+
+
+def _fused_regions(graph: fx.Graph, live: set) -> dict:
+    """The fused regions of a graph (NOTE [elementwise regions]): ``member -> root``
+    for every region that holds an op a linear rule cannot take alone (a
+    nonlinear op, a product of two of its values, an op without a family rule);
+    regions of linear maps only keep their own (cheaper) rules."""
+    def pointwise(n: fx.Node) -> bool:
+        entry = SERIES_RULES.get(n.target)
+        if entry is None or not entry.takes(dict(n.kwargs)):
+            return False
+        return not any(isinstance(v, fx.Node) and v in live for v in n.kwargs.values())
+
+    def key(n: fx.Node):
+        val = n.meta.get("val")
+        return (tuple(val.shape), val.dtype) if isinstance(val, torch.Tensor) else None
+
+    items = [(n, [a for a in n.all_input_nodes if a in live], pointwise(n))
+             for n in graph.nodes if n.op == "call_function" and n in live]
+    root_of = _regions.elementwise_regions(items, key)
+    fused = {}
+    for root, members in _regions.by_root(root_of).items():
+        if any(_needs_fusion(n, live) for n in members):
+            fused.update((n, root) for n in members)
+    return fused
+
+
+def _needs_fusion(n: fx.Node, live: set) -> bool:
+    entry = FAMILY_RULES.get(n.target)
+    if entry is None:
+        return True
+    positions = [i for i, a in enumerate(n.args) if isinstance(a, fx.Node) and a in live]
+    return entry.reads_lower_coefficients(positions)
 
 
 def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
@@ -370,20 +436,29 @@ def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
         if not (entry is not None and entry.sequence) and any(
                 isinstance(a, (list, tuple)) and any(x in live for x in a) for a in n.args):
             return fallback(f"{n.target} takes a list of differentiated tensors", cap.valid)
-    program.need_c = _lower_readers(traced.graph, live)
     outputs = {a for a in traced.graph.output_node().args[0] if isinstance(a, fx.Node)}
-    program.need_rows = _lower_readers(traced.graph, live, outputs & live)
+    program.members = _fused_regions(traced.graph, live)
+    program.exports = {n for n in program.members
+                       if n in outputs or any(u in live and u not in program.members
+                                              for u in n.users)}
+    program.need_c = _lower_readers(traced.graph, live, program.members)
+    program.need_rows = _lower_readers(traced.graph, live, program.members, outputs & live)
     return program
 
 
-def _lower_readers(graph: fx.Graph, live: set, outputs: set = frozenset()) -> set:
+def _lower_readers(graph: fx.Graph, live: set, members: dict,
+                   outputs: set = frozenset()) -> set:
     """The live nodes whose stacked lower coefficients something reads: the inputs
     of a node that needs its own, and the inputs that a node's collapsed
     coefficient is nonlinear in; ``outputs`` whose rows are read themselves (else
-    the outputs need only their collapsed coefficient)."""
+    the outputs need only their collapsed coefficient). A fused region reads its
+    root's stack (its exports are elementwise functions of the root)."""
     need: set = set(outputs)
     for n in reversed(graph.nodes):
         if n not in live or n.op != "call_function":
+            continue
+        if n in members:
+            need.add(members[n])
             continue
         inputs = [a for a in n.all_input_nodes if a in live]
         entry = FAMILY_RULES.get(n.target)
@@ -637,38 +712,48 @@ def _elementwise(derivatives: Callable):
         a = jets[0]
         if any(not j.const for j in jets[1:]):
             return _generic(ctx, target, jets, out, kw, want_c)
-        rows = a.rows
-        if rows and ctx.contracted is not None:  # NOTE [contracted Bi-Laplacian]
-            nd = out.ndim if isinstance(out, torch.Tensor) else 0
-            c, l = _contracted.unary(ctx.contracted, _lift(ctx.whole_levels(a.c, a.p), nd),
-                                     a.l, derivatives(a.p, out, 4), want_c)
-            return _Jet(out, c, l)
-        top_tables = ctx.tables("top", rows) if rows else []
-        row_tables = ctx.tables("rows", rows) if rows and want_c else []
-        d = derivatives(a.p, out, max([1] + [t[0] for t in top_tables + row_tables]))
-        c = None if a.c is None or not want_c else d[0] * a.c
-        l = None if a.l is None else d[0] * a.l
-        if not rows:
-            return _Jet(out, c, l)
-
-        def product(cols):
-            if len(cols) == 2 and cols[0] is cols[1]:  # a square: once, on compact rows
-                v = _compact(_gather(a.c, cols[0]))
-                return v * v
-            u = _gather(a.c, cols[0])
-            for col in cols[1:]:
-                u = u * _gather(a.c, col)
-            return u
-
-        for m, cols, _, weight in top_tables:
-            l = _add(l, d[m - 1] * _wsum(weight, product(cols)))
-        if row_tables:
-            acc = _Rows(ctx, c)
-            for m, cols, target_, weight in row_tables:
-                acc.add(target_, weight, product(cols), scale=d[m - 1])
-            c = acc.stack()
-        return _Jet(out, c, l)
+        return _unary_stack(ctx, a, out, derivatives(a.p, out, ctx.layout.order), want_c)
     return rule
+
+
+def _unary_stack(ctx: _Ctx, a: _Jet, out: torch.Tensor, d: list, want_c: bool) -> _Jet:
+    """``phi(a)`` given ``d = [phi'(a), ..., phi^(m)(a)]`` (entries: tensors, floats or
+    None for zero; ``m`` at least the layout's order)."""
+    rows = a.rows
+    if rows and ctx.contracted is not None:  # NOTE [contracted Bi-Laplacian]
+        nd = out.ndim if isinstance(out, torch.Tensor) else 0
+        full = [0.0 if v is None else v for v in d[:4]]
+        c, l = _contracted.unary(ctx.contracted, _lift(ctx.whole_levels(a.c, a.p), nd),
+                                 a.l, full, want_c)
+        return _Jet(out, c, l)
+    top_tables = ctx.tables("top", rows) if rows else []
+    row_tables = ctx.tables("rows", rows) if rows and want_c else []
+    c = None if a.c is None or not want_c else U.mul(d[0], a.c)
+    l = None if a.l is None else U.mul(d[0], a.l)
+    if not rows:
+        return _Jet(out, c, l)
+
+    def product(cols):
+        if len(cols) == 2 and cols[0] is cols[1]:  # a square: once, on compact rows
+            v = _compact(_gather(a.c, cols[0]))
+            return v * v
+        u = _gather(a.c, cols[0])
+        for col in cols[1:]:
+            u = u * _gather(a.c, col)
+        return u
+
+    for m, cols, _, weight in top_tables:
+        if d[m - 1] is not None:
+            l = _add(l, U.mul(d[m - 1], _wsum(weight, product(cols))))
+    if row_tables:
+        acc = _Rows(ctx, c)
+        for m, cols, target_, weight in row_tables:
+            if d[m - 1] is not None:
+                acc.add(target_, weight, product(cols), scale=d[m - 1])
+        c = acc.stack()
+    if c is not None and tuple(c.shape[1:]) != tuple(out.shape):  # phi' was a float
+        c = c.expand((c.shape[0],) + tuple(out.shape))
+    return _Jet(out, c, l)
 
 
 def _poly_in_output(name: str):

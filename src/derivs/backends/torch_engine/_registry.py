@@ -10,6 +10,10 @@ engine's two interpreters over a captured ATen graph.
   a collapsed operator. ``rule(ctx, target, jets, out, kw, want_c) -> _Jet``; each
   entry also says how the op is linear, which decides whose lower coefficients a
   program must keep (``_family._lower_readers``).
+- ``SERIES_RULES`` (filled in ``_pointwise.py`` with :func:`defseries`): pointwise ops
+  on univariate series, ``rule(args, kwargs, m) -> Series``. The family program
+  fuses every region of such ops fed by one value into one elementwise function
+  (NOTE [elementwise regions] in ``_pointwise.py``).
 
 A rule raises :class:`Unsupported` when it cannot differentiate a call exactly; the
 engine then falls back and ``explain`` says why. Like JAX's ``ad.primitive_jvps``,
@@ -87,5 +91,33 @@ def deffamily(*targets: object, linear: Linearity = None,
             if t in FAMILY_RULES:
                 raise ValueError(f"a PyTorch family rule for {t} is registered twice")
             FAMILY_RULES[t] = FamilyRule(fn, linear, sequence)
+        return fn
+    return deco
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesRule:
+    """A pointwise op's rule on univariate series, and which calls it takes
+    (``accepts(kwargs)``: e.g. ``div`` without a rounding mode)."""
+
+    rule: Callable[..., Any]
+    accepts: Callable[[dict], bool] | None = None
+
+    def takes(self, kwargs: dict) -> bool:
+        return self.accepts is None or self.accepts(kwargs)
+
+
+SERIES_RULES: dict[object, SeriesRule] = {}
+
+
+def defseries(*targets: object, accepts: Callable[[dict], bool] | None = None
+              ) -> Callable[[Callable], Callable]:
+    """Decorator: ``fn`` is the univariate series rule of every ATen overload in
+    ``targets`` (pointwise ops only: output element i depends on input element i)."""
+    def deco(fn: Callable) -> Callable:
+        for t in targets:
+            if t in SERIES_RULES:
+                raise ValueError(f"a PyTorch series rule for {t} is registered twice")
+            SERIES_RULES[t] = SeriesRule(fn, accepts)
         return fn
     return deco
