@@ -95,9 +95,13 @@ def one_hot(x: torch.Tensor, flat: int, batch_axis: int | None) -> torch.Tensor:
 
 
 def jvp(fun, primal, tangent):
+    def in_math_form(*a):  # torch_engine/_math_forms.py
+        with engine.math_forms():
+            return fun(*a)
+
     primal_out, tangent_out, aux = _common.jvp_passing_aux(
         lambda g, p, t: torch.func.jvp(g, (p,), (t,), has_aux=True),
-        pytree.tree_flatten, owns, fun, primal, tangent)
+        pytree.tree_flatten, owns, in_math_form, primal, tangent)
     # Both halves: a zero tangent of an inner level is a primal output here.
     return (pytree.tree_map(_materialize, primal_out),
             pytree.tree_map(_materialize, tangent_out), aux)

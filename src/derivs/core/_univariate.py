@@ -126,11 +126,11 @@ def compose(f: Sequence, u: Sequence, m: int) -> list:
 
 def variable(x: Any, m: int) -> Series:
     """The series of ``x`` along the direction 1: ``[x, 1, 0, ..., 0]``."""
-    return [x] + ([1.0] if m >= 1 else []) + [None] * (m - 1)
+    return Series([x] + ([1.0] if m >= 1 else []) + [None] * (m - 1))
 
 
 def constant(c: Any, m: int) -> Series:
-    return [c] + [None] * m
+    return Series([c] + [None] * m)
 
 
 def derivatives_from_first(first: Callable[[Series, int], Series], x: Any, m: int) -> list:
@@ -148,7 +148,7 @@ def power(u: Series, p: float, m: int, pow_fn: Callable[[Any, float], Any]) -> S
     for k in range(1, m + 1):
         coef *= p - k + 1
         f.append(None if coef == 0.0 else coef * pow_fn(u0, p - k))
-    return [pow_fn(u0, p)] + compose(f, u, m)
+    return Series([pow_fn(u0, p)] + compose(f, u, m))
 
 
 def poly_in_output(first: tuple[float, ...], y: Any, m: int, constant_like: Callable) -> list:

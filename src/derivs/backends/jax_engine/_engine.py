@@ -337,6 +337,7 @@ def _collapsed_family(compiled, position, x, rows, key, batch_axis, per_sample, 
         it = Interpreter(1, batch_axis)
         inputs = [Jet(arr, rule) if p == position else Jet(arr)
                   for p, arr in enumerate(compiled.arrays)]
+        inputs[position].top = own is not None  # NOTE [own top] in _interpret.py
         outs = it.run_closed(compiled.closed, inputs)
         return [o.dense(key) for o in outs]
 

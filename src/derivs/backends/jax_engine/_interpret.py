@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from ...core import _jets
+from ...core import _jets, _regions
 from .. import _varying
 from . import _registry
 from . import _jet
@@ -86,11 +86,26 @@ class Interpreter:
             env[v] = j
         for v, j in zip(jaxpr.invars, args):
             env[v] = j
+        exports = _fused_regions(jaxpr, env)  # NOTE [elementwise regions]
         for eqn in jaxpr.eqns:
             outs = self.eqn(eqn.primitive, eqn.params, [read(v) for v in eqn.invars])
             for v, j in zip(eqn.outvars, outs):
+                region = exports.get(v)
+                if region is not None:
+                    j = self._fused(region, v, j, env)
+                    j.top = j.top or any(env[u].top for u in (region.root,))
                 env[v] = j
         return [read(v) for v in jaxpr.outvars]
+
+    def _fused(self, region: "_Region", v, normal: Jet, env: dict) -> Jet:
+        """The jet of a fused region's export ``v``: orders <= 2 from the region's
+        ``phi'`` and ``phi''`` (by JAX's own nested JVP of the region, so custom_jvp
+        rules apply), higher orders from the op-by-op jet ``normal``."""
+        if normal.const:
+            return normal
+        a = env[region.root]
+        return _second_order_jet(a, normal.primal, lambda: region.derivatives(env)[v],
+                                 normal.get_narrow)
 
     def run_closed(self, closed: jcore.ClosedJaxpr, args: list[Jet]) -> list[Jet]:
         # NumPy constants of the jaxpr (a NumPy exponent in x ** p) become JAX arrays
@@ -109,6 +124,9 @@ class Interpreter:
         outs = self._rule(prim, params, jets)
         # Integer and boolean results (comparisons, argmax, indices) carry no derivative.
         outs = [j if is_float(j.primal) else _jet.const(j.primal) for j in outs]
+        if any(j.top for j in jets):  # NOTE [own top]
+            for j in outs:
+                j.top = not j.const
         if key is not None:
             self._memo[key] = (outs, jets)  # keeps the input jets (and their ids) alive
         return outs
@@ -171,8 +189,7 @@ class Interpreter:
         a = jets[i]
         # One jet: higher orders run the general chain rule, whose lower
         # coefficients are then this jet's own (computed once, here).
-        jet = self._chain_rule(prim, params, jets, primal)
-        chain_rule = jet.rule
+        chain = self._chain_rule(prim, params, jets, primal)
         derivs: list = []
 
         def phi_derivatives():
@@ -183,21 +200,7 @@ class Interpreter:
                 derivs.extend(o.primal for o in outs)
             return derivs
 
-        def rule(key):
-            pairs = _jets.second_order_pairs(key)
-            if pairs is None:
-                return chain_rule(key)
-            d1, d2 = phi_derivatives()
-            get = _jet.narrow_getter(a, key)
-            quad = _jet.family_sum(key, _jet.total(
-                _jet.scale(get(t) * get(r), m) for t, r, m in pairs
-                if get(t) is not None and get(r) is not None))
-            first = get(key)
-            return _jet.add(None if first is None else d1 * first,
-                            None if quad is None else d2 * quad)
-
-        jet.rule = rule
-        return jet
+        return _second_order_jet(a, primal, phi_derivatives, chain.rule, into=chain)
 
     def jvp_recursion(self, prim, params: dict, jets: list[Jet]) -> list[Jet]:
         """``phi(a)[kappa] = jvp(phi)(a, d_g a)[kappa - e_g]`` with ``g`` the last
@@ -221,7 +224,13 @@ class Interpreter:
                 return tangent_jets(g)[k].get(reduced)
             return Jet(primals[k], rule, expands=True)
 
-        return [make(k) for k in range(len(primals))]
+        outs = [make(k) for k in range(len(primals))]
+        tops = [i for i in diff if jets[i].top]
+        if tops:  # NOTE [own top]
+            for k, out in enumerate(outs):
+                out.rule, out.expands = _with_own_top(self, prim, params, jets, tops, k,
+                                                      out.rule), False
+        return outs
 
     def rebuild(self, coeffs: dict) -> Jet:
         """A jet with exactly the given coefficients (a dense evaluation's input)."""
@@ -379,3 +388,216 @@ def _memo_key(prim, params, jets):
     if pk is None:
         return None
     return (prim, pk, tuple(id(j) for j in jets))
+
+
+def _second_order_jet(a: Jet, primal, phi_derivatives, higher, into: Jet | None = None) -> Jet:
+    """``phi(a)`` for an elementwise ``phi`` of ``a``: keys of order <= 2 by Faa di
+    Bruno with ``phi_derivatives() -> (phi', phi'')`` as plain arrays, higher keys
+    by ``higher(key)``. ``into``: the jet to give this rule (its memo is then shared
+    with the higher-order rule's own coefficients)."""
+    def rule(key):
+        pairs = _jets.second_order_pairs(key)
+        if pairs is None:
+            return higher(key)
+        d1, d2 = phi_derivatives()
+        get = _jet.narrow_getter(a, key)
+        quad = _jet.family_sum(key, _jet.total(
+            _jet.scale(get(t) * get(r), m) for t, r, m in pairs
+            if get(t) is not None and get(r) is not None))
+        first = get(key)
+        return _jet.add(None if first is None else d1 * first,
+                        None if quad is None else d2 * quad)
+
+    jet = into if into is not None else Jet(primal, None)
+    jet.rule = rule
+    return jet
+
+
+# -- NOTE [elementwise regions] ------------------------------------------------------------
+# As in the PyTorch family program (``torch_engine/_pointwise.py``): a region of
+# elementwise equations fed by one live value ``r`` (an activation: GELU's seven
+# equations, ``jax.nn.softplus``'s custom_jvp ``logaddexp``, ELU's selects, or a
+# whole ``jit``/``custom_jvp_call`` whose body is elementwise) is one function
+# ``phi(r)`` element by element. Its exports (the members read outside it) get
+# ``phi'`` and ``phi''`` from one nested ``jax.jvp`` of the region on values
+# (XLA computes them once, whatever the number of directions), and the collapsed
+# rule then runs once per region instead of once per equation. Orders above 2 keep
+# the equation-by-equation jets, which are lazy and cost nothing unless read.
+_POINTWISE = frozenset({
+    "neg", "sign", "floor", "ceil", "round", "is_finite", "exp", "exp2", "log", "log1p",
+    "expm1", "tanh", "logistic", "sin", "cos", "tan", "asin", "acos", "atan", "sinh",
+    "cosh", "asinh", "acosh", "atanh", "sqrt", "rsqrt", "cbrt", "integer_pow", "pow",
+    "erf", "erfc", "erf_inv", "lgamma", "digamma", "abs", "add", "sub", "mul", "div",
+    "rem", "max", "min", "atan2", "nextafter", "select_n", "clamp", "square",
+    "convert_element_type", "copy", "copy_p", "eq", "ne", "lt", "le", "gt", "ge", "and",
+    "or", "not", "xor", "reduce_precision", "add_any", "bessel_i0e", "bessel_i1e",
+    "polygamma", "igamma", "igammac", "lgamma", "random_gamma_grad", "zeta"})
+_CALLS = frozenset({"pjit", "jit", "closed_call", "core_call", "custom_jvp_call"})
+# members that a linear rule takes alone (one live operand where it is linear)
+_LINEAR = frozenset({"add", "sub", "neg", "copy", "copy_p", "convert_element_type",
+                     "select_n", "reduce_precision", "add_any"})
+
+
+def _body(eqn):
+    body = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
+    return body.jaxpr if isinstance(body, jcore.ClosedJaxpr) else body
+
+
+def _pointwise(eqn, live_in: list[bool]) -> bool:
+    """Whether ``eqn`` is elementwise in its live inputs (one output)."""
+    if len(eqn.outvars) != 1:
+        return False
+    name = eqn.primitive.name
+    if name in _POINTWISE:
+        return True
+    if name in _CALLS:
+        body = _body(eqn)
+        return body is not None and _pointwise_body(body, live_in)
+    return False
+
+
+def _pointwise_body(jaxpr, live_in: list[bool]) -> bool:
+    """Every equation a live input reaches is elementwise, at one shape."""
+    live = {v for v, flag in zip(jaxpr.invars, live_in) if flag}
+    shapes = {tuple(v.aval.shape) for v in live}
+    for eqn in jaxpr.eqns:
+        flags = [isinstance(v, jcore.Var) and v in live for v in eqn.invars]
+        if not any(flags):
+            continue
+        if not _pointwise(eqn, flags):
+            return False
+        live.update(eqn.outvars)
+        shapes.update(tuple(v.aval.shape) for v in eqn.outvars)
+    return len(shapes) <= 1
+
+
+def _nonlinear(eqn, live_in: list[bool]) -> bool:
+    name = eqn.primitive.name
+    if name in _LINEAR:
+        return False
+    if name == "mul":
+        return sum(live_in) > 1
+    if name == "div":
+        return live_in[1]
+    return True
+
+
+class _Region:
+    """A fused region: its root, member equations in order, and exports."""
+
+    def __init__(self, root, eqns: list, exports: list):
+        self.root, self.eqns, self.exports = root, eqns, exports
+        self._derivatives: dict | None = None
+
+    def derivatives(self, env: dict) -> dict:
+        """``export -> (phi', phi'')`` at the root's value."""
+        if self._derivatives is None:
+            members = {e.outvars[0] for e in self.eqns}
+
+            def phi(r):
+                vals = {self.root: r}
+                for eqn in self.eqns:
+                    ins = [v.val if isinstance(v, jcore.Literal) else
+                           vals[v] if v in vals else env[v].primal for v in eqn.invars]
+                    out = bind(eqn.primitive, eqn.params, *ins)
+                    vals[eqn.outvars[0]] = out[0] if eqn.primitive.multiple_results else out
+                return [vals[v] for v in self.exports]
+
+            r0 = env[self.root].primal
+            one = jnp.ones_like(r0)
+            first = lambda r: jax.jvp(phi, (r,), (one,))[1]  # noqa: E731
+            d1, d2 = jax.jvp(first, (r0,), (one,))
+            assert all(v in members for v in self.exports)
+            self._derivatives = {v: (a, b) for v, a, b in zip(self.exports, d1, d2)}
+        return self._derivatives
+
+
+def _fused_regions(jaxpr, env: dict) -> dict:
+    """``export var -> _Region`` for the fused regions of ``jaxpr`` given the jets
+    of its inputs (NOTE [elementwise regions])."""
+    live = {v for v, j in env.items() if not j.const}
+    if not live:
+        return {}
+    items, flags = [], {}
+    for eqn in jaxpr.eqns:
+        live_in = [isinstance(v, jcore.Var) and v in live for v in eqn.invars]
+        if not any(live_in):
+            continue
+        outs = [v for v in eqn.outvars if is_float(np.zeros((), v.aval.dtype))]
+        live.update(outs)
+        if len(eqn.outvars) == 1 and outs:
+            ok = _pointwise(eqn, live_in)
+            flags[outs[0]] = (eqn, live_in)
+            items.append((outs[0], [v for v, f in zip(eqn.invars, live_in) if f], ok))
+    if not items:
+        return {}
+    root_of = _regions.elementwise_regions(
+        items, key=lambda v: (tuple(v.aval.shape), v.aval.dtype))
+    groups = _regions.by_root(root_of)
+    if not groups:
+        return {}
+    member_of = {}
+    for root, members in groups.items():
+        if any(_nonlinear(*flags[m]) for m in members):
+            member_of.update((m, root) for m in members)
+    outputs = {v for v in jaxpr.outvars if isinstance(v, jcore.Var)}
+    read_outside: set = set()
+    for eqn in jaxpr.eqns:
+        out = eqn.outvars[0] if len(eqn.outvars) == 1 else None
+        for v in eqn.invars:
+            if isinstance(v, jcore.Var) and v in member_of and (
+                    out is None or member_of.get(out) is not member_of[v]):
+                read_outside.add(v)
+    regions = {}
+    for root in {member_of[m] for m in member_of}:
+        members = [m for m in groups[root]]
+        exports = [m for m in members if m in read_outside or m in outputs]
+        if exports:
+            region = _Region(root, [flags[m][0] for m in members], exports)
+            regions.update((v, region) for v in exports)
+    return regions
+
+
+# NOTE [own top]: a jet that knows count vectors only (``expands``: the JVP
+# recursion) sums a collapsed key from its terms, ``L phi(a) = sum_alpha c_alpha
+# phi(a)[alpha]``. That is the whole operator only when every input's collapsed
+# coefficient is the sum of its terms. An input's own top coefficient (a drift
+# ``b . grad f`` entering as the input's top, ``core._jets.Collapsed``) is not:
+# ``a[K] = sum_alpha c_alpha a[alpha] + r`` with the residual ``r`` (the drift,
+# carried forward through the rules), and ``L phi(a) = sum_alpha c_alpha
+# phi(a)[alpha] + D phi(a)[r]``. Jets that such a residual reaches carry ``top``,
+# and the JVP recursion adds ``D phi(a)[r]`` (one JVP of the primitive) for them.
+def _with_own_top(it: "Interpreter", prim, params, jets: list[Jet], tops: list[int], k: int,
+                  counts):
+    def expanded(key, get):
+        return _jet.family_sum(key, _jet.total(_jet.scale(get(alpha), c)
+                                               for c, alpha in key.terms))
+
+    def rule(key):
+        if not isinstance(key, _jets.Collapsed):
+            return counts(key)
+        out = expanded(key, lambda alpha: _jet.densify(counts(alpha)))
+        residuals = {}
+        for i in tops:
+            whole = jets[i].get(key)
+            r = _jet.add(whole, None if whole is None else
+                         _jet.scale(expanded(key, jets[i].get), -1.0))
+            if r is not None:
+                residuals[i] = r
+        if not residuals:
+            return out
+        primals = [j.primal for j in jets]
+        live = tuple(residuals)
+
+        def g(*xs):
+            full = list(primals)
+            for i, x in zip(live, xs):
+                full[i] = x
+            return bind(prim, params, *full)
+
+        _, tangent = jax.jvp(g, tuple(primals[i] for i in live),
+                             tuple(residuals[i] for i in live))
+        tangent = tangent[k] if prim.multiple_results else tangent
+        return _jet.add(out, tangent)
+
+    return rule

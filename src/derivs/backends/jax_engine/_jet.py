@@ -107,13 +107,16 @@ class Jet:
     without a rule is a constant (no derivative). ``expands`` rules do not know
     collapsed keys: those are then summed from their terms."""
 
-    __slots__ = ("primal", "rule", "memo", "seeds", "expands")
+    __slots__ = ("primal", "rule", "memo", "seeds", "expands", "top")
 
     def __init__(self, primal: Any, rule: Callable[[Key], Any] | None = None, *,
                  expands: bool = False):
         self.primal, self.rule, self.expands = primal, rule, expands
         self.memo: dict[Key, Any] = {}
         self.seeds: dict[int, int] | None = None  # group -> flat index, input jets only
+        # NOTE [own top]: whether a collapsed coefficient of this value may hold more
+        # than its terms (an input's own top coefficient, a drift, reached it)
+        self.top = False
 
     @property
     def const(self) -> bool:

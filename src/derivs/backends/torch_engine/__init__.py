@@ -34,6 +34,7 @@ from ._capture import inside_functorch as inside_functorch
 from ._capture import outside_functorch as outside_functorch
 from ._capture import cache_key as cache_key
 from ._capture import StateError, guarded_get, inside_trace, shared_capture
+from ._math_forms import math_forms as math_forms
 from ._engine import build
 from ._family import Seeds as Seeds
 from ._family import shared_rows as shared_rows

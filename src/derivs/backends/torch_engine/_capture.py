@@ -34,6 +34,7 @@ import torch.utils._pytree as pytree
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .. import _guards
+from ._math_forms import math_attention
 from .._common import leaf_signature
 from ._builder import is_mutating, is_random
 from . import _rules  # noqa: F401  (fills the jet rule registry)
@@ -176,7 +177,7 @@ def _capture(fun, leaves, in_spec, is_tensor, state, table, pure) -> Capture:
         it = iter(tensors[:n_args])
         full = [next(it) if t else leaf for t, leaf in zip(is_tensor, leaves)]
         a, kw = pytree.tree_unflatten(full, in_spec)
-        with state.swapped(tensors[n_args:]):
+        with state.swapped(tensors[n_args:]), math_attention():  # NOTE [attention]
             out = fun(*a, **kw)
         out_leaves, side["spec"] = pytree.tree_flatten(out)
         for leaf in out_leaves:
@@ -315,6 +316,13 @@ _EXTRA_DECOMPOSED = [
 ]
 
 
+def _var_mean(x, dim=None, *, correction=None, keepdim=False):
+    """``var_mean`` (layer norm's statistics) as its two single-output ops, which
+    both interpreters have rules for (PyTorch's own decomposition keeps the pair)."""
+    return (aten.var.correction(x, dim, correction=correction, keepdim=keepdim),
+            aten.mean.dim(x, [] if dim is None else dim, keepdim))
+
+
 def decompositions() -> dict:
     """PyTorch's own decompositions for the ops that have no jet rule (softmax,
     layer_norm, gelu, softplus, ...): they become ops that do. Ops with a rule stay
@@ -329,6 +337,7 @@ def decompositions() -> dict:
         for op in _EXTRA_DECOMPOSED:
             if op in decomposition_table:
                 table[op] = decomposition_table[op]
+        table[aten.var_mean.correction] = _var_mean
         _DECOMPOSITIONS = {op: fn for op, fn in table.items() if op not in JET_RULES}
     return _DECOMPOSITIONS
 

@@ -584,10 +584,12 @@ def _linear_first(ctx, target, jets, out, kw, want_c) -> _Jet:
 def _view(ctx, target, jets, out, kw, want_c) -> _Jet:
     """view / reshape / expand to a given size: the stacked axis goes first."""
     a, size = jets[0], list(jets[1].p)
-    top = None if a.l is None else target(a.l, size)
+    # coefficients need not have the value's strides (a view of the value may not
+    # be one of them): reshape, which copies only when it must
+    fn = torch.Tensor.expand if target == aten.expand.default else torch.Tensor.reshape
+    top = None if a.l is None else fn(a.l, size)
     if a.c is None or not want_c:
         return _Jet(out, None, top)
-    fn = torch.Tensor.expand if target == aten.expand.default else torch.Tensor.reshape
     return _Jet(out, fn(a.c, [a.c.shape[0]] + size), top)
 
 
@@ -885,6 +887,64 @@ def _join(ctx, node: fx.Node, env: dict, want_c: bool) -> _Jet:
     return _Jet(out, c, joined(lambda j: j.l, ()))
 
 
+def _div(ctx, target, jets, out, kw, want_c) -> _Jet:
+    """``a / b``: linear in ``a`` for a constant ``b``; otherwise ``a * (1 / b)``, the
+    reciprocal by the elementwise rule (NOTE [elementwise derivatives])."""
+    a, b = jets[0], jets[1]
+    if b.const or kw.get("rounding_mode") is not None:
+        return _linear_first(ctx, target, jets, out, kw, want_c)
+    inv_p = 1 / b.p
+    d, power = [], inv_p
+    for k in range(1, ctx.layout.order + 1):  # (1/x)^(k) = (-1)^k k! x^-(k+1)
+        power = power * inv_p
+        d.append(((-1) ** k * math.factorial(k)) * power)
+    inv = _unary_stack(ctx, b, inv_p, d, True)
+    return _mul(ctx, aten.mul.Tensor, [a, inv], out, {}, want_c)
+
+
+def _var(ctx, target, jets, out, kw, want_c) -> _Jet:
+    """Variance over ``dim``: the mean of squared deviations, rescaled for the
+    correction, from the linear, sum and elementwise rules."""
+    a = jets[0]
+    x = a.p
+    dims = jets[1].p if len(jets) > 1 else None
+    dims = list(range(x.ndim)) if dims is None or (not dims and x.ndim) else [
+        d % max(x.ndim, 1) for d in dims]
+    correction = kw.get("correction")
+    correction = 1.0 if correction is None else float(correction)
+    count = math.prod(x.shape[d] for d in dims) if dims else 1
+    mean_p = x.mean(dims, keepdim=True)
+    mean = _linear_first(ctx, aten.mean.dim, [a, _Jet(dims), _Jet(True)], mean_p, {}, True)
+    dev = _sum_like(-1.0)(ctx, aten.sub.Tensor, [a, mean], x - mean_p, {}, True)
+    sq = _unary_stack(ctx, dev, dev.p * dev.p, [2 * dev.p, 2.0] + [None] * (
+        ctx.layout.order - 2), True)
+    keepdim = bool(kw.get("keepdim", False))
+    total = _linear_first(ctx, aten.sum.dim_IntList, [sq, _Jet(dims), _Jet(keepdim)],
+                          sq.p.sum(dims, keepdim=keepdim), {}, want_c)
+    scale = 1.0 / (count - correction) if count > correction else float("nan")
+    return _Jet(out, None if total.c is None else scale * total.c,
+                None if total.l is None else scale * total.l)
+
+
+def _extreme(ctx, target, jets, out, kw, want_c) -> _Jet:
+    """amax / amin over ``dim``: piecewise linear, the extreme entries' coefficients,
+    shared evenly between ties (as PyTorch's own backward and the jet rule)."""
+    a = jets[0]
+    x = a.p
+    dims = [d % max(x.ndim, 1) for d in (jets[1].p if len(jets) > 1 else [])]
+    keepdim = bool(jets[2].p) if len(jets) > 2 else False
+    if not dims:
+        dims = list(range(x.ndim))
+    hit = (x == target(x, dims, True)).to(x.dtype)
+    weight = hit / hit.sum(dims, keepdim=True)
+
+    def pick(v):
+        return (v * weight).sum([d + v.ndim - x.ndim for d in dims], keepdim=keepdim)
+
+    c = None if a.c is None or not want_c else pick(_lift(a.c, x.ndim))
+    return _Jet(out, c, None if a.l is None else pick(a.l))
+
+
 # -- the registry (``_registry.FAMILY_RULES``) -------------------------------------------
 # ``linear`` decides whose lower coefficients a program keeps (``_lower_readers``):
 # "joint" ops read none, "each" ops none with one differentiated argument (counted
@@ -898,8 +958,9 @@ deffamily(aten.neg.default, aten.clone.default, aten.select.int, aten.slice.Tens
           aten.t.default, aten.transpose.int, aten.permute.default, aten.unsqueeze.default,
           aten.squeeze.dim, aten.squeeze.dims, aten.sum.dim_IntList, aten.sum.default,
           aten.mean.dim, linear="joint")(_linear_first)
-# by a constant; a differentiated divisor goes to the generic rule (nonlinear)
-deffamily(aten.div.Tensor, linear="first")(_linear_first)
+deffamily(aten.div.Tensor, linear="first")(_div)
+deffamily(aten.var.correction)(_var)
+deffamily(aten.amax.default, aten.amin.default, linear="joint")(_extreme)
 deffamily(aten.mul.Tensor, linear="each")(_mul)
 deffamily(aten.mm.default, aten.bmm.default, aten.matmul.default, linear="each")(_matmul)
 deffamily(aten.addmm.default, linear="each")(_addmm)

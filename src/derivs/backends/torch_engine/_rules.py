@@ -43,10 +43,16 @@ _LINEAR = [aten.cumsum.default, aten.index_select.default, aten.gather.default,
            aten.index.Tensor, aten.roll.default, aten.trace.default]
 
 
+# Coefficients need not have the value's strides, so a view of the value may not be
+# a view of them: views by size run as reshape (a view where one exists).
+_BY_SIZE = {aten.view.default: aten.reshape.default, aten._unsafe_view.default: aten.reshape.default}
+
+
 def _linear_rule(transparent: bool) -> Rule:
     def rule(ctx, node, J):
         rest, kw = _rest(node, J), _kw(node, J)
-        return ctx.linear(J(node.args[0]), lambda x: ctx.b.op(node.target, x, *rest, **kw),
+        target = _BY_SIZE.get(node.target, node.target)
+        return ctx.linear(J(node.args[0]), lambda x: ctx.b.op(target, x, *rest, **kw),
                           transparent=transparent)
     return rule
 
