@@ -198,3 +198,44 @@ def test_new_estimators_name_the_fix():
         derivs.hutchinson_diffusion(f, jnp.eye(3))(jax.random.key(0))
     with pytest.raises(ValueError, match=r"sample_shape \+ \(r,\)"):
         derivs.hutchinson_diffusion(f, jnp.eye(4))(jax.random.key(0), jnp.ones(3))
+
+
+_SEPARABLE = {  # sum of an activation of each coordinate: a diagonal Hessian
+    "gelu": (lambda x: jax.nn.gelu(x, approximate=False), torch.nn.functional.gelu),
+    "softplus": (jax.nn.softplus, torch.nn.functional.softplus),
+    "silu": (jax.nn.silu, torch.nn.functional.silu),
+    "tanh": (jnp.tanh, torch.tanh),
+}
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+@pytest.mark.parametrize("act", sorted(_SEPARABLE))
+@pytest.mark.parametrize("with_stderr", [False, True])
+def test_collapsed_estimate_is_exact_on_a_diagonal_hessian(fw, act, with_stderr):
+    """NOTE [collapsed estimators]: the collapsed pass (and the read pass behind
+    with_stderr) against the exact Laplacian of a separable f, which Rademacher
+    directions estimate exactly, per sample of a batch."""
+    phi = _SEPARABLE[act][0 if fw == "jax" else 1]
+    f = (lambda x: jnp.sum(phi(x) * x, -1)) if fw == "jax" else (lambda x: (phi(x) * x).sum(-1))
+    XB = RNG.normal(size=(3, 6))
+    est = derivs.hutchinson_laplacian(f, samples=5, batch_axis=0, with_stderr=with_stderr)
+    out = est(_key(fw, 4), array(fw, XB))
+    mean, err = out if with_stderr else (out, None)
+    fj = (lambda x: jnp.sum(_SEPARABLE[act][0](x) * x))
+    want = [np.trace(np.asarray(jax.hessian(fj)(jnp.asarray(x)))) for x in XB]
+    np.testing.assert_allclose(to_numpy(mean), want, rtol=1e-10, atol=1e-12)
+    if with_stderr:
+        np.testing.assert_allclose(to_numpy(err), 0.0, atol=1e-10)
+    assert derivs.explain(est, _key(fw, 4), array(fw, XB)).strategy == "traced-jet"
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+@pytest.mark.parametrize("name", ["hutchinson_laplacian", "hutchinson_bilaplacian"])
+def test_estimators_check_the_batch_axis(fw, name):
+    """A mean-centring f couples the samples: the estimators refuse batch_axis as
+    the exact operators do (it returned 0 +- 0 before)."""
+    f = ((lambda x: jnp.sum((x - x.mean(0)) ** 3, -1)) if fw == "jax"
+         else (lambda x: ((x - x.mean(0)) ** 3).sum(-1)))
+    est = getattr(derivs, name)(f, samples=4, batch_axis=0, with_stderr=True)
+    with pytest.raises(ValueError, match="batch_axis=0 is wrong"):
+        est(_key(fw, 0), array(fw, RNG.normal(size=(4, 3))))

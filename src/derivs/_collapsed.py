@@ -45,6 +45,9 @@ class Call:
     drift: Any = None
     value: Callable[[Any], Any] | None = None  # f's output -> its term, or None
     units: bool = False
+    # read: each term's value on its own, stacked first (``c * d^alpha f`` per term),
+    # instead of their sum (an estimator's standard error needs its samples)
+    read: bool = False
     # per object: dataclasses.replace (e.g. another drift) starts an empty one
     memo: dict = dataclasses.field(default_factory=dict, repr=False, compare=False,
                                    init=False)
@@ -126,6 +129,69 @@ _LAYOUTS = {
 }
 
 
+class Machine:
+    """The collapsed-operator machine for one ``f`` in argument ``argnum``: it runs
+    any ``Call`` (terms over seed directions, a drift, a value term) on the traced
+    engine when it can take ``f``, else by nested JVPs. The exact operators
+    (:func:`make`) and the estimators (``_estimators``, a new Call per key) share
+    it; its cache holds the PyTorch capture and program, the output-shape probe
+    and the batch-axis verdict, per argument signature under the state guard."""
+
+    def __init__(self, f: Callable, argnum: int, batch_axis: int | None, api: str, *,
+                 strategy: str | None = None, torch_compile: bool = False):
+        self.f, self.argnum, self.batch_axis, self.api = f, argnum, batch_axis, api
+        self.strategy, self.torch_compile = strategy, torch_compile
+        self.spec = _probes.operator_spec(f, argnum, batch_axis, api)
+        self.cache = LRUCache(maxsize=64)  # programs per signature, layouts per term set
+
+    def decide(self, backend, args, kwargs, call: Call):
+        """``(engine, layout, why)``: the engine's run (None: nested JVPs), the
+        layout, and why the engine is not used."""
+        if self.strategy == NESTED:
+            return None, "nested", None
+        return _engine(backend, self.spec, self.cache, self.f, args, kwargs, self.argnum,
+                       self.batch_axis, call, self.torch_compile)
+
+    def run(self, backend, args, kwargs, call: Call, chunk_size: int | None = None):
+        engine, _, _ = self.decide(backend, args, kwargs, call)
+        if engine is None:
+            out = _nested(backend.name, self.f, args, kwargs, self.argnum, self.batch_axis,
+                          call, chunk_size)
+        else:
+            out = engine(args, kwargs, call, chunk_size)
+        if call.value is not None:
+            out = backend.tree_add(out, backend.tree_map(call.value, self.f(*args, **kwargs)))
+        return out
+
+    def explain(self, backend, args, kwargs, call: Call, sample, notes: list,
+                chunk_size: int | None = None) -> FamilyExplanation:
+        engine, layout, why = self.decide(backend, args, kwargs, call)
+        notes = list(notes)
+        if why is not None:
+            notes.append(why)
+        if layout in ("stacked", "stacked pairs"):
+            c = call.as_univariate() if layout == "stacked pairs" else call
+            stacked = _layout(self.cache, c.terms, len(c.seeds), None, c.read)[0]
+            notes.append(f"{stacked.size} stacked coefficient rows per intermediate")
+            if layout == "stacked" and stacked.contracted is not None:
+                notes.append("the Bi-Laplacian's rows (gradient, Hessian, gradient of the "
+                             "Laplacian): elementwise ops and products by contractions, "
+                             "not gathered products (NOTE [contracted Bi-Laplacian])")
+        if layout == "coordinate groups":
+            t = _group_transforms(self.spec, self.argnum, self.batch_axis, self.cache, call,
+                                  chunk_size, self.torch_compile)[0]
+            inner = _api.explain(_api._wrap(self.f, t, lambda r, aux: r[0]), *args, **kwargs)
+            notes.append(f"the coordinate groups run as {inner.strategy}"
+                         + "".join(f"; {n}" for n in inner.notes))
+        if chunk_size is not None:
+            notes.append(f"chunk_size={chunk_size}: the terms in chunks (PyTorch: one pass "
+                         "per chunk, each recomputing f's value; JAX: a lax.map or one "
+                         "pass per chunk)")
+        return FamilyExplanation(self.api, backend.name, sample, call,
+                                 FAMILY if engine is not None else NESTED, layout,
+                                 self.strategy is not None, notes)
+
+
 def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
          plan: Callable, *, strategy: str | None = None, chunk_size: int | None = None,
          torch_compile: bool = False, batch_size: int | None = None) -> Callable:
@@ -133,78 +199,44 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
     batch axis passed in: a vmapped call plans one sample)."""
     check_operator_options(api, f, argnum, batch_axis, strategy, STRATEGIES, chunk_size,
                            batch_size, torch_compile, "terms")
-    # The engines' request (f in argnum); its cache holds the PyTorch capture, the
-    # output-shape probe and the batch-axis verdict.
-    spec = _probes.operator_spec(f, argnum, batch_axis, api)
-    cache = LRUCache(maxsize=64)  # programs per signature, layouts per term set
+    machine = Machine(f, argnum, batch_axis, api, strategy=strategy,
+                      torch_compile=torch_compile)
     routes = _batch.SampleRoutes(
-        functools.partial(_probes.batch_verdict, spec),
+        functools.partial(_probes.batch_verdict, machine.spec),
         lambda axis, size: make(f, argnum, axis, api, plan, strategy=strategy,
                                 chunk_size=chunk_size, torch_compile=torch_compile,
                                 batch_size=size),
         batch_axis, batch_size)
 
-    def decide(backend, args, x, sample, kwargs):
-        call = plan(backend, x, sample, batch_axis)
-        engine, layout, why = None, "nested", None
-        if strategy != NESTED:
-            engine, layout, why = _engine(backend, spec, cache, f, args, kwargs,
-                                          argnum, batch_axis, call, torch_compile)
-        return call, engine, layout, why
-
     def run(backend, args, x, sample, kwargs):
-        call, engine, layout, why = decide(backend, args, x, sample, kwargs)
-        if engine is None:
-            out = _nested(backend.name, f, args, kwargs, argnum, batch_axis, call, chunk_size)
-        else:
-            out = engine(args, kwargs, call, chunk_size)
-        if call.value is not None:
-            out = backend.tree_add(out, backend.tree_map(call.value, f(*args, **kwargs)))
-        return out
+        return machine.run(backend, args, kwargs, plan(backend, x, sample, batch_axis),
+                           chunk_size)
 
     def explain(*args, **kwargs) -> FamilyExplanation:
         backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
-        call, engine, layout, why = decide(backend, args, x, sample, kwargs)
-        notes = routes.notes(backend, args, kwargs)
-        if why is not None:
-            notes.append(why)
-        if layout in ("stacked", "stacked pairs"):
-            c = call.as_univariate() if layout == "stacked pairs" else call
-            stacked = _layout(cache, c.terms, len(c.seeds), None)[0]
-            notes.append(f"{stacked.size} stacked coefficient rows per intermediate")
-            if layout == "stacked" and stacked.contracted is not None:
-                notes.append("the Bi-Laplacian's rows (gradient, Hessian, gradient of the "
-                             "Laplacian): elementwise ops and products by contractions, "
-                             "not gathered products (NOTE [contracted Bi-Laplacian])")
-        if layout == "coordinate groups":
-            t = _group_transforms(spec, argnum, batch_axis, cache, call, chunk_size,
-                                  torch_compile)[0]
-            inner = _api.explain(_api._wrap(f, t, lambda r, aux: r[0]), *args, **kwargs)
-            notes.append(f"the coordinate groups run as {inner.strategy}"
-                         + "".join(f"; {n}" for n in inner.notes))
-        if chunk_size is not None:
-            notes.append(f"chunk_size={chunk_size}: the terms in chunks (PyTorch: one pass "
-                         "per chunk, each recomputing f's value; JAX: a lax.map or one "
-                         "pass per chunk)")
-        return FamilyExplanation(api, backend.name, sample, call,
-                                 FAMILY if engine is not None else NESTED, layout,
-                                 strategy is not None, notes)
+        call = plan(backend, x, sample, batch_axis)
+        return machine.explain(backend, args, kwargs, call, sample,
+                               routes.notes(backend, args, kwargs), chunk_size)
 
     op = operator_entry(api, f, argnum, batch_axis, torch_compile, routes, run)
     _report.attach(op, explain)
     return op
 
 
-def _layout(cache, terms: tuple, groups: int, chunk_size: int | None) -> list:
+def _layout(cache, terms: tuple, groups: int, chunk_size: int | None,
+            read: bool = False) -> list:
     """The stacked layouts of ``terms`` in chunks of ``chunk_size`` terms (one
-    for None), cached by the term set."""
+    for None), cached by the term set; ``read``: the terms' multi-indices are read
+    off the outputs one by one (``Call.read``)."""
     from .core._stacked import Layout
 
-    key = ("layouts", groups, id(terms), chunk_size)  # plans reuse their term tuples
+    key = ("layouts", groups, id(terms), chunk_size, read)  # plans reuse their term tuples
     hit = cache.get(key)
     if hit is None or hit[0] is not terms:
         step = chunk_size or max(len(terms), 1)
-        hit = (terms, [Layout(groups, terms[lo:lo + step]) for lo in range(0, len(terms), step)])
+        chunks = [terms[lo:lo + step] for lo in range(0, len(terms), step)]
+        hit = (terms, [Layout(groups, (), read=[a for _, a in c]) if read else Layout(groups, c)
+                       for c in chunks])
         cache.put(key, hit)
     return hit[1]
 
@@ -281,10 +313,19 @@ def _torch_run(program, cache, argnum, batch_axis, pairs, args, kwargs, call: Ca
         flat = _device_constant(call, "seeds", x)
         seeds = torch_engine.shared_rows(flat.reshape(flat.shape[0], -1), x, batch_axis)
     drift = None if call.drift is None else _device_constant(call, "drift", x)
-    out = None
-    for k, layout in enumerate(_layout(cache, call.terms, len(call.seeds), chunk_size)):
-        part = program(args, kwargs, torch_engine.Seeds(layout, seeds, drift if k == 0 else None))
-        out = part if out is None else backends.backend_named("torch").tree_add(out, part)
+    fw = backends.backend_named("torch")
+    parts = []
+    for k, layout in enumerate(_layout(cache, call.terms, len(call.seeds), chunk_size,
+                                       call.read)):
+        parts.append(program(args, kwargs, torch_engine.Seeds(layout, seeds,
+                                                              drift if k == 0 else None)))
+    if call.read:  # (terms, *out): each term's coefficient times its value
+        weights = torch.as_tensor([c for c, _ in call.terms], dtype=x.dtype, device=x.device)
+        return fw.tree_map(lambda *ps: torch.cat(ps) * weights.reshape(
+            (-1,) + (1,) * (ps[0].ndim - 1)), *parts)
+    out = parts[0]
+    for part in parts[1:]:
+        out = fw.tree_add(out, part)
     return out
 
 
@@ -315,7 +356,7 @@ def _jax_run(compiled, batch_axis, args, kwargs, call: Call, chunk_size):
     weights, k = call.univariate()
     return jax_engine.run_directions(compiled, 0, call.seeds, weights, k, batch_axis,
                                      per_sample=call.per_sample, top=call.drift,
-                                     chunk_size=chunk_size)
+                                     chunk_size=chunk_size, per_direction=call.read)
 
 
 def _groups(spec, argnum, batch_axis, cache, torch_compile, args, kwargs, call: Call,
@@ -361,13 +402,19 @@ def _nested(name, f, args, kwargs, argnum, batch_axis, call: Call, chunk_size):
     weights = np.asarray(weights)
     out = None
     step = chunk_size or max(rows.shape[0], 1)
+    parts = []
     for lo in range(0, rows.shape[0], step):
         part = directional(name, f, args, kwargs, argnum, batch_axis, rows[lo:lo + step],
                            order, call.per_sample)
         w = asarray(weights[lo:lo + step])
-        part = fw.tree_map(lambda p, w=w: (p * w.reshape((-1,) + (1,) * (p.ndim - 1))).sum(0),
-                           part)
+        part = fw.tree_map(lambda p, w=w: p * w.reshape((-1,) + (1,) * (p.ndim - 1)), part)
+        if call.read:
+            parts.append(part)
+            continue
+        part = fw.tree_map(lambda p: p.sum(0), part)
         out = part if out is None else fw.tree_add(out, part)
+    if call.read:  # each term on its own, stacked (no drift: Call.read has none)
+        return fw.tree_map(lambda *ps: fw.concatenate(ps), *parts)
 
     def at(z):
         return f(*args[:argnum], z, *args[argnum + 1:], **kwargs)

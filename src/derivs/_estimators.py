@@ -5,6 +5,16 @@ Every other operator in derivs is exact. ``hutchinson_laplacian``,
 that does not grow with the dimension: ``S`` directional derivatives instead of
 ``D`` (``D^2`` for the Bi-Laplacian, ``r`` for a diffusion of rank ``r``). None is
 ever chosen automatically.
+
+NOTE [collapsed estimators]: an estimate ``mean_s D^K f[v_s]`` is a collapsed
+operator over the ``S`` random directions (terms ``(1/S, (s,) * K)``; for a
+diffusion, ``sigma = V / sqrt(S)``), so it runs on the same machine as the exact
+operators (``_collapsed.Machine``): one Taylor pass with the directions stacked,
+each intermediate carrying its value, ``K - 1`` coefficients per direction and one
+summed top coefficient, instead of ``K`` nested JVPs per direction. With
+``with_stderr`` the samples themselves are needed: the pass reads each direction's
+top coefficient off the outputs (``Call.read``: ``K`` coefficients per direction).
+The batch axis is proven as for the exact operators.
 """
 
 from __future__ import annotations
@@ -13,7 +23,8 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from ._collapsed import directional
+from . import _batch, _probes, _report, backends
+from ._collapsed import Call, Machine
 from ._validation import check_operator_arguments, operator_input
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
@@ -60,17 +71,13 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
         raise ValueError(f"{api}: distribution={distribution!r} is not one of "
                          f"{DISTRIBUTIONS}.")
 
-    @functools.wraps(f)
-    def estimate(key: Any, *args: Any, **kwargs: Any) -> Any:
-        backend, args, x, sample = _inputs(api, args, argnum, batch_axis)
-        directions = backend.random_directions(key, (samples,) + tuple(sample), x, distribution, api)
-        # v^T H v = d^2/dt^2 f(x + t v) at t = 0; the same direction in every sample
-        terms = directional(backend.name, f, args, kwargs, argnum, batch_axis, directions,
-                             2, per_sample=False)
-        return _mean(terms, samples, with_stderr)
+    runner = _Runner(f, argnum, batch_axis, api, samples, 2, 1.0, with_stderr)
 
-    estimate.__derivs_estimator__ = api
-    return estimate
+    def draw(key, backend, x, sample):
+        # v^T H v = d^2/dt^2 f(x + t v) at t = 0; the same directions in every sample
+        return backend.random_directions(key, (samples,) + tuple(sample), x, distribution, api)
+
+    return runner.estimator(draw, lambda directions, *_: (runner.call(directions), None))
 
 
 def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
@@ -101,16 +108,12 @@ def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
     api = "derivs.hutchinson_bilaplacian"
     _check(api, f, argnum, batch_axis, samples)
 
-    @functools.wraps(f)
-    def estimate(key: Any, *args: Any, **kwargs: Any) -> Any:
-        backend, args, x, sample = _inputs(api, args, argnum, batch_axis)
-        directions = backend.random_directions(key, (samples,) + tuple(sample), x, "gaussian", api)
-        terms = directional(backend.name, f, args, kwargs, argnum, batch_axis, directions, 4,
-                             per_sample=False)
-        return _mean(terms / 3, samples, with_stderr)
+    runner = _Runner(f, argnum, batch_axis, api, samples, 4, 1.0 / 3.0, with_stderr)
 
-    estimate.__derivs_estimator__ = api
-    return estimate
+    def draw(key, backend, x, sample):
+        return backend.random_directions(key, (samples,) + tuple(sample), x, "gaussian", api)
+
+    return runner.estimator(draw, lambda directions, *_: (runner.call(directions), None))
 
 
 def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: Any = None,
@@ -147,23 +150,19 @@ def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: A
         raise TypeError(f"{api}: sigma is required (a function of x returning x.shape + "
                         "(r,), or a constant array sample_shape + (r,)).")
 
-    @functools.wraps(f)
-    def estimate(key: Any, *args: Any, **kwargs: Any) -> Any:
-        backend, args, x, sample = _inputs(api, args, argnum, batch_axis)
-        call = diffusion_terms(api, backend, x, sample, batch_axis, sigma, drift, reaction)
-        cols = call.seeds  # (r, *x.shape) per sample, or (r, *sample)
-        z = backend.random_directions(key, (samples, cols.shape[0]), x, distribution, api)
-        directions = backend.tensordot(z, cols)
-        terms = directional(backend.name, f, args, kwargs, argnum, batch_axis, directions, 2,
-                             per_sample=call.per_sample)
-        out = _mean(terms, samples, with_stderr)
-        exact = _exact_terms(backend, f, args, kwargs, argnum, call)
-        if exact is None:
-            return out
-        return (out[0] + exact, out[1]) if with_stderr else out + exact
+    runner = _Runner(f, argnum, batch_axis, api, samples, 2, 1.0, with_stderr)
 
-    estimate.__derivs_estimator__ = api
-    return estimate
+    def draw(key, backend, x, sample):
+        rank = diffusion_terms(api, backend, x, sample, batch_axis, sigma, None,
+                               None).seeds.shape[0]
+        return backend.random_directions(key, (samples, rank), x, distribution, api)
+
+    def build(z, backend, x, sample, axis):
+        call = diffusion_terms(api, backend, x, sample, axis, sigma, drift, reaction)
+        cols = call.seeds  # (r, *x.shape) per sample, or (r, *sample)
+        return runner.call(backend.tensordot(z, cols), call), call
+
+    return runner.estimator(draw, build)
 
 
 def _check(api, f, argnum, batch_axis, samples) -> None:
@@ -182,10 +181,98 @@ def _inputs(api, args, argnum, batch_axis):
     return operator_input(api, args, argnum, batch_axis, False)
 
 
-def _mean(terms, samples: int, with_stderr: bool):
+class _Runner:
+    """One estimator's machine (NOTE [collapsed estimators]): its Calls, the route
+    over the samples, the mean and standard error."""
+
+    def __init__(self, f, argnum, batch_axis, api, samples: int, order: int, scale: float,
+                 with_stderr: bool):
+        self.f, self.argnum, self.batch_axis, self.api = f, argnum, batch_axis, api
+        self.samples, self.order, self.with_stderr = samples, order, with_stderr
+        self.machine = Machine(f, argnum, batch_axis, api)
+        self._per_sample: Machine | None = None
+        # the same term tuple every call: layouts and programs are cached by it
+        weight = scale if with_stderr else scale / samples
+        self.terms = tuple((weight, (s,) * order) for s in range(samples))
+
+    def call(self, directions, diffusion: Call | None = None) -> Call:
+        """The Call of one key's directions (a diffusion's drift and reaction are
+        exact: in the same pass, or beside it with ``with_stderr``)."""
+        per_sample = diffusion is not None and diffusion.per_sample
+        if self.with_stderr or diffusion is None:
+            return Call(directions, self.terms, per_sample=per_sample, read=self.with_stderr)
+        return Call(directions, self.terms, per_sample=per_sample, drift=diffusion.drift,
+                    value=diffusion.value)
+
+    def per_sample(self) -> Machine:
+        if self._per_sample is None:
+            self._per_sample = Machine(self.f, self.argnum, None, self.api)
+        return self._per_sample
+
+    def estimator(self, draw: Callable, build: Callable) -> Callable:
+        """``estimate(key, *args, **kwargs)``. ``draw(key, backend, x, sample)`` makes
+        the key's random numbers, once per call; ``build(draws, backend, x, sample,
+        batch_axis)`` makes the Call at ``x`` (one sample on a per-sample route, where
+        a sigma that is a function of x is evaluated per sample) and, for a
+        diffusion, the operator's own Call, whose drift and reaction a read pass
+        leaves to :func:`_exact_terms`."""
+        f, api, argnum, batch_axis = self.f, self.api, self.argnum, self.batch_axis
+
+        def run(key, args, kwargs):
+            backend, args, x, sample = _inputs(api, args, argnum, batch_axis)
+            draws = draw(key, backend, x, sample)
+            call, diffusion = build(draws, backend, x, sample, batch_axis)
+            out = self._over_samples(backend, args, kwargs, x, sample, call, draws, build)
+            if not call.read:
+                return out
+            mean, err = _mean(out, self.samples)
+            exact = None if diffusion is None else _exact_terms(backend, f, args, kwargs,
+                                                                argnum, diffusion)
+            return (mean if exact is None else mean + exact), err
+
+        def estimate(key: Any, *args: Any, **kwargs: Any) -> Any:
+            return backends.checked_call(f, args, api, lambda: run(key, args, kwargs))
+
+        def explain(key: Any, *args: Any, **kwargs: Any):
+            backend, args, x, sample = _inputs(api, args, argnum, batch_axis)
+            call, _ = build(draw(key, backend, x, sample), backend, x, sample, batch_axis)
+            notes = [f"{self.samples} random directions of order {self.order}"
+                     + (": each direction's term read off on its own (with_stderr)"
+                        if call.read else ": their mean summed as one top coefficient "
+                        "(NOTE [collapsed estimators])")]
+            if batch_axis is not None:
+                notes.append("batch_axis: " + _probes.batch_verdict(
+                    self.machine.spec, backend, args, kwargs).reason)
+            return self.machine.explain(backend, args, kwargs, call, sample, notes)
+
+        estimate = functools.wraps(f)(estimate)
+        estimate.__derivs_estimator__ = api
+        _report.attach(estimate, explain)
+        return estimate
+
+    def _over_samples(self, backend, args, kwargs, x, sample, call: Call, draws, build):
+        """The Call over the batch: one pass when the batch axis is proven (and the
+        framework runs operators that way), else the per-sample Call, vmapped."""
+        b = self.batch_axis
+        if b is None:
+            return self.machine.run(backend, args, kwargs, call)
+        verdict = _probes.batch_verdict(self.machine.spec, backend, args, kwargs)
+        if verdict.proven and not backend.vmap_operators:
+            return self.machine.run(backend, args, kwargs, call)
+        inner = self.per_sample()
+
+        def one(*a):
+            mine, _ = build(draws, backend, a[self.argnum], sample, None)
+            return inner.run(backend, a, kwargs, mine)
+
+        # read terms come first: each sample's results sit one axis further on
+        axis = verdict.out_axis + (1 if call.read else 0)
+        return _batch.vmapped(backend, one, args, b, x.shape[b], axis)
+
+
+def _mean(terms, samples: int):
+    """The mean of the read terms (stacked first) and its standard error."""
     mean = terms.mean(0)
-    if not with_stderr:
-        return mean
     spread = ((terms - mean) ** 2).sum(0) / max(samples - 1, 1)
     return mean, (spread / samples) ** 0.5
 

@@ -124,6 +124,7 @@ def first_order_reverse(fun, selected: tuple, requests) -> list:
 # -- the array operations the operators need (``_operators.py``, ``_collapsed.py``) -------
 unsqueeze = jnp.expand_dims
 stack = jnp.stack
+concatenate = jnp.concatenate
 grad = jax.grad
 vmap = jax.vmap
 reduce_sum = jnp.sum

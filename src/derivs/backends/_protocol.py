@@ -75,6 +75,7 @@ class Backend(ForwardMode, Protocol):
     # -- array operations of the operators (``_operators.py``, ``_collapsed.py``) -------
     unsqueeze: Callable[..., Any]
     stack: Callable[..., Any]
+    concatenate: Callable[..., Any]
     grad: Callable[..., Any]
     vmap: Callable[..., Any]
     reduce_sum: Callable[..., Any]

@@ -172,6 +172,7 @@ def first_order_reverse(fun, selected: tuple, requests) -> list:
 # -- the array operations the operators need (``_operators.py``, ``_collapsed.py``) -------
 unsqueeze = torch.unsqueeze
 stack = torch.stack
+concatenate = torch.cat
 grad = torch.func.grad
 vmap = torch.func.vmap
 reduce_sum = torch.sum

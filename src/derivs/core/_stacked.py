@@ -118,6 +118,8 @@ class Layout:
         """The Bi-Laplacian's index maps when the terms are ``c sum_ij d_i^2 d_j^2``
         over every group (NOTE [contracted Bi-Laplacian]), else None."""
         G = self.groups
+        if self.read or G < 1 or self.order != 4 or len(self.terms) != G * (G + 1) // 2:
+            return None  # cheap checks first: the set below has G^2 entries
         want = {tuple(sorted((i, i, j, j))) for i in range(G) for j in range(G)}
         coef = dict((a, c) for c, a in self.terms)
         if self.read or set(coef) != want or G < 1:

@@ -286,7 +286,7 @@ def unit_rows(start, count: int, n: int, dtype) -> jax.Array:
 
 def run_directions(compiled: Traced, slot: int, rows, weights: np.ndarray, order: int,
                    batch_axis: int | None, *, per_sample: bool = False, top=None,
-                   chunk_size: int | None = None) -> Any:
+                   chunk_size: int | None = None, per_direction: bool = False) -> Any:
     """``sum_n w_n D^order f[v_n]`` (plus ``Df[top]``), with the directions ``rows``
     vmapped on one family axis (``core._directions``). ``rows``: ``(N, *sample)``
     shared by every sample, or ``(N, *x.shape)`` with ``per_sample``.
@@ -300,6 +300,12 @@ def run_directions(compiled: Traced, slot: int, rows, weights: np.ndarray, order
     position = next(p for p, s in compiled.selected.items() if s == slot)
     x = compiled.arrays[position]
     weights = np.asarray(weights, np.float64)
+    if per_direction:
+        outs = _per_direction(compiled, position, x, jnp.asarray(rows), order, batch_axis,
+                              per_sample, chunk_size)
+        w = jnp.asarray(weights, x.dtype)
+        outs = [o * w.reshape((-1,) + (1,) * (o.ndim - 1)) for o in outs]
+        return jax.tree_util.tree_unflatten(compiled.out_tree, outs)
     total = None
     groups = [(s, np.flatnonzero(np.sign(weights) == s)) for s in (1.0, -1.0)]
     groups = [(s, idx) for s, idx in groups if idx.size]
@@ -364,3 +370,26 @@ def _collapsed_family(compiled, position, x, rows, key, batch_axis, per_sample, 
     first = (jnp.arange(chunks.shape[0]) == 0).astype(x.dtype)
     outs = jax.lax.map(lambda a: lanes(a[0], a[1]), (chunks, first))
     return [o[:, 0].sum(0) if fused else o.sum((0, 1)) for o in outs]
+
+
+def _per_direction(compiled, position, x, rows, order: int, batch_axis, per_sample,
+                   chunk_size) -> list:
+    """``D^order f[v_n]`` for each direction ``v_n``, stacked first: one lane per
+    direction with its own top coefficient (no family sum)."""
+    jnp = jax.numpy
+
+    def along(v):
+        if batch_axis is not None and not per_sample:
+            v = jnp.broadcast_to(jnp.expand_dims(v, batch_axis % x.ndim), x.shape)
+        it = Interpreter(1, batch_axis)
+        inputs = [Jet(arr, lambda k, v=v: v if k == (1,) else None, expands=True)
+                  if p == position else Jet(arr) for p, arr in enumerate(compiled.arrays)]
+        return [o.dense((order,)) for o in it.run_closed(compiled.closed, inputs)]
+
+    n = rows.shape[0]
+    if chunk_size is None or chunk_size >= n:
+        return jax.vmap(along)(rows)
+    pad = (-n) % chunk_size
+    padded = jnp.concatenate([rows, jnp.zeros((pad,) + rows.shape[1:], rows.dtype)])
+    outs = jax.lax.map(jax.vmap(along), padded.reshape((-1, chunk_size) + rows.shape[1:]))
+    return [o.reshape((-1,) + o.shape[2:])[:n] for o in outs]
