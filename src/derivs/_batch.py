@@ -27,6 +27,7 @@ fails at once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from typing import Any
@@ -87,10 +88,13 @@ def verdict(api: str, backend, fun, args: tuple, kwargs: dict, argnums, batch_ax
     small_kwargs = {k: _first(v, b, size, probe) for k, v in kwargs.items()}
     detector = backend.sparsity()
     where = "" if probe == size else f" (checked on the first {probe} samples)"
-    valid = None
+    # The verdict holds while what f reads is unchanged: f's own state guard (a
+    # derivs wrapper around f would be walked as library code, and guard nothing).
+    # State that cannot be guarded means the verdict is never reused.
+    check = backend.state_check(fun)
+    valid = check if check is not None else _never
     for argnum in argnums:
-        def g(*a, _kw=small_kwargs):
-            return fun(*a, **_kw)
+        g = functools.partial(fun, **small_kwargs) if small_kwargs else fun
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -115,6 +119,10 @@ def verdict(api: str, backend, fun, args: tuple, kwargs: dict, argnums, batch_ax
             f"sample's own partials. {fix}")
     return Verdict(True, f"f's samples are independent (proven from its graph{where})", valid,
                    bo)
+
+
+def _never() -> bool:
+    return False
 
 
 def _both(a, b):

@@ -206,8 +206,7 @@ class Detector:
             offset += s
         name = eqn.primitive.name
         try:
-            if name in ("reshape", "squeeze", "expand_dims", "broadcast_in_dim", "transpose",
-                        "rev", "slice", "concatenate", "split", "stack"):
+            if _structural(name, eqn.params):
                 outs = _numpy_structural(name, args, eqn.params, eqn.outvars)
             else:
                 params = dict(eqn.params)
@@ -419,10 +418,37 @@ def _equal(a, b) -> bool:
     return a.nnz == b.nnz and (a != b).nnz == 0
 
 
+# The parameters each NumPy twin below honours. An equation with any other
+# parameter set (a new JAX version's, say) goes to the primitive itself, bound on
+# the id arrays: a twin that ignored a parameter would move ids silently (lax.
+# reshape's ``dimensions``, a transpose before the reshape, once went unread and
+# patterns missed entries).
+_STRUCTURAL = {
+    "reshape": {"new_sizes", "dimensions", "sharding"},
+    "squeeze": {"dimensions"}, "expand_dims": {"dimensions"},
+    "broadcast_in_dim": {"shape", "broadcast_dimensions", "sharding"},
+    "transpose": {"permutation"}, "rev": {"dimensions"},
+    "slice": {"start_indices", "limit_indices", "strides"},
+    "concatenate": {"dimension"}, "split": {"sizes", "axis"}, "stack": {"axis"},
+}
+
+
+def _structural(name: str, params: dict) -> bool:
+    honoured = _STRUCTURAL.get(name)
+    if honoured is None or not set(params) <= honoured:
+        return False
+    return params.get("sharding") is None
+
+
 def _numpy_structural(name, args, params, outvars):
-    """NumPy versions of the structural ops on id arrays (no JAX dispatch)."""
+    """NumPy versions of the structural ops on id arrays (no JAX dispatch), each
+    honouring every parameter in ``_STRUCTURAL``."""
     x = args[0]
-    if name in ("reshape", "squeeze", "expand_dims"):
+    if name == "reshape":
+        if params.get("dimensions") is not None:  # lax.reshape transposes first
+            x = np.transpose(x, params["dimensions"])
+        return [x.reshape(outvars[0].aval.shape)]
+    if name in ("squeeze", "expand_dims"):
         return [x.reshape(outvars[0].aval.shape)]
     if name == "broadcast_in_dim":
         shape = params["shape"]

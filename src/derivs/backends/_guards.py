@@ -19,14 +19,29 @@ dicts) and returns a :class:`State`:
   holds; otherwise ``f`` is traced again. The check costs tens of nanoseconds per
   place (a few microseconds for an MLP ``nn.Module``).
 
-What the walk cannot see is not guarded: attributes of imported Python modules,
-files, environment variables, values behind C objects. ``.item()`` and Python
-control flow on a lifted tensor are seen: the trace raises on them, and the
+The walk also follows ``__slots__``, ``collections.deque``s (by position),
+``array.array``s (by value), ``functools.lru_cache`` wrappers (the wrapped
+function, and the cache's size, which ``cache_clear`` changes), the attributes of
+imported modules that ``f``'s code names (a user's module: walked like any object;
+a library's: its plain values and mappings, e.g. ``os.environ``), and PyTorch's
+global module hooks once ``f`` reaches an ``nn.Module``. What it cannot enumerate
+raises :class:`Unguardable`, and nothing about ``f`` is cached (NOTE [unguardable]):
+code that looks names up dynamically (``globals()``, ``eval``, ``exec``,
+``__import__``). Files and sockets are out of reach of any guard. ``.item()`` and
+Python control flow on a lifted tensor are seen: the trace raises on them, and the
 transform runs on the general path.
+
+NOTE [unguardable]: a guard that cannot see everything ``f`` reads must not let a
+cached graph (or pattern, or verdict) stand in for ``f``: the transform then runs
+without a cache (the general path, or a fresh capture per call) and ``explain``
+names what could not be guarded.
 """
 
 from __future__ import annotations
 
+import array
+import collections
+import collections.abc
 import dataclasses
 import functools
 import sys
@@ -67,6 +82,11 @@ _MODULE_SKIP = frozenset({
 _LIBRARY_PREFIXES = ("torch", "numpy", "builtins", "functools", "collections", "typing",
                      "abc", "enum", "jax", "jaxlib", "derivs", "scipy")
 _MISSING = object()
+# Names through which code reads variables it does not name (NOTE [unguardable]).
+_DYNAMIC_LOOKUPS = frozenset({"globals", "eval", "exec", "__import__"})
+# PyTorch's process-wide hooks that every nn.Module call runs.
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks",
+                 "_global_forward_hooks_always_called", "_global_forward_hooks_with_kwargs")
 
 
 class Unguardable(Exception):
@@ -195,6 +215,7 @@ class _Walker:
         self.tensor_places: list[list[Any]] = []
         self.tensor_index: dict[int, int] = {}
         self.owners: dict[int, Any] = {}
+        self.hooks_walked = False
 
     def guard(self, kind: str, place, expected) -> None:
         if len(self.checks) >= MAX_PLACES:
@@ -235,7 +256,13 @@ class _Walker:
         self.seen.add(id(v))
         self.keep.append(v)
         if isinstance(v, (types.ModuleType, types.BuiltinFunctionType, types.BuiltinMethodType)):
-            return  # libraries: assumed fixed (NOTE [state guards])
+            return  # code: fixed; a module's attributes are walked by name (_function)
+        if isinstance(v, functools._lru_cache_wrapper):
+            # the cache serves results without running the function: guard its size
+            # (cache_clear changes it) and walk what the function reads
+            self.guard("cache size", v, v.cache_info().currsize)
+            self.value(v.__wrapped__, None)
+            return
         if isinstance(v, type):
             self._class(v)
             return
@@ -276,12 +303,21 @@ class _Walker:
             if isinstance(v, set):
                 self.guard("set", v, frozenset(v))
             return
+        if isinstance(v, collections.deque):
+            self.guard("len", v, len(v))
+            for i, a in enumerate(v):
+                self.value(a, Place("item", v, i))
+            return
+        if isinstance(v, (array.array, bytearray)):
+            self.guard("copy", v, v[:])
+            return
         d = getattr(v, "__dict__", None)
-        if isinstance(d, dict) and (isinstance(v, self.module)
-                                    or not _is_library(type(v))):
+        library = _is_library(type(v)) and not isinstance(v, self.module)
+        if isinstance(d, dict) and not library:
             module = isinstance(v, self.module)
             if module:
                 self.owners[id(d.get("_buffers"))] = v
+                self._global_hooks()
             self.guard("len", d, len(d))
             for k in list(d):
                 if module and k in _MODULE_SKIP:
@@ -290,20 +326,76 @@ class _Walker:
                     self.contents(d[k], None)
                 else:
                     self.value(d[k], Place("item", d, k))
+        if not library:
+            self._slots(v)
         self._class(type(v))
 
+    def _slots(self, v: Any) -> None:
+        """The ``__slots__`` of ``v``'s user classes (``@dataclass(slots=True)``)."""
+        for klass in type(v).__mro__:
+            if klass.__module__.split(".")[0] in _LIBRARY_PREFIXES:
+                continue
+            slots = klass.__dict__.get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if name in ("__dict__", "__weakref__"):
+                    continue
+                self.value(getattr(v, name, _MISSING), Place("attr", v, name))
+
+    def _global_hooks(self) -> None:
+        """PyTorch's global module hooks (``register_module_forward_hook``): every
+        module call runs them."""
+        if self.hooks_walked:
+            return
+        self.hooks_walked = True
+        mod = sys.modules.get("torch.nn.modules.module")
+        for name in _GLOBAL_HOOKS:
+            hooks = getattr(mod, name, None)
+            if isinstance(hooks, dict):
+                self.contents(hooks, None)
+
+    def _module(self, mod: types.ModuleType, names: tuple[str, ...]) -> None:
+        """The attributes of an imported module that code naming ``names`` may read.
+        A user's module is walked like any object; a library's code is fixed, but its
+        plain values and mappings are guarded (``os.environ``, a NumPy print option)."""
+        d = getattr(mod, "__dict__", None)
+        if not isinstance(d, dict) or id(d) in self.seen:
+            return
+        user = not _library_module(mod)
+        for name in names:
+            a = d.get(name, _MISSING)
+            if a is _MISSING or isinstance(a, types.ModuleType):
+                continue
+            if user:
+                self.value(a, Place("item", d, name))
+            elif isinstance(a, self.plain):
+                self.guard("equal", Place("item", d, name), a)
+            elif isinstance(a, collections.abc.Mapping) and not isinstance(
+                    a, types.MappingProxyType):
+                self.guard("same", Place("item", d, name), a)
+                self.guard("mapping", a, dict(a))
+
     def _function(self, fn: types.FunctionType) -> None:
+        names = _names(fn.__code__)
+        dynamic = _DYNAMIC_LOOKUPS.intersection(names)
+        if dynamic:
+            raise Unguardable(f"{fn.__qualname__} looks names up dynamically "
+                              f"({', '.join(sorted(dynamic))}), so no guard can see "
+                              "what it reads")
         for cell in fn.__closure__ or ():
             try:
                 contents = cell.cell_contents
             except ValueError:  # an empty cell (a name assigned later)
                 continue
             self.value(contents, Place("cell", cell))
+            if isinstance(contents, types.ModuleType):
+                self._module(contents, names)
         glb = fn.__globals__
-        for name in _names(fn.__code__):
+        for name in names:
             v = glb.get(name, _MISSING)
             if v is not _MISSING:
                 self.value(v, Place("item", glb, name))
+                if isinstance(v, types.ModuleType):
+                    self._module(v, names)
         if fn.__defaults__:
             self.value(fn.__defaults__, Place("attr", fn, "__defaults__"))
         if fn.__kwdefaults__:
@@ -335,6 +427,16 @@ class _Walker:
                     self.value(acc, None)
             return True
         return False
+
+
+def _library_module(mod: types.ModuleType) -> bool:
+    """A library's module: the packages above, the standard library, or anything
+    installed (site-packages); a user's module is everything else."""
+    top = (getattr(mod, "__name__", "") or "").split(".")[0]
+    if top in _LIBRARY_PREFIXES or top in sys.stdlib_module_names:
+        return True
+    where = getattr(mod, "__file__", None) or ""
+    return "site-packages" in where or "dist-packages" in where
 
 
 def _is_library(obj) -> bool:
@@ -377,15 +479,19 @@ def _compile(checks) -> Any:
         if kind == "array":
             terms.append(f"_array_equal({const(place)}, {e})")
             continue
-        if kind == "set":
+        if kind in ("set", "copy", "mapping"):
             terms.append(f"{const(place)} == {e}")
+            continue
+        if kind == "cache size":
+            terms.append(f"{const(place)}.cache_info().currsize == {e}")
             continue
         if kind == "default dtype":
             terms.append(f"_default_dtype() is {e}")
             continue
         h = const(place.holder)
         loc = {"cell": f"{h}.cell_contents",
-               "item": f"{h}[{const(place.key)}]" if isinstance(place.holder, list)
+               "item": f"{h}[{const(place.key)}]" if isinstance(place.holder,
+                                                                (list, collections.deque))
                else f"{h}.get({const(place.key)}, _MISSING)",
                "attr": f"getattr({h}, {const(place.key)}, _MISSING)"}[place.kind]
         if kind == "same":

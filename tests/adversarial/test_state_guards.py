@@ -1,0 +1,125 @@
+"""Attacks on derivs' caches: change what f reads between two calls, through every
+kind of place a user stores state (NOTE [state guards], NOTE [unguardable]), and
+check the second call against the closed-form derivative of the new state. A
+stale graph, pattern or compiled program would return the first state's value.
+
+PyTorch caches captured graphs (``partial``, ``laplacian``); JAX caches sparse
+patterns and compiled sparse programs. f is ``s * x**3`` (per coordinate) for a
+scale ``s`` read from the place under attack: ``d^2 f / dx_0^2 = 6 s x_0``."""
+
+from __future__ import annotations
+
+import array
+import collections
+import dataclasses
+import functools
+import importlib
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import derivs
+
+X = np.array([0.5, -1.25, 2.0])
+
+
+class _Slots:
+    __slots__ = ("scale",)
+
+    def __init__(self, scale):
+        self.scale = scale
+
+
+@dataclasses.dataclass(slots=True)
+class _SlotsData:
+    scale: float
+
+
+def _places(tmp_path):
+    """``name -> (read() -> scale, write(scale))`` for each kind of place."""
+    slots, data = _Slots(2.0), _SlotsData(2.0)
+    queue, arr = collections.deque([2.0]), array.array("d", [2.0])
+    module_file = tmp_path / "derivs_user_config.py"
+    module_file.write_text("scale = 2.0\n")
+    sys.path.insert(0, str(tmp_path))
+    cfg = importlib.import_module("derivs_user_config")
+    sys.path.remove(str(tmp_path))
+    os.environ["DERIVS_TEST_SCALE"] = "2.0"
+    config = {"k": 2.0}
+
+    @functools.lru_cache(maxsize=None)
+    def cached():
+        return config["k"]
+
+    def write_cached(v):
+        config["k"] = v
+        cached.cache_clear()
+
+    globals()["_DYNAMIC_SCALE"] = 2.0
+    return {
+        "slots": (lambda: slots.scale, lambda v: setattr(slots, "scale", v)),
+        "dataclass_slots": (lambda: data.scale, lambda v: setattr(data, "scale", v)),
+        "deque": (lambda: queue[0], lambda v: queue.__setitem__(0, v)),
+        "array": (lambda: arr[0], lambda v: arr.__setitem__(0, v)),
+        "user_module": (lambda: cfg.scale, lambda v: setattr(cfg, "scale", v)),
+        "environ": (lambda: float(os.environ["DERIVS_TEST_SCALE"]),
+                    lambda v: os.environ.__setitem__("DERIVS_TEST_SCALE", str(v))),
+        "lru_cache": (cached, write_cached),
+        "globals_lookup": (lambda: globals()["_DYNAMIC_SCALE"],
+                           lambda v: globals().__setitem__("_DYNAMIC_SCALE", v)),
+    }
+
+
+PLACES = ["slots", "dataclass_slots", "deque", "array", "user_module", "environ",
+          "lru_cache", "globals_lookup"]
+
+
+@pytest.mark.parametrize("place", PLACES)
+def test_torch_graph_follows_the_state(place, tmp_path):
+    read, write = _places(tmp_path)[place]
+    f = lambda x: read() * x ** 3  # noqa: E731
+    d2 = derivs.partial(f, (0, 0))
+    lap = derivs.laplacian(lambda x: f(x).sum())
+    x = torch.as_tensor(X)
+    for scale in (2.0, 3.0, 5.0):
+        write(scale)
+        want = 6 * scale * x
+        torch.testing.assert_close(d2(x), torch.stack([want[0], 0 * x[1], 0 * x[2]]))
+        torch.testing.assert_close(lap(x), want.sum())
+
+
+@pytest.mark.parametrize("place", PLACES)
+def test_jax_sparse_follows_the_state(place, tmp_path):
+    read, write = _places(tmp_path)[place]
+    f = lambda v: read() * v ** 3  # noqa: E731
+    jac = derivs.jacobian(f, sparse=True)
+    hess = derivs.hessian(lambda v: jnp.sum(f(v)), sparse=True)
+    x = jnp.asarray(X)
+    for scale in (2.0, 3.0, 5.0):
+        write(scale)
+        np.testing.assert_allclose(jac(x).todense(), np.diag(3 * scale * X ** 2))
+        np.testing.assert_allclose(hess(x).todense(), np.diag(6 * scale * X))
+
+
+def test_torch_global_forward_hook():
+    """A hook registered on every module after the first call changes f."""
+    model = torch.nn.Linear(3, 1, dtype=torch.float64)
+    f = lambda x: model(x).squeeze(-1) ** 3  # noqa: E731
+    x = torch.as_tensor(X)
+    lap = derivs.laplacian(f)
+    before = lap(x)
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda mod, args, out: out * 2.0)
+    try:
+        want = torch.func.hessian(f)(x).trace()
+        got = lap(x)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(want, 8 * before)  # the hook really changed f
+    torch.testing.assert_close(lap(x), before)  # and its removal is seen too
