@@ -73,9 +73,12 @@ def _torch_rows(name, D, quick, kinds) -> dict:
 
     repeats = 3 if quick else 7
     model = Z.torch_member(name, D, WIDTH)
+    # the reference's network: SiLU and Mish in elementary ops (PyTorch's own
+    # hessian of them raises: their backward ops have no forward-mode derivative)
+    reference = Z.torch_member(name, D, WIDTH, elementary=True)
     ctx = _torch_reference_context()
     row = {"framework": "torch", "member": name, "D": D}
-    single = lambda z: model(z[None])[0]  # noqa: E731
+    single = lambda z: reference(z[None])[0]  # noqa: E731
     if "laplacian" in kinds or "diagonal" in kinds:
         x = torch.as_tensor(_x(D, POINTS))
         lap = derivs.laplacian(model, batch_axis=0)

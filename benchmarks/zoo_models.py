@@ -61,8 +61,14 @@ def _numpy_params(name: str, D: int, width: int, seed: int) -> dict:
 
 
 # -- PyTorch ---------------------------------------------------------------------------------
-def torch_member(name: str, D: int, width: int = 32, seed: int = 0, dtype=None):
-    """The zoo member as an ``nn.Module`` (eval mode) of ``dtype`` (default float32)."""
+def torch_member(name: str, D: int, width: int = 32, seed: int = 0, dtype=None,
+                 elementary: bool = False):
+    """The zoo member as an ``nn.Module`` (eval mode) of ``dtype`` (default float32).
+
+    ``elementary=True``: the same network with the activations whose PyTorch
+    derivatives cannot serve as a reference written in elementary ops: SiLU and
+    Mish (their backward ops have no forward-mode derivative, so ``torch.func.
+    hessian`` raises) and CELU (its derivatives read alpha in float32)."""
     import torch
     from torch import nn
 
@@ -80,7 +86,7 @@ def torch_member(name: str, D: int, width: int = 32, seed: int = 0, dtype=None):
         return layer
 
     if name.startswith("mlp-"):
-        act = _torch_activation(name[4:])
+        act = _torch_activation(name[4:], elementary)
         layers = []
         for w, b in zip(p["w"], p["b"]):
             layers += [linear(w, b), act]
@@ -110,11 +116,13 @@ def torch_member(name: str, D: int, width: int = 32, seed: int = 0, dtype=None):
     return model.to(dtype).eval()
 
 
-def _torch_activation(act: str):
+def _torch_activation(act: str, elementary: bool = False):
     import torch
     from torch import nn
 
     Fn = _torch_classes().Fn
+    if elementary and act in _ELEMENTARY:
+        return Fn(_ELEMENTARY[act])
     table = {
         "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid(), "sin": Fn(torch.sin), "cos": Fn(torch.cos),
         "erf": Fn(torch.special.erf), "gelu": nn.GELU(), "gelu_tanh": nn.GELU("tanh"),
@@ -122,6 +130,27 @@ def _torch_activation(act: str):
         "celu": nn.CELU(0.8), "mish": nn.Mish(), "logsigmoid": nn.LogSigmoid(),
         "softsign": nn.Softsign(), "tanhshrink": nn.Tanhshrink()}
     return table[act]
+
+
+def _silu(x):
+    import torch
+
+    return x * torch.sigmoid(x)
+
+
+def _mish(x):
+    import torch
+
+    return x * torch.tanh(torch.where(x > 20, x, torch.log1p(torch.exp(x))))
+
+
+def _celu(x):
+    import torch
+
+    return torch.where(x > 0, x, 0.8 * torch.expm1(x / 0.8))
+
+
+_ELEMENTARY = {"silu": _silu, "mish": _mish, "celu": _celu}
 
 
 @functools.lru_cache(maxsize=1)

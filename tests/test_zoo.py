@@ -65,16 +65,10 @@ def _math_attention():
 
 
 def _torch_oracle_model(name, D):
-    """The member for the oracle. PyTorch's own CELU derivatives read alpha in
-    float32 (second derivatives off by ~5e-8 at float64): the oracle runs the same
-    network with CELU written in elementary ops."""
-    model = Z.torch_member(name, D, WIDTH, dtype=torch.float64)
-    if name == "mlp-celu":
-        fn = Z._torch_classes().Fn(lambda x: torch.where(x > 0, x, 0.8 * torch.expm1(x / 0.8)))
-        for i, layer in enumerate(model):
-            if isinstance(layer, torch.nn.CELU):
-                model[i] = fn
-    return model
+    """The member for the oracle: activations whose PyTorch derivatives are wrong or
+    missing (CELU's float32 alpha; SiLU and Mish, whose nested AD raises) in
+    elementary ops (``zoo_models.torch_member(elementary=True)``)."""
+    return Z.torch_member(name, D, WIDTH, dtype=torch.float64, elementary=True)
 
 
 def _x(D, seed=0):

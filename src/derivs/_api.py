@@ -96,35 +96,56 @@ class _Transform:
             return f"f's output has {math.prod(shape)} elements, not 1"
         return None
 
-    def _twin(self, batch_axis: int | None) -> "_Transform":
-        """This transform with another ``batch_axis`` and no ``batch_size``, built once."""
-        key = ("twin", batch_axis)
+    def _twin(self, batch_axis: int | None, mapped: tuple | None = None,
+              out_axis: int = 0) -> "_Transform":
+        """This transform over the batch with another ``batch_axis`` and no
+        ``batch_size`` (``mapped`` None), or the per-sample transform of f on batches
+        of one sample over the ``mapped`` arguments (NOTE [per-sample route]),
+        built once each."""
+        key = ("twin", batch_axis, mapped, out_axis)
         twin = self.cache.get(key)
         if twin is None:
-            twin = dataclasses.replace(self, batch_axis=batch_axis, batch_size=None,
+            fun = self.fun if mapped is None else _batch.sample_function(
+                self.fun, mapped, self.batch_axis, out_axis, self.has_aux)
+            twin = dataclasses.replace(self, fun=fun, batch_axis=batch_axis, batch_size=None,
                                        cache=LRUCache(maxsize=32))
             self.cache.put(key, twin)
         return twin
 
-    def _chunked(self, backend, args: tuple, kwargs: dict, out_axis: int):
+    def _route(self, backend, args: tuple, kwargs: dict, verdict, chunk: bool):
+        """The arguments the per-sample route maps, or the error when f cannot be run
+        one sample at a time (NOTE [per-sample route])."""
+        mapped = _batch.sample_route(verdict, backend, self.fun, args, kwargs, self.argnums,
+                                     self.batch_axis, self.has_aux)
+        if mapped is None:
+            raise ValueError(f"{self.api}: " + _batch._cannot_split(self.batch_axis, chunk,
+                                                                    verdict))
+        return mapped
+
+    def _chunked(self, backend, args: tuple, kwargs: dict, verdict):
         """``batch_size`` samples at a time (``_batch.chunked``: a ``lax.map`` of the
         per-sample transform in JAX, a loop of the batched one in PyTorch)."""
+        out_axis = verdict.out_axis
         size = args[self.argnums[0]].shape[self.batch_axis]
-        one, whole = self._twin(None), self._twin(self.batch_axis)
+        mapped = self._route(backend, args, kwargs, verdict, True)
+        one, whole = self._twin(None, mapped, out_axis), self._twin(self.batch_axis)
         return list(_batch.chunked(backend, lambda *a: tuple(one(a, kwargs)[0]),
                                    lambda *a: tuple(whole(a, kwargs)[0]), args,
-                                   self.batch_axis, size, out_axis, self.batch_size)), None
+                                   self.batch_axis, size, out_axis, self.batch_size,
+                                   mapped)), None
 
-    def _vmapped(self, backend, args: tuple, kwargs: dict, out_axis: int):
-        """The unbatched transform vmapped over the samples (an undecided batch axis)."""
-        twin = self._twin(None)
+    def _vmapped(self, backend, args: tuple, kwargs: dict, verdict):
+        """The per-sample transform vmapped over the samples (an undecided batch axis)."""
+        out_axis = verdict.out_axis
+        mapped = self._route(backend, args, kwargs, verdict, False)
+        twin = self._twin(None, mapped, out_axis)
         size = args[self.argnums[0]].shape[self.batch_axis]
         if self.has_aux:
             out = _batch.vmapped(backend, lambda *a: tuple(twin(a, kwargs)), args,
-                                 self.batch_axis, size, out_axis)
+                                 self.batch_axis, size, out_axis, mapped)
             return list(out[0]), out[1]
         return list(_batch.vmapped(backend, lambda *a: tuple(twin(a, kwargs)[0]), args,
-                                   self.batch_axis, size, out_axis)), None
+                                   self.batch_axis, size, out_axis, mapped)), None
 
     def shapes_and_backend(self, args: tuple):
         if not args:
@@ -165,9 +186,9 @@ class _Transform:
             verdict = _probes.batch_verdict(self.spec, backend, args, kwargs)
             size = args[self.argnums[0]].shape[self.batch_axis]
             if self.batch_size is not None and size > self.batch_size:
-                return self._chunked(backend, args, kwargs, verdict.out_axis)
+                return self._chunked(backend, args, kwargs, verdict)
             if not verdict.proven:
-                return self._vmapped(backend, args, kwargs, verdict.out_axis)
+                return self._vmapped(backend, args, kwargs, verdict)
         strategy, compiled, _ = self.resolve(backend, args, kwargs)
         if compiled is not None:
             return backend.engine.execute(compiled, args, kwargs, self.plan.n_results), None

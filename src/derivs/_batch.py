@@ -58,6 +58,8 @@ class Verdict:
     reason: str
     valid: Any = None
     out_axis: int | None = None  # the output's sample axis
+    # the per-sample route that reproduces f (NOTE [per-sample route]), once found
+    routes: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 def verdict(api: str, backend, fun, args: tuple, kwargs: dict, argnums, batch_axis: int,
@@ -172,20 +174,172 @@ def check_batch_size(api: str, batch_size: Any, batch_axis: Any) -> None:
                          "jax.lax.map / a loop).")
 
 
+# NOTE [per-sample route]: an operator over a batch can run per sample (vmapped:
+# the batch axis is unproven, or JAX measured it faster) or ``batch_size`` samples
+# at a time. f is documented to take the batch, so the per-sample operator
+# differentiates ``g(z) = f(z[None])[0]``: f on a batch of one sample, never on a
+# bare sample (a batched f indexes ``Z[:, 0]`` or reduces over axis -1). Which
+# arguments are samples is not assumed from their sizes (weights of the batch's
+# size are not samples): a mapping is taken only when vmapping ``g`` with it
+# reproduces ``f`` on the batch, checked once per signature: shapes and values (f
+# dividing by the batch size, or reading a per-sample array it closes over,
+# differs there), under ``jax.jit`` on concrete stand-ins of the traced arguments.
+# Where f's own state is traced too, only shapes can be compared: a proven batch
+# axis then keeps the one pass. The candidates are every array
+# argument of the batch's size along the axis, then the differentiated ones alone.
+# Last come the same mappings with f called on bare samples (some frameworks' own
+# vmap rules reject a batch of one inside vmap, e.g. torch's batched linalg.solve
+# with a vector right-hand side): taken only when the values were compared and
+# agree, never on shapes alone. With none, a proven batch axis keeps the one-pass
+# route and an unproven one is an error naming the fix; nothing falls back
+# silently to a loop.
+def sample_function(fun, mapped, axis: int, out_axis: int, has_aux: bool = False):
+    """``g`` of NOTE [per-sample route] for a route ``mapped`` (from
+    :func:`sample_route`), as a ``functools.partial`` of ``fun`` (so state guards
+    walk ``fun`` itself)."""
+    mapped, bare = mapped if isinstance(mapped, Route) else (tuple(mapped), False)
+    if bare:
+        return functools.partial(_bare_sample, fun)
+    return functools.partial(_one_sample, fun, tuple(mapped), axis, out_axis, has_aux)
+
+
+class Route(tuple):
+    """``(mapped, bare)``: the arguments a per-sample route maps, and whether f gets
+    bare samples instead of batches of one."""
+
+    @property
+    def mapped(self) -> tuple:
+        return self[0]
+
+
+def _bare_sample(fun, *args, **kwargs):
+    return fun(*args, **kwargs)
+
+
+def _one_sample(fun, mapped, axis, out_axis, has_aux, *args, **kwargs):
+    full = [_expand(a, axis) if m else a for a, m in zip(args, mapped)]
+    out = fun(*full, **kwargs)
+    aux = None
+    if has_aux:
+        out, aux = out
+    out = _tree_map(lambda o: o[(slice(None),) * _axis(o, out_axis) + (0,)], out)
+    return (out, aux) if has_aux else out
+
+
+def _expand(a, axis: int):
+    return a[(slice(None),) * (axis % (a.ndim + 1)) + (None,)]
+
+
+def _axis(o, out_axis: int) -> int:
+    return out_axis % o.ndim
+
+
+def _tree_map(fn, tree):
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_tree_map(fn, t) for t in tree)
+    if isinstance(tree, dict):
+        return {k: _tree_map(fn, v) for k, v in tree.items()}
+    return fn(tree) if hasattr(tree, "shape") else tree
+
+
+def _leaves(tree) -> list:
+    if isinstance(tree, (tuple, list)):
+        return [x for t in tree for x in _leaves(t)]
+    if isinstance(tree, dict):
+        return [x for v in tree.values() for x in _leaves(v)]
+    return [tree] if hasattr(tree, "shape") else []
+
+
+def sample_route(verdict: Verdict, backend, fun, args: tuple, kwargs: dict, argnums,
+                 batch_axis: int, has_aux: bool = False) -> tuple | None:
+    """The arguments a per-sample route maps (NOTE [per-sample route]), or None when
+    no mapping reproduces f; cached in the verdict (a check that could only compare
+    shapes is not cached: values may be concrete next time)."""
+    hit = verdict.routes.get("mapped", _UNSET)
+    if hit is not _UNSET:
+        return hit
+    size = args[argnums[0]].shape[batch_axis % args[argnums[0]].ndim]
+    every = tuple(_mapped_axis(a, batch_axis, size) is not None for a in args)
+    selected = tuple(i in argnums for i in range(len(args)))
+    candidates = [Route((m, bare)) for bare in (False, True)
+                  for m in dict.fromkeys((every, selected))]
+    definite = True
+    for route in candidates:
+        ok = _reproduces(backend, fun, args, kwargs, route, batch_axis, size,
+                         verdict.out_axis, has_aux)
+        if ok is None:
+            # shapes agree, values cannot be compared (f's own state is traced): a
+            # proven batch axis keeps the one pass, which needs no such check
+            if route[1] or verdict.proven:
+                definite = False
+                continue
+            ok = True
+        if ok:
+            if definite:
+                verdict.routes["mapped"] = route
+            return route
+    if definite:
+        verdict.routes["mapped"] = None
+    return None
+
+
+_UNSET = object()
+
+
+def _reproduces(backend, fun, args, kwargs, mapped, axis, size, out_axis, has_aux,
+                stand_ins: bool = True):
+    """Whether vmapping ``g`` over the ``mapped`` arguments gives ``f(*args)``: True,
+    False, or None when only the shapes could be compared (traced values)."""
+    g = sample_function(fun, mapped, axis, out_axis, has_aux)
+    try:
+        with warnings.catch_warnings(), backend.no_grad():
+            warnings.simplefilter("ignore")
+            want = fun(*args, **kwargs)
+            got = vmapped(backend, lambda *a: g(*a, **kwargs), args, axis, size, out_axis,
+                          mapped)
+    except Exception:  # noqa: BLE001 - this mapping cannot run f per sample
+        return False
+    if has_aux:
+        want, got = want[0], got[0]
+    w, o = _leaves(want), _leaves(got)
+    if len(w) != len(o) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(w, o)):
+        return False
+    try:
+        pairs = [(backend.to_numpy(a), backend.to_numpy(b)) for a, b in zip(w, o)]
+    except Exception:  # noqa: BLE001 - traced values (under jit)
+        # the same check on concrete stand-ins of the traced arguments (what f
+        # closes over is read as it is); shapes only if f's own state is traced
+        stand = backend.stand_ins(args) if stand_ins else None
+        if stand is None:
+            return None
+        with backend.concrete():
+            again = _reproduces(backend, fun, stand, kwargs, mapped, axis, size, out_axis,
+                                has_aux, stand_ins=False)
+        return again
+    for a, b in pairs:
+        tol = 1e-4 if a.dtype.itemsize <= 4 else 1e-9
+        scale = float(np.max(np.abs(a))) if a.size else 0.0
+        if not np.allclose(a, b, rtol=tol, atol=tol * max(scale, 1e-30), equal_nan=True):
+            return False
+    return True
+
+
 class SampleRoutes:
     """The routes over the samples that every operator shares, taken before any
     engine is prepared (so nothing is traced or captured for the whole batch):
     ``batch_size`` samples at a time (:func:`chunked`), or the per-sample operator
-    vmapped when the batch axis is unproven or NOTE [batch axis layout] says so.
-    ``rebuild(batch_axis, batch_size)`` makes the operator with other settings; the
-    two it needs are built on first use. ``prove(backend, args, kwargs)`` gives
-    the batch axis's cached verdict (``_probes.batch_verdict`` of the operator's
-    spec)."""
+    vmapped when the batch axis is unproven or NOTE [batch axis layout] says so,
+    both as NOTE [per-sample route] says. ``rebuild(fun, batch_axis, batch_size)``
+    makes the operator of ``fun`` with other settings, built on first use per
+    route. ``prove(backend, args, kwargs)`` gives the batch axis's cached verdict
+    (``_probes.batch_verdict`` of the operator's spec)."""
 
-    def __init__(self, prove, rebuild, batch_axis: int | None, batch_size: int | None):
+    def __init__(self, prove, rebuild, batch_axis: int | None, batch_size: int | None,
+                 fun=None, argnums: tuple = (0,)):
         self._prove, self._rebuild = prove, rebuild
         self.batch_axis, self.batch_size = batch_axis, batch_size
-        self._per_sample = self._whole = None
+        self.fun, self.argnums = fun, tuple(argnums)
+        self._built: dict = {}
 
     def verdict(self, backend, args: tuple, kwargs: dict) -> Verdict | None:
         """NOTE [batch axis proof] for the operator's f (None without batch_axis)."""
@@ -199,9 +353,18 @@ class SampleRoutes:
         if verdict is None:
             return []
         notes = [f"batch_axis: {verdict.reason}"]
-        if verdict.proven and backend.vmap_operators:
-            notes.append("batch_axis: runs as jax.vmap of the per-sample operator "
-                         "(measured faster; NOTE [batch axis layout])")
+        if (not verdict.proven or backend.vmap_operators) and self.fun is not None:
+            mapped = sample_route(verdict, backend, self.fun, args, kwargs, self.argnums,
+                                  self.batch_axis)
+            if mapped is None:
+                notes.append("batch_axis: f cannot be run one sample at a time (it reads "
+                             "per-sample data it closes over, or depends on the batch "
+                             "size): " + ("one pass over the whole batch" if verdict.proven
+                                          else "an error"))
+            elif verdict.proven:
+                notes.append("batch_axis: runs as jax.vmap of the per-sample operator of "
+                             "f on batches of one sample (measured faster; NOTE [batch "
+                             "axis layout])")
         return notes
 
     def run(self, backend, args: tuple, kwargs: dict, x):
@@ -210,36 +373,54 @@ class SampleRoutes:
         if verdict is None:
             return False, None
         b, size = self.batch_axis, x.shape[self.batch_axis]
-        if self.batch_size is not None and size > self.batch_size:
-            return True, chunked(backend, lambda *a: self.per_sample(*a, **kwargs),
-                                 lambda *a: self.whole(*a, **kwargs), args, b, size,
-                                 verdict.out_axis, self.batch_size)
-        if not verdict.proven or backend.vmap_operators:
-            return True, vmapped(backend, lambda *a: self.per_sample(*a, **kwargs), args, b, size,
-                                 verdict.out_axis)
-        return False, None
+        chunk = self.batch_size is not None and size > self.batch_size
+        if not (chunk or not verdict.proven or backend.vmap_operators):
+            return False, None
+        mapped = sample_route(verdict, backend, self.fun, args, kwargs, self.argnums, b)
+        if mapped is None:
+            if verdict.proven and not chunk:
+                return False, None  # the one pass over the batch
+            raise ValueError(_cannot_split(self.batch_axis, chunk, verdict))
+        per_sample = self.operator(mapped, None, verdict.out_axis)
+        if chunk:
+            whole = self.operator(None, self.batch_axis, verdict.out_axis)
+            return True, chunked(backend, lambda *a: per_sample(*a, **kwargs),
+                                 lambda *a: whole(*a, **kwargs), args, b, size,
+                                 verdict.out_axis, self.batch_size, mapped)
+        return True, vmapped(backend, lambda *a: per_sample(*a, **kwargs), args, b, size,
+                             verdict.out_axis, mapped)
 
-    @property
-    def per_sample(self):
-        if self._per_sample is None:
-            self._per_sample = self._rebuild(None, None)
-        return self._per_sample
+    def operator(self, mapped, batch_axis, out_axis):
+        """The operator of ``g`` for ``mapped`` (per sample), or of f over the batch."""
+        key = (mapped, batch_axis, out_axis)
+        if key not in self._built:
+            fun = (self.fun if mapped is None else
+                   sample_function(self.fun, mapped, self.batch_axis, out_axis))
+            self._built[key] = self._rebuild(fun, batch_axis, None)
+        return self._built[key]
 
-    @property
-    def whole(self):
-        """The operator over every sample of a chunk at once."""
-        if self._whole is None:
-            self._whole = self._rebuild(self.batch_axis, None)
-        return self._whole
+
+def _cannot_split(batch_axis, chunk, verdict) -> str:
+    what = ("batch_size cannot split" if chunk else
+            f"derivs could not prove f's samples independent ({verdict.reason}) and cannot "
+            "run")
+    return (f"batch_axis={batch_axis}: {what} f one sample at a time: run on a batch of "
+            "one sample, f does not give that sample's result (it reads per-sample data it "
+            "closes over, depends on the batch size, or couples samples). Pass per-sample "
+            "data as arguments with the batch axis, or take batch_axis=None and map the "
+            "transform yourself (jax.vmap / torch.func.vmap)" +
+            (", or pass batch_size=None." if chunk else "."))
 
 
 def chunked(backend, per_sample, batched, args: tuple, batch_axis: int, size: int,
-            out_axis: int, batch_size: int):
+            out_axis: int, batch_size: int, mapped: tuple):
     """An operator over ``size`` samples, ``batch_size`` samples at a time (memory for
     ``batch_size`` samples): the adapter's ``map_chunks`` (JAX: ``lax.map`` of
     ``per_sample``, vmapped inside each chunk; PyTorch: a Python loop of ``batched``
-    over slices, concatenated)."""
-    dims = [_mapped_axis(a, batch_axis, size) for a in args]
+    over slices, concatenated). Only the ``mapped`` arguments are split."""
+    if isinstance(mapped, Route):
+        mapped = mapped.mapped
+    dims = [batch_axis % a.ndim if m else None for a, m in zip(args, mapped)]
     return backend.map_chunks(per_sample, batched, args, dims, size, out_axis, batch_size)
 
 
@@ -250,19 +431,23 @@ def _mapped_axis(a, batch_axis: int, size: int) -> int | None:
     return batch_axis % len(shape)
 
 
-def vmapped(backend, fn, args: tuple, batch_axis: int, size: int, out_axis: int):
-    """``fn(*args)`` (returning arrays) vmapped over the samples: every array
-    argument with ``size`` entries on ``batch_axis`` is mapped, the rest is
-    broadcast; results carry the sample axis at ``out_axis``."""
-    in_dims = tuple(_mapped_axis(a, batch_axis, size) for a in args)
-
-    def vmap():
-        return backend.vmap_over(fn, in_dims, out_axis)(*args)
-
+def vmapped(backend, fn, args: tuple, batch_axis: int, size: int, out_axis: int,
+            mapped: tuple | None = None):
+    """``fn(*args)`` (returning arrays) vmapped over the samples: the ``mapped``
+    arguments (default: every array with ``size`` entries on ``batch_axis``) over
+    that axis, the rest broadcast; results carry the sample axis at ``out_axis``.
+    Only control flow that the framework cannot vmap (a Python branch on a value)
+    runs one sample at a time; any other error surfaces."""
+    if mapped is None:
+        mapped = tuple(_mapped_axis(a, batch_axis, size) is not None for a in args)
+    if isinstance(mapped, Route):
+        mapped = mapped.mapped
+    in_dims = tuple(batch_axis % a.ndim if m else None for a, m in zip(args, mapped))
     try:
-        return vmap()
-    except Exception:  # noqa: BLE001 - e.g. data-dependent control flow under vmap
-        pass
+        return backend.vmap_over(fn, in_dims, out_axis)(*args)
+    except Exception as e:  # noqa: BLE001 - re-raised unless the framework cannot vmap f
+        if not backend.unvmappable(e):
+            raise
     # one sample at a time: slow, but f runs exactly as written on each sample
     rows = [fn(*[a if d is None else _take(a, d, i) for a, d in zip(args, in_dims)])
             for i in range(size)]

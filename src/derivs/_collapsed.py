@@ -203,10 +203,10 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
                       torch_compile=torch_compile)
     routes = _batch.SampleRoutes(
         functools.partial(_probes.batch_verdict, machine.spec),
-        lambda axis, size: make(f, argnum, axis, api, plan, strategy=strategy,
-                                chunk_size=chunk_size, torch_compile=torch_compile,
-                                batch_size=size),
-        batch_axis, batch_size)
+        lambda fun, axis, size: make(fun, argnum, axis, api, plan, strategy=strategy,
+                                     chunk_size=chunk_size, torch_compile=torch_compile,
+                                     batch_size=size),
+        batch_axis, batch_size, f, (argnum,))
 
     def run(backend, args, x, sample, kwargs):
         return machine.run(backend, args, kwargs, plan(backend, x, sample, batch_axis),

@@ -190,7 +190,7 @@ class _Runner:
         self.f, self.argnum, self.batch_axis, self.api = f, argnum, batch_axis, api
         self.samples, self.order, self.with_stderr = samples, order, with_stderr
         self.machine = Machine(f, argnum, batch_axis, api)
-        self._per_sample: Machine | None = None
+        self._per_sample: dict = {}  # (mapped, out axis) -> the per-sample Machine
         # the same term tuple every call: layouts and programs are cached by it
         weight = scale if with_stderr else scale / samples
         self.terms = tuple((weight, (s,) * order) for s in range(samples))
@@ -204,10 +204,13 @@ class _Runner:
         return Call(directions, self.terms, per_sample=per_sample, drift=diffusion.drift,
                     value=diffusion.value)
 
-    def per_sample(self) -> Machine:
-        if self._per_sample is None:
-            self._per_sample = Machine(self.f, self.argnum, None, self.api)
-        return self._per_sample
+    def per_sample(self, mapped: tuple, out_axis: int) -> Machine:
+        """The machine of f on batches of one sample (NOTE [per-sample route])."""
+        key = (mapped, out_axis)
+        if key not in self._per_sample:
+            g = _batch.sample_function(self.f, mapped, self.batch_axis, out_axis)
+            self._per_sample[key] = Machine(g, self.argnum, None, self.api)
+        return self._per_sample[key]
 
     def estimator(self, draw: Callable, build: Callable) -> Callable:
         """``estimate(key, *args, **kwargs)``. ``draw(key, backend, x, sample)`` makes
@@ -259,7 +262,12 @@ class _Runner:
         verdict = _probes.batch_verdict(self.machine.spec, backend, args, kwargs)
         if verdict.proven and not backend.vmap_operators:
             return self.machine.run(backend, args, kwargs, call)
-        inner = self.per_sample()
+        mapped = _batch.sample_route(verdict, backend, self.f, args, kwargs, (self.argnum,), b)
+        if mapped is None:
+            if verdict.proven:
+                return self.machine.run(backend, args, kwargs, call)
+            raise ValueError(f"{self.api}: " + _batch._cannot_split(b, False, verdict))
+        inner = self.per_sample(mapped, verdict.out_axis)
 
         def one(*a):
             mine, _ = build(draws, backend, a[self.argnum], sample, None)
@@ -267,7 +275,7 @@ class _Runner:
 
         # read terms come first: each sample's results sit one axis further on
         axis = verdict.out_axis + (1 if call.read else 0)
-        return _batch.vmapped(backend, one, args, b, x.shape[b], axis)
+        return _batch.vmapped(backend, one, args, b, x.shape[b], axis, mapped)
 
 
 def _mean(terms, samples: int):

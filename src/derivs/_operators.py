@@ -343,9 +343,9 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
 
     routes = _batch.SampleRoutes(
         functools.partial(_probes.batch_verdict, spec),
-        lambda axis, size: _make_operator(f, argnum, axis, strategy, api, collapsed,
-                                          chunk_size, torch_compile, size),
-        batch_axis, batch_size)
+        lambda fun, axis, size: _make_operator(fun, argnum, axis, strategy, api, collapsed,
+                                               chunk_size, torch_compile, size),
+        batch_axis, batch_size, f, (argnum,))
 
     def run(backend, args, x, sample, kwargs):
         d = decide(backend, args, x, sample, kwargs)

@@ -31,6 +31,7 @@ def _floating():
 
 
 GROUPS = _floating()
+DENSE_LIMIT = 4_000_000  # entries of the dense Jacobian the oracle builds
 HARNESSES = [h for hs in GROUPS for h in hs]
 # default: each group's first parameterization, and every 50th of all of them
 DEFAULT = [hs[0] for hs in GROUPS] + [h for h in HARNESSES[1::50]
@@ -61,8 +62,11 @@ def _missed(h, args, i) -> int | None:
             out = h.dyn_fun(*full)
             return jnp.asarray(out[0] if isinstance(out, (tuple, list)) else out)
 
-        if not np.issubdtype(jax.eval_shape(f, x).dtype, np.floating):
+        out = jax.eval_shape(f, x)
+        if not np.issubdtype(out.dtype, np.floating):
             return None
+        if x.size * max(int(np.prod(out.shape)), 1) > DENSE_LIMIT:
+            return None  # the dense oracle itself would not fit
         dense = np.asarray(jax.jacrev(f)(x)).reshape(-1, x.size)
     except Exception:  # noqa: BLE001 - JAX itself cannot: not a detection miss
         return None

@@ -96,7 +96,8 @@ class Detector:
             return env[v]
 
         for v, c in zip(jaxpr.constvars, consts):
-            env[v] = (None, c)
+            # a constant traced by an enclosing jit has no value here: unknown
+            env[v] = (None, None if isinstance(c, jax.core.Tracer) else c)
         for v, d, x in zip(jaxpr.invars, deps, vals):
             env[v] = (d if _is_float(v.aval) else None, x)
         for eqn in jaxpr.eqns:
@@ -123,7 +124,8 @@ class Detector:
                 out = eqn.primitive.bind(*vals, **eqn.params)
         except Exception:  # not evaluable eagerly: the value stays unknown
             return None
-        return list(out) if eqn.primitive.multiple_results else [out]
+        out = list(out) if eqn.primitive.multiple_results else [out]
+        return [None if isinstance(o, jax.core.Tracer) else o for o in out]
 
     # -- rules -----------------------------------------------------------------------
     def rule(self, eqn, deps, vals):

@@ -7,11 +7,14 @@ XLA removes the hyper-dual coefficients that no request reads (under ``jit``).
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _common
 from . import jax_engine as engine  # noqa: F401  (the traced-jet strategy)
@@ -176,6 +179,36 @@ def random_directions(key, shape: tuple, like, distribution: str, api: str):
 
 def vmap_over(fn, in_dims: tuple, out_axis: int):
     return jax.vmap(fn, in_axes=in_dims, out_axes=out_axis)
+
+
+def unvmappable(error: BaseException) -> bool:
+    """A Python branch or conversion on a traced value."""
+    return isinstance(error, (jax.errors.ConcretizationTypeError,
+                              jax.errors.TracerArrayConversionError,
+                              jax.errors.TracerIntegerConversionError))
+
+
+def no_grad():
+    return contextlib.nullcontext()
+
+
+def to_numpy(a):
+    return np.asarray(a)
+
+
+def stand_ins(args: tuple) -> tuple | None:
+    rng = np.random.default_rng(0)
+    out, traced = [], False
+    for a in args:
+        if isinstance(a, jax.core.Tracer):
+            traced = True
+            a = rng.uniform(0.25, 0.75, size=a.shape).astype(a.dtype)
+        out.append(a)
+    return tuple(out) if traced else None
+
+
+def concrete():
+    return jax.ensure_compile_time_eval()
 
 
 def map_chunks(per_sample, batched, args: tuple, dims: list, size: int, out_axis: int,

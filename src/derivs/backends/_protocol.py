@@ -118,6 +118,29 @@ class Backend(ForwardMode, Protocol):
         """``fn`` vmapped: argument ``i`` over axis ``in_dims[i]`` (None: broadcast)."""
         ...
 
+    def unvmappable(self, error: BaseException) -> bool:
+        """Whether ``error`` says the framework cannot vmap f (a Python branch or
+        conversion on a value), as opposed to f failing."""
+        ...
+
+    def no_grad(self) -> Any:
+        """A context in which evaluating f records nothing for autograd."""
+        ...
+
+    def to_numpy(self, a: Any) -> Any:
+        """``a`` as a NumPy array; raises for traced values (under jit or a trace)."""
+        ...
+
+    def stand_ins(self, args: tuple) -> tuple | None:
+        """``args`` with traced arrays replaced by concrete ones of the same shapes
+        and dtypes (random values), or None where that cannot help."""
+        ...
+
+    def concrete(self) -> Any:
+        """A context in which operations on concrete arrays give concrete results
+        even inside a trace."""
+        ...
+
     def map_chunks(self, per_sample: Callable, batched: Callable, args: tuple, dims: list,
                    size: int, out_axis: int, batch_size: int) -> Any:
         """The samples ``batch_size`` at a time (JAX: ``lax.map`` of ``per_sample``;

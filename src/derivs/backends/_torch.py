@@ -8,6 +8,7 @@ can be trained through with ``loss.backward()``. Nothing is written to
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import threading
 from typing import Any
@@ -233,6 +234,29 @@ def random_directions(key, shape: tuple, like, distribution: str, api: str):
 
 def vmap_over(fn, in_dims: tuple, out_axis: int):
     return torch.func.vmap(fn, in_dims=in_dims, out_dims=out_axis)
+
+
+def unvmappable(error: BaseException) -> bool:
+    """torch.func.vmap refuses ``.item()`` and data-dependent control flow."""
+    msg = str(error)
+    return isinstance(error, RuntimeError) and (
+        ".item()" in msg or "data-dependent" in msg.lower() or "Data dependent" in msg)
+
+
+def no_grad():
+    return torch.no_grad()
+
+
+def to_numpy(a):
+    return a.detach().cpu().numpy()
+
+
+def stand_ins(args: tuple) -> tuple | None:
+    return None  # eager: values are concrete, except inside transforms and traces
+
+
+def concrete():
+    return contextlib.nullcontext()
 
 
 def map_chunks(per_sample, batched, args: tuple, dims: list, size: int, out_axis: int,

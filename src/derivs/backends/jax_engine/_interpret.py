@@ -98,14 +98,38 @@ class Interpreter:
         return [read(v) for v in jaxpr.outvars]
 
     def _fused(self, region: "_Region", v, normal: Jet, env: dict) -> Jet:
-        """The jet of a fused region's export ``v``: orders <= 2 from the region's
-        ``phi'`` and ``phi''`` (by JAX's own nested JVP of the region, so custom_jvp
-        rules apply), higher orders from the op-by-op jet ``normal``."""
+        """The jet of a fused region's export ``v``: from the derivatives
+        ``phi^(k)`` of the region at the root's value (JAX's own nested JVPs of the
+        region, so custom_jvp rules apply). Orders <= 2 by Faa di Bruno with plain
+        arrays; higher orders by the chain rule over the tower of jets
+        ``phi^(k)(a)`` (each the chain rule of the next), never op by op."""
         if normal.const:
             return normal
         a = env[region.root]
-        return _second_order_jet(a, normal.primal, lambda: region.derivatives(env)[v],
-                                 normal.get_narrow)
+        tower: dict[int, Jet] = {}
+
+        def derivative_jet(k: int) -> Jet:  # the jet of phi^(k)(a)
+            if k not in tower:
+                tower[k] = _jet.chain([a], region.derivative(env, k)[v],
+                                      lambda result, k=k: [derivative_jet(k + 1)])
+            return tower[k]
+
+        tower_jet = _jet.chain([a], normal.primal, lambda result: [derivative_jet(1)])
+
+        def higher(key):
+            # phi^(k) by k nested JVPs costs 2^k region evaluations: the tower serves
+            # collapsed operators up to order 4 (Bi-Laplacians), whose lower keys
+            # are few; pure and mixed partials keep the equations' own jets, whose
+            # lower coefficients they need anyway
+            if isinstance(key, _jets.Collapsed) and max(
+                    sum(alpha) for _, alpha in key.terms) <= _TOWER_ORDER:
+                return tower_jet.get_narrow(key)
+            return normal.get_narrow(key)
+
+        return _second_order_jet(a, normal.primal,
+                                 lambda: (region.derivative(env, 1)[v],
+                                          region.derivative(env, 2)[v]),
+                                 higher)
 
     def run_closed(self, closed: jcore.ClosedJaxpr, args: list[Jet]) -> list[Jet]:
         # NumPy constants of the jaxpr (a NumPy exponent in x ** p) become JAX arrays
@@ -482,34 +506,39 @@ def _nonlinear(eqn, live_in: list[bool]) -> bool:
     return True
 
 
+_TOWER_ORDER = 4
+
+
 class _Region:
     """A fused region: its root, member equations in order, and exports."""
 
     def __init__(self, root, eqns: list, exports: list):
         self.root, self.eqns, self.exports = root, eqns, exports
-        self._derivatives: dict | None = None
+        self._derivatives: list[dict] = []  # k - 1 -> {export: phi^(k)}
 
-    def derivatives(self, env: dict) -> dict:
-        """``export -> (phi', phi'')`` at the root's value."""
-        if self._derivatives is None:
-            members = {e.outvars[0] for e in self.eqns}
+    def derivative(self, env: dict, k: int) -> dict:
+        """``export -> phi^(k)`` at the root's value, by ``k`` nested JVPs along 1
+        (computed once for all exports and every order up to ``k``)."""
+        while len(self._derivatives) < k:
+            self._derivatives.append(self._nested(env, len(self._derivatives) + 1))
+        return self._derivatives[k - 1]
 
-            def phi(r):
-                vals = {self.root: r}
-                for eqn in self.eqns:
-                    ins = [v.val if isinstance(v, jcore.Literal) else
-                           vals[v] if v in vals else env[v].primal for v in eqn.invars]
-                    out = bind(eqn.primitive, eqn.params, *ins)
-                    vals[eqn.outvars[0]] = out[0] if eqn.primitive.multiple_results else out
-                return [vals[v] for v in self.exports]
+    def _nested(self, env: dict, k: int) -> dict:
+        def phi(r):
+            vals = {self.root: r}
+            for eqn in self.eqns:
+                ins = [v.val if isinstance(v, jcore.Literal) else
+                       vals[v] if v in vals else env[v].primal for v in eqn.invars]
+                out = bind(eqn.primitive, eqn.params, *ins)
+                vals[eqn.outvars[0]] = out[0] if eqn.primitive.multiple_results else out
+            return [vals[v] for v in self.exports]
 
-            r0 = env[self.root].primal
-            one = jnp.ones_like(r0)
-            first = lambda r: jax.jvp(phi, (r,), (one,))[1]  # noqa: E731
-            d1, d2 = jax.jvp(first, (r0,), (one,))
-            assert all(v in members for v in self.exports)
-            self._derivatives = {v: (a, b) for v, a, b in zip(self.exports, d1, d2)}
-        return self._derivatives
+        r0 = env[self.root].primal
+        one = jnp.ones_like(r0)
+        g = phi
+        for _ in range(k):
+            g = (lambda h: lambda r: jax.jvp(h, (r,), (one,))[1])(g)
+        return dict(zip(self.exports, g(r0)))
 
 
 def _fused_regions(jaxpr, env: dict) -> dict:

@@ -41,7 +41,7 @@ from . import _contracted
 from . import _pointwise  # noqa: F401  (fills the series rule registry)
 from ._capture import Capture, StateError, inside_trace, shared_capture
 from ._engine import _top_level_offsets, fallback
-from ._registry import FAMILY_RULES, SERIES_RULES, Unsupported, deffamily
+from ._registry import CONSTANT_OPS, FAMILY_RULES, SERIES_RULES, Unsupported, deffamily
 
 aten = torch.ops.aten
 
@@ -427,6 +427,8 @@ def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
         val = n.meta.get("val")
         if isinstance(val, torch.Tensor) and not val.is_floating_point():
             continue  # comparisons, indices: no derivative
+        if n.target in CONSTANT_OPS:
+            continue  # zeros_like, sign, floor: values without a derivative
         live.add(n)
         if any(isinstance(v, fx.Node) and v in live for v in n.kwargs.values()):
             return fallback(f"{n.target} takes a differentiated tensor as a keyword", cap.valid)
@@ -557,7 +559,7 @@ def _apply(ctx: _Ctx, node: fx.Node, env: dict, want_c: bool) -> _Jet:
     out = node.target(*primals, **kw)
     if isinstance(out, torch.Tensor) and not out.is_floating_point():
         return _Jet(out)  # comparisons, indices: no derivative
-    if all(j.const for j in jets) and not any(
+    if node.target in CONSTANT_OPS or all(j.const for j in jets) and not any(
             isinstance(v, fx.Node) and not env[v].const for v in node.kwargs.values()):
         return _Jet(out)
     rule = None if entry is None else entry.rule

@@ -34,6 +34,10 @@ class Unsupported(Exception):
 
 JetRule = Callable[..., Any]
 JET_RULES: dict[object, JetRule] = {}
+# Ops whose value has no derivative although they read a differentiated tensor
+# (zeros_like, sign, floor, comparisons ...): every interpreter takes them as
+# constants (filled in ``_rules.py``).
+CONSTANT_OPS: set = set()
 
 
 def defjet(*targets: object) -> Callable[[JetRule], JetRule]:

@@ -17,7 +17,7 @@ import torch.fx as fx
 from ...core import _formulas
 from ._builder import Column, aten
 from ._jet import Context, Jet
-from ._registry import Unsupported, defjet
+from ._registry import CONSTANT_OPS, Unsupported, defjet
 
 Rule = Callable[[Context, fx.Node, Callable], Jet]
 
@@ -328,6 +328,9 @@ _CONSTANT = [aten.detach.default, aten.lift_fresh_copy.default, aten.zeros_like.
 @defjet(*_CONSTANT)
 def _constant(ctx, node, J):
     return ctx.const(ctx.b.op(node.target, *_rest(node, J, 0), **_kw(node, J)))
+
+
+CONSTANT_OPS.update(_CONSTANT)
 
 
 # -- products along a dimension --------------------------------------------------------

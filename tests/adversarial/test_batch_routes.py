@@ -1,0 +1,119 @@
+"""Attacks on ``batch_axis`` (NOTE [batch axis proof], NOTE [per-sample route]):
+f is documented to take the batch, so every route must give what f means on the
+batch. Oracles: closed forms, and the framework's own nested derivatives per
+sample."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import derivs
+
+Z = np.random.default_rng(0).normal(size=(6, 3))
+B, D = Z.shape
+
+
+def _fw(name):
+    if name == "jax":
+        return jnp, jnp.asarray, lambda a: np.asarray(a)
+    return torch, torch.as_tensor, lambda a: a.detach().numpy()
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("name", ["jax", "torch"])
+def test_f_that_reads_the_batch_size(name, jit):
+    """``sum(Z**2, -1) / Z.shape[0]``: the Laplacian of sample i is 2 D / B. A
+    per-sample route calling f on single samples (or batches of one) gives 2 D."""
+    lib, arr, np_ = _fw(name)
+    f = lambda Zb: (Zb ** 2).sum(-1) / Zb.shape[0]  # noqa: E731
+    op = derivs.laplacian(f, batch_axis=0)
+    if jit and name == "jax":
+        op = jax.jit(op)
+    np.testing.assert_allclose(np_(op(arr(Z))), np.full(B, 2 * D / B), rtol=1e-12)
+    if name == "jax":  # and with f's own state traced by an enclosing jit
+        @jax.jit
+        def outer(scale, Zb):
+            return derivs.laplacian(lambda z: scale * jnp.sum(z ** 2, -1) / z.shape[0],
+                                    batch_axis=0)(Zb)
+        np.testing.assert_allclose(outer(2.0, jnp.asarray(Z)), np.full(B, 4 * D / B),
+                                   rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["jax", "torch"])
+def test_batched_indexing_f(name):
+    """f indexes the batch (``Z[:, 0]``): it must be called with batches."""
+    lib, arr, np_ = _fw(name)
+    f = lambda Zb: Zb[:, 0] ** 3 + Zb[:, 1] * Zb[:, 2]  # noqa: E731
+    np.testing.assert_allclose(np_(derivs.laplacian(f, batch_axis=0)(arr(Z))),
+                               6 * Z[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(np_(derivs.partial(f, (1, 2), batch_axis=0)(arr(Z))),
+                               np.ones(B), rtol=1e-12)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("name", ["jax", "torch"])
+def test_per_sample_array_closed_over(name, jit):
+    """A coefficient per collocation point, closed over (shape (B, D)): the
+    Laplacian of sample i is 2 sum_j c_ij (JAX once returned (B, B))."""
+    lib, arr, np_ = _fw(name)
+    c = np.arange(1.0, B * D + 1).reshape(B, D)
+    coef = arr(c)
+    f = lambda Zb: (coef * Zb ** 2).sum(-1)  # noqa: E731
+    op = derivs.laplacian(f, batch_axis=0)
+    if jit and name == "jax":
+        op = jax.jit(op)
+    np.testing.assert_allclose(np_(op(arr(Z))), 2 * c.sum(-1), rtol=1e-12)
+    # batch_size cannot split what f closes over: a clear error, not a wrong shape
+    with pytest.raises(ValueError, match="batch_size cannot split"):
+        derivs.laplacian(f, batch_axis=0, batch_size=2)(arr(Z))
+    with pytest.raises(ValueError, match="batch_size cannot split"):
+        derivs.partial(f, (0, 0), batch_axis=0, batch_size=2)(arr(Z))
+
+
+@pytest.mark.parametrize("name", ["jax", "torch"])
+def test_weights_of_the_batch_size_are_not_samples(name):
+    """Weights passed as arguments whose leading size equals the batch size, above
+    the proof's full-batch limit: only the batched argument is a sample."""
+    lib, arr, np_ = _fw(name)
+    rng = np.random.default_rng(1)
+    Bw, Dw = 64, 80  # 5120 input elements
+    x = rng.normal(size=(Bw, Dw)) * 0.3
+    W = rng.normal(size=(Bw, Dw)) / 8  # (hidden = Bw, Dw)
+    f = lambda xb, Wb: lib.tanh(xb @ Wb.T).sum(-1)  # noqa: E731
+    got = np_(derivs.laplacian(f, batch_axis=0)(arr(x), arr(W)))
+    h = np.tanh(x @ W.T)
+    want = ((-2 * h * (1 - h ** 2)) * (W ** 2).sum(-1)).sum(-1)
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    got = np_(derivs.laplacian(f, batch_axis=0, batch_size=16)(arr(x), arr(W)))
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+_COUPLED = {"on": False}
+
+
+def _switchable(Zb):
+    out = (Zb ** 3).sum(-1)
+    if _COUPLED["on"]:
+        out = out + Zb.mean(0).sum() ** 2  # now every sample reads every other
+    return out
+
+
+@pytest.mark.parametrize("name", ["jax", "torch"])
+def test_verdict_follows_the_state(name):
+    """The batch verdict is guarded on f's state: a global flag that makes f couple
+    the samples after the first call is seen (PyTorch once kept the one pass and
+    returned the uncoupled value)."""
+    lib, arr, np_ = _fw(name)
+    _COUPLED["on"] = False
+    d = derivs.partial(_switchable, (0, 0), batch_axis=0)
+    np.testing.assert_allclose(np_(d(arr(Z))), 6 * Z[:, 0], rtol=1e-12)
+    _COUPLED["on"] = True
+    try:
+        with pytest.raises(ValueError, match="batch_axis=0 is wrong"):
+            d(arr(Z))
+    finally:
+        _COUPLED["on"] = False
