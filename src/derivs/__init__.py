@@ -12,6 +12,7 @@ from ._api import partials as partials
 from ._api import value_and_partials as value_and_partials
 from ._collapsed import bilaplacian as bilaplacian
 from ._collapsed import diffusion_operator as diffusion_operator
+from ._errors import StateError as StateError
 from ._estimators import hutchinson_bilaplacian as hutchinson_bilaplacian
 from ._estimators import hutchinson_diffusion as hutchinson_diffusion
 from ._estimators import hutchinson_laplacian as hutchinson_laplacian
@@ -43,6 +44,7 @@ __all__ = [
     "SparseDerivative",
     "SparseExplanation",
     "SparsityWarning",
+    "StateError",
     "UnsupportedOpError",
     "bilaplacian",
     "differential_operator",

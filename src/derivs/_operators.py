@@ -305,7 +305,22 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
             scalar = _scalar_output(_probes.output_shape(spec, backend, args, kwargs), batch_axis)
         chosen = strategy or (TAYLOR if torch_compile else
                               choose_strategy(collapsed, n, scalar, backend.name))
+        if strategy == REVERSE:
+            shape = _probes.output_shape(spec, backend, args, kwargs)
+            if not _scalar_output(shape, batch_axis):
+                per = "per sample " if batch_axis is not None else ""
+                raise ValueError(
+                    f"{api}: strategy='reverse' sums Hessian-vector products of one number "
+                    f"{per}(the gradient of a scalar), but f's output "
+                    + ("is not one array" if shape is None else f"has shape {shape}")
+                    + ": it would return the operator of the outputs' sum. Pass "
+                    "strategy=None (the jet strategy gives every component), or reduce "
+                    "f's output to one number per sample.")
         layout, program, why = None, None, None
+        if chosen != REVERSE and strategy is None and scalar and not backend.stacked_family:
+            reverse_only = _reverse_only(backend, spec, args, kwargs)
+            if reverse_only is not None:  # e.g. a custom_vjp function: forward mode fails
+                chosen, why = REVERSE, reverse_only
         if chosen != REVERSE:
             device = getattr(getattr(x, "device", None), "type", None)
             layout = "unrolled" if unrolled(backend, n, collapsed, device) else "family"
@@ -328,7 +343,7 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         d = decide(backend, args, x, sample, kwargs)
         notes, engine = routes.notes(backend, args, kwargs), None
         if d.why is not None:
-            notes.append(f"family layout not used: {d.why}")
+            notes.append(d.why if d.chosen == REVERSE else f"family layout not used: {d.why}")
         if torch_compile:
             notes.append("torch_compile=True: the jet strategy's traced pass runs under "
                          "torch.compile")
@@ -396,7 +411,7 @@ class OperatorExplanation(_report.Report):
         lines = [f"{self.api} ({self.backend}), sample shape {self.sample}: "
                  f"D = {self.directions} unit directions",
                  f"  strategy: {self.strategy} "
-                 + ("(chosen by the cost model)" if self.automatic else "(requested)")]
+                 + ("(chosen automatically)" if self.automatic else "(requested)")]
         if self.strategy == TAYLOR:
             lines.append(f"  {what}; directions "
                          + ("unrolled, one coordinate group each" if self.layout == "unrolled"
@@ -431,6 +446,19 @@ def _directions_last(fw, stacked, sample):
     """``(n, *out)`` per unit direction -> ``(*out, *sample)``."""
     moved = fw.movedim(stacked, 0, -1)
     return moved.reshape(tuple(moved.shape[:-1]) + tuple(sample))
+
+
+def _reverse_only(backend, spec, args, kwargs) -> str | None:
+    """Why only reverse mode can differentiate f (JAX: a custom_vjp function
+    defines reverse mode only; jax.hessian works through it, forward over reverse),
+    or None."""
+    from .backends import jax_engine
+
+    compiled = jax_engine.prepare(spec, args, kwargs)
+    if isinstance(compiled, jax_engine.Fallback) and "custom_vjp" in compiled.reason:
+        return (f"reverse mode chosen: {compiled.reason}; Hessian-vector products "
+                "(forward over reverse) go through it")
+    return None
 
 
 def _scalar_output(shape: tuple[int, ...] | None, batch_axis: int | None) -> bool:

@@ -80,7 +80,7 @@ def framework_mismatch(f: Any, args: tuple, api: str) -> str | None:
         return None
     given = found.pop()
     used = set()
-    for _, value in referenced_values(f):
+    for value in [f] + [v for _, v in referenced_values(f)]:
         module = value.__name__ if isinstance(value, ModuleType) else getattr(
             value, "__module__", None)
         root = (module or "").split(".")[0]
@@ -108,9 +108,48 @@ def checked_call(f: Any, args: tuple, api: str, run):
                 "the partials and the exact operators) and, on the operators, chunk_size=c "
                 "(c directions at a time).") from e
         mismatch = framework_mismatch(f, args, api)
-        if mismatch is None:
+        if mismatch is not None:
+            raise TypeError(mismatch) from e
+        known = _known_failure(e, api)
+        if known is None:
             raise
-        raise TypeError(mismatch) from e
+        raise known from e
+
+
+def _known_failure(e: BaseException, api: str) -> BaseException | None:
+    """A framework error whose cause derivs can name, as a derivs error with the fix
+    (None: re-raise the framework's own)."""
+    from .._errors import StateError
+
+    text = str(e)
+    if "Pure callbacks do not support JVP" in text:
+        return ValueError(
+            f"{api}: f calls jax.pure_callback, a Python function JAX cannot "
+            "differentiate. Give the callback a jax.custom_jvp rule (its derivative), or "
+            "keep the callback out of the part of f being differentiated.")
+    if "would mutate a captured Tensor" in text or "mutate a captured tensor" in text:
+        return StateError(
+            f"{api}: f updates a tensor it reads in place while it runs, which cannot be "
+            "differentiated (each derivative pass would update it again). Return the new "
+            "value instead of writing it; for a BatchNorm in train mode (it updates its "
+            "running statistics, and its batch statistics couple the samples), call "
+            "model.eval() before taking derivatives.")
+    marker = "Trying to use forward AD with "
+    if marker in text:
+        op = text.split(marker, 1)[1].split(" that", 1)[0]
+        return NotImplementedError(
+            f"{api}: PyTorch has no forward-mode derivative of {op}, and the traced engine "
+            "could not take f either (explain(...) says why), so the general path that "
+            "nests forward mode cannot differentiate it. Rewrite that step with ops "
+            "PyTorch differentiates forward, or, for a scalar f's first-order partials "
+            "and operators, pass strategy='reverse'.")
+    if "Differentiation rule for 'custom_lin' not implemented" in text:
+        return ValueError(
+            f"{api}: f calls a jax.custom_vjp function, which defines reverse mode only, "
+            "and this request needs forward mode through it. Give the function a "
+            "jax.custom_jvp rule instead; for the Laplacian or Hessian diagonal of a "
+            "scalar f, strategy='reverse' works through it.")
+    return None
 
 
 # Messages of the frameworks' out-of-memory errors: XLA (RESOURCE_EXHAUSTED; on CPU

@@ -107,7 +107,12 @@ def _always() -> bool:
 
 def output_shape(fun, args: tuple, kwargs: dict, cache=None) -> tuple[int, ...] | None:
     """The shape of f's output (abstract evaluation), None if not one array."""
-    out = jax.eval_shape(lambda *a: fun(*a, **kwargs), *args)
+    try:
+        out = jax.eval_shape(lambda *a: fun(*a, **kwargs), *args)
+    except jax.errors.ConcretizationTypeError:
+        # a Python branch on a value (f can still be differentiated eagerly, as
+        # jax.grad does): evaluate f itself
+        out = fun(*args, **kwargs)
     return tuple(out.shape) if hasattr(out, "shape") else None
 
 

@@ -256,16 +256,23 @@ class Builder:
         return self.op(aten.slice.Tensor, like, 0, 0, 1)
 
     def densify(self, v: Val) -> Val:
-        """A Column as an ordinary node: its column times a one-hot along the axis."""
+        """A Column as an ordinary node: its column at its position along the axis,
+        zero elsewhere. Selected, not multiplied by a one-hot: an infinite column
+        value (the derivative of sqrt at 0 along a seeded coordinate) must not turn
+        every other position into ``inf * 0 = nan``."""
         if not isinstance(v, Column):
             return v
-        key = ("onehot", v.axis, v.pos, v.size, v.dtype, v.device)
+        key = ("onehot", v.axis, v.pos, v.size, v.device)
         hot = self._memo.get(key)
         if hot is None:
-            t = torch.zeros((v.size,) + (1,) * (-v.axis - 1), dtype=v.dtype, device=v.device)
-            t[v.pos] = 1
+            t = torch.zeros((v.size,) + (1,) * (-v.axis - 1), dtype=torch.bool, device=v.device)
+            t[v.pos] = True
             hot = self._memo[key] = self.constant(t)
-        return self.mul(v.val, hot)
+        if isinstance(v.val, float):
+            return self.op(aten.where.ScalarSelf, hot, v.val,
+                           self.op(aten.zeros.default, [1] * -v.axis, dtype=v.dtype,
+                                   device=v.device))
+        return self.op(aten.where.ScalarOther, hot, v.val, 0.0)
 
     def materialize(self, v: Val, like: fx.Node) -> fx.Node:
         """``v`` as a node of ``like``'s shape, dtype and device."""

@@ -33,6 +33,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from ... import _errors
 from .. import _guards
 from ._math_forms import math_attention
 from .._common import leaf_signature
@@ -51,9 +52,9 @@ class Unliftable(Unsupported):
     swap, state f changes while it runs)."""
 
 
-class StateError(ValueError):
-    """f cannot be differentiated as it stands (e.g. BatchNorm in train mode);
-    raised to the user, not a reason to fall back."""
+# f cannot be differentiated as it stands (e.g. BatchNorm in train mode): raised to
+# the user, not a reason to fall back (public as derivs.StateError).
+StateError = _errors.StateError
 
 
 @dataclasses.dataclass
@@ -76,19 +77,26 @@ class Capture:
 
 
 def _tensor_meta(leaf) -> tuple | None:
-    return (leaf.shape, leaf.dtype, leaf.device) if isinstance(leaf, torch.Tensor) else None
+    return _layout(leaf) if isinstance(leaf, torch.Tensor) else None
+
+
+def _layout(t: torch.Tensor) -> tuple:
+    """A tensor's metadata as a capture depends on it: the memory layout too, since
+    f may read storage (``as_strided``) or view it (a view of a non-contiguous
+    tensor is another op than of a contiguous one)."""
+    return (t.shape, t.dtype, t.device, t.stride(), t.storage_offset())
 
 
 def cache_key(args: tuple, kwargs: dict) -> Any:
     """What a capture depends on besides the state ``f`` reads (which its guard
-    checks): tensor metadata and the values of non-tensor arguments
-    (``_common.leaf_signature``). None if not hashable."""
+    checks): tensor metadata (layout included) and the values of non-tensor
+    arguments (``_common.leaf_signature``). None if not hashable."""
     if not kwargs:  # the hot path's plain call: tensors only
         key = []
         for a in args:
             if not isinstance(a, torch.Tensor):
                 break
-            key.append((a.shape, a.dtype, a.device))
+            key.append((a.shape, a.dtype, a.device, a.stride(), a.storage_offset()))
         else:
             return tuple(key)
     leaves, spec = pytree.tree_flatten((args, kwargs))
@@ -186,8 +194,10 @@ def _capture(fun, leaves, in_spec, is_tensor, state, table, pure) -> Capture:
         return tuple(out_leaves)
 
     # Metadata is read here, where torch.func wrappers report per-sample shapes.
-    examples = [torch.empty(t.shape, dtype=t.dtype, device=t.device)
-                for t in [leaf for leaf, t in zip(leaves, is_tensor) if t] + state.tensors]
+    # The examples have the arguments' memory layout (strides, storage offset): f
+    # may read storage or view it, and the graph must mean what f means for them.
+    examples = [_like(t) for t in [leaf for leaf, t in zip(leaves, is_tensor) if t]]
+    examples += [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in state.tensors]
     with BUILD_LOCK, outside_functorch(), clean_dispatch_state():
         try:
             # functionalize: in-place updates of intermediates (common inside ATen
@@ -248,6 +258,19 @@ def clean_dispatch_state():
     if replacement is not None:
         _clear_fake_caches()
         raise replacement
+
+
+def _like(t: torch.Tensor) -> torch.Tensor:
+    """An empty tensor of ``t``'s shape, dtype, device, strides and storage offset."""
+    if t.is_contiguous() and t.storage_offset() == 0:
+        return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    try:
+        stride, offset = t.stride(), t.storage_offset()
+    except RuntimeError:  # a torch.func wrapper: its own layout is not the sample's
+        return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    span = offset + 1 + sum((n - 1) * s for n, s in zip(t.shape, stride) if n > 0)
+    buffer = torch.empty(max(span, 1), dtype=t.dtype, device=t.device)
+    return buffer.as_strided(t.shape, stride, offset)
 
 
 def _copy_exception(e: Exception) -> Exception:

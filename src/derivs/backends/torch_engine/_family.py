@@ -889,6 +889,19 @@ def _join(ctx, node: fx.Node, env: dict, want_c: bool) -> _Jet:
     return _Jet(out, c, joined(lambda j: j.l, ()))
 
 
+def _as_strided(ctx, target, jets, out, kw, want_c) -> _Jet:
+    """NOTE [as_strided] (``_rules``): every coefficient gathered at the logical
+    positions of the input that the output reads."""
+    from ._rules import strided_positions
+
+    a = jets[0]
+    size, stride = list(jets[1].p), list(jets[2].p)
+    offset = jets[3].p if len(jets) > 3 else kw.get("storage_offset")
+    idx = strided_positions(a.p, size, stride, offset).to(a.p.device)
+    c = None if a.c is None or not want_c else a.c.reshape(a.c.shape[0], -1)[:, idx]
+    return _Jet(out, c, None if a.l is None else a.l.reshape(-1)[idx])
+
+
 def _div(ctx, target, jets, out, kw, want_c) -> _Jet:
     """``a / b``: linear in ``a`` for a constant ``b``; otherwise ``a * (1 / b)``, the
     reciprocal by the elementwise rule (NOTE [elementwise derivatives])."""
@@ -960,6 +973,7 @@ deffamily(aten.neg.default, aten.clone.default, aten.select.int, aten.slice.Tens
           aten.t.default, aten.transpose.int, aten.permute.default, aten.unsqueeze.default,
           aten.squeeze.dim, aten.squeeze.dims, aten.sum.dim_IntList, aten.sum.default,
           aten.mean.dim, linear="joint")(_linear_first)
+deffamily(aten.as_strided.default, linear="joint")(_as_strided)
 deffamily(aten.div.Tensor, linear="first")(_div)
 deffamily(aten.var.correction)(_var)
 deffamily(aten.amax.default, aten.amin.default, linear="joint")(_extreme)

@@ -96,6 +96,52 @@ def _reduce(ctx, node, J):
     return Jet(ctx, primal, rule)
 
 
+def strided_positions(x_meta, size, stride, offset) -> "torch.Tensor":
+    """NOTE [as_strided]: ``as_strided`` reads storage, not the tensor: output element
+    ``k`` is the element of ``x`` stored at ``offset + sum k_i stride_i``. A
+    coefficient of ``x`` is a tensor of x's shape in some other layout, so the rule
+    gathers the *logical* positions of x at those storage positions (an index tensor
+    of the output's shape into x flattened). Raises Unsupported when the output
+    reads storage outside x's own elements (another tensor's memory)."""
+    import numpy as np
+
+    shape, xstride = tuple(x_meta.shape), tuple(x_meta.stride())
+    xoff = x_meta.storage_offset()
+    offset = xoff if offset is None else int(offset)
+    logical = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)
+    storage = xoff + sum(np.unravel_index(logical, shape)[i] * xstride[i]
+                         for i in range(len(shape))) if shape else np.full(1, xoff)
+    where = {int(p): int(j) for j, p in enumerate(np.atleast_1d(storage))}
+    out = np.full(tuple(size), offset, np.int64)
+    for i, (n, st) in enumerate(zip(size, stride)):
+        out = out + (np.arange(n, dtype=np.int64) * st).reshape(
+            (1,) * i + (n,) + (1,) * (len(size) - i - 1))
+    try:
+        idx = np.vectorize(where.__getitem__, otypes=[np.int64])(out) if out.size else out
+    except KeyError as e:
+        raise Unsupported("as_strided reads storage outside its input tensor") from e
+    return torch.as_tensor(idx)
+
+
+@defjet(aten.as_strided.default)
+def _as_strided(ctx, node, J):
+    """NOTE [as_strided]: coefficients gathered at the logical positions that the
+    output reads."""
+    a = J(node.args[0])
+    size, stride = list(node.args[1]), list(node.args[2])
+    offset = node.args[3] if len(node.args) > 3 else node.kwargs.get("storage_offset")
+    b = ctx.b
+    primal = b.op(node.target, *_rest(node, J, 0), **_kw(node, J))
+    if a.const:
+        return ctx.const(primal)
+    idx = strided_positions(a.node().meta["val"], size, stride, offset)
+    index = b.constant(idx.to(a.node().meta["val"].device))
+    jet = ctx.linear(a, lambda v: b.op(aten.index.Tensor, b.op(aten.reshape.default, v, [-1]),
+                                       [index]))
+    jet.primal = primal
+    return jet
+
+
 @defjet(aten.neg.default)
 def _neg(ctx, node, J):
     return ctx.scale(J(node.args[0]), -1.0)

@@ -1,0 +1,109 @@
+"""Attacks at special points and on odd inputs, each against an independent
+oracle (closed forms, the framework's own reverse-over-forward derivatives) or
+the clear derivs error the situation calls for."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import derivs
+
+XT = torch.tensor([0.0, 1.0, 4.0], dtype=torch.float64)
+
+
+def test_inf_at_the_seeded_coordinate_stays_there():
+    """sqrt'(0) = inf along the seeded coordinate; the other outputs have derivative
+    0 (a one-hot tangent densified by multiplying gave inf * 0 = nan there)."""
+    torch.testing.assert_close(derivs.partial(torch.sqrt, (0,))(XT),
+                               torch.tensor([np.inf, 0.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(derivs.partial(torch.sqrt, (0, 0))(XT),
+                               torch.tensor([-np.inf, 0.0, 0.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("n", [3, 6])  # unrolled coordinate groups and the stacked family
+def test_where_hides_the_branch_it_does_not_take(n):
+    x = torch.linspace(0.0, 4.0, n, dtype=torch.float64)
+    f = lambda z: torch.where(z > 0, torch.sqrt(z), z ** 2)  # noqa: E731
+    want = torch.where(x > 0, -0.25 * x.clamp_min(1e-300) ** -1.5, torch.full_like(x, 2.0))
+    torch.testing.assert_close(derivs.laplacian(f)(x), want)
+    torch.testing.assert_close(derivs.hessian_diagonal(lambda z: f(z).sum())(x), want)
+
+
+LAYOUTS = {
+    "transposed": lambda: torch.randn(4, 4, dtype=torch.float64).t(),
+    "sliced": lambda: torch.randn(5, 4, dtype=torch.float64).t()[1:],
+    "stepped": lambda: torch.randn(12, dtype=torch.float64)[::3].reshape(2, 2),
+    "offset": lambda: torch.randn(20, dtype=torch.float64)[3:].as_strided((2, 3), (1, 5)),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_storage_reading_f_on_strided_inputs(layout):
+    """f reads storage (as_strided) and views its input: the captured graph must
+    mean what f means for this layout (a contiguous example once gave other
+    elements, and views of non-contiguous inputs crashed)."""
+    torch.manual_seed(0)
+    y = LAYOUTS[layout]()
+    fs = [lambda x: (torch.as_strided(x, (2,), (2,)) ** 4).sum() + (x ** 3).sum(),
+          lambda x: (x.reshape(-1)[:3] ** 4).sum() * x.flatten()[1]]
+    n = y.numel()
+    for f in fs:
+        H = torch.func.hessian(f)(y).reshape(n, n)
+        T = torch.func.jacfwd(torch.func.hessian(f))(y).reshape(n, n, n)
+        for mi in [(0, 0), (1, 1), (2, 2), (0, 1), (0, 0, 1), (1, 1, 1)]:
+            want = H[mi] if len(mi) == 2 else T[mi]
+            torch.testing.assert_close(derivs.partial(f, mi)(y), want)
+
+
+@pytest.mark.parametrize("op", ["laplacian", "hessian_diagonal"])
+def test_reverse_strategy_refuses_vector_outputs(op):
+    f = lambda x: jnp.stack([jnp.sum(x ** 3), jnp.sum(x ** 2 * x[0])])  # noqa: E731
+    with pytest.raises(ValueError, match="strategy='reverse'"):
+        getattr(derivs, op)(f, strategy="reverse")(jnp.array([1.0, 2.0]))
+    np.testing.assert_allclose(derivs.laplacian(f)(jnp.array([1.0, 2.0])), [18.0, 8.0])
+
+
+def test_python_branch_on_a_value_at_first_order():
+    def f(x):
+        return x[0] ** 2 if x[1] > 0 else x[0] ** 3
+    assert float(derivs.partial(f, 0)(jnp.array([1.0, 2.0]))) == 2.0
+    assert float(derivs.partial(f, 0)(jnp.array([2.0, -1.0]))) == 12.0
+
+
+def test_clear_errors_for_what_cannot_be_differentiated():
+    cb = lambda x: jax.pure_callback(  # noqa: E731
+        lambda v: v * 2, jax.ShapeDtypeStruct((2,), jnp.float64), x).sum()
+    with pytest.raises(ValueError, match="pure_callback"):
+        derivs.partial(cb, (0,))(jnp.array([1.0, 2.0]))
+    with pytest.raises(TypeError, match="written with torch"):
+        derivs.partial(torch.prod, 0)(jnp.array([1.0, 2.0]))
+    with pytest.raises(TypeError, match="written with jax"):
+        derivs.partial(jnp.sin, 0)(XT)
+    bn = torch.nn.BatchNorm1d(3).double()
+    with pytest.raises(derivs.StateError, match="eval"):
+        derivs.jacobian(lambda x: bn(x).sum(0), sparse=True)(torch.randn(4, 3, dtype=torch.float64))
+
+
+@jax.custom_vjp
+def _reverse_only(x):
+    return jnp.sin(x)
+
+
+_reverse_only.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (jnp.cos(x) * g,))
+
+
+def test_custom_vjp_operators_take_reverse_mode():
+    """A custom_vjp function defines reverse mode only: the operators take Hessian-
+    vector products through it (as jax.hessian does); forward-mode requests say so."""
+    f = lambda x: jnp.sum(_reverse_only(x) * x)  # noqa: E731
+    x = jnp.array([1.0, 2.0, 0.5])
+    H = jax.hessian(f)(x)
+    np.testing.assert_allclose(derivs.laplacian(f)(x), jnp.trace(H), rtol=1e-12)
+    np.testing.assert_allclose(derivs.hessian_diagonal(f)(x), jnp.diag(H), rtol=1e-12)
+    assert derivs.explain(derivs.laplacian(f), x).strategy == "reverse"
+    with pytest.raises(ValueError, match="custom_vjp"):
+        derivs.partial(f, (0, 0))(x)
