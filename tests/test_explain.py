@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import pytest
 import torch
 
 import derivs
@@ -68,3 +69,74 @@ def test_every_transform_explains_itself_through_one_hook():
         assert type(op.explain(x)) is type(report)  # the public spelling, same hook
     plain = derivs.explain(u, (0, 1), x)  # a plain function: the request form
     assert isinstance(plain, derivs.Explanation) and plain.strategy
+
+
+# Every public callable that returns a callable, with the arguments to make one and
+# the example arguments to explain it (key first for the estimators).
+def _makers(fw):
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    lib = jnp if fw == "jax" else torch
+    u = lambda z: lib.sin(z).sum()  # noqa: E731
+    v = lambda z: lib.sin(z) * z[0]  # noqa: E731
+    x = jnp.linspace(0.1, 0.9, 6) if fw == "jax" else torch.linspace(0.1, 0.9, 6)
+    key = jax.random.key(0) if fw == "jax" else 0
+    eye = jnp.eye(6) if fw == "jax" else torch.eye(6)
+    return {
+        "partial": (lambda: __import__("derivs").partial(u, (0, 1)), (x,)),
+        "partials": (lambda: __import__("derivs").partials(u, [(0,), (1, 1)]), (x,)),
+        "value_and_partials": (lambda: __import__("derivs").value_and_partials(u, [(0,)]),
+                               (x,)),
+        "laplacian": (lambda: __import__("derivs").laplacian(u), (x,)),
+        "hessian_diagonal": (lambda: __import__("derivs").hessian_diagonal(u), (x,)),
+        "bilaplacian": (lambda: __import__("derivs").bilaplacian(u), (x,)),
+        "differential_operator": (lambda: __import__("derivs").differential_operator(
+            u, [(1.0, (0, 0)), (0.5, (1, 1))]), (x,)),
+        "diffusion_operator": (lambda: __import__("derivs").diffusion_operator(u, eye), (x,)),
+        "hutchinson_laplacian": (lambda: __import__("derivs").hutchinson_laplacian(
+            u, samples=4), (key, x)),
+        "hutchinson_bilaplacian": (lambda: __import__("derivs").hutchinson_bilaplacian(
+            u, samples=4), (key, x)),
+        "hutchinson_diffusion": (lambda: __import__("derivs").hutchinson_diffusion(
+            u, eye, samples=4), (key, x)),
+        "jacobian": (lambda: __import__("derivs").jacobian(v), (x,)),
+        "jacobian sparse": (lambda: __import__("derivs").jacobian(v, sparse=True), (x,)),
+        "jacobian argnums": (lambda: __import__("derivs").jacobian(
+            lambda a, b: a * b, argnums=(0, 1), sparse=True), (x, x)),
+        "hessian": (lambda: __import__("derivs").hessian(u), (x,)),
+        "hessian sparse": (lambda: __import__("derivs").hessian(u, sparse=True), (x,)),
+    }
+
+
+TRANSFORMS = ("partial", "partials", "value_and_partials", "laplacian", "hessian_diagonal",
+              "bilaplacian", "differential_operator", "diffusion_operator",
+              "hutchinson_laplacian", "hutchinson_bilaplacian", "hutchinson_diffusion",
+              "jacobian", "hessian")
+
+
+def test_every_public_transform_is_listed():
+    """Iterating derivs.__all__: every public function that returns a callable is
+    covered by the explain test below (a new one must be added there)."""
+    import inspect
+
+    import derivs
+
+    functions = {n for n in derivs.__all__ if inspect.isfunction(getattr(derivs, n))}
+    functions -= {"explain", "sparsity"}  # they return reports and patterns
+    assert functions == set(TRANSFORMS)
+    assert set(TRANSFORMS) <= {k.split()[0] for k in _makers("jax")}
+
+
+@pytest.mark.parametrize("fw", ["jax", "torch"])
+def test_explain_works_on_everything_derivs_returns(fw):
+    from derivs import _report
+
+    import derivs
+
+    for name, (make, args) in _makers(fw).items():
+        op = make()
+        report = derivs.explain(op, *args)
+        assert isinstance(report, _report.Report), name
+        assert str(report) and getattr(report, "strategy", None), name

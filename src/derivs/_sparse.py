@@ -10,6 +10,8 @@ matrix. The pattern is *global*: valid for every value of the inputs.
 
 from __future__ import annotations
 
+import math
+
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -352,7 +354,12 @@ def jacobian(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = F
             if has_aux:
                 return tuple(o[0] for o in outs), outs[0][1]
             return tuple(outs)
-        return blocks
+
+        def explain_blocks(*args) -> "BlocksExplanation":
+            return BlocksExplanation(api, [(a, _report.hook(p)(*args))
+                                           for a, p in zip(argnums, parts)])
+
+        return _report.attach(blocks, explain_blocks)
     argnum = _check_argnum(argnums, None, api)
     if sparse:
         return SparseDerivative(f, "jacobian", argnum, has_aux, format, coloring, check,
@@ -412,8 +419,48 @@ def _dense(f, kind, argnum, has_aux, api):
     def dense(*args):
         fw, _, args = _normalize(args, argnum, api)
         return fw.dense(kind, f, args, argnum, has_aux)
+
+    def explain(*args) -> "DenseExplanation":
+        fw, backend, args = _normalize(args, argnum, api)
+        out = fw.output_shape(f, args, has_aux)
+        n_in, n_out = math.prod(tuple(args[argnum].shape)), math.prod(out)
+        if kind == "hessian":
+            how = "forward over reverse (the framework's hessian): one HVP per input"
+        elif n_in <= n_out:
+            how = "forward mode (jacfwd): one JVP per input, no more inputs than outputs"
+        else:
+            how = "reverse mode (jacrev): one VJP per output, fewer outputs than inputs"
+        return DenseExplanation(api, backend.name, kind, out, tuple(args[argnum].shape), how)
+
     dense.__doc__ = f"Dense {kind} of {getattr(f, '__name__', 'f')} (derivs)."
-    return dense
+    return _report.attach(dense, explain)
+
+
+class DenseExplanation(_report.Report):
+    """What ``derivs.explain`` reports for a dense ``jacobian`` / ``hessian``
+    (``sparse=False``): the framework's own dense transform and the mode it takes."""
+
+    def __init__(self, api, backend, kind, out_shape, in_shape, how):
+        self.api, self.backend, self.kind, self.how = api, backend, kind, how
+        self.strategy = "dense"
+        self.out_shape, self.in_shape = tuple(out_shape), tuple(in_shape)
+
+    def text(self) -> str:
+        return (f"{self.api} ({self.backend}), dense: output {self.out_shape}, input "
+                f"{self.in_shape}\n  {self.how}\n  sparse=True detects the pattern and "
+                "colors it instead")
+
+
+class BlocksExplanation(_report.Report):
+    """A Jacobian over several ``argnums``: one explanation per argument's block."""
+
+    def __init__(self, api, parts):
+        self.api, self.parts = api, parts
+        self.strategy = "blocks"
+
+    def text(self) -> str:
+        return "\n".join(f"{self.api}, block of argument {a}:\n{report.text()}"
+                         for a, report in self.parts)
 
 
 def sparsity(f: Callable, *args: Any, argnums: int = 0, has_aux: bool = False,

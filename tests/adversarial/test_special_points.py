@@ -107,3 +107,29 @@ def test_custom_vjp_operators_take_reverse_mode():
     assert derivs.explain(derivs.laplacian(f), x).strategy == "reverse"
     with pytest.raises(ValueError, match="custom_vjp"):
         derivs.partial(f, (0, 0))(x)
+
+
+def test_old_framework_versions_are_named():
+    """jax and torch are optional: pip accepts any installed version beside derivs,
+    so the first use checks it and names the version needed."""
+    from derivs import backends
+
+    with pytest.raises(ImportError, match=r"jax>=0\.9\.2.*0\.9\.1"):
+        backends.check_version("jax", "0.9.1")
+    with pytest.raises(ImportError, match=r"torch>=2\.13"):
+        backends.check_version("torch", "2.12.1+cpu")
+    backends.check_version("jax", "0.10.2")
+    backends.check_version("torch", "2.13.0+cpu")
+    backends.check_version("jax", "0.9.2")
+
+
+def test_minimum_versions_match_the_declared_floors():
+    import pathlib
+    import re
+
+    from derivs import backends
+
+    text = (pathlib.Path(__file__).parents[2] / "pyproject.toml").read_text()
+    for name, need in backends.MINIMUM.items():
+        floors = set(re.findall(rf'"{name}>=([0-9.]+)"', text))
+        assert floors == {".".join(map(str, need))}, (name, floors)

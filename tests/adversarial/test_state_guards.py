@@ -123,3 +123,39 @@ def test_torch_global_forward_hook():
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(want, 8 * before)  # the hook really changed f
     torch.testing.assert_close(lap(x), before)  # and its removal is seen too
+
+
+def test_torch_sparse_follows_tensor_state():
+    """Sparse PyTorch results after ``.data`` rebinding of a closed-over tensor and a
+    module weight, an in-place change and a rebinding inside a library object
+    (torch.distributions), and a NumPy non-differentiated argument's value."""
+    x = torch.linspace(0.1, 1.0, 6, dtype=torch.float64)
+    W = torch.tensor(2.0, dtype=torch.float64)
+    f = lambda v: W * v ** 2  # noqa: E731
+    J = derivs.jacobian(f, sparse=True, format="dense")
+    torch.testing.assert_close(J(x).diagonal(), 4 * x)
+    W.data = torch.tensor(3.0, dtype=torch.float64)
+    torch.testing.assert_close(J(x).diagonal(), 6 * x)
+
+    lin = torch.nn.Linear(6, 6).double()
+    g = lambda v: torch.tanh(lin(v))  # noqa: E731
+    Jg = derivs.jacobian(g, sparse=True, format="dense")
+    Jg(x)
+    with torch.no_grad():
+        lin.weight.data = torch.randn(6, 6, dtype=torch.float64)
+    torch.testing.assert_close(Jg(x).detach(), torch.func.jacfwd(g)(x).detach())
+
+    normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64),
+                                        torch.tensor(1.0, dtype=torch.float64))
+    h = lambda v: normal.log_prob(v)  # noqa: E731
+    Jh = derivs.jacobian(h, sparse=True, format="dense")
+    Jh(x)
+    normal.scale.fill_(2.0)
+    torch.testing.assert_close(Jh(x), torch.func.jacfwd(h)(x))
+    normal.loc = torch.tensor(0.5, dtype=torch.float64)
+    torch.testing.assert_close(Jh(x), torch.func.jacfwd(h)(x))
+
+    k = lambda v, c: v ** 2 * torch.as_tensor(c)  # noqa: E731
+    Jk = derivs.jacobian(k, sparse=True, format="dense")
+    torch.testing.assert_close(Jk(x, np.array(2.0)).diagonal(), 4 * x)
+    torch.testing.assert_close(Jk(x, np.array(5.0)).diagonal(), 10 * x)

@@ -43,8 +43,36 @@ def engine_for_plain_call(args: tuple) -> ModuleType | None:
 _ENGINE: dict[str, ModuleType] = {}
 
 
+# The oldest framework versions derivs runs on (pyproject's extras; the floor job of
+# ``.ci/run`` tests exactly these). jax and torch are optional dependencies, so pip
+# accepts any installed version beside derivs: it is checked at first use.
+MINIMUM = {"jax": (0, 9, 2), "torch": (2, 13)}
+_CHECKED: set[str] = set()
+
+
 def backend_named(name: str) -> ModuleType:
+    if name not in _CHECKED:
+        check_version(name)
+        _CHECKED.add(name)
     return importlib.import_module(_MODULES[name])
+
+
+def check_version(name: str, version: str | None = None) -> None:
+    """An ImportError naming the version needed when the installed ``name`` is older
+    than derivs supports (``version``: the installed one, read from the module)."""
+    if version is None:
+        version = getattr(sys.modules.get(name) or importlib.import_module(name),
+                          "__version__", "0")
+    parts = []
+    for piece in version.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    need = MINIMUM[name]
+    if tuple(parts[:len(need)]) < need:
+        want = ".".join(map(str, need))
+        raise ImportError(
+            f"derivs needs {name}>={want}, but {name} {version} is installed. Upgrade it: "
+            f"pip install '{name}>={want}' (or pip install 'derivs[{name}]').")
 
 
 def backend_for(args: tuple, api: str) -> ModuleType:
