@@ -33,8 +33,8 @@ def _floating():
 GROUPS = _floating()
 DENSE_LIMIT = 4_000_000  # entries of the dense Jacobian the oracle builds
 HARNESSES = [h for hs in GROUPS for h in hs]
-# default: each group's first parameterization, and every 50th of all of them
-DEFAULT = [hs[0] for hs in GROUPS] + [h for h in HARNESSES[1::50]
+# default: each group's first parameterization, and every 100th of all of them
+DEFAULT = [hs[0] for hs in GROUPS] + [h for h in HARNESSES[1::100]
                                      if all(h is not hs[0] for hs in GROUPS)]
 
 
