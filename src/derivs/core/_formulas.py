@@ -64,15 +64,35 @@ def derivative_polynomials(first: Poly, m: int) -> tuple[Poly, ...]:
 
 def horner(p: Poly, y: Any, *, constant: Callable[[float, Any], Any]) -> Any:
     """``p(y)`` by Horner's rule, for any ``y`` with ``*`` and ``+`` by floats;
-    ``constant(c, like)`` makes a degree-0 result shaped like ``y``."""
+    ``constant(c, like)`` makes a degree-0 result shaped like ``y``. Each step is
+    an array operation, so none is spent on a zero coefficient or a factor of one:
+    low-order zeros are factored out as a power of ``y`` (the odd derivative
+    polynomials of tanh), ``+ 0`` and ``* 1`` are skipped.
+
+    >>> horner((0.0, -2.0, 0.0, 2.0), 3.0, constant=lambda c, like: c)
+    48.0
+    """
     coeffs = list(p)
     while len(coeffs) > 1 and coeffs[-1] == 0.0:
         coeffs.pop()
     if len(coeffs) == 1:
         return constant(coeffs[0], y)
-    out = coeffs[-1] * y + coeffs[-2]
-    for c in reversed(coeffs[:-2]):
-        out = out * y + c
+    low = 0
+    while coeffs[low] == 0.0:
+        low += 1
+    q = coeffs[low:]  # p = y^low * q
+    out = None
+    if len(q) == 1:
+        if low == 0 or q[0] != 1.0:
+            out = constant(q[0], y)
+    else:
+        out = y if q[-1] == 1.0 else -y if q[-1] == -1.0 else q[-1] * y
+        for i in range(len(q) - 2, 0, -1):  # (out + q_i) * y
+            out = (out + q[i] if q[i] != 0.0 else out) * y
+        if q[0] != 0.0:
+            out = out + q[0]
+    for _ in range(low):
+        out = y if out is None else out * y
     return out
 
 
