@@ -23,6 +23,7 @@ hand-written rules (elementwise ops by their derivatives ``phi^(m)``: NOTE
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -336,6 +337,7 @@ class FamilyProgram:
         outs = None
         need = self.need_rows if layout.read else self.need_c
         series: dict = {}  # region values as univariate series (NOTE [elementwise regions])
+        frees = self.frees
         for node in self.graph.nodes:
             if node.op == "call_function":
                 root = self.members.get(node)
@@ -344,12 +346,39 @@ class FamilyProgram:
                 else:
                     env[node] = self._fused(ctx, node, root, env, series, layout.order,
                                             node in need)
+                for dead in frees.get(node, ()):  # NOTE [last use]
+                    env.pop(dead, None)
+                    series.pop(dead, None)
             elif node.op == "output":
                 if layout.read:  # the read rows, stacked first: (len(read), *out)
                     outs = [_rows_of(env[o], layout.read_rows) for o in node.args[0]]
                 else:
                     outs = [_top_of(env[o]) for o in node.args[0]]
         return outs
+
+    @functools.cached_property
+    def frees(self) -> dict:
+        """NOTE [last use]: the values (jets, stacks, series) each node is the last to
+        read, dropped once it has run, as generated graph code and torch.fx's
+        Interpreter drop theirs: a call's peak memory is the live set's, not every
+        intermediate's. A fused region's members read their root's stack too."""
+        last: dict = {}
+        for node in self.graph.nodes:
+            if node.op != "call_function":
+                continue
+            reads = list(node.all_input_nodes)
+            root = self.members.get(node)
+            if root is not None:
+                reads.append(root)
+            for r in reads:
+                last[r] = node
+        out = self.graph.output_node()
+        for o in out.all_input_nodes:
+            last.pop(o, None)  # read by the output: kept to the end
+        frees: dict = {}
+        for value, node in last.items():
+            frees.setdefault(node, []).append(value)
+        return frees
 
 
     def _fused(self, ctx: _Ctx, node: fx.Node, root: fx.Node, env: dict, series: dict,
