@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
+
 from . import _api, _batch, _probes, _collapsed, _report
 from ._validation import check_operator_options, operator_entry, operator_input
 from .backends import _common
@@ -473,9 +475,17 @@ def _jax_taylor(fw, spec, args, kwargs, batch_axis, sample, collapsed, chunk_siz
     from .backends import jax_engine
 
     compiled = jax_engine.prepare(spec, args, kwargs)
-    if isinstance(compiled, jax_engine.Fallback):
-        raise ValueError(f"{spec.api}: the Taylor operator cannot run here: "
-                         f"{compiled.reason}. Pass strategy='reverse' for a scalar-valued f.")
+    if isinstance(compiled, jax_engine.Fallback):  # nested JVPs along every unit direction
+        from ._collapsed import directional
+
+        x = args[0] if spec.argnums == (0,) else args[spec.argnums[0]]
+        n = _common.numel(sample)
+        eye = fw.as_array(np.eye(n), x).reshape((n,) + tuple(sample))
+        terms = directional(fw.name, spec.fun, args, kwargs, spec.argnums[0], batch_axis,
+                            eye, 2, per_sample=False)
+        if collapsed:
+            return fw.tree_map(lambda t: t.sum(0), terms)
+        return fw.tree_map(lambda o: _directions_last(fw, o, sample), terms)
     if collapsed:
         key = _jets.Collapsed(((1.0, (2,)),), family=jax_engine.FAMILY_AXIS)
         return jax_engine.run_family(compiled, 0, key, batch_axis, collapsed=True,

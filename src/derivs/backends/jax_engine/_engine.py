@@ -82,6 +82,10 @@ def prepare(spec: Spec, args: tuple, kwargs: dict) -> Traced | Fallback:
     for aval in closed.out_avals:
         if not np.issubdtype(aval.dtype, np.inexact):
             return Fallback("f returns a non-floating-point output")
+    complex_prim = _complex(closed.jaxpr)
+    if complex_prim is not None:  # NOTE [complex intermediates] (torch_engine/_capture.py)
+        return Fallback(f"f has complex intermediates ({complex_prim}); the traced rules "
+                        "are real, so nested forward mode runs")
     bad = _unsupported(closed.jaxpr)
     if bad:
         return Fallback(f"f uses {bad}, which has no forward-mode derivative "
@@ -99,6 +103,20 @@ def prepare(spec: Spec, args: tuple, kwargs: dict) -> Traced | Fallback:
     selected = {positions[offsets[a]]: slot for slot, a in enumerate(spec.argnums)}
     return Traced(closed, side["tree"], arrays, selected, _count_eqns(closed.jaxpr),
                   spec.plan.jet_reads(), spec.batch_axis)
+
+
+def _complex(jaxpr) -> str | None:
+    """The first primitive with a complex input or output, or None."""
+    for eqn in jaxpr.eqns:
+        if any(np.issubdtype(getattr(v.aval, "dtype", np.float32), np.complexfloating)
+               for v in list(eqn.outvars) + [u for u in eqn.invars
+                                             if isinstance(u, jcore.Var)]):
+            return eqn.primitive.name
+        for sub in _subjaxprs(eqn):
+            found = _complex(sub)
+            if found:
+                return found
+    return None
 
 
 def _unsupported(jaxpr) -> str | None:

@@ -87,6 +87,21 @@ def _layout(t: torch.Tensor) -> tuple:
     return (t.shape, t.dtype, t.device, t.stride(), t.storage_offset())
 
 
+def complex_values(cap: "Capture") -> str | None:
+    """NOTE [complex intermediates]: the engines' rules are written for real values
+    (a product rule, Faa di Bruno, the stacked tables); a real f whose intermediates
+    are complex (a power spectrum through ``torch.fft``, ``view_as_complex``,
+    ``torch.polar``) would get silently wrong coefficients from them. Such an f runs
+    nested forward mode, which PyTorch's own forward AD makes exact through complex
+    values. Returns the first op with a complex value, or None."""
+    for node in cap.graph.graph.nodes:
+        val = node.meta.get("val")
+        vals = val if isinstance(val, (tuple, list)) else (val,)
+        if any(isinstance(v, torch.Tensor) and v.is_complex() for v in vals):
+            return str(node.target)
+    return None
+
+
 def cache_key(args: tuple, kwargs: dict) -> Any:
     """What a capture depends on besides the state ``f`` reads (which its guard
     checks): tensor metadata (layout included) and the values of non-tensor

@@ -30,7 +30,8 @@ import torch.utils._pytree as pytree
 from ...core._spec import Spec
 from .._common import Fallback, numel, sample_shape
 from ._builder import Builder, Column
-from ._capture import BUILD_LOCK, StateError, cache_key, outside_functorch, shared_capture
+from ._capture import (BUILD_LOCK, StateError, cache_key, complex_values, outside_functorch,
+                       shared_capture)
 from ._jet import Context, Jet
 from ._interpret import interpret
 from ._registry import Unsupported
@@ -76,6 +77,10 @@ def build(spec: Spec, args: tuple, kwargs: dict) -> Compiled | Fallback:
     cap = None
     try:
         cap = shared_capture(spec.cache, spec.fun, args, kwargs)
+        complex_op = complex_values(cap)  # NOTE [complex intermediates]
+        if complex_op is not None:
+            raise Unsupported(f"f has complex intermediates ({complex_op}); the traced "
+                              "rules are real")
         with BUILD_LOCK, outside_functorch():
             module, n_ops = _derivative_module(spec, cap.graph, cap.is_tensor,
                                                selected_leaf)

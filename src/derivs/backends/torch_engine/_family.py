@@ -40,7 +40,7 @@ from .._common import Fallback, numel
 from .._common import add as _add
 from . import _contracted
 from . import _pointwise  # noqa: F401  (fills the series rule registry)
-from ._capture import Capture, StateError, inside_trace, shared_capture
+from ._capture import Capture, StateError, complex_values, inside_trace, shared_capture
 from ._engine import _top_level_offsets, fallback
 from ._registry import CONSTANT_OPS, FAMILY_RULES, SERIES_RULES, Unsupported, deffamily
 
@@ -447,6 +447,10 @@ def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
         return fallback(str(e), getattr(e, "valid", None))
     except Exception as e:  # tracing failed: data-dependent control flow, ...
         return Fallback(f"could not capture f as a graph ({type(e).__name__})")
+    complex_op = complex_values(cap)  # NOTE [complex intermediates] in _capture.py
+    if complex_op is not None:
+        return fallback(f"f has complex intermediates ({complex_op}); the traced rules "
+                        "are real", cap.valid)
     program = FamilyProgram(cap, _top_level_offsets(args)[argnum], batch_axis)
     traced = cap.graph
     live = {program.placeholders[program.selected]}
