@@ -123,6 +123,33 @@ class Prepared:
         return self.coloring.n_colors
 
     def __call__(self, *args):
+        try:
+            return self._call(args)
+        except Exception as e:  # noqa: BLE001 - re-raised unless the other mode works
+            if not self._switch_mode():
+                raise
+            try:
+                return self._call(args)
+            except Exception:  # noqa: BLE001
+                raise e from None
+
+    def _switch_mode(self) -> bool:
+        """A Jacobian colored for one mode whose passes fail (f's own rules forbid that
+        mode: a custom_vjp function has no forward mode, a custom_linear_solve without
+        transpose_solve no reverse mode) is colored for the other, once; explain then
+        shows the coloring that runs."""
+        mode = self.coloring.mode
+        if mode not in ("column", "row") or getattr(self, "_switched", False):
+            return False
+        self._switched = True
+        other = "row" if mode == "column" else "column"
+        self.coloring = _coloring.color_jacobian(self.pattern, mode=other)
+        self._evaluate = self._fw.evaluator(other, self.owner.fun, self.owner.argnum,
+                                            self.owner.has_aux, self.coloring,
+                                            self.pattern.shape)
+        return True
+
+    def _call(self, args):
         fw = self._fw
         if (self.owner.format in ("native", "coo") and fw.sharded(args[self.owner.argnum])
                 and fw.read_layout_pays(self._evaluate, self.pattern.nnz)):

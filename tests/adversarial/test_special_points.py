@@ -133,3 +133,26 @@ def test_minimum_versions_match_the_declared_floors():
     for name, need in backends.MINIMUM.items():
         floors = set(re.findall(rf'"{name}>=([0-9.]+)"', text))
         assert floors == {".".join(map(str, need))}, (name, floors)
+
+
+def test_jacobian_mode_follows_what_f_supports():
+    """A tall Jacobian through a custom_vjp function (reverse only) and a wide one
+    through a custom_linear_solve without transpose_solve (forward only): the mode
+    the shape prefers raises, the other one works (issue 32.3)."""
+    tall = lambda v: jnp.concatenate([_reverse_only(v), _reverse_only(v) * 2, v ** 2])  # noqa
+    x = jnp.linspace(0.1, 0.9, 3)
+    want = jax.jacrev(tall)(x)
+    np.testing.assert_allclose(derivs.jacobian(tall)(x), want)
+    np.testing.assert_allclose(derivs.jacobian(tall, sparse=True)(x).todense(), want)
+    A = jnp.eye(6) * 3 + 0.1
+
+    def wide(v):
+        s = jax.lax.custom_linear_solve(lambda u: A @ u, v,
+                                        lambda mv, r: jnp.linalg.solve(A, r))
+        return jnp.stack([jnp.sum(s), jnp.sum(s * v)])
+
+    y = jnp.linspace(0.1, 0.9, 6)
+    want = jax.jacfwd(wide)(y)
+    np.testing.assert_allclose(derivs.jacobian(wide)(y), want, rtol=1e-12)
+    np.testing.assert_allclose(derivs.jacobian(wide, sparse=True)(y).todense(), want,
+                               rtol=1e-12)

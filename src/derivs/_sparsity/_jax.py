@@ -272,10 +272,18 @@ def dense(kind, fun, args, argnum, has_aux):
         return jax.hessian(fun, argnums=argnum, has_aux=has_aux)(*args)
     out = jax.eval_shape(fun, *args)
     out = out[0] if has_aux else out
-    # Forward mode when the input is no larger than the output, reverse otherwise.
+    # Forward mode when the input is no larger than the output, reverse otherwise;
+    # the other mode when f's own rules forbid that one (a custom_vjp function has
+    # no forward mode, a custom_linear_solve without transpose_solve no reverse).
     fwd = np.size(args[argnum]) <= int(np.prod(out.shape, dtype=np.int64))
-    jac = jax.jacfwd if fwd else jax.jacrev
-    return jac(fun, argnums=argnum, has_aux=has_aux)(*args)
+    first, second = (jax.jacfwd, jax.jacrev) if fwd else (jax.jacrev, jax.jacfwd)
+    try:
+        return first(fun, argnums=argnum, has_aux=has_aux)(*args)
+    except Exception as e:  # noqa: BLE001 - re-raised unless the other mode works
+        try:
+            return second(fun, argnums=argnum, has_aux=has_aux)(*args)
+        except Exception:  # noqa: BLE001
+            raise e from None
 
 
 def output_shape(fun, args, has_aux) -> tuple:

@@ -371,8 +371,15 @@ def dense(kind, fun, args, argnum, has_aux):
         out = fun(*args)
     out = out[0] if has_aux else out
     fwd = args[argnum].numel() <= out.numel()
-    jac = torch.func.jacfwd if fwd else torch.func.jacrev
-    return jac(fun, argnums=argnum, has_aux=has_aux)(*args)
+    first, second = ((torch.func.jacfwd, torch.func.jacrev) if fwd
+                     else (torch.func.jacrev, torch.func.jacfwd))
+    try:  # the other mode when f's own rules forbid one (no forward AD of an op)
+        return first(fun, argnums=argnum, has_aux=has_aux)(*args)
+    except (NotImplementedError, RuntimeError) as e:
+        try:
+            return second(fun, argnums=argnum, has_aux=has_aux)(*args)
+        except Exception:  # noqa: BLE001
+            raise e from None
 
 
 def output_shape(fun, args, has_aux) -> tuple:
