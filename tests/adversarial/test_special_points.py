@@ -156,3 +156,23 @@ def test_jacobian_mode_follows_what_f_supports():
     np.testing.assert_allclose(derivs.jacobian(wide)(y), want, rtol=1e-12)
     np.testing.assert_allclose(derivs.jacobian(wide, sparse=True)(y).todense(), want,
                                rtol=1e-12)
+
+
+def test_special_functions():
+    """jax.scipy.special through the operators: a vmapped while_loop with a batched
+    predicate (hyp1f1) is exact; where JAX itself cannot differentiate (exp1), a
+    derivs error; where JAX's own derivative is NaN (spence), derivs matches the
+    closed form."""
+    from jax.scipy import special as S
+
+    x = jnp.array([0.6, 0.9, 1.3])
+    f = lambda v: jnp.sum(S.hyp1f1(0.5, 1.5, v))  # noqa: E731
+    H = jax.jit(jax.jacfwd(jax.jacfwd(f)))(x)
+    np.testing.assert_allclose(jax.jit(derivs.laplacian(f))(x), jnp.trace(H), rtol=1e-10)
+    with pytest.raises(ValueError, match="leaks a tracer"):
+        derivs.laplacian(lambda v: jnp.sum(S.exp1(v)))(x)
+    # spence(x) = Li2(1 - x): f'' = (1/x (1 - x) + log x) / (1 - x)^2
+    xs = np.asarray(x)
+    want = np.sum((1 / xs * (1 - xs) + np.log(xs)) / (1 - xs) ** 2)
+    np.testing.assert_allclose(derivs.laplacian(lambda v: jnp.sum(S.spence(v)))(x), want,
+                               rtol=1e-9)

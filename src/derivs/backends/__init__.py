@@ -171,6 +171,12 @@ def _known_failure(e: BaseException, api: str) -> BaseException | None:
             "nests forward mode cannot differentiate it. Rewrite that step with ops "
             "PyTorch differentiates forward, or, for a scalar f's first-order partials "
             "and operators, pass strategy='reverse'.")
+    if type(e).__name__ == "UnexpectedTracerError":
+        return ValueError(
+            f"{api}: JAX could not differentiate f forward: a function f calls leaks a "
+            "tracer out of the transformation (in JAX 0.10, jax.scipy.special.exp1 and "
+            "expn do, and jax.jacfwd fails on them the same way). Write that step with "
+            "differentiable ops, or report it to JAX.")
     if "Differentiation rule for 'custom_lin' not implemented" in text:
         return ValueError(
             f"{api}: f calls a jax.custom_vjp function, which defines reverse mode only, "

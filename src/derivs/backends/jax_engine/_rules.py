@@ -206,6 +206,7 @@ def _scan(it: Interpreter, prim, params, jets):
 def _while(it: Interpreter, prim, params, jets):
     cnc, bnc = params["cond_nconsts"], params["body_nconsts"]
     cond_jaxpr, body = params["cond_jaxpr"], params["body_jaxpr"]
+    batched = bool(cond_jaxpr.out_avals[0].shape)  # JAX's while with a batched predicate
     primals = bind(prim, params, *[j.primal for j in jets])
     zero = _jets.zero(it.groups)
 
@@ -215,7 +216,7 @@ def _while(it: Interpreter, prim, params, jets):
         init = [_dense_carry(c, keys, j.primal) for c, j in zip(coeffs[cnc + bnc:],
                                                                 jets[cnc + bnc:])]
 
-        def cond_fn(carry):
+        def pred(carry):
             return jcore.jaxpr_as_fun(cond_jaxpr)(*cconsts,
                                        *[c[keys.index(zero)] for c in carry])[0]
 
@@ -223,9 +224,17 @@ def _while(it: Interpreter, prim, params, jets):
             inner = Interpreter(it.groups, it.batch_axis)
             cjets = [it.rebuild(dict(zip(keys, c))) for c in carry]
             outs = inner.run_closed(body, [*bconsts, *cjets])
-            return [[o.dense(t).astype(c.dtype) for t, c in zip(keys, old)]
-                    for o, old in zip(outs, carry)]
+            new = [[o.dense(t).astype(c.dtype) for t, c in zip(keys, old)]
+                   for o, old in zip(outs, carry)]
+            if not batched:
+                return new
+            # a batched predicate (a vmapped loop, e.g. jax.scipy.special.hyp1f1):
+            # elements whose predicate held on the old carry take the new values
+            p = pred(carry)
+            return [[jnp.where(p.reshape(p.shape + (1,) * (n.ndim - p.ndim)), n, o)
+                     for n, o in zip(new_c, old_c)] for new_c, old_c in zip(new, carry)]
 
+        cond_fn = (lambda carry: jnp.any(pred(carry))) if batched else pred
         final = lax.while_loop(cond_fn, body_fn, init)
         return [c[keys.index(key)] for c in final]
 
