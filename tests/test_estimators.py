@@ -239,3 +239,14 @@ def test_estimators_check_the_batch_axis(fw, name):
     est = getattr(derivs, name)(f, samples=4, batch_axis=0, with_stderr=True)
     with pytest.raises(ValueError, match="batch_axis=0 is wrong"):
         est(_key(fw, 0), array(fw, RNG.normal(size=(4, 3))))
+
+
+def test_torch_compile_estimate_equals_eager():
+    f = lambda x: (torch.sin(x) * x ** 2).sum(-1) * x[..., 0]  # noqa: E731
+    x = torch.as_tensor(RNG.normal(size=(3, 4)))
+    eager = derivs.hutchinson_laplacian(f, samples=6, batch_axis=0)(5, x)
+    compiled = derivs.hutchinson_laplacian(f, samples=6, batch_axis=0, torch_compile=True)
+    torch.testing.assert_close(compiled(5, x), eager)
+    with pytest.raises(ValueError, match="torch_compile=True is for PyTorch"):
+        derivs.hutchinson_laplacian(lambda v: jnp.sum(v ** 3), torch_compile=True)(
+            jax.random.key(0), jnp.ones(3))

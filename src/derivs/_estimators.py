@@ -25,14 +25,14 @@ from typing import Any
 
 from . import _batch, _probes, _report, backends
 from ._collapsed import Call, Machine
-from ._validation import check_operator_arguments, operator_input
+from ._validation import check_operator_arguments, check_torch_compile, operator_input
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
 
 
 def hutchinson_laplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
                          batch_axis: int | None = None, distribution: str = "rademacher",
-                         with_stderr: bool = False) -> Callable:
+                         with_stderr: bool = False, torch_compile: bool = False) -> Callable:
     """An unbiased random estimate of the Laplacian ``tr(H)`` of ``f`` in argument
     ``argnum`` (Hutchinson's estimator), for when ``D`` is too large for the exact
     :func:`derivs.laplacian`.
@@ -55,7 +55,10 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
     * ``"gaussian"`` (standard normal entries): ``2 * ||H||_F^2``.
 
     ``with_stderr=True`` also returns the estimated standard error of the
-    estimate, ``std(v_s^T H v_s) / sqrt(samples)``.
+    estimate, ``std(v_s^T H v_s) / sqrt(samples)``. The estimate is one collapsed
+    Taylor pass over the directions (NOTE [collapsed estimators]);
+    ``torch_compile=True`` (PyTorch) runs it under ``torch.compile``, as for the
+    exact operators.
 
     Example:
 
@@ -71,7 +74,7 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
         raise ValueError(f"{api}: distribution={distribution!r} is not one of "
                          f"{DISTRIBUTIONS}.")
 
-    runner = _Runner(f, argnum, batch_axis, api, samples, 2, 1.0, with_stderr)
+    runner = _Runner(f, argnum, batch_axis, api, samples, 2, 1.0, with_stderr, torch_compile)
 
     def draw(key, backend, x, sample):
         # v^T H v = d^2/dt^2 f(x + t v) at t = 0; the same directions in every sample
@@ -81,8 +84,8 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
 
 
 def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
-                           batch_axis: int | None = None, with_stderr: bool = False
-                           ) -> Callable:
+                           batch_axis: int | None = None, with_stderr: bool = False,
+                           torch_compile: bool = False) -> Callable:
     """An unbiased random estimate of the Bi-Laplacian ``sum_ij d^4 f / dx_i^2 dx_j^2``
     of ``f`` in argument ``argnum``, for when ``D^2`` directions of the exact
     :func:`derivs.bilaplacian` are too many.
@@ -108,7 +111,8 @@ def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
     api = "derivs.hutchinson_bilaplacian"
     _check(api, f, argnum, batch_axis, samples)
 
-    runner = _Runner(f, argnum, batch_axis, api, samples, 4, 1.0 / 3.0, with_stderr)
+    runner = _Runner(f, argnum, batch_axis, api, samples, 4, 1.0 / 3.0, with_stderr,
+                     torch_compile)
 
     def draw(key, backend, x, sample):
         return backend.random_directions(key, (samples,) + tuple(sample), x, "gaussian", api)
@@ -118,8 +122,8 @@ def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
 
 def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: Any = None,
                          samples: int = 64, argnum: int = 0, *, batch_axis: int | None = None,
-                         distribution: str = "rademacher", with_stderr: bool = False
-                         ) -> Callable:
+                         distribution: str = "rademacher", with_stderr: bool = False,
+                         torch_compile: bool = False) -> Callable:
     """An unbiased random estimate of :func:`derivs.diffusion_operator`'s
     ``tr(sigma sigma^T Hess f) + drift . grad f + reaction * f``: the trace over
     ``samples`` random combinations ``sigma z`` of ``sigma``'s ``r`` columns
@@ -150,7 +154,7 @@ def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: A
         raise TypeError(f"{api}: sigma is required (a function of x returning x.shape + "
                         "(r,), or a constant array sample_shape + (r,)).")
 
-    runner = _Runner(f, argnum, batch_axis, api, samples, 2, 1.0, with_stderr)
+    runner = _Runner(f, argnum, batch_axis, api, samples, 2, 1.0, with_stderr, torch_compile)
 
     def draw(key, backend, x, sample):
         rank = diffusion_terms(api, backend, x, sample, batch_axis, sigma, None,
@@ -171,14 +175,14 @@ def _check(api, f, argnum, batch_axis, samples) -> None:
         raise ValueError(f"{api}: samples must be a positive int, got {samples!r}.")
 
 
-def _inputs(api, args, argnum, batch_axis):
+def _inputs(api, args, argnum, batch_axis, torch_compile: bool = False):
     """``(backend, args, x, sample shape)`` as for the exact operators, with the
     estimators' own hint for a missing argument (the key comes first)."""
     if argnum >= len(args):
         raise ValueError(f"{api}: argnum={argnum} but the estimator was called with "
                          f"{len(args)} argument(s) after the key; call it as "
                          "estimate(key, *args).")
-    return operator_input(api, args, argnum, batch_axis, False)
+    return operator_input(api, args, argnum, batch_axis, torch_compile)
 
 
 class _Runner:
@@ -186,10 +190,12 @@ class _Runner:
     over the samples, the mean and standard error."""
 
     def __init__(self, f, argnum, batch_axis, api, samples: int, order: int, scale: float,
-                 with_stderr: bool):
+                 with_stderr: bool, torch_compile: bool = False):
         self.f, self.argnum, self.batch_axis, self.api = f, argnum, batch_axis, api
         self.samples, self.order, self.with_stderr = samples, order, with_stderr
-        self.machine = Machine(f, argnum, batch_axis, api)
+        check_torch_compile(api, torch_compile)
+        self.torch_compile = torch_compile
+        self.machine = Machine(f, argnum, batch_axis, api, torch_compile=torch_compile)
         self._per_sample: dict = {}  # (mapped, out axis) -> the per-sample Machine
         # the same term tuple every call: layouts and programs are cached by it
         weight = scale if with_stderr else scale / samples
@@ -209,7 +215,8 @@ class _Runner:
         key = (mapped, out_axis)
         if key not in self._per_sample:
             g = _batch.sample_function(self.f, mapped, self.batch_axis, out_axis)
-            self._per_sample[key] = Machine(g, self.argnum, None, self.api)
+            self._per_sample[key] = Machine(g, self.argnum, None, self.api,
+                                            torch_compile=self.torch_compile)
         return self._per_sample[key]
 
     def estimator(self, draw: Callable, build: Callable) -> Callable:
@@ -222,7 +229,8 @@ class _Runner:
         f, api, argnum, batch_axis = self.f, self.api, self.argnum, self.batch_axis
 
         def run(key, args, kwargs):
-            backend, args, x, sample = _inputs(api, args, argnum, batch_axis)
+            backend, args, x, sample = _inputs(api, args, argnum, batch_axis,
+                                               self.torch_compile)
             draws = draw(key, backend, x, sample)
             call, diffusion = build(draws, backend, x, sample, batch_axis)
             out = self._over_samples(backend, args, kwargs, x, sample, call, draws, build)
