@@ -176,3 +176,32 @@ def test_special_functions():
     want = np.sum((1 / xs * (1 - xs) + np.log(xs)) / (1 - xs) ** 2)
     np.testing.assert_allclose(derivs.laplacian(lambda v: jnp.sum(S.spence(v)))(x), want,
                                rtol=1e-9)
+
+
+def test_out_of_memory_messages_become_memory_errors():
+    from derivs import backends
+
+    for text in ("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate "
+                 "memory: you tried to allocate 1099511627776 bytes.",
+                 "INTERNAL: Error dispatching computation: allocation of 1e12 bytes failed",
+                 "YNNPACK operation failed", "RESOURCE_EXHAUSTED: Out of memory"):
+        def run(text=text):
+            raise RuntimeError(text)
+        with pytest.raises(MemoryError, match="batch_size"):
+            backends.checked_call(lambda x: x, (XT,), "derivs.partial", run)
+
+
+def test_large_sparse_positions_are_int64():
+    """A gather position color * n + row past 2**31 would wrap in int32."""
+    from derivs._sparsity._jax import positions
+
+    a = np.array([0, 2**31 + 5])
+    assert positions(a[:1], 10).dtype == np.int32
+    assert positions(a, int(a.max())).dtype == np.int64  # the tests run with x64
+    np.testing.assert_array_equal(positions(a, int(a.max())), a)
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with pytest.raises(ValueError, match="jax_enable_x64"):
+            positions(a, int(a.max()))
+    finally:
+        jax.config.update("jax_enable_x64", True)

@@ -121,7 +121,8 @@ class Evaluator:
         self.slot_entry = np.full(self.width * self.slots, -1, np.int64)
         self.slot_entry[read * self.slots + slot] = np.arange(gather.size)
         self._np = {"colors": np.asarray(coloring.colors, np.int32),
-                    "gather": gather.astype(np.int32), "table": table, "mask": mask}
+                    "gather": positions(gather, int(gather.max(initial=0))),
+                    "table": table, "mask": mask}
         self._device = None
         self._jitted: dict = {}
 
@@ -194,7 +195,7 @@ def assemble_by_read(data, ev: "Evaluator", pattern, lay):
     key = ("by read", sharding)
     if lay.get("by read key") != key:
         entry = ev.slot_entry
-        idx = np.full((entry.size, 2), (m, n), np.int32)
+        idx = np.full((entry.size, 2), (m, n), positions(np.zeros(0), max(m, n)).dtype)
         idx[entry >= 0, 0] = pattern.rows[entry[entry >= 0]]
         idx[entry >= 0, 1] = pattern.cols[entry[entry >= 0]]
         if isinstance(sharding, jax.sharding.NamedSharding):
@@ -223,8 +224,23 @@ def sharded(x) -> bool:
 
 def layout(pattern):
     """Index arrays of the output, built once per prepared derivative."""
-    return {"coo": np.stack([pattern.rows, pattern.cols], 1).astype(np.int32),
-            "cols": pattern.cols.astype(np.int32), "indptr": pattern.indptr.astype(np.int32)}
+    top = max(max(pattern.shape), int(pattern.nnz))
+    return {"coo": positions(np.stack([pattern.rows, pattern.cols], 1), top),
+            "cols": positions(pattern.cols, top), "indptr": positions(pattern.indptr, top)}
+
+
+def positions(a: np.ndarray, top: int) -> np.ndarray:
+    """Index array ``a`` (whose values reach ``top``) as int32 while that holds them,
+    else int64: a gather position ``color * n + row`` of a large pattern passes
+    2**31 and would wrap. JAX keeps int64 only with ``jax_enable_x64``."""
+    if top < 2**31 - 1:
+        return np.asarray(a).astype(np.int32)
+    if not jax.config.read("jax_enable_x64"):
+        raise ValueError(
+            f"derivs: this sparse derivative indexes positions up to {top}, past int32; "
+            "JAX holds them only with 64-bit integers: jax.config.update("
+            "'jax_enable_x64', True) before the call.")
+    return np.asarray(a).astype(np.int64)
 
 
 def _index(lay, name, data):

@@ -189,7 +189,8 @@ def _known_failure(e: BaseException, api: str) -> BaseException | None:
 # Messages of the frameworks' out-of-memory errors: XLA (RESOURCE_EXHAUSTED; on CPU
 # an allocation inside a YNNPACK kernel fails with a bare INTERNAL error), PyTorch.
 _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory",
-                "YNNPACK operation failed", "CUDA out of memory")
+                "YNNPACK operation failed", "CUDA out of memory",
+                "can't allocate memory", "Failed to allocate", "failed to allocate")
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -199,6 +200,8 @@ def _out_of_memory(e: BaseException) -> bool:
     if torch is not None and isinstance(e, getattr(torch, "OutOfMemoryError", ())):
         return True
     text = str(e)
+    if "Error dispatching computation" in text and "alloc" in text.lower():
+        return True  # XLA:CPU's wrapper of a failed allocation
     return any(m in text for m in _OOM_MARKERS)
 
 
