@@ -105,29 +105,30 @@ def prepare(spec: Spec, args: tuple, kwargs: dict) -> Traced | Fallback:
                   spec.plan.jet_reads(), spec.batch_axis)
 
 
-def _complex(jaxpr) -> str | None:
-    """The first primitive with a complex input or output, or None."""
+def _first(jaxpr, test) -> str | None:
+    """The name of the first primitive (in ``jaxpr`` or the jaxprs inside its
+    equations) whose equation passes ``test``, or None."""
     for eqn in jaxpr.eqns:
-        if any(np.issubdtype(getattr(v.aval, "dtype", np.float32), np.complexfloating)
-               for v in list(eqn.outvars) + [u for u in eqn.invars
-                                             if isinstance(u, jcore.Var)]):
+        if test(eqn):
             return eqn.primitive.name
         for sub in _subjaxprs(eqn):
-            found = _complex(sub)
+            found = _first(sub, test)
             if found:
                 return found
     return None
+
+
+def _complex(jaxpr) -> str | None:
+    """The first primitive with a complex input or output, or None."""
+    def test(eqn):
+        return any(np.issubdtype(getattr(v.aval, "dtype", np.float32), np.complexfloating)
+                   for v in list(eqn.outvars) + [u for u in eqn.invars
+                                                 if isinstance(u, jcore.Var)])
+    return _first(jaxpr, test)
 
 
 def _unsupported(jaxpr) -> str | None:
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name in UNSUPPORTED:
-            return eqn.primitive.name
-        for sub in _subjaxprs(eqn):
-            found = _unsupported(sub)
-            if found:
-                return found
-    return None
+    return _first(jaxpr, lambda eqn: eqn.primitive.name in UNSUPPORTED)
 
 
 def _subjaxprs(eqn):
