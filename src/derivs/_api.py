@@ -141,9 +141,10 @@ class _Transform:
         twin = self._twin(None, mapped, out_axis)
         size = args[self.argnums[0]].shape[self.batch_axis]
         if self.has_aux:
-            out = _batch.vmapped(backend, lambda *a: tuple(twin(a, kwargs)), args,
+            # aux is what f returns for the batch, not per-sample pieces of it
+            out = _batch.vmapped(backend, lambda *a: tuple(twin(a, kwargs)[0]), args,
                                  self.batch_axis, size, out_axis, mapped)
-            return list(out[0]), out[1]
+            return list(out), self.fun(*args, **kwargs)[1]
         return list(_batch.vmapped(backend, lambda *a: tuple(twin(a, kwargs)[0]), args,
                                    self.batch_axis, size, out_axis, mapped)), None
 

@@ -181,11 +181,12 @@ def check_batch_size(api: str, batch_size: Any, batch_axis: Any) -> None:
 # bare sample (a batched f indexes ``Z[:, 0]`` or reduces over axis -1). Which
 # arguments are samples is not assumed from their sizes (weights of the batch's
 # size are not samples): a mapping is taken only when vmapping ``g`` with it
-# reproduces ``f`` on the batch, checked once per signature: shapes and values (f
+# reproduces ``f`` on the batch, checked once per signature (and state of what f
+# reads) on random stand-ins of the floating arguments, never on the call's own
+# values (a first call at ones or zeros would let a wrong mapping agree): f
 # dividing by the batch size, or reading a per-sample array it closes over,
-# differs there), under ``jax.jit`` on concrete stand-ins of the traced arguments.
-# Where f's own state is traced too, only shapes can be compared: a proven batch
-# axis then keeps the one pass. The candidates are every array
+# differs there. Where f's own state is traced by an enclosing jit, nothing can
+# be compared: a proven batch axis keeps the one pass, an unproven one is an error. The candidates are every array
 # argument of the batch's size along the axis, then the differentiated ones alone.
 # Last come the same mappings with f called on bare samples (some frameworks' own
 # vmap rules reject a batch of one inside vmap, e.g. torch's batched linalg.solve
@@ -253,8 +254,8 @@ def _leaves(tree) -> list:
 def sample_route(verdict: Verdict, backend, fun, args: tuple, kwargs: dict, argnums,
                  batch_axis: int, has_aux: bool = False) -> tuple | None:
     """The arguments a per-sample route maps (NOTE [per-sample route]), or None when
-    no mapping reproduces f; cached in the verdict (a check that could only compare
-    shapes is not cached: values may be concrete next time)."""
+    no mapping is known to reproduce f (``verdict.routes["why"]`` then says why);
+    cached in the verdict, which the state guard of what f reads keeps valid."""
     hit = verdict.routes.get("mapped", _UNSET)
     if hit is not _UNSET:
         return hit
@@ -263,39 +264,39 @@ def sample_route(verdict: Verdict, backend, fun, args: tuple, kwargs: dict, argn
     selected = tuple(i in argnums for i in range(len(args)))
     candidates = [Route((m, bare)) for bare in (False, True)
                   for m in dict.fromkeys((every, selected))]
-    definite = True
     for route in candidates:
         ok = _reproduces(backend, fun, args, kwargs, route, batch_axis, size,
                          verdict.out_axis, has_aux)
-        if ok is None:
-            # shapes agree, values cannot be compared (f's own state is traced): a
-            # proven batch axis keeps the one pass, which needs no such check
-            if route[1] or verdict.proven:
-                definite = False
-                continue
-            ok = True
+        if ok is None:  # f's own state is traced (under an enclosing jit): no check
+            verdict.routes["why"] = (
+                "f reads state traced by an enclosing jax.jit, so derivs cannot check that "
+                "f run on one sample gives that sample's result")
+            return None  # not cached: the next trace may have concrete state
         if ok:
-            if definite:
-                verdict.routes["mapped"] = route
+            verdict.routes["mapped"] = route
             return route
-    if definite:
-        verdict.routes["mapped"] = None
+    verdict.routes["mapped"] = None
+    verdict.routes["why"] = (
+        "run on a batch of one sample, f does not give that sample's result (it reads "
+        "per-sample data it closes over, depends on the batch size, or couples samples)")
     return None
 
 
 _UNSET = object()
 
 
-def _reproduces(backend, fun, args, kwargs, mapped, axis, size, out_axis, has_aux,
-                stand_ins: bool = True):
-    """Whether vmapping ``g`` over the ``mapped`` arguments gives ``f(*args)``: True,
-    False, or None when only the shapes could be compared (traced values)."""
+def _reproduces(backend, fun, args, kwargs, mapped, axis, size, out_axis, has_aux):
+    """Whether vmapping ``g`` over the ``mapped`` arguments gives ``f``, compared on
+    random stand-ins of the floating arguments (never the call's own values: a
+    first call at ones or zeros would let a wrong mapping agree): True, False, or
+    None when f's own state is traced and no value can be compared."""
+    stand = backend.random_like(args)
     g = sample_function(fun, mapped, axis, out_axis, has_aux)
     try:
-        with warnings.catch_warnings(), backend.no_grad():
+        with warnings.catch_warnings(), backend.no_grad(), backend.concrete():
             warnings.simplefilter("ignore")
-            want = fun(*args, **kwargs)
-            got = vmapped(backend, lambda *a: g(*a, **kwargs), args, axis, size, out_axis,
+            want = fun(*stand, **kwargs)
+            got = vmapped(backend, lambda *a: g(*a, **kwargs), stand, axis, size, out_axis,
                           mapped)
     except Exception:  # noqa: BLE001 - this mapping cannot run f per sample
         return False
@@ -306,16 +307,8 @@ def _reproduces(backend, fun, args, kwargs, mapped, axis, size, out_axis, has_au
         return False
     try:
         pairs = [(backend.to_numpy(a), backend.to_numpy(b)) for a, b in zip(w, o)]
-    except Exception:  # noqa: BLE001 - traced values (under jit)
-        # the same check on concrete stand-ins of the traced arguments (what f
-        # closes over is read as it is); shapes only if f's own state is traced
-        stand = backend.stand_ins(args) if stand_ins else None
-        if stand is None:
-            return None
-        with backend.concrete():
-            again = _reproduces(backend, fun, stand, kwargs, mapped, axis, size, out_axis,
-                                has_aux, stand_ins=False)
-        return again
+    except Exception:  # noqa: BLE001 - traced values: f's own state is traced
+        return None
     for a, b in pairs:
         tol = 1e-4 if a.dtype.itemsize <= 4 else 1e-9
         scale = float(np.max(np.abs(a))) if a.size else 0.0
@@ -335,10 +328,13 @@ class SampleRoutes:
     (``_probes.batch_verdict`` of the operator's spec)."""
 
     def __init__(self, prove, rebuild, batch_axis: int | None, batch_size: int | None,
-                 fun=None, argnums: tuple = (0,)):
+                 fun=None, argnums: tuple = (0,), whole_batch: bool = False):
         self._prove, self._rebuild = prove, rebuild
         self.batch_axis, self.batch_size = batch_axis, batch_size
         self.fun, self.argnums = fun, tuple(argnums)
+        # the operator calls the user's functions of x, which take the batch: a
+        # proven axis keeps the one pass, and no route plans single samples
+        self.whole_batch = whole_batch
         self._built: dict = {}
 
     def verdict(self, backend, args: tuple, kwargs: dict) -> Verdict | None:
@@ -374,8 +370,16 @@ class SampleRoutes:
             return False, None
         b, size = self.batch_axis, x.shape[self.batch_axis]
         chunk = self.batch_size is not None and size > self.batch_size
-        if not (chunk or not verdict.proven or backend.vmap_operators):
+        prefer_vmap = backend.vmap_operators and not self.whole_batch
+        if not (chunk or not verdict.proven or prefer_vmap):
             return False, None
+        if self.whole_batch and (not verdict.proven or (chunk and backend.vmap_operators)):
+            raise ValueError(
+                f"batch_axis={b}: sigma, drift and reaction functions take the argument as "
+                "passed, batch axis included, but this call would have to run one sample "
+                "at a time (" + ("batch_size splits it per sample in JAX" if verdict.proven
+                                 else verdict.reason) + "). Pass them as arrays, take "
+                "batch_size=None, or take batch_axis=None and map the operator yourself.")
         mapped = sample_route(verdict, backend, self.fun, args, kwargs, self.argnums, b)
         if mapped is None:
             if verdict.proven and not chunk:
@@ -404,11 +408,10 @@ def _cannot_split(batch_axis, chunk, verdict) -> str:
     what = ("batch_size cannot split" if chunk else
             f"derivs could not prove f's samples independent ({verdict.reason}) and cannot "
             "run")
-    return (f"batch_axis={batch_axis}: {what} f one sample at a time: run on a batch of "
-            "one sample, f does not give that sample's result (it reads per-sample data it "
-            "closes over, depends on the batch size, or couples samples). Pass per-sample "
-            "data as arguments with the batch axis, or take batch_axis=None and map the "
-            "transform yourself (jax.vmap / torch.func.vmap)" +
+    why = verdict.routes.get("why", "")
+    return (f"batch_axis={batch_axis}: {what} f one sample at a time: {why}. Pass "
+            "per-sample data as arguments with the batch axis, or take batch_axis=None and "
+            "map the transform yourself (jax.vmap / torch.func.vmap)" +
             (", or pass batch_size=None." if chunk else "."))
 
 

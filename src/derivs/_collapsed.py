@@ -194,9 +194,13 @@ class Machine:
 
 def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
          plan: Callable, *, strategy: str | None = None, chunk_size: int | None = None,
-         torch_compile: bool = False, batch_size: int | None = None) -> Callable:
+         torch_compile: bool = False, batch_size: int | None = None,
+         whole_batch: bool = False) -> Callable:
     """The operator ``plan(backend, x, sample, batch_axis) -> Call`` of ``f`` (the
-    batch axis passed in: a vmapped call plans one sample)."""
+    batch axis passed in: a vmapped call plans one sample). ``whole_batch``: the
+    plan calls the user's functions of ``x`` (a diffusion's sigma, drift,
+    reaction), documented to take the argument as passed, batch axis included, so
+    no route may plan single samples (``SampleRoutes(whole_batch=True)``)."""
     check_operator_options(api, f, argnum, batch_axis, strategy, STRATEGIES, chunk_size,
                            batch_size, torch_compile, "terms")
     machine = Machine(f, argnum, batch_axis, api, strategy=strategy,
@@ -205,8 +209,8 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
         functools.partial(_probes.batch_verdict, machine.spec),
         lambda fun, axis, size: make(fun, argnum, axis, api, plan, strategy=strategy,
                                      chunk_size=chunk_size, torch_compile=torch_compile,
-                                     batch_size=size),
-        batch_axis, batch_size, f, (argnum,))
+                                     batch_size=size, whole_batch=whole_batch),
+        batch_axis, batch_size, f, (argnum,), whole_batch=whole_batch)
 
     def run(backend, args, x, sample, kwargs):
         return machine.run(backend, args, kwargs, plan(backend, x, sample, batch_axis),
@@ -542,7 +546,8 @@ def diffusion_operator(f: Callable, sigma: Any, drift: Any = None, reaction: Any
         return diffusion_terms(api, backend, x, sample, batch_axis, sigma, drift, reaction)
 
     return make(f, argnum, batch_axis, api, plan, strategy=strategy, chunk_size=chunk_size,
-                torch_compile=torch_compile, batch_size=batch_size)
+                torch_compile=torch_compile, batch_size=batch_size,
+                whole_batch=any(callable(v) for v in (sigma, drift, reaction)))
 
 
 def diffusion_terms(api, backend, x, sample, batch_axis, sigma, drift, reaction) -> Call:

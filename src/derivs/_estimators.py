@@ -155,6 +155,7 @@ def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: A
                         "(r,), or a constant array sample_shape + (r,)).")
 
     runner = _Runner(f, argnum, batch_axis, api, samples, 2, 1.0, with_stderr, torch_compile)
+    runner.whole_batch = any(callable(v) for v in (sigma, drift, reaction))
 
     def draw(key, backend, x, sample):
         rank = diffusion_terms(api, backend, x, sample, batch_axis, sigma, None,
@@ -193,6 +194,7 @@ class _Runner:
                  with_stderr: bool, torch_compile: bool = False):
         self.f, self.argnum, self.batch_axis, self.api = f, argnum, batch_axis, api
         self.samples, self.order, self.with_stderr = samples, order, with_stderr
+        self.whole_batch = False  # a diffusion's functions of x take the batch
         check_torch_compile(api, torch_compile)
         self.torch_compile = torch_compile
         self.machine = Machine(f, argnum, batch_axis, api, torch_compile=torch_compile)
@@ -268,8 +270,14 @@ class _Runner:
         if b is None:
             return self.machine.run(backend, args, kwargs, call)
         verdict = _probes.batch_verdict(self.machine.spec, backend, args, kwargs)
-        if verdict.proven and not backend.vmap_operators:
+        if verdict.proven and (not backend.vmap_operators or self.whole_batch):
             return self.machine.run(backend, args, kwargs, call)
+        if self.whole_batch:  # sigma, drift, reaction functions take the batch
+            raise ValueError(
+                f"{self.api}: batch_axis={b}: sigma, drift and reaction functions take the "
+                f"argument as passed, batch axis included, but {verdict.reason}: it would "
+                "have to run one sample at a time. Pass them as arrays, or take "
+                "batch_axis=None and map the estimator yourself.")
         mapped = _batch.sample_route(verdict, backend, self.f, args, kwargs, (self.argnum,), b)
         if mapped is None:
             if verdict.proven:

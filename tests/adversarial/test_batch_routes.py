@@ -117,3 +117,78 @@ def test_verdict_follows_the_state(name):
             d(arr(Z))
     finally:
         _COUPLED["on"] = False
+
+
+def test_route_is_not_decided_at_a_degenerate_point():
+    """A shared weight of the batch's size, first called with ones (or the inputs all
+    zero): the route's check compares values, so it must not run on the call's own
+    values (it once cached "the weight is per sample" from a first call at ones)."""
+    B_, D_ = 4, 4
+    x = np.random.default_rng(2).normal(size=(B_, D_))
+    s2 = np.array([0.5, 1.0, 2.0, 3.0])
+    want = lambda xx, s: np.sum(-s ** 2 * np.cos(xx * s), -1)  # noqa: E731
+    f = lambda xx, s: jnp.sum(jnp.cos(xx * s), -1)  # noqa: E731
+    lap = derivs.laplacian(f, batch_axis=0)
+    lap(jnp.asarray(x), jnp.ones(D_))
+    np.testing.assert_allclose(lap(jnp.asarray(x), jnp.asarray(s2)), want(x, s2), rtol=1e-10)
+    zeros = np.zeros((B_, D_))
+    np.testing.assert_allclose(derivs.laplacian(f, batch_axis=0)(jnp.asarray(zeros),
+                                                                 jnp.asarray(s2)),
+                               want(zeros, s2), rtol=1e-10)
+    ft = lambda xx, s: torch.cos(xx * s).sum(-1)  # noqa: E731
+    for size in (1, 2):
+        lt = derivs.laplacian(ft, batch_axis=0, batch_size=size)
+        lt(torch.as_tensor(x), torch.ones(D_, dtype=torch.float64))
+        np.testing.assert_allclose(lt(torch.as_tensor(x), torch.as_tensor(s2)).numpy(),
+                                   want(x, s2), rtol=1e-10)
+
+
+def test_unproven_and_unchecked_is_an_error_under_jit():
+    """An unproven batch axis (cholesky is dense by design) with f's own state traced
+    by an enclosing jit: nothing can check a per-sample route, so it is an error
+    (it once read the first sample's closed-over coefficients for every sample)."""
+    k0, k1 = jax.random.split(jax.random.key(3))
+    X, C = jax.random.normal(k0, (4, 3)), jax.random.normal(k1, (4, 3))
+
+    def make_f(C):
+        def f(x):
+            M = x[:, :, None] * x[:, None, :] + 2.0 * jnp.eye(3)
+            L = jnp.linalg.cholesky(M)
+            return jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), -1) * jnp.sum(
+                C * jnp.sin(x), -1)
+        return f
+
+    with pytest.raises(ValueError, match="traced by an enclosing jax.jit"):
+        jax.jit(lambda X, C: derivs.laplacian(make_f(C), batch_axis=0)(X))(X, C)
+
+
+def test_aux_is_what_f_returns_for_the_batch():
+    f = lambda Xb: (jnp.sum(jnp.linalg.cholesky(  # noqa: E731
+        Xb[:, :, None] * Xb[:, None, :] + 2.0 * jnp.eye(3)), (-1, -2)),
+        {"n": Xb.shape[0], "val": jnp.sum(Xb, -1)})
+    X = jnp.asarray(Z)
+    out, aux = derivs.partial(f, (0,), batch_axis=0, has_aux=True)(X)
+    assert aux["n"] == B and aux["val"].shape == (B,)
+    assert out.shape == (B,)
+
+
+@pytest.mark.parametrize("name", ["jax", "torch"])
+def test_diffusion_functions_get_the_batch(name):
+    """sigma, drift and reaction functions take the argument as passed, batch axis
+    included (JAX's per-sample route once gave them bare samples: an IndexError,
+    a (B, D) output, a batch mean dropped)."""
+    lib, arr, np_ = _fw(name)
+    X = Z[:4]
+    f = lambda Xb: lib.sin(Xb).sum(-1)  # noqa: E731
+    drift = lambda Xb: Xb - Xb.mean(0)  # noqa: E731
+    reaction = lambda Xb: -0.3 * Xb[:, 0]  # noqa: E731
+    got = np_(derivs.diffusion_operator(f, None if False else (
+        lambda Xb: 0.5 * lib.ones(Xb.shape + (3,), dtype=Xb.dtype)), drift, reaction,
+        batch_axis=0)(arr(X)))
+    s = 0.5 * np.ones(3)
+    hess = -np.sin(X)  # diagonal Hessian per sample
+    want = (s @ s) * 0 + np.sum(0.25 * 3 * hess * 0, -1)  # placeholder, replaced below
+    C = np.full((3, 3), 0.25 * 3)  # sigma sigma^T = 0.75 everywhere
+    want = np.einsum("ij,bij->b", C, np.stack([np.diag(h) for h in hess])) \
+        + np.sum(np.cos(X) * (X - X.mean(0)), -1) + (-0.3 * X[:, 0]) * np.sin(X).sum(-1)
+    np.testing.assert_allclose(got, want, rtol=1e-10)

@@ -205,3 +205,29 @@ def test_large_sparse_positions_are_int64():
             positions(a, int(a.max()))
     finally:
         jax.config.update("jax_enable_x64", True)
+
+
+def test_smooth_functions_decomposed_through_kinks():
+    """log_sigmoid's decomposition min(0, x) - log1p(exp(-|x|)) and xlog1py's
+    where(x == 0, 0, ...) are smooth functions written through kinks: at exactly
+    0 their derivatives came out 0 (NOTE [smooth decompositions])."""
+    import torch.nn.functional as F
+
+    W = torch.tensor([[1.0, -2.0], [0.5, 1.0], [2.0, 0.3]], dtype=torch.float64)
+    f = lambda x: F.logsigmoid(x @ W).sum()  # noqa: E731
+    x = torch.zeros(3, dtype=torch.float64)
+    torch.testing.assert_close(derivs.partial(f, 0)(x), torch.func.grad(f)(x)[0])
+    torch.testing.assert_close(derivs.laplacian(f)(x), torch.func.hessian(f)(x).trace())
+    W6 = torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    f6 = lambda v: F.logsigmoid(v @ W6).sum()  # noqa: E731
+    x6 = torch.zeros(6, dtype=torch.float64)
+    torch.testing.assert_close(derivs.laplacian(f6)(x6), torch.func.hessian(f6)(x6).trace())
+    g = lambda h: torch.special.xlog1py(h, h).sum()  # noqa: E731
+    torch.testing.assert_close(derivs.laplacian(g)(x), torch.func.hessian(g)(x).trace())
+    # (not at -1, where xlogy(v, v + 1) is infinite: PyTorch's own forward formulas
+    # give 0 there, derivs' product rule inf * 0 = nan)
+    y = torch.tensor([0.0, 0.5, -0.5, 2.0, float("nan")], dtype=torch.float64)
+    for fn in (torch.special.xlog1py, torch.xlogy):
+        got = derivs.partial(lambda v: fn(v, v + 1) * v, (1,))(y)
+        torch.testing.assert_close(got, torch.func.jacfwd(lambda v: fn(v, v + 1) * v)(y)[:, 1],
+                                   equal_nan=True)

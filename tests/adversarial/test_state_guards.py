@@ -159,3 +159,45 @@ def test_torch_sparse_follows_tensor_state():
     Jk = derivs.jacobian(k, sparse=True, format="dense")
     torch.testing.assert_close(Jk(x, np.array(2.0)).diagonal(), 4 * x)
     torch.testing.assert_close(Jk(x, np.array(5.0)).diagonal(), 10 * x)
+
+
+def test_function_attributes_partial_keywords_and_context_variables():
+    import contextvars
+
+    x = torch.as_tensor(X)
+
+    def u(z):
+        return torch.sin(u.k * z).sum()
+    u.k = 1.0
+    lap = derivs.laplacian(u)
+    lap(x)
+    u.k = 3.0
+    torch.testing.assert_close(lap(x), torch.func.hessian(u)(x).trace())
+
+    def g(z, *, k):
+        return torch.sin(k["a"] * z).sum()
+    kw = {"a": 1.0}
+    pg = functools.partial(g, k=kw)
+    lg = derivs.laplacian(pg)
+    lg(x)
+    kw["a"] = 2.0
+    torch.testing.assert_close(lg(x), torch.func.hessian(pg)(x).trace())
+
+    cv = contextvars.ContextVar("derivs_scale", default=1.0)
+    h = lambda z: torch.sin(cv.get() * z).sum()  # noqa: E731
+    lh = derivs.laplacian(h)
+    lh(x)
+    token = cv.set(3.0)
+    try:
+        torch.testing.assert_close(lh(x), torch.func.hessian(h)(x).trace())
+    finally:
+        cv.reset(token)
+
+    def r(v):
+        return v[r.idx] ** 2
+    r.idx = jnp.array([0, 1])
+    J = derivs.jacobian(r, sparse=True)
+    xj = jnp.asarray(X)
+    J(xj)
+    r.idx = jnp.array([2, 0])
+    np.testing.assert_allclose(J(xj).todense(), jax.jacfwd(r)(xj))

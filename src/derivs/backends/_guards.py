@@ -21,7 +21,8 @@ dicts) and returns a :class:`State`:
 
 The walk also follows ``__slots__``, ``collections.deque``s (by position),
 ``array.array``s (by value), ``functools.lru_cache`` wrappers (the wrapped
-function, and the cache's size, which ``cache_clear`` changes), the attributes of
+function, and the cache's size, which ``cache_clear`` changes), attributes set on
+functions, ``functools.partial`` keywords, ``ContextVar`` values, the attributes of
 imported modules that ``f``'s code names (a user's module: walked like any object;
 a library's: its plain values and mappings, e.g. ``os.environ``), and PyTorch's
 global module hooks once ``f`` reaches an ``nn.Module``. What it cannot enumerate
@@ -42,6 +43,7 @@ from __future__ import annotations
 import array
 import collections
 import collections.abc
+import contextvars
 import dataclasses
 import functools
 import sys
@@ -280,8 +282,12 @@ class _Walker:
             self.value(v.func, None)
             for i, a in enumerate(v.args):
                 self.value(a, InTuple(None, i))
-            for k, a in (v.keywords or {}).items():
-                self.value(a, None)
+            if v.keywords:  # a dict that can change in place
+                self.contents(v.keywords, None)
+            return
+        if isinstance(v, contextvars.ContextVar):
+            # its value lives in the calling context: guard what it is now
+            self.guard("context", v, v.get(_MISSING))
             return
         if isinstance(v, tuple):
             for i, a in enumerate(v):
@@ -396,6 +402,8 @@ class _Walker:
                 self.value(v, Place("item", glb, name))
                 if isinstance(v, types.ModuleType):
                     self._module(v, names)
+        if fn.__dict__:  # attributes set on the function (``u.k = 3.0``)
+            self.contents(fn.__dict__, None)
         if fn.__defaults__:
             self.value(fn.__defaults__, Place("attr", fn, "__defaults__"))
         if fn.__kwdefaults__:
@@ -484,6 +492,10 @@ def _compile(checks) -> Any:
             continue
         if kind == "cache size":
             terms.append(f"{const(place)}.cache_info().currsize == {e}")
+            continue
+        if kind == "context":
+            terms.append(f"((v := {const(place)}.get(_MISSING)) is {e} or (type(v) is "
+                         f"{const(type(expected))} and v == {e}))")
             continue
         if kind == "default dtype":
             terms.append(f"_default_dtype() is {e}")

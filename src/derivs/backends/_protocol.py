@@ -131,9 +131,9 @@ class Backend(ForwardMode, Protocol):
         """``a`` as a NumPy array; raises for traced values (under jit or a trace)."""
         ...
 
-    def stand_ins(self, args: tuple) -> tuple | None:
-        """``args`` with traced arrays replaced by concrete ones of the same shapes
-        and dtypes (random values), or None where that cannot help."""
+    def random_like(self, args: tuple) -> tuple:
+        """``args`` with every floating array replaced by a concrete random one of
+        the same shape, dtype (and device); other arguments as they are."""
         ...
 
     def concrete(self) -> Any:

@@ -361,6 +361,36 @@ def _var_mean(x, dim=None, *, correction=None, keepdim=False):
             aten.mean.dim(x, [] if dim is None else dim, keepdim))
 
 
+# NOTE [smooth decompositions]: PyTorch decomposes some smooth functions through
+# kinks that cancel (log_sigmoid: ``min(0, x) - log1p(exp(-|x|))``) or through a
+# ``where`` at a point where the function stays smooth (``xlog1py(x, y)`` returns a
+# constant 0 wherever x == 0). Their values are right, but a derivative rule sees a
+# kink or a constant there: at exactly x = 0 the slopes of min and abs no longer
+# cancel (d logsigmoid / dx came out 0, not 1/2), and ``x * log1p(y)``'s derivative
+# in x vanished. These forms are smooth where the function is.
+def _log_sigmoid_forward(x):
+    out = aten.where.self(aten.lt.Scalar(x, -20.0), x,
+                          aten.neg.default(aten.log1p.default(aten.exp.default(
+                              aten.neg.default(x)))))
+    return out, aten.new_empty.default(x, [0])
+
+
+def _special_log(log):
+    """``x * log(y)`` with 0 where x == 0 and the logarithm is infinite (and NaN for
+    NaN y), as PyTorch defines xlogy / xlog1py, smooth wherever the product is."""
+    def decomposition(x, y):
+        if not isinstance(x, torch.Tensor):
+            x = aten.scalar_tensor.default(x, dtype=y.dtype, device=y.device)
+        if not isinstance(y, torch.Tensor):
+            y = aten.scalar_tensor.default(y, dtype=x.dtype, device=x.device)
+        logy = log(y)
+        out = aten.mul.Tensor(x, logy)
+        zero = aten.logical_and.default(aten.eq.Scalar(x, 0), aten.isinf.default(logy))
+        out = aten.where.self(zero, aten.zeros_like.default(out), out)
+        return aten.where.self(aten.isnan.default(y), y + x * 0, out)
+    return decomposition
+
+
 def decompositions() -> dict:
     """PyTorch's own decompositions for the ops that have no jet rule (softmax,
     layer_norm, gelu, softplus, ...): they become ops that do. Ops with a rule stay
@@ -376,6 +406,11 @@ def decompositions() -> dict:
             if op in decomposition_table:
                 table[op] = decomposition_table[op]
         table[aten.var_mean.correction] = _var_mean
+        table[aten.log_sigmoid_forward.default] = _log_sigmoid_forward  # NOTE [smooth
+        for op, log in ((aten.special_xlog1py, aten.log1p.default),     # decompositions]
+                        (aten.xlogy, aten.log.default)):
+            for overload in op.overloads():
+                table[getattr(op, overload)] = _special_log(log)
         _DECOMPOSITIONS = {op: fn for op, fn in table.items() if op not in JET_RULES}
     return _DECOMPOSITIONS
 
