@@ -231,3 +231,15 @@ def test_smooth_functions_decomposed_through_kinks():
         got = derivs.partial(lambda v: fn(v, v + 1) * v, (1,))(y)
         torch.testing.assert_close(got, torch.func.jacfwd(lambda v: fn(v, v + 1) * v)(y)[:, 1],
                                    equal_nan=True)
+
+
+def test_maximum_and_minimum_share_ties():
+    """At ties PyTorch's derivative of maximum / minimum is the mean of both
+    arguments' (as for amax); derivs once took the first's."""
+    for n in (3, 6):
+        h = torch.zeros(n, dtype=torch.float64)
+        for f in (lambda x: (torch.maximum(x, -x) * x).sum(),
+                  lambda x: torch.maximum(x, torch.zeros_like(x)).sum() * x.sum(),
+                  lambda x: (torch.minimum(x, 2 * x) ** 2).sum()):
+            torch.testing.assert_close(derivs.partial(f, (0,))(h), torch.func.grad(f)(h)[0])
+            torch.testing.assert_close(derivs.laplacian(f)(h), torch.func.hessian(f)(h).trace())

@@ -21,7 +21,7 @@ as the op does (same ATen op), so the program's values are f's own.
 
 Kinks follow the engine's conventions (``_rules``): ``abs`` has slope ``sgn``, a
 ``where`` / ``relu`` / ``clamp`` takes the slope of the branch it selects, and
-``maximum`` / ``minimum`` pick the first argument at ties.
+``maximum`` / ``minimum`` share ties evenly, as PyTorch's own derivatives do.
 """
 
 from __future__ import annotations
@@ -238,12 +238,22 @@ for _t in (aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default):
 
 
 def _max_min_rule(target):
-    """The argument the op selects (the first at ties), coefficient by coefficient."""
+    """The argument the op selects, coefficient by coefficient; at ties the mean of
+    both (PyTorch's own derivative shares them)."""
     def rule(args, kwargs, m):
         a, b = _lift(args[0], m), _lift(args[1], m)
         y = target(a[0], b[0])
-        pick_a = (a[0] >= b[0]) if target == aten.maximum.default else (a[0] <= b[0])
-        return Series([y] + [_select(pick_a, p, q, y) for p, q in zip(a[1:], b[1:])])
+        if target == aten.maximum.default:
+            pick_a, pick_b = a[0] > b[0], b[0] > a[0]
+        else:
+            pick_a, pick_b = a[0] < b[0], b[0] < a[0]
+
+        def coefficient(p, q):
+            if p is None and q is None:
+                return None
+            mean = U.scale(U.add(p, q), 0.5)
+            return _select(pick_a, p, _select(pick_b, q, mean, y), y)
+        return Series([y] + [coefficient(p, q) for p, q in zip(a[1:], b[1:])])
     return rule
 
 

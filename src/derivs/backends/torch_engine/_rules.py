@@ -284,10 +284,24 @@ defjet(aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default)(
 
 @defjet(aten.maximum.default, aten.minimum.default)
 def _max_min(ctx, node, J):
+    """The argument the op selects; at ties the mean of both, as PyTorch's own
+    derivative of maximum / minimum (and amax) shares them."""
     a, b = J(node.args[0]), J(node.args[1])
-    cmp = aten.ge.Tensor if node.target == aten.maximum.default else aten.le.Tensor
-    pick_a = ctx.b.op(cmp, a.primal, b.primal)
-    return ctx.linear_n([a, b], lambda xs: ctx.b.op(aten.where.self, pick_a, xs[0], xs[1]))
+    bld = ctx.b
+    if not isinstance(a.primal, fx.Node):
+        a = ctx.const(bld.op(aten.full_like.default, b.node(), float(a.primal)))
+    if not isinstance(b.primal, fx.Node):
+        b = ctx.const(bld.op(aten.full_like.default, a.node(), float(b.primal)))
+    cmp = aten.gt.Tensor if node.target == aten.maximum.default else aten.lt.Tensor
+    pick_a = bld.op(cmp, a.primal, b.primal)
+    pick_b = bld.op(cmp, b.primal, a.primal)
+
+    def select(xs):
+        mean = bld.op(aten.mul.Tensor, bld.op(aten.add.Tensor, xs[0], xs[1]), 0.5)
+        return bld.op(aten.where.self, pick_a, xs[0],
+                      bld.op(aten.where.self, pick_b, xs[1], mean))
+
+    return ctx.linear_n([a, b], select)
 
 
 @defjet(aten.var.correction, aten.var.dim)
