@@ -48,10 +48,12 @@ def test_torch(name):
 def test_jax(name):
     f = JAX[name]
     x = jnp.asarray(X)
-    H = jax.hessian(f)(x)
+    H = jax.jit(jax.hessian(f))(x)
     np.testing.assert_allclose(derivs.partial(f, (0, 1))(x), H[0, 1], rtol=1e-10)
-    np.testing.assert_allclose(derivs.laplacian(f)(x), jnp.trace(H), rtol=1e-10)
     np.testing.assert_allclose(jax.jit(derivs.laplacian(f))(x), jnp.trace(H), rtol=1e-10)
-    np.testing.assert_allclose(derivs.hessian_diagonal(f)(x), jnp.diagonal(H), rtol=1e-10)
-    bi = jax.hessian(lambda v: jnp.trace(jax.hessian(f)(v)))(x)
-    np.testing.assert_allclose(derivs.bilaplacian(f)(x), jnp.trace(bi), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(jax.jit(derivs.hessian_diagonal(f))(x), jnp.diagonal(H),
+                               rtol=1e-10)
+    if name == "complex exp":  # fourth order: one function is enough
+        bi = jax.jit(jax.hessian(lambda v: jnp.trace(jax.hessian(f)(v))))(x)
+        np.testing.assert_allclose(jax.jit(derivs.bilaplacian(f))(x), jnp.trace(bi),
+                                   rtol=1e-9, atol=1e-9)

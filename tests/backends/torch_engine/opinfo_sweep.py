@@ -30,6 +30,11 @@ def entries():
 
 def case(op):
     """``(f, args)`` for the op's first usable sample, or None."""
+    return next(cases(op), None)
+
+
+def cases(op):
+    """``(f, args)`` for every usable sample of the op (a generator)."""
     for sample in op.sample_inputs("cpu", torch.float64, requires_grad=False):
         x = sample.input
         if not isinstance(x, torch.Tensor) or x.numel() < 1 or not x.is_floating_point():
@@ -51,8 +56,7 @@ def case(op):
                     return leaf
             raise TypeError("no floating output")
 
-        return f, (x.clone(), *[leaves[i].clone() for i in tensor_at])
-    return None
+        yield f, (x.clone(), *[leaves[i].clone() for i in tensor_at])
 
 
 def references(f, args, j) -> list:
