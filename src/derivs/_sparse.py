@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from . import _report, backends
+from . import _report, _validation, backends
 from .backends._common import leaf_signature
 from .core._cache import LRUCache
 from ._sparsity import _coloring
@@ -53,6 +53,7 @@ def _normalize(args: tuple, argnum: int, api: str) -> tuple:
     fw, backend = _framework(args, api)
     args = list(args)
     args[argnum] = backend.as_input(args[argnum], argnum, api, None)
+    _validation.check_not_empty(api, argnum, tuple(args[argnum].shape))
     return fw, backend, tuple(args)
 
 

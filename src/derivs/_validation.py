@@ -63,7 +63,16 @@ def operator_input(api: str, args: tuple, argnum: int, batch_axis: int | None,
                          f"{backend.name} functions wrap the operator in jax.jit instead.")
     x = backend.as_input(args[argnum], argnum, api, batch_axis)
     args = args[:argnum] + (x,) + args[argnum + 1:]
-    return backend, args, x, _common.sample_shape(tuple(x.shape), batch_axis)
+    sample = _common.sample_shape(tuple(x.shape), batch_axis)
+    check_not_empty(api, argnum, sample)
+    return backend, args, x, sample
+
+
+def check_not_empty(api: str, argnum: int, sample: tuple) -> None:
+    if _common.numel(sample) == 0:
+        raise ValueError(f"{api}: argument {argnum} has no elements (sample shape "
+                         f"{tuple(sample)}): there is no coordinate to differentiate "
+                         "along. Pass a non-empty array.")
 
 
 def operator_entry(api: str, f: Callable, argnum: int, batch_axis: int | None,

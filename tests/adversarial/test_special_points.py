@@ -243,3 +243,30 @@ def test_maximum_and_minimum_share_ties():
                   lambda x: (torch.minimum(x, 2 * x) ** 2).sum()):
             torch.testing.assert_close(derivs.partial(f, (0,))(h), torch.func.grad(f)(h)[0])
             torch.testing.assert_close(derivs.laplacian(f)(h), torch.func.hessian(f)(h).trace())
+
+
+@pytest.mark.parametrize("mode", ["circular", "reflect", "replicate"])
+def test_padding_modes_in_the_family_layout(mode):
+    """F.pad's circular, reflect and replicate modes write into slices of a fresh
+    buffer (copy_, slice_scatter): the Laplacian family (D > 4) must follow them."""
+    x = torch.linspace(0.1, 0.9, 7, dtype=torch.float64)
+    f = lambda v: (torch.nn.functional.pad(v[None, None], (2, 3), mode=mode) ** 3).sum()  # noqa: E731
+    torch.testing.assert_close(derivs.laplacian(f)(x), torch.func.hessian(f)(x).trace())
+    torch.testing.assert_close(derivs.hessian_diagonal(f)(x),
+                               torch.func.hessian(f)(x).diagonal())
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.parametrize("api", ["laplacian", "hessian_diagonal", "sparse_jacobian",
+                                 "hutchinson_laplacian"])
+def test_arguments_without_elements_are_refused(framework, api):
+    """A zero-element argument has no coordinate to differentiate along: a clear
+    ValueError, not an empty result or a framework's shape error."""
+    z = torch.zeros(0, dtype=torch.float64) if framework == "torch" else jnp.zeros(0)
+    call = {"laplacian": lambda: derivs.laplacian(lambda v: v.sum())(z),
+            "hessian_diagonal": lambda: derivs.hessian_diagonal(lambda v: v.sum())(z),
+            "sparse_jacobian": lambda: derivs.jacobian(lambda v: v * 2, sparse=True)(z),
+            "hutchinson_laplacian": lambda: derivs.hutchinson_laplacian(
+                lambda v: v.sum(), samples=2)(0, z)}[api]
+    with pytest.raises(ValueError, match="has no elements"):
+        call()

@@ -161,6 +161,59 @@ def test_torch_sparse_follows_tensor_state():
     torch.testing.assert_close(Jk(x, np.array(5.0)).diagonal(), 10 * x)
 
 
+@pytest.mark.parametrize("api", ["laplacian", "sparse_jacobian"])
+def test_torch_library_object_state(api):
+    """Tensors inside a library's object (a torch.distributions.Normal without
+    argument validation, so the whole call captures): an in-place change and a
+    rebinding of its attributes are seen. The sparse evaluator once froze them into
+    its graph (the walk skipped library objects)."""
+    x = torch.linspace(0.1, 1.0, 6, dtype=torch.float64)
+    normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64),
+                                        torch.tensor(1.0, dtype=torch.float64),
+                                        validate_args=False)
+    h = lambda v: normal.log_prob(v)  # noqa: E731
+    if api == "laplacian":
+        op = derivs.laplacian(lambda v: h(v).sum())
+        want = lambda: torch.func.hessian(lambda v: h(v).sum())(x).trace()  # noqa: E731
+    else:
+        op = derivs.jacobian(h, sparse=True, format="dense")
+        want = lambda: torch.func.jacfwd(h)(x)  # noqa: E731
+    torch.testing.assert_close(op(x), want())
+    normal.scale.fill_(2.0)
+    torch.testing.assert_close(op(x), want())
+    normal.scale = torch.tensor(0.5, dtype=torch.float64)
+    torch.testing.assert_close(op(x), want())
+    # and the oracle itself moved: d2/dv2 log N(v; 0, 0.5) = -1 / 0.25 per coordinate
+    if api == "laplacian":
+        torch.testing.assert_close(op(x), torch.tensor(-6 / 0.25, dtype=torch.float64))
+    else:
+        torch.testing.assert_close(op(x).diagonal(), -x / 0.25)
+
+
+M_UNSEEN = np.eye(4)
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_sparse_pattern_of_state_no_guard_sees(framework):
+    """f reads a matrix through ``globals()``, which no guard can follow: the
+    pattern must not take that matrix's zeros as structural (a later entry was once
+    missed, and its value added to another entry)."""
+    global M_UNSEEN
+    xp = torch if framework == "torch" else jnp
+    M_UNSEEN = np.eye(4)
+
+    def f(v):
+        m = globals()["M_UNSEEN"]
+        return xp.asarray(m, dtype=v.dtype) @ v if framework == "jax" else \
+            torch.as_tensor(m, dtype=v.dtype) @ v
+
+    x = xp.ones(4, dtype=xp.float64) if framework == "torch" else jnp.ones(4)
+    J = derivs.jacobian(f, sparse=True, format="dense")
+    np.testing.assert_allclose(np.asarray(J(x)), np.eye(4))
+    M_UNSEEN = np.eye(4) + np.diag([5.0, 6.0, 7.0], 1)
+    np.testing.assert_allclose(np.asarray(J(x)), M_UNSEEN)
+
+
 def test_function_attributes_partial_keywords_and_context_variables():
     import contextvars
 

@@ -78,11 +78,14 @@ def test_prod_of_seeds_is_the_hand_written_derivative():
 
 
 def test_trace_grows_polynomially_with_order():
-    """Pure k-th derivatives: the traced program grows like k^2, not 2^k or 3^k."""
+    """Pure k-th derivatives: the traced program grows like k^2, not 2^k or 3^k.
+
+    Orders 3, 6, 12 (each doubling at most 4x): order 2 has its own short path, so a
+    ratio against it would measure that path, not the growth (jax 0.9 and 0.10 differ there)."""
     f = lambda x: jnp.sum(jnp.sin(x) * x ** 2) * jnp.exp(jnp.mean(x))
     x = jnp.linspace(0.1, 0.9, 10)
-    size = {k: len(jax.make_jaxpr(derivs.partial(f, (0,) * k))(x).jaxpr.eqns) for k in (2, 4, 8)}
-    assert size[8] < 5 * size[4] < 25 * size[2], size
+    size = {k: len(jax.make_jaxpr(derivs.partial(f, (0,) * k))(x).jaxpr.eqns) for k in (3, 6, 12)}
+    assert size[12] < 4 * size[6] < 16 * size[3], size
     np.testing.assert_allclose(derivs.partial(f, (0,) * 6)(x),
                                derivs.partial(f, (0,) * 6, strategy="nested-forward")(x),
                                rtol=1e-10)

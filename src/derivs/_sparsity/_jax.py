@@ -34,8 +34,10 @@ def detect(kind, fun, args, argnum, has_aux, unknown):
         target = (lambda *a: grad(*a)[0]) if has_aux else grad
     # The pattern reads the values f closes over (zeros of constant arrays): it holds
     # while the state guard of what f reads holds (JAX arrays cannot change in place,
-    # so identities, Python values and NumPy contents cover it).
-    return (*_jax_detect.detect(target, args, argnum, unknown), state_guard(fun))
+    # so identities, Python values and NumPy contents cover it). Without a guard,
+    # those values are not used, and the pattern holds whatever f later reads.
+    guard = state_guard(fun)
+    return (*_jax_detect.detect(target, args, argnum, unknown, guard is not None), guard)
 
 
 def state_guard(fun):

@@ -78,9 +78,12 @@ def _is_float(aval) -> bool:
 class Detector:
     """Interprets jaxprs, mapping each variable to (sets, known value or None)."""
 
-    def __init__(self, n: int, unknown: str = "warn"):
+    def __init__(self, n: int, unknown: str = "warn", consts_known: bool = True):
         self.n = n
         self.unknown = unknown
+        # False when no guard sees what f reads (NOTE [unguardable]): the arrays it
+        # closes over may be rebound, so their zeros are not structural.
+        self.consts_known = consts_known
         self.conservative: list[str] = []  # ops handled by the dense fallback
 
     # -- driving ---------------------------------------------------------------------
@@ -97,7 +100,8 @@ class Detector:
 
         for v, c in zip(jaxpr.constvars, consts):
             # a constant traced by an enclosing jit has no value here: unknown
-            env[v] = (None, None if isinstance(c, jax.core.Tracer) else c)
+            known = self.consts_known and not isinstance(c, jax.core.Tracer)
+            env[v] = (None, c if known else None)
         for v, d, x in zip(jaxpr.invars, deps, vals):
             env[v] = (d if _is_float(v.aval) else None, x)
         for eqn in jaxpr.eqns:
@@ -478,8 +482,10 @@ def _numpy_structural(name, args, params, outvars):
     raise NotImplementedError(name)
 
 
-def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn"):
-    """Sets of the flattened output on the flattened ``args[argnum]``.
+def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn",
+           consts_known: bool = True):
+    """Sets of the flattened output on the flattened ``args[argnum]``
+    (``consts_known=False``: the values of arrays f closes over are not used).
 
     Returns ``(csr matrix or None, out_shape, in_shape, conservative ops)``.
     """
@@ -498,7 +504,7 @@ def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn"):
                         "to return (output, aux)).")
     in_shape = tuple(np.shape(args[argnum]))
     n = int(np.prod(in_shape, dtype=np.int64))
-    det = Detector(n, unknown)
+    det = Detector(n, unknown, consts_known)
     deps = [A.identity(n) if i == argnum else None for i in slots]
     vals = [None] * len(slots)
     try:

@@ -132,11 +132,29 @@ def _capture(mode, fun, args, argnum, seeds, gather):
     try:
         with BUILD_LOCK, outside_functorch(), clean_dispatch_state():
             gm = make_fx(g, tracing_mode="fake", _allow_non_fake_inputs=True)(*examples)
+        if _foreign_constants(gm, (seeds_t, gather_t)):
+            return False  # a tensor the state walk did not find: the graph would freeze it
         _simplify(gm)
         gm = _shared_subexpressions(gm)
     except Exception:  # not capturable: the eager transforms handle it
         return False
     return lambda a: gm(*[a[i] for i in slots])
+
+
+def _foreign_constants(gm, own) -> bool:
+    """Whether ``gm`` bakes in a tensor other than ``own`` ones and those f creates
+    from Python data (``torch.tensor(2.0)``, copied by ``lift_fresh_copy``): a tensor
+    f reads from somewhere the state walk did not reach, which may change."""
+    for node in gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        v = getattr(gm, node.target)
+        if any(v is t or (v.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+                          and v.shape == t.shape) for t in own):
+            continue
+        if not all(u.target == torch.ops.aten.lift_fresh_copy.default for u in node.users):
+            return True
+    return False
 
 
 def _shared_subexpressions(gm):

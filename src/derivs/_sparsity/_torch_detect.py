@@ -79,10 +79,14 @@ def _size(v) -> int:
 
 
 class Detector:
-    def __init__(self, gm: torch.fx.GraphModule, n: int, unknown: str):
+    def __init__(self, gm: torch.fx.GraphModule, n: int, unknown: str,
+                 consts_known: bool = True):
         self.gm = gm
         self.n = n
         self.unknown = unknown
+        # False when no guard sees what f reads (NOTE [unguardable]): even tensors f
+        # makes from Python or NumPy data may come from state that later changes.
+        self.consts_known = consts_known
         self.conservative: list[str] = []
 
     def run(self, in_deps: list, in_values: list | None = None):
@@ -96,11 +100,13 @@ class Detector:
             if node.op == "placeholder":
                 env[node] = (next(it), next(values, None))
             elif node.op == "get_attr":
-                # A tensor f closes over. Trainable ones (requires_grad) will change:
-                # their values are not used (no zeros taken as structural).
+                # A tensor f creates from guarded Python or NumPy data (torch.tensor,
+                # copied by lift_fresh_copy) is part of f: its zeros are structural.
+                # Any other constant is a tensor f reads where no guard sees it (NOTE
+                # [unguardable]): it may change, so its values are not used.
                 v = getattr(self.gm, node.target)
-                trainable = isinstance(v, torch.Tensor) and v.requires_grad
-                env[node] = (None, None if trainable else v)
+                fresh = all(u.target == aten.lift_fresh_copy.default for u in node.users)
+                env[node] = (None, v if fresh and self.consts_known else None)
             elif node.op == "call_function":
                 env[node] = self.call(node, env)
                 if _inplace(node.target) and isinstance(node.args[0], torch.fx.Node):
@@ -507,7 +513,7 @@ def detect(fun: Callable, args: tuple, argnum: int, unknown: str = "warn", reads
     def valid() -> bool:
         return cap.valid() and all(t._version == v for t, v in versions)
 
-    return _run(cap.graph, fun, args, argnum, unknown, known, valid)
+    return _run(cap.graph, fun, args, argnum, unknown, known, valid, True)
 
 
 def _one_tensor(out):
@@ -517,7 +523,8 @@ def _one_tensor(out):
     return out
 
 
-def _run(gm, fun: Callable, args: tuple, argnum: int, unknown: str, known: list, valid):
+def _run(gm, fun: Callable, args: tuple, argnum: int, unknown: str, known: list, valid,
+         consts_known: bool):
     """The detector over ``gm`` (placeholders: the tensor arguments, then ``known``
     values of lifted tensors, None where unknown); the dense answer where a rule
     fails or sizes depend on data, never a short pattern."""
@@ -525,7 +532,7 @@ def _run(gm, fun: Callable, args: tuple, argnum: int, unknown: str, known: list,
     in_shape = tuple(args[argnum].shape)
     n = int(np.prod(in_shape, dtype=np.int64))
     deps = [A.identity(n) if i == argnum else None for i in tensor_slots]
-    det = Detector(gm, n, unknown)
+    det = Detector(gm, n, unknown, consts_known)
     out_node = next(iter(reversed(gm.graph.nodes))).args[0]
     out_node = out_node[0] if isinstance(out_node, (list, tuple)) else out_node
     try:
@@ -561,8 +568,9 @@ def _dense(fun: Callable, args: tuple, argnum: int, unknown: str, error: Excepti
 
 
 def _detect_constants(fun: Callable, args: tuple, argnum: int, unknown: str):
-    """Detection with the tensors f reads baked in as constants, for state the
-    guards cannot follow (no freshness check: valid until the transform is remade)."""
+    """Detection for state the guards cannot follow: the tensors f reads become
+    graph constants whose values are not used (``Detector.run``), so the pattern
+    holds whatever they later hold and needs no freshness check."""
     tensor_slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
 
     def flat_fn(*tensors):
@@ -578,4 +586,4 @@ def _detect_constants(fun: Callable, args: tuple, argnum: int, unknown: str):
         # Tensors f closes over stay real: they become graph constants (get_attr).
         gm = make_fx(torch.func.functionalize(flat_fn), _decompositions(), tracing_mode="fake",
                      _allow_non_fake_inputs=True)(*examples)
-    return _run(gm, fun, args, argnum, unknown, [], None)
+    return _run(gm, fun, args, argnum, unknown, [], None, False)

@@ -318,8 +318,11 @@ class _Walker:
             self.guard("copy", v, v[:])
             return
         d = getattr(v, "__dict__", None)
+        # A library's object (a torch.distributions.Normal) is walked like a user's:
+        # its code is fixed, but its attributes (loc, scale) are f's state. Only its
+        # class and slots are skipped (library internals, fixed).
         library = _is_library(type(v)) and not isinstance(v, self.module)
-        if isinstance(d, dict) and not library:
+        if isinstance(d, dict):
             module = isinstance(v, self.module)
             if module:
                 self.owners[id(d.get("_buffers"))] = v
@@ -449,8 +452,7 @@ def _library_module(mod: types.ModuleType) -> bool:
 
 def _is_library(obj) -> bool:
     """Code or classes of PyTorch, NumPy, the standard library pieces above: their
-    objects' state is not walked (a tensor found there is not lifted, and the
-    capture then refuses it)."""
+    code and class attributes are fixed (not walked); their objects' attributes are."""
     return (getattr(obj, "__module__", None) or "").split(".")[0] in _LIBRARY_PREFIXES
 
 

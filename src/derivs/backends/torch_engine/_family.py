@@ -922,6 +922,43 @@ def _join(ctx, node: fx.Node, env: dict, want_c: bool) -> _Jet:
     return _Jet(out, c, joined(lambda j: j.l, ()))
 
 
+def _copy(ctx, target, jets, out, kw, want_c) -> _Jet:
+    """``copy(dest, src)`` (a functionalized ``dest.copy_(src)``, left by decompositions
+    such as circular padding): ``src`` converted and broadcast to ``dest``; dest's
+    values are overwritten, so only ``src`` has a derivative."""
+    src = jets[1]
+
+    def fit(v, lead: tuple):
+        return v.to(out.dtype).expand(lead + tuple(out.shape))
+
+    c = None if src.c is None or not want_c else fit(_lift(src.c, out.ndim), (src.rows,))
+    return _Jet(out, c, None if src.l is None else fit(src.l, ()))
+
+
+def _scatter_into(ctx, target, jets, out, kw, want_c) -> _Jet:
+    """``slice_scatter`` / ``select_scatter(base, src, dim, ...)``: jointly linear in
+    both, every coefficient scattered the same way (one axis further for stacks)."""
+    base, src = jets[0], jets[1]
+    rest = [j.p for j in jets[2:]]
+    dim = (rest[0] if rest else kw.get("dim", 0)) % out.ndim
+    more = rest[1:]
+
+    def scatter(b, v, lead: int):
+        return target(b, v, dim + lead, *more, **{k: w for k, w in kw.items() if k != "dim"})
+
+    c = None
+    rows = max(base.rows, src.rows)
+    if want_c and rows:
+        B = _padded(base.c, rows, base.p).expand((rows,) + tuple(base.p.shape))
+        S = _padded(src.c, rows, src.p).expand((rows,) + tuple(src.p.shape))
+        c = scatter(B, S, 1)
+    l = None
+    if base.l is not None or src.l is not None:
+        l = scatter(torch.zeros_like(base.p) if base.l is None else base.l.expand_as(base.p),
+                    torch.zeros_like(src.p) if src.l is None else src.l.expand_as(src.p), 0)
+    return _Jet(out, c, l)
+
+
 def _as_strided(ctx, target, jets, out, kw, want_c) -> _Jet:
     """NOTE [as_strided] (``_rules``): every coefficient gathered at the logical
     positions of the input that the output reads."""
@@ -1007,6 +1044,9 @@ deffamily(aten.neg.default, aten.clone.default, aten.select.int, aten.slice.Tens
           aten.squeeze.dim, aten.squeeze.dims, aten.sum.dim_IntList, aten.sum.default,
           aten.mean.dim, linear="joint")(_linear_first)
 deffamily(aten.as_strided.default, linear="joint")(_as_strided)
+deffamily(aten.copy.default, linear="joint")(_copy)
+deffamily(aten.slice_scatter.default, aten.select_scatter.default,
+          linear="joint")(_scatter_into)
 deffamily(aten.div.Tensor, linear="first")(_div)
 deffamily(aten.var.correction)(_var)
 deffamily(aten.amax.default, aten.amin.default, linear="joint")(_extreme)
