@@ -209,6 +209,10 @@ class Prepared:
             f"  prepared in {self.detect_seconds * 1e3:.1f} ms detection + "
             f"{self.coloring_seconds * 1e3:.1f} ms coloring",
         ]
+        if getattr(self, "_switched", False):
+            lines.append(f"  f refuses {'forward' if c.mode == 'row' else 'reverse'} mode (its "
+                         "own rules: custom_vjp, custom_linear_solve, autograd.Function), so "
+                         "the pattern is colored for this mode")
         if self.conservative_ops:
             lines.append("  dense (conservative) rules used for: "
                          + ", ".join(self.conservative_ops))
@@ -316,7 +320,16 @@ class SparseDerivative:
         return self.prepare(*args)(*args)
 
     def explain(self, *args) -> "SparseExplanation":
-        return self.prepare(*args).explain()
+        prepared = self.prepare(*args)
+        mode = prepared.coloring.mode
+        if mode in ("column", "row") and not getattr(prepared, "_switched", False):
+            # the mode a call would find refused is switched now, as the call would:
+            # the report shows the coloring that runs
+            fw, _, full = _normalize(args, self.argnum, self.api)
+            m, n = prepared.pattern.shape
+            if _refusal(fw, mode, self.fun, full, self.argnum, self.has_aux, (n, m)):
+                prepared._switch_mode()
+        return prepared.explain()
 
     __derivs_explain__ = explain  # the hook derivs.explain calls (``_report.py``)
 
@@ -451,17 +464,39 @@ def _dense(f, kind, argnum, has_aux, api):
     def explain(*args) -> "DenseExplanation":
         fw, backend, args = _normalize(args, argnum, api)
         out = fw.output_shape(f, args, has_aux)
-        n_in, n_out = math.prod(tuple(args[argnum].shape)), math.prod(out)
         if kind == "hessian":
             how = "forward over reverse (the framework's hessian): one HVP per input"
-        elif n_in <= n_out:
-            how = "forward mode (jacfwd): one JVP per input, no more inputs than outputs"
         else:
-            how = "reverse mode (jacrev): one VJP per output, fewer outputs than inputs"
+            n_in, n_out = math.prod(tuple(args[argnum].shape)), math.prod(out)
+            mode = "column" if n_in <= n_out else "row"
+            refused = _refusal(fw, mode, f, args, argnum, has_aux, (n_in, n_out))
+            forward = (mode == "column") != (refused is not None)
+            if refused is None:
+                how = ("forward mode (jacfwd): one JVP per input, no more inputs than "
+                       "outputs" if forward else "reverse mode (jacrev): one VJP per "
+                       "output, fewer outputs than inputs")
+            else:
+                how = (("forward mode (jacfwd): one JVP per input" if forward else
+                        "reverse mode (jacrev): one VJP per output") + f", because {refused}")
         return DenseExplanation(api, backend.name, kind, out, tuple(args[argnum].shape), how)
 
     dense.__doc__ = f"Dense {kind} of {getattr(f, '__name__', 'f')} (derivs)."
     return _report.attach(dense, explain)
+
+
+def _refusal(fw, mode, f, args, argnum, has_aux, sizes) -> str | None:
+    """Why a Jacobian in ``mode`` ("column" or "row") is not taken that way: f's own
+    rules refuse it (a custom_vjp function has no forward mode, a custom_linear_solve
+    without transpose_solve no reverse mode) while the other mode works, as the
+    evaluation does; None otherwise."""
+    n_in, n_out = sizes
+    size = {"column": n_in, "row": n_out}
+    why = fw.refusal(mode, f, args, argnum, has_aux, size[mode])
+    other = "row" if mode == "column" else "column"
+    if why is None or fw.refusal(other, f, args, argnum, has_aux, size[other]) is not None:
+        return None
+    name = {"column": "forward", "row": "reverse"}
+    return f"f refuses {name[mode]} mode, which its shape would take ({why})"
 
 
 class DenseExplanation(_report.Report):

@@ -156,6 +156,14 @@ def test_jacobian_mode_follows_what_f_supports():
     np.testing.assert_allclose(derivs.jacobian(wide)(y), want, rtol=1e-12)
     np.testing.assert_allclose(derivs.jacobian(wide, sparse=True)(y).todense(), want,
                                rtol=1e-12)
+    # explain tells the mode that runs, before any call, and why
+    for f, arg, runs in ((tall, x, "reverse"), (wide, y, "forward")):
+        dense = str(derivs.explain(derivs.jacobian(f), arg))
+        assert f"{runs} mode" in dense.splitlines()[1] and "f refuses" in dense, dense
+        sparse = str(derivs.explain(derivs.jacobian(f, sparse=True), arg))
+        assert f"colored {runs} mode" in sparse and "f refuses" in sparse, sparse
+    plain = str(derivs.explain(derivs.jacobian(lambda v: v ** 2), x))
+    assert "forward mode" in plain and "refuses" not in plain, plain
 
 
 def test_special_functions():

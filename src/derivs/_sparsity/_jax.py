@@ -304,6 +304,18 @@ def dense(kind, fun, args, argnum, has_aux):
             raise e from None
 
 
+def refusal(mode, fun, args, argnum, has_aux, size) -> str | None:
+    """Why f's own rules refuse ``mode`` ("column": forward, "row": reverse) for a
+    Jacobian, or None: one compressed pass (``size``: its seed length), evaluated
+    abstractly (nothing is computed)."""
+    seed = np.ones((1, size))
+    try:
+        jax.eval_shape(lambda *a: compressed(mode, fun, a, argnum, has_aux, seed), *args)
+    except Exception as e:  # noqa: BLE001 - the reason is reported, not raised
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    return None
+
+
 def output_shape(fun, args, has_aux) -> tuple:
     out = jax.eval_shape(fun, *args)
     return tuple((out[0] if has_aux else out).shape)

@@ -400,6 +400,16 @@ def dense(kind, fun, args, argnum, has_aux):
             raise e from None
 
 
+def refusal(mode, fun, args, argnum, has_aux, size) -> str | None:
+    """Why f's own rules refuse ``mode`` ("column": forward, "row": reverse) for a
+    Jacobian, or None: one compressed pass runs (``size``: its seed length)."""
+    try:
+        compressed(mode, fun, args, argnum, has_aux, np.ones((1, size)))
+    except (NotImplementedError, RuntimeError) as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    return None
+
+
 def output_shape(fun, args, has_aux) -> tuple:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
