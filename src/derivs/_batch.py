@@ -188,10 +188,12 @@ def check_batch_size(api: str, batch_size: Any, batch_axis: Any) -> None:
 # differs there. Where f's own state is traced by an enclosing jit, nothing can
 # be compared: a proven batch axis keeps the one pass, an unproven one is an error. The candidates are every array
 # argument of the batch's size along the axis, then the differentiated ones alone.
-# Last come the same mappings with f called on bare samples (some frameworks' own
+# The same mappings with f called on bare samples come last (some frameworks' own
 # vmap rules reject a batch of one inside vmap, e.g. torch's batched linalg.solve
-# with a vector right-hand side): taken only when the values were compared and
-# agree, never on shapes alone. With none, a proven batch axis keeps the one-pass
+# with a vector right-hand side), or first where the adapter says they run faster
+# (``bare_samples_first``: XLA), taken only when the values were compared and
+# agree, never on shapes alone (f dividing by Z.shape[0] or indexing Z[:, 0]
+# differs or fails there). With none, a proven batch axis keeps the one-pass
 # route and an unproven one is an error naming the fix; nothing falls back
 # silently to a loop.
 def sample_function(fun, mapped, axis: int, out_axis: int, has_aux: bool = False):
@@ -262,7 +264,8 @@ def sample_route(verdict: Verdict, backend, fun, args: tuple, kwargs: dict, argn
     size = args[argnums[0]].shape[batch_axis % args[argnums[0]].ndim]
     every = tuple(_mapped_axis(a, batch_axis, size) is not None for a in args)
     selected = tuple(i in argnums for i in range(len(args)))
-    candidates = [Route((m, bare)) for bare in (False, True)
+    order = (True, False) if getattr(backend, "bare_samples_first", False) else (False, True)
+    candidates = [Route((m, bare)) for bare in order
                   for m in dict.fromkeys((every, selected))]
     for route in candidates:
         ok = _reproduces(backend, fun, args, kwargs, route, batch_axis, size,
@@ -357,10 +360,14 @@ class SampleRoutes:
                              "per-sample data it closes over, or depends on the batch "
                              "size): " + ("one pass over the whole batch" if verdict.proven
                                           else "an error"))
-            elif verdict.proven:
-                notes.append("batch_axis: runs as jax.vmap of the per-sample operator of "
-                             "f on batches of one sample (measured faster; NOTE [batch "
-                             "axis layout])")
+            else:
+                on = ("bare samples (checked: f on them reproduces f on the batch)"
+                      if isinstance(mapped, Route) and mapped[1] else
+                      "batches of one sample")
+                why = ("measured faster; NOTE [batch axis layout]" if verdict.proven
+                       else "the batch axis is unproven")
+                notes.append(f"batch_axis: runs as {backend.name}'s vmap of the per-sample "
+                             f"operator of f on {on} ({why})")
         return notes
 
     def run(self, backend, args: tuple, kwargs: dict, x):

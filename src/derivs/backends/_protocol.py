@@ -27,6 +27,10 @@ class Backend(ForwardMode, Protocol):
     # NOTE [batch axis layout] (``_batch.py``): a proven batch axis runs the per-sample
     # operator vmapped (True) or every sample in one pass (False)
     vmap_operators: bool
+    # NOTE [per-sample route] (``_batch.py``): whether the route that gives f bare
+    # samples is tried before batches of one (both are taken only when they
+    # reproduce f on the batch; the order decides speed only)
+    bare_samples_first: bool
     # the engine has a stacked family program (one batched op per ATen op for all
     # directions) rather than a vmapped family
     stacked_family: bool

@@ -25,6 +25,7 @@ stacked_family = True  # the stacked family program (torch_engine._family)
 # NOTE [batch axis layout] (``_batch.py``): the family keeps one pass over every
 # sample (its seeds are stride-0 views, multiplied once).
 vmap_operators = False
+bare_samples_first = False  # NOTE [per-sample route]: f gets what it is documented to
 
 
 def launch_bound(device_type: str | None) -> bool:
