@@ -44,6 +44,25 @@ def test_f_that_reads_the_batch_size(name, jit):
 
 
 @pytest.mark.parametrize("name", ["jax", "torch"])
+@pytest.mark.parametrize("case", ["negative part / batch size", "batch-wide sign"])
+def test_batch_dependence_seen_only_at_negative_values(name, case):
+    """f's dependence on the batch shows only where some input is negative: a
+    route check on positive stand-ins accepted the bare-sample route (and the
+    batch-of-one route) for both. Oracle: closed forms per sample on the batch."""
+    lib, arr, np_ = _fw(name)
+    relu = jax.nn.relu if name == "jax" else torch.relu
+    if case == "negative part / batch size":
+        f = lambda Zb: (Zb ** 2).sum(-1) + (relu(-Zb) ** 2).sum(-1) / Zb.shape[0]  # noqa
+        want = 2 * D + 2 * (Z < 0).sum(-1) / B
+    else:
+        where = jnp.where if name == "jax" else torch.where
+        f = lambda Zb: (Zb ** 2).sum(-1) + where(Zb.min() < 0, 1.0, 0.0) * (Zb ** 3).sum(-1)  # noqa
+        want = 2 * D + 6 * Z.sum(-1) * (Z.min() < 0)
+    got = derivs.laplacian(f, batch_axis=0)(arr(Z))
+    np.testing.assert_allclose(np_(got), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["jax", "torch"])
 def test_batched_indexing_f(name):
     """f indexes the batch (``Z[:, 0]``): it must be called with batches."""
     lib, arr, np_ = _fw(name)

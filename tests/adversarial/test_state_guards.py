@@ -190,6 +190,56 @@ def test_torch_library_object_state(api):
         torch.testing.assert_close(op(x).diagonal(), -x / 0.25)
 
 
+@pytest.mark.parametrize("api", ["sparse_hessian", "sparse_jacobian", "laplacian",
+                                 "hessian_diagonal"])
+def test_lazy_attributes_keep_real_tensors(api):
+    """torch.distributions computes ``precision_matrix`` lazily and stores it on the
+    object: a trace (fake tensors) or a torch.func transform (wrapped tensors) of f
+    stored its tracing values in the user's object, and every later use of it
+    failed or returned a FakeTensor (NOTE [trace leaves no trace])."""
+    C = torch.eye(4, dtype=torch.float64) * 2 + 0.1
+    x = torch.linspace(0.1, 0.9, 4, dtype=torch.float64)
+    P = torch.linalg.inv(C)
+    mvn = torch.distributions.MultivariateNormal(torch.zeros(4, dtype=torch.float64),
+                                                 covariance_matrix=C, validate_args=False)
+    g = lambda v: -0.5 * (v * (mvn.precision_matrix @ v)).sum()  # noqa: E731
+    op, want = {
+        "sparse_hessian": (derivs.hessian(g, sparse=True, format="dense"), -P),
+        "sparse_jacobian": (derivs.jacobian(lambda v: -(mvn.precision_matrix @ v),
+                                            sparse=True, format="dense"), -P),
+        "laplacian": (derivs.laplacian(g), -P.trace()),
+        "hessian_diagonal": (derivs.hessian_diagonal(g), -P.diagonal())}[api]
+    for _ in range(2):
+        got = op(x)
+        assert type(got) is torch.Tensor
+        torch.testing.assert_close(got, want)
+    stored = mvn.__dict__.get("precision_matrix")
+    assert stored is None or type(stored) is torch.Tensor
+    torch.testing.assert_close(torch.func.hessian(g)(x), -P)  # the object still works
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_state_read_through_a_weakref(framework):
+    """f reads its matrix through ``weakref.ref``: the walk follows the referent
+    (the JAX sparse pattern once kept the first matrix's zeros as structural)."""
+    import weakref
+
+    class Box:
+        pass
+
+    xp = torch if framework == "torch" else jnp
+    box = Box()
+    box.W = xp.eye(4, dtype=xp.float64) if framework == "torch" else jnp.eye(4)
+    ref = weakref.ref(box)
+    f = lambda v: ref().W @ v  # noqa: E731
+    x = torch.ones(4, dtype=torch.float64) if framework == "torch" else jnp.ones(4)
+    J = derivs.jacobian(f, sparse=True, format="dense")
+    np.testing.assert_allclose(np.asarray(J(x)), np.eye(4))
+    new = np.eye(4) + np.diag([5.0, 6.0, 7.0], 1)
+    box.W = torch.as_tensor(new) if framework == "torch" else jnp.asarray(new)
+    np.testing.assert_allclose(np.asarray(J(x)), new)
+
+
 M_UNSEEN = np.eye(4)
 
 

@@ -5,6 +5,8 @@ values of the result."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -74,8 +76,16 @@ def evaluator(mode, fun, argnum, has_aux, coloring, shape):
     gather_np = np.asarray(coloring.gather)
     graphs: dict = {}
 
+    held: list = []  # the state f reads, walked once while its guard holds
+
     def eager(args):
-        stack, aux = compressed(mode, fun, args, argnum, has_aux, seeds)
+        # torch.func transforms of f would leave their wrapped tensors in f's state
+        # (a lazily computed attribute): put back as it was (NOTE [trace leaves no
+        # trace])
+        if not held or (held[0] is not None and not held[0].check()):
+            held[:] = [_walked(fun)]
+        with held[0].preserved() if held[0] is not None else contextlib.nullcontext():
+            stack, aux = compressed(mode, fun, args, argnum, has_aux, seeds)
         return stack.reshape(-1)[torch.as_tensor(gather_np, device=stack.device)], aux
 
     if has_aux or _closes_over_tensors(fun):
@@ -96,6 +106,16 @@ def evaluator(mode, fun, argnum, has_aux, coloring, shape):
             return eager(args)
         return g(args), None
     return evaluate
+
+
+def _walked(fun):
+    """The state ``fun`` reads (NOTE [state guards]), or None."""
+    from ..backends import _guards
+
+    try:
+        return _guards.walk(fun)
+    except _guards.Unguardable:
+        return None
 
 
 def _state_check(fun):
@@ -129,8 +149,10 @@ def _capture(mode, fun, args, argnum, seeds, gather):
 
     examples = [torch.empty(args[i].shape, dtype=args[i].dtype, device=args[i].device)
                 for i in slots]
+    from ..backends import _guards
+
     try:
-        with BUILD_LOCK, outside_functorch(), clean_dispatch_state():
+        with BUILD_LOCK, outside_functorch(), clean_dispatch_state(), _guards.preserving(fun):
             gm = make_fx(g, tracing_mode="fake", _allow_non_fake_inputs=True)(*examples)
         if _foreign_constants(gm, (seeds_t, gather_t)):
             return False  # a tensor the state walk did not find: the graph would freeze it
@@ -413,7 +435,9 @@ def refusal(mode, fun, args, argnum, has_aux, size) -> str | None:
 def output_shape(fun, args, has_aux) -> tuple:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+    from ..backends import _guards
+
+    with _guards.preserving(fun), FakeTensorMode(allow_non_fake_inputs=True) as mode:
         fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
         out = fun(*fake)
     return tuple((out[0] if has_aux else out).shape)

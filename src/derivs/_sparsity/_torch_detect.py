@@ -582,7 +582,9 @@ def _detect_constants(fun: Callable, args: tuple, argnum: int, unknown: str):
     examples = [torch.empty(args[i].shape, dtype=args[i].dtype) for i in tensor_slots]
     from ..backends.torch_engine import BUILD_LOCK, clean_dispatch_state, outside_functorch
 
-    with BUILD_LOCK, outside_functorch(), clean_dispatch_state():
+    from ..backends import _guards
+
+    with BUILD_LOCK, outside_functorch(), clean_dispatch_state(), _guards.preserving(fun):
         # Tensors f closes over stay real: they become graph constants (get_attr).
         gm = make_fx(torch.func.functionalize(flat_fn), _decompositions(), tracing_mode="fake",
                      _allow_non_fake_inputs=True)(*examples)

@@ -48,6 +48,7 @@ import dataclasses
 import functools
 import sys
 import types
+import weakref
 from typing import Any
 
 import numpy as np
@@ -139,6 +140,9 @@ class State:
     places: list[list[Any]]  # per tensor: Place / InTuple entries
     check: Any  # () -> bool
     owners: dict[int, Any] = dataclasses.field(default_factory=dict)  # id(_buffers) -> module
+    # the dicts and lists f's state lives in (object attributes, containers): a trace
+    # puts them back as they were (NOTE [trace leaves no trace])
+    containers: list[Any] = dataclasses.field(default_factory=list)
 
     def buffer_of(self, i: int) -> str | None:
         """``'running_mean' of BatchNorm1d`` when tensor ``i`` is a module buffer."""
@@ -148,6 +152,11 @@ class State:
                 return f"'{place.key}' of {type(owner).__name__}"
         return None
 
+    def preserved(self) -> "_Swap":
+        """A context manager that puts f's state back as it was afterwards (NOTE
+        [trace leaves no trace]), swapping nothing."""
+        return _Swap(self, ())
+
     def swapped(self, replacements) -> "_Swap":
         """A context manager storing ``replacements[i]`` wherever tensor ``i`` is
         stored, and putting the originals back afterwards (even on error)."""
@@ -155,11 +164,20 @@ class State:
 
 
 class _Swap:
+    """NOTE [trace leaves no trace]: while f is traced with stand-ins, what it stores
+    in its own state would keep tracing values (a lazily computed attribute, e.g.
+    torch.distributions' ``lazy_property``, caches a fake tensor in the user's
+    object, breaking every later use of it). The dicts and lists of f's state are
+    copied on entry and put back on exit: keys added are removed, values replaced
+    are restored."""
+
     def __init__(self, state: State, replacements):
         self.state, self.replacements = state, replacements
         self.saved: list[tuple[Place, Any]] = []  # (mutable place, original), first touch
+        self.copies: list[tuple[Any, Any]] = []
 
     def __enter__(self):
+        self.copies = [(c, c.copy()) for c in self.state.containers]
         try:
             for places, new in zip(self.state.places, self.replacements):
                 for p in places:
@@ -171,6 +189,16 @@ class _Swap:
 
     def __exit__(self, *exc):
         self._restore()
+        for c, copy in self.copies:
+            if isinstance(c, dict):
+                for k in [k for k in c if k not in copy]:
+                    del c[k]
+                for k, v in copy.items():
+                    if c.get(k, _MISSING) is not v:
+                        c[k] = v
+            elif len(c) != len(copy) or any(a is not b for a, b in zip(c, copy)):
+                c[:] = copy
+        self.copies = []
         return False
 
     def _put(self, where, value) -> None:
@@ -198,13 +226,25 @@ def _resolve(where) -> Any:
 
 
 # -- the walk --------------------------------------------------------------------------
+def preserving(f: Any):
+    """A context manager putting back the state ``f`` reads as it was (NOTE [trace
+    leaves no trace]) around a trace of f that swaps nothing; a no-op when that
+    state cannot be walked."""
+    try:
+        return walk(f).preserved()
+    except Unguardable:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
 def walk(f: Any) -> State:
     """The state ``f`` reads (NOTE [state guards]). Raises :class:`Unguardable`."""
     w = _Walker()
     w.contents(f, None)
     if _torch() is not None:
         w.checks.append(("default dtype", None, _torch().get_default_dtype()))
-    return State(w.tensors, w.tensor_places, _compile(w.checks), w.owners)
+    return State(w.tensors, w.tensor_places, _compile(w.checks), w.owners, w.containers)
 
 
 class _Walker:
@@ -217,6 +257,7 @@ class _Walker:
         self.tensor_places: list[list[Any]] = []
         self.tensor_index: dict[int, int] = {}
         self.owners: dict[int, Any] = {}
+        self.containers: list[Any] = []
         self.hooks_walked = False
 
     def guard(self, kind: str, place, expected) -> None:
@@ -294,11 +335,13 @@ class _Walker:
                 self.value(a, InTuple(place, i))
             return
         if isinstance(v, list):
+            self.containers.append(v)
             self.guard("len", v, len(v))
             for i, a in enumerate(v):
                 self.value(a, Place("item", v, i))
             return
         if isinstance(v, dict):
+            self.containers.append(v)
             self.guard("len", v, len(v))
             for k in list(v):
                 self.value(v[k], Place("item", v, k))
@@ -317,12 +360,25 @@ class _Walker:
         if isinstance(v, (array.array, bytearray)):
             self.guard("copy", v, v[:])
             return
+        if isinstance(v, memoryview):
+            self.guard("bytes", v, v.tobytes())
+            return
+        if isinstance(v, weakref.ref):  # also WeakMethod: what it refers to now
+            target = v()
+            self.guard("deref", v, target)
+            if target is not None:
+                self.value(target, None)
+            return
+        if isinstance(v, (weakref.ProxyType, weakref.CallableProxyType)):
+            raise Unguardable("f reads through a weakref.proxy, whose target derivs cannot "
+                              "see; use weakref.ref or the object itself")
         d = getattr(v, "__dict__", None)
         # A library's object (a torch.distributions.Normal) is walked like a user's:
         # its code is fixed, but its attributes (loc, scale) are f's state. Only its
         # class and slots are skipped (library internals, fixed).
         library = _is_library(type(v)) and not isinstance(v, self.module)
         if isinstance(d, dict):
+            self.containers.append(d)
             module = isinstance(v, self.module)
             if module:
                 self.owners[id(d.get("_buffers"))] = v
@@ -336,19 +392,25 @@ class _Walker:
                 else:
                     self.value(d[k], Place("item", d, k))
         if not library:
-            self._slots(v)
+            if not isinstance(d, dict) and not self._slots(v) and not _library_type(type(v)):
+                raise Unguardable(f"f reads a {type(v).__qualname__} object, whose state "
+                                  "derivs cannot see (no __dict__ or __slots__)")
         self._class(type(v))
 
-    def _slots(self, v: Any) -> None:
-        """The ``__slots__`` of ``v``'s user classes (``@dataclass(slots=True)``)."""
+    def _slots(self, v: Any) -> bool:
+        """The ``__slots__`` of ``v``'s user classes (``@dataclass(slots=True)``);
+        whether any class declared them."""
+        found = False
         for klass in type(v).__mro__:
             if klass.__module__.split(".")[0] in _LIBRARY_PREFIXES:
                 continue
             slots = klass.__dict__.get("__slots__", ())
+            found = found or "__slots__" in klass.__dict__
             for name in (slots,) if isinstance(slots, str) else slots:
                 if name in ("__dict__", "__weakref__"):
                     continue
                 self.value(getattr(v, name, _MISSING), Place("attr", v, name))
+        return found
 
     def _global_hooks(self) -> None:
         """PyTorch's global module hooks (``register_module_forward_hook``): every
@@ -450,6 +512,18 @@ def _library_module(mod: types.ModuleType) -> bool:
     return "site-packages" in where or "dist-packages" in where
 
 
+def _library_type(cls: type) -> bool:
+    """A type of the packages above, the standard library or an installed package:
+    its objects without ``__dict__`` are immutable values (a dtype, a compiled
+    pattern, an ``operator.attrgetter``) or out of any guard's reach by design
+    (random generators: f drawing from one is not a function of its inputs)."""
+    top = (getattr(cls, "__module__", None) or "").split(".")[0]
+    if top in _LIBRARY_PREFIXES or top in sys.stdlib_module_names or top == "builtins":
+        return True
+    mod = sys.modules.get(getattr(cls, "__module__", None) or "")
+    return mod is not None and _library_module(mod)
+
+
 def _is_library(obj) -> bool:
     """Code or classes of PyTorch, NumPy, the standard library pieces above: their
     code and class attributes are fixed (not walked); their objects' attributes are."""
@@ -488,6 +562,12 @@ def _compile(checks) -> Any:
             continue
         if kind == "array":
             terms.append(f"_array_equal({const(place)}, {e})")
+            continue
+        if kind == "deref":
+            terms.append(f"{const(place)}() is {e}")
+            continue
+        if kind == "bytes":
+            terms.append(f"{const(place)}.tobytes() == {e}")
             continue
         if kind in ("set", "copy", "mapping"):
             terms.append(f"{const(place)} == {e}")

@@ -206,13 +206,14 @@ def to_numpy(a):
     return np.asarray(a)
 
 
-def random_like(args: tuple) -> tuple:
-    rng = np.random.default_rng(0)
+def random_like(args: tuple, signed: bool = False) -> tuple:
+    rng = np.random.default_rng(1 if signed else 0)
     out = []
     for a in args:
         if hasattr(a, "shape") and hasattr(a, "dtype") and jnp.issubdtype(a.dtype,
                                                                            jnp.floating):
-            a = np.asarray(rng.uniform(0.25, 0.75, size=a.shape)).astype(a.dtype)
+            draw = rng.standard_normal(a.shape) if signed else rng.uniform(0.25, 0.75, a.shape)
+            a = np.asarray(draw).astype(a.dtype)
         out.append(a)
     return tuple(out)
 

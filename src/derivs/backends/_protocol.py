@@ -135,9 +135,11 @@ class Backend(ForwardMode, Protocol):
         """``a`` as a NumPy array; raises for traced values (under jit or a trace)."""
         ...
 
-    def random_like(self, args: tuple) -> tuple:
+    def random_like(self, args: tuple, signed: bool = False) -> tuple:
         """``args`` with every floating array replaced by a concrete random one of
-        the same shape, dtype (and device); other arguments as they are."""
+        the same shape, dtype (and device); other arguments as they are. Values in
+        [0.25, 0.75] (inside every common domain: log, sqrt), or with ``signed``
+        standard normal (both signs, magnitudes above 1)."""
         ...
 
     def concrete(self) -> Any:

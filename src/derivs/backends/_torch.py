@@ -252,11 +252,15 @@ def to_numpy(a):
     return a.detach().cpu().numpy()
 
 
-def random_like(args: tuple) -> tuple:
-    gen = torch.Generator().manual_seed(0)
-    return tuple(
-        (0.25 + 0.5 * torch.rand(a.shape, generator=gen, dtype=a.dtype)).to(a.device)
-        if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+def random_like(args: tuple, signed: bool = False) -> tuple:
+    gen = torch.Generator().manual_seed(1 if signed else 0)
+
+    def draw(a):
+        if signed:
+            return torch.randn(a.shape, generator=gen, dtype=a.dtype).to(a.device)
+        return (0.25 + 0.5 * torch.rand(a.shape, generator=gen, dtype=a.dtype)).to(a.device)
+    return tuple(draw(a) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                 for a in args)
 
 
 def concrete():
