@@ -353,7 +353,8 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
             # what the unrolled transforms actually run (the engine may fall back)
             inner = _api.explain(unrolled_transforms(d.sample, d.n)[0], *d.args)
             engine = inner.strategy
-            notes += inner.notes
+            # the batch axis was reported above, by the routes that take the samples
+            notes += [n for n in inner.notes if not n.startswith("batch_axis:")]
         return OperatorExplanation(api, d.backend.name, d.sample, d.n, d.chosen,
                                    strategy is None and not torch_compile, d.scalar, collapsed,
                                    d.layout, engine, notes)

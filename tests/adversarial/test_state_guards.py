@@ -218,6 +218,27 @@ def test_lazy_attributes_keep_real_tensors(api):
     torch.testing.assert_close(torch.func.hessian(g)(x), -P)  # the object still works
 
 
+def test_f_that_changes_its_state_is_not_frozen():
+    """f increments a counter it reads: a trace puts f's state back afterwards (NOTE
+    [trace leaves no trace]), which must not hide the change and let one graph
+    stand for every call (each call's result grows with the counter)."""
+    class Counter:
+        pass
+
+    st = Counter()
+    st.n = 0
+
+    def f(v):
+        st.n += 1
+        return (v ** 2).sum() * st.n
+
+    L = derivs.laplacian(f)
+    x = torch.ones(3, dtype=torch.float64)
+    got = [float(L(x)) for _ in range(3)]
+    assert got[0] < got[1] < got[2], got
+    assert "changes the state it reads" in str(derivs.explain(L, x))
+
+
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_state_read_through_a_weakref(framework):
     """f reads its matrix through ``weakref.ref``: the walk follows the referent

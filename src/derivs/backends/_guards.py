@@ -175,6 +175,9 @@ class _Swap:
         self.state, self.replacements = state, replacements
         self.saved: list[tuple[Place, Any]] = []  # (mutable place, original), first touch
         self.copies: list[tuple[Any, Any]] = []
+        # whether f changed its state beyond caching new attributes or keys (a
+        # counter, a list it appends to): then no graph can stand for it
+        self.mutated = False
 
     def __enter__(self):
         self.copies = [(c, c.copy()) for c in self.state.containers]
@@ -192,12 +195,14 @@ class _Swap:
         for c, copy in self.copies:
             if isinstance(c, dict):
                 for k in [k for k in c if k not in copy]:
-                    del c[k]
+                    del c[k]  # a value f cached (a lazy attribute): memoization
                 for k, v in copy.items():
                     if c.get(k, _MISSING) is not v:
                         c[k] = v
+                        self.mutated = True  # f changed a value it reads
             elif len(c) != len(copy) or any(a is not b for a, b in zip(c, copy)):
                 c[:] = copy
+                self.mutated = True
         self.copies = []
         return False
 

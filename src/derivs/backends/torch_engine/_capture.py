@@ -200,8 +200,10 @@ def _capture(fun, leaves, in_spec, is_tensor, state, table, pure) -> Capture:
         it = iter(tensors[:n_args])
         full = [next(it) if t else leaf for t, leaf in zip(is_tensor, leaves)]
         a, kw = pytree.tree_unflatten(full, in_spec)
-        with state.swapped(tensors[n_args:]), math_attention():  # NOTE [attention]
+        swap = state.swapped(tensors[n_args:])
+        with swap, math_attention():  # NOTE [attention]
             out = fun(*a, **kw)
+        side["mutated"] = side.get("mutated", False) or swap.mutated
         out_leaves, side["spec"] = pytree.tree_flatten(out)
         for leaf in out_leaves:
             if not (isinstance(leaf, torch.Tensor) and leaf.is_floating_point()):
@@ -223,7 +225,7 @@ def _capture(fun, leaves, in_spec, is_tensor, state, table, pure) -> Capture:
                              tracing_mode="fake", _allow_non_fake_inputs=True)(*examples)
         finally:
             _clear_fake_caches()
-    if not state.check():
+    if side.get("mutated") or not state.check():
         raise Unliftable("f changes the state it reads while it runs (a Python value, "
                           "a module attribute or a container), so no graph can be reused")
     traced = functional(traced)
