@@ -393,7 +393,7 @@ def test_jax_batch_axis_runs_as_vmap():
                        (derivs.hessian_diagonal(u, batch_axis=0), derivs.hessian_diagonal(u)),
                        (derivs.bilaplacian(u, batch_axis=0), derivs.bilaplacian(u))):
         np.testing.assert_allclose(op(x), jax.vmap(single)(x), rtol=1e-12)
-        assert "runs as jax.vmap" in str(derivs.explain(op, x))
+        assert "runs as jax's vmap" in str(derivs.explain(op, x))
 
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)

@@ -239,6 +239,59 @@ def test_f_that_changes_its_state_is_not_frozen():
     assert "changes the state it reads" in str(derivs.explain(L, x))
 
 
+def test_traces_leave_the_users_state_usable():
+    """What f does to its own state while derivs traces or transforms it (NOTE
+    [trace leaves no trace]): tracing values never stay in a deque f appends to,
+    real changes do (a counter advances on the eager sparse path), containers keep
+    their own objects (a dict subclass with a deep ``copy``), and an uninitialized
+    lazy module is a clear error that leaves the module usable."""
+    import collections
+    import copy
+
+    x = torch.tensor([0.3, -0.2, 0.5, 0.1], dtype=torch.float64)
+    log = collections.deque()
+
+    def h(v):
+        log.append(v.sum())
+        return (v ** 2).sum()
+
+    torch.testing.assert_close(derivs.laplacian(h)(x), torch.tensor(8.0, dtype=torch.float64))
+    assert all(type(t) is torch.Tensor for t in log), [type(t) for t in log]
+
+    class Counter:
+        pass
+
+    st = Counter()
+    st.n = 0
+
+    def g(v):
+        st.n += 1
+        return (v ** 3).sum()
+
+    H = derivs.hessian(g, sparse=True, format="dense")
+    torch.testing.assert_close(H(x), torch.diag(6 * x))
+    before = st.n
+    H(x)
+    assert st.n > before  # f's own side effect is f's
+
+    class Config(dict):
+        def copy(self):
+            return Config(copy.deepcopy(dict(self)))
+
+    net = torch.nn.Linear(4, 4).double()
+    cfg = Config(net=net)
+    f = lambda v: torch.tanh(cfg["net"](v)).sum()  # noqa: E731
+    derivs.hessian(f, sparse=True, format="dense")(x)
+    assert cfg["net"] is net
+
+    lazy = torch.nn.LazyLinear(3).double()
+    with pytest.raises(derivs.StateError, match="Call the model once"):
+        derivs.hessian(lambda v: torch.tanh(lazy(v)).sum(), sparse=True, format="dense")(x)
+    assert lazy(x).shape == (3,)  # still usable, and now initialized
+    torch.testing.assert_close(derivs.laplacian(lambda v: torch.tanh(lazy(v)).sum())(x),
+                               torch.func.hessian(lambda v: torch.tanh(lazy(v)).sum())(x).trace())
+
+
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_state_read_through_a_weakref(framework):
     """f reads its matrix through ``weakref.ref``: the walk follows the referent

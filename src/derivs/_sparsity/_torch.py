@@ -5,8 +5,6 @@ values of the result."""
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -84,7 +82,9 @@ def evaluator(mode, fun, argnum, has_aux, coloring, shape):
         # trace])
         if not held or (held[0] is not None and not held[0].check()):
             held[:] = [_walked(fun)]
-        with held[0].preserved() if held[0] is not None else contextlib.nullcontext():
+        from ..backends import _guards
+
+        with held[0].preserved() if held[0] is not None else _guards.preserving(fun):
             stack, aux = compressed(mode, fun, args, argnum, has_aux, seeds)
         return stack.reshape(-1)[torch.as_tensor(gather_np, device=stack.device)], aux
 

@@ -164,23 +164,29 @@ class State:
 
 
 class _Swap:
-    """NOTE [trace leaves no trace]: while f is traced with stand-ins, what it stores
-    in its own state would keep tracing values (a lazily computed attribute, e.g.
-    torch.distributions' ``lazy_property``, caches a fake tensor in the user's
-    object, breaking every later use of it). The dicts and lists of f's state are
-    copied on entry and put back on exit: keys added are removed, values replaced
-    are restored."""
+    """NOTE [trace leaves no trace]: while f is traced with stand-ins, or runs under
+    torch.func transforms, what it stores in its own state is a tracing value (a
+    lazily computed attribute, e.g. torch.distributions' ``lazy_property``, caches a
+    FakeTensor or a functorch-wrapped tensor in the user's object, breaking every
+    later use of it). The dicts, lists and deques of f's state are copied on entry;
+    on exit every entry that now holds a tracing value is put back (an added key
+    removed, a replaced value restored). What f stores that is real stays, as f
+    would leave it (a counter it advances, a parameter it creates on first use).
+
+    ``mutated`` says f changed the state it reads beyond adding new attributes or
+    keys (it replaced a value, changed a list or rebound a swapped tensor): a
+    graph traced once cannot stand for such an f."""
 
     def __init__(self, state: State, replacements):
         self.state, self.replacements = state, replacements
-        self.saved: list[tuple[Place, Any]] = []  # (mutable place, original), first touch
+        # (mutable place, original, what was put there), first touch
+        self.saved: list[tuple[Place, Any, Any]] = []
         self.copies: list[tuple[Any, Any]] = []
-        # whether f changed its state beyond caching new attributes or keys (a
-        # counter, a list it appends to): then no graph can stand for it
         self.mutated = False
 
     def __enter__(self):
-        self.copies = [(c, c.copy()) for c in self.state.containers]
+        self.copies = [(c, dict(c) if isinstance(c, dict) else list(c))
+                       for c in self.state.containers]
         try:
             for places, new in zip(self.state.places, self.replacements):
                 for p in places:
@@ -191,37 +197,77 @@ class _Swap:
         return self
 
     def __exit__(self, *exc):
+        if any(place.get() is not put for place, _, put in self.saved):
+            self.mutated = True  # f rebound a tensor it reads
         self._restore()
         for c, copy in self.copies:
             if isinstance(c, dict):
-                for k in [k for k in c if k not in copy]:
-                    del c[k]  # a value f cached (a lazy attribute): memoization
-                for k, v in copy.items():
-                    if c.get(k, _MISSING) is not v:
-                        c[k] = v
-                        self.mutated = True  # f changed a value it reads
+                for k in list(c):
+                    old, now = copy.get(k, _MISSING), c[k]
+                    if now is old:
+                        continue
+                    if _tracing_value(now):
+                        if old is _MISSING:
+                            del c[k]
+                        else:
+                            c[k] = old
+                    elif old is not _MISSING:
+                        self.mutated = True  # f replaced a value it reads
+                for k in copy:
+                    if k not in c:
+                        self.mutated = True
             elif len(c) != len(copy) or any(a is not b for a, b in zip(c, copy)):
-                c[:] = copy
                 self.mutated = True
+                if any(_tracing_value(a) for a in c):
+                    c.clear()
+                    c.extend(copy)
         self.copies = []
         return False
 
     def _put(self, where, value) -> None:
         if isinstance(where, Place):
-            if not any(p is where for p, _ in self.saved):
-                self.saved.append((where, where.get()))
+            if not any(p is where for p, _, _ in self.saved):
+                self.saved.append((where, where.get(), value))
+            else:
+                self.saved = [(p, o, value if p is where else v) for p, o, v in self.saved]
             where.set(value)
             return
-        if where.parent is None:
-            raise Unguardable("f reads a tensor inside an immutable container "
-                              "(a functools.partial or a method); pass it as an argument")
+        if where is None or where.parent is None:
+            raise Unguardable("f reads a tensor inside an immutable container (a "
+                              "functools.partial, a method or a weakref); pass it as an "
+                              "argument")
         old = _resolve(where.parent)
         self._put(where.parent, old[:where.index] + (value,) + old[where.index + 1:])
 
     def _restore(self) -> None:
-        for place, original in reversed(self.saved):
+        for place, original, _ in reversed(self.saved):
             place.set(original)
         self.saved.clear()
+
+
+def _check_initialized(module) -> None:
+    """A lazy module (``nn.LazyLinear``) creates its parameters on its first call, in
+    place: a trace would create them from stand-ins inside the user's module."""
+    has = getattr(module, "has_uninitialized_params", None)
+    if callable(has) and has():
+        from .._errors import StateError
+
+        raise StateError(
+            f"derivs: f reads the lazy module {type(module).__name__}, whose parameters "
+            "are not created yet (they are made in place on its first call). Call the "
+            "model once on an example input before taking derivatives.")
+
+
+def _tracing_value(v: Any) -> bool:
+    """A value made while f was traced or transformed: a fake, functional or
+    functorch-wrapped tensor (PyTorch), or a JAX tracer."""
+    torch = _torch()
+    if torch is not None and isinstance(v, torch.Tensor):
+        from torch._subclasses.fake_tensor import is_fake
+
+        return bool(is_fake(v) or torch._C._functorch.is_functorch_wrapped_tensor(v))
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(v, jax.core.Tracer)
 
 
 def _resolve(where) -> Any:
@@ -233,14 +279,11 @@ def _resolve(where) -> Any:
 # -- the walk --------------------------------------------------------------------------
 def preserving(f: Any):
     """A context manager putting back the state ``f`` reads as it was (NOTE [trace
-    leaves no trace]) around a trace of f that swaps nothing; a no-op when that
-    state cannot be walked."""
-    try:
-        return walk(f).preserved()
-    except Unguardable:
-        import contextlib
-
-        return contextlib.nullcontext()
+    leaves no trace]) around a trace of f that swaps nothing; for f that cannot be
+    guarded too (what a best-effort walk reaches)."""
+    w = _Walker(strict=False)
+    w.contents(f, None)
+    return _Swap(State([], [], None, {}, w.containers), ())
 
 
 def walk(f: Any) -> State:
@@ -253,7 +296,10 @@ def walk(f: Any) -> State:
 
 
 class _Walker:
-    def __init__(self):
+    def __init__(self, strict: bool = True):
+        # strict=False: a best-effort walk that goes past what it cannot guard (for
+        # putting state back after a trace, never for a guard)
+        self.strict = strict
         self.plain, self.tensor, self.module = _types()
         self.checks: list[tuple[str, Any, Any]] = []  # (kind, place, expected)
         self.seen: set[int] = set()
@@ -265,9 +311,14 @@ class _Walker:
         self.containers: list[Any] = []
         self.hooks_walked = False
 
+    def refuse(self, why: str) -> None:
+        if self.strict:
+            raise Unguardable(why)
+
     def guard(self, kind: str, place, expected) -> None:
         if len(self.checks) >= MAX_PLACES:
-            raise Unguardable(f"f reaches more than {MAX_PLACES} values to guard")
+            self.refuse(f"f reaches more than {MAX_PLACES} values to guard")
+            return
         self.checks.append((kind, place, expected))
 
     def value(self, v: Any, place) -> None:
@@ -353,11 +404,12 @@ class _Walker:
             return
         if isinstance(v, (set, frozenset)):
             if any(isinstance(a, self.tensor) for a in v):
-                raise Unguardable("f reads tensors from a set; pass them as arguments")
+                self.refuse("f reads tensors from a set; pass them as arguments")
             if isinstance(v, set):
                 self.guard("set", v, frozenset(v))
             return
         if isinstance(v, collections.deque):
+            self.containers.append(v)
             self.guard("len", v, len(v))
             for i, a in enumerate(v):
                 self.value(a, Place("item", v, i))
@@ -371,11 +423,15 @@ class _Walker:
         if isinstance(v, weakref.ref):  # also WeakMethod: what it refers to now
             target = v()
             self.guard("deref", v, target)
+            if isinstance(target, self.tensor):
+                self.refuse("f reads a tensor through a weakref (an RNN's flat "
+                                  "weights, weakref.ref(tensor)), which derivs cannot "
+                                  "swap for tracing; hold the tensor itself")
             if target is not None:
                 self.value(target, None)
             return
         if isinstance(v, (weakref.ProxyType, weakref.CallableProxyType)):
-            raise Unguardable("f reads through a weakref.proxy, whose target derivs cannot "
+            self.refuse("f reads through a weakref.proxy, whose target derivs cannot "
                               "see; use weakref.ref or the object itself")
         d = getattr(v, "__dict__", None)
         # A library's object (a torch.distributions.Normal) is walked like a user's:
@@ -386,6 +442,7 @@ class _Walker:
             self.containers.append(d)
             module = isinstance(v, self.module)
             if module:
+                _check_initialized(v)
                 self.owners[id(d.get("_buffers"))] = v
                 self._global_hooks()
             self.guard("len", d, len(d))
@@ -398,7 +455,7 @@ class _Walker:
                     self.value(d[k], Place("item", d, k))
         if not library:
             if not isinstance(d, dict) and not self._slots(v) and not _library_type(type(v)):
-                raise Unguardable(f"f reads a {type(v).__qualname__} object, whose state "
+                self.refuse(f"f reads a {type(v).__qualname__} object, whose state "
                                   "derivs cannot see (no __dict__ or __slots__)")
         self._class(type(v))
 
@@ -454,7 +511,7 @@ class _Walker:
         names = _names(fn.__code__)
         dynamic = _DYNAMIC_LOOKUPS.intersection(names)
         if dynamic:
-            raise Unguardable(f"{fn.__qualname__} looks names up dynamically "
+            self.refuse(f"{fn.__qualname__} looks names up dynamically "
                               f"({', '.join(sorted(dynamic))}), so no guard can see "
                               "what it reads")
         for cell in fn.__closure__ or ():
