@@ -292,6 +292,26 @@ def test_traces_leave_the_users_state_usable():
                                torch.func.hessian(lambda v: torch.tanh(lazy(v)).sum())(x).trace())
 
 
+def test_named_tuple_of_tensors_is_captured_and_followed():
+    """A NamedTuple holding a tensor stays a NamedTuple while its tensor is swapped
+    for tracing (it was rebuilt as a plain tuple, and f fell back to the general
+    path); a rebinding of the global is followed."""
+    import typing
+
+    class Params(typing.NamedTuple):
+        W: torch.Tensor
+        s: float
+
+    box = {"p": Params(torch.eye(3, dtype=torch.float64) * 2, 3.0)}
+    f = lambda v: ((box["p"].W @ v) ** 3).sum() * box["p"].s  # noqa: E731
+    x = torch.linspace(0.1, 0.5, 3, dtype=torch.float64)
+    L = derivs.laplacian(f)
+    torch.testing.assert_close(L(x), torch.func.hessian(f)(x).trace())
+    assert "not used" not in str(derivs.explain(L, x))
+    box["p"] = Params(torch.eye(3, dtype=torch.float64), 1.0)
+    torch.testing.assert_close(L(x), torch.func.hessian(f)(x).trace())
+
+
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_state_read_through_a_weakref(framework):
     """f reads its matrix through ``weakref.ref``: the walk follows the referent

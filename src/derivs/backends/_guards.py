@@ -237,7 +237,9 @@ class _Swap:
                               "functools.partial, a method or a weakref); pass it as an "
                               "argument")
         old = _resolve(where.parent)
-        self._put(where.parent, old[:where.index] + (value,) + old[where.index + 1:])
+        items = old[:where.index] + (value,) + old[where.index + 1:]
+        # a NamedTuple stays one (f reads its fields by name)
+        self._put(where.parent, type(old)._make(items) if hasattr(type(old), "_make") else items)
 
     def _restore(self) -> None:
         for place, original, _ in reversed(self.saved):
