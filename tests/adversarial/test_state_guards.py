@@ -16,6 +16,7 @@ import functools
 import importlib
 import os
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -222,11 +223,7 @@ def test_f_that_changes_its_state_is_not_frozen():
     """f increments a counter it reads: a trace puts f's state back afterwards (NOTE
     [trace leaves no trace]), which must not hide the change and let one graph
     stand for every call (each call's result grows with the counter)."""
-    class Counter:
-        pass
-
-    st = Counter()
-    st.n = 0
+    st = types.SimpleNamespace(n=0)
 
     def f(v):
         st.n += 1
@@ -258,11 +255,7 @@ def test_traces_leave_the_users_state_usable():
     torch.testing.assert_close(derivs.laplacian(h)(x), torch.tensor(8.0, dtype=torch.float64))
     assert all(type(t) is torch.Tensor for t in log), [type(t) for t in log]
 
-    class Counter:
-        pass
-
-    st = Counter()
-    st.n = 0
+    st = types.SimpleNamespace(n=0)
 
     def g(v):
         st.n += 1
