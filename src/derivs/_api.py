@@ -99,8 +99,8 @@ class _Transform:
     def _twin(self, batch_axis: int | None, mapped: tuple | None = None,
               out_axis: int = 0) -> "_Transform":
         """This transform over the batch with another ``batch_axis`` and no
-        ``batch_size`` (``mapped`` None), or the per-sample transform of f on batches
-        of one sample over the ``mapped`` arguments (NOTE [per-sample route]),
+        ``batch_size`` (``mapped`` None), or the per-sample transform of f for the
+        route ``mapped`` (NOTE [per-sample route]),
         built once each."""
         key = ("twin", batch_axis, mapped, out_axis)
         twin = self.cache.get(key)

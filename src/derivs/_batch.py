@@ -186,8 +186,9 @@ def check_batch_size(api: str, batch_size: Any, batch_axis: Any) -> None:
 # values (a first call at ones or zeros would let a wrong mapping agree): f
 # dividing by the batch size, or reading a per-sample array it closes over,
 # differs there. Where f's own state is traced by an enclosing jit, nothing can
-# be compared: a proven batch axis keeps the one pass, an unproven one is an error. The candidates are every array
-# argument of the batch's size along the axis, then the differentiated ones alone.
+# be compared: a proven batch axis keeps the one pass, an unproven one is an
+# error. The candidates are every array argument of the batch's size along the
+# axis, then the differentiated ones alone.
 # The same mappings with f called on bare samples come last (some frameworks' own
 # vmap rules reject a batch of one inside vmap, e.g. torch's batched linalg.solve
 # with a vector right-hand side), or first where the adapter says they run faster
@@ -200,10 +201,9 @@ def sample_function(fun, mapped, axis: int, out_axis: int, has_aux: bool = False
     """``g`` of NOTE [per-sample route] for a route ``mapped`` (from
     :func:`sample_route`), as a ``functools.partial`` of ``fun`` (so state guards
     walk ``fun`` itself)."""
-    mapped, bare = mapped if isinstance(mapped, Route) else (tuple(mapped), False)
-    if bare:
+    if mapped.bare:
         return functools.partial(_bare_sample, fun)
-    return functools.partial(_one_sample, fun, tuple(mapped), axis, out_axis, has_aux)
+    return functools.partial(_one_sample, fun, mapped.mapped, axis, out_axis, has_aux)
 
 
 class Route(tuple):
@@ -213,6 +213,16 @@ class Route(tuple):
     @property
     def mapped(self) -> tuple:
         return self[0]
+
+    @property
+    def bare(self) -> bool:
+        return self[1]
+
+
+def _in_dims(args: tuple, batch_axis: int, mapped) -> list:
+    """Per argument, its sample axis where ``mapped`` (a Route or flags) maps it."""
+    flags = mapped.mapped if isinstance(mapped, Route) else mapped
+    return [batch_axis % a.ndim if m else None for a, m in zip(args, flags)]
 
 
 def _bare_sample(fun, *args, **kwargs):
@@ -264,7 +274,7 @@ def sample_route(verdict: Verdict, backend, fun, args: tuple, kwargs: dict, argn
     size = args[argnums[0]].shape[batch_axis % args[argnums[0]].ndim]
     every = tuple(_mapped_axis(a, batch_axis, size) is not None for a in args)
     selected = tuple(i in argnums for i in range(len(args)))
-    order = (True, False) if getattr(backend, "bare_samples_first", False) else (False, True)
+    order = (True, False) if backend.bare_samples_first else (False, True)
     candidates = [Route((m, bare)) for bare in order
                   for m in dict.fromkeys((every, selected))]
     for route in candidates:
@@ -373,7 +383,7 @@ class SampleRoutes:
                                           else "an error"))
             else:
                 on = ("bare samples (checked: f on them reproduces f on the batch)"
-                      if isinstance(mapped, Route) and mapped[1] else
+                      if mapped.bare else
                       "batches of one sample")
                 why = ("measured faster; NOTE [batch axis layout]" if verdict.proven
                        else "the batch axis is unproven")
@@ -439,9 +449,7 @@ def chunked(backend, per_sample, batched, args: tuple, batch_axis: int, size: in
     ``batch_size`` samples): the adapter's ``map_chunks`` (JAX: ``lax.map`` of
     ``per_sample``, vmapped inside each chunk; PyTorch: a Python loop of ``batched``
     over slices, concatenated). Only the ``mapped`` arguments are split."""
-    if isinstance(mapped, Route):
-        mapped = mapped.mapped
-    dims = [batch_axis % a.ndim if m else None for a, m in zip(args, mapped)]
+    dims = _in_dims(args, batch_axis, mapped)
     return backend.map_chunks(per_sample, batched, args, dims, size, out_axis, batch_size)
 
 
@@ -461,9 +469,7 @@ def vmapped(backend, fn, args: tuple, batch_axis: int, size: int, out_axis: int,
     runs one sample at a time; any other error surfaces."""
     if mapped is None:
         mapped = tuple(_mapped_axis(a, batch_axis, size) is not None for a in args)
-    if isinstance(mapped, Route):
-        mapped = mapped.mapped
-    in_dims = tuple(batch_axis % a.ndim if m else None for a, m in zip(args, mapped))
+    in_dims = tuple(_in_dims(args, batch_axis, mapped))
     try:
         return backend.vmap_over(fn, in_dims, out_axis)(*args)
     except Exception as e:  # noqa: BLE001 - re-raised unless the framework cannot vmap f

@@ -213,7 +213,8 @@ class _Runner:
                     value=diffusion.value)
 
     def per_sample(self, mapped: tuple, out_axis: int) -> Machine:
-        """The machine of f on batches of one sample (NOTE [per-sample route])."""
+        """The machine of f per sample, for the route ``mapped`` (NOTE [per-sample
+        route])."""
         key = (mapped, out_axis)
         if key not in self._per_sample:
             g = _batch.sample_function(self.f, mapped, self.batch_axis, out_axis)

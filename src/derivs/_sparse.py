@@ -11,7 +11,6 @@ matrix. The pattern is *global*: valid for every value of the inputs.
 from __future__ import annotations
 
 import math
-
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -112,6 +111,7 @@ class Prepared:
         self.coloring_seconds = color_s
         self.conservative_ops = conservative
         self._layout = fw.layout(pattern)
+        self._switched = False  # colored for the other mode once f refused this one
         self._evaluate = fw.evaluator(coloring.mode, owner.fun, owner.argnum, owner.has_aux,
                                       coloring, pattern.shape)
 
@@ -140,7 +140,7 @@ class Prepared:
         transpose_solve no reverse mode) is colored for the other, once; explain then
         shows the coloring that runs."""
         mode = self.coloring.mode
-        if mode not in ("column", "row") or getattr(self, "_switched", False):
+        if mode not in ("column", "row") or self._switched:
             return False
         self._switched = True
         other = "row" if mode == "column" else "column"
@@ -209,7 +209,7 @@ class Prepared:
             f"  prepared in {self.detect_seconds * 1e3:.1f} ms detection + "
             f"{self.coloring_seconds * 1e3:.1f} ms coloring",
         ]
-        if getattr(self, "_switched", False):
+        if self._switched:
             lines.append(f"  f refuses {'forward' if c.mode == 'row' else 'reverse'} mode (its "
                          "own rules: custom_vjp, custom_linear_solve, autograd.Function), so "
                          "the pattern is colored for this mode")
@@ -322,7 +322,7 @@ class SparseDerivative:
     def explain(self, *args) -> "SparseExplanation":
         prepared = self.prepare(*args)
         mode = prepared.coloring.mode
-        if mode in ("column", "row") and not getattr(prepared, "_switched", False):
+        if mode in ("column", "row") and not prepared._switched:
             # the mode a call would find refused is switched now, as the call would:
             # the report shows the coloring that runs
             fw, _, full = _normalize(args, self.argnum, self.api)

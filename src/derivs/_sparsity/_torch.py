@@ -74,21 +74,28 @@ def evaluator(mode, fun, argnum, has_aux, coloring, shape):
     gather_np = np.asarray(coloring.gather)
     graphs: dict = {}
 
-    held: list = []  # the state f reads, walked once while its guard holds
+    # the state f reads (None: it cannot be walked), walked again once its guard fails
+    held = [_walked(fun)]
+
+    def state():
+        if held[0] is not None and not held[0].check():
+            held[0] = _walked(fun)
+        return held[0]
 
     def eager(args):
         # torch.func transforms of f would leave their wrapped tensors in f's state
         # (a lazily computed attribute): put back as it was (NOTE [trace leaves no
         # trace])
-        if not held or (held[0] is not None and not held[0].check()):
-            held[:] = [_walked(fun)]
         from ..backends import _guards
 
-        with held[0].preserved() if held[0] is not None else _guards.preserving(fun):
+        now = state()
+        with now.preserved() if now is not None else _guards.preserving(fun):
             stack, aux = compressed(mode, fun, args, argnum, has_aux, seeds)
         return stack.reshape(-1)[torch.as_tensor(gather_np, device=stack.device)], aux
 
-    if has_aux or _closes_over_tensors(fun):
+    # f reads tensors besides its arguments, or state that cannot be walked: a
+    # captured graph would freeze them
+    if has_aux or held[0] is None or held[0].tensors:
         return eager
 
     def evaluate(args):
@@ -99,7 +106,8 @@ def evaluator(mode, fun, argnum, has_aux, coloring, shape):
             return eager(args)
         g, valid = graphs.get(key, (None, None))
         if g is None or not valid():  # Python values the graph baked in changed
-            valid = _state_check(fun)
+            now = state()
+            valid = now.check if now is not None else None
             g = _capture(mode, fun, args, argnum, seeds, gather_np) if valid else False
             graphs[key] = (g, valid)
         if g is False:
@@ -114,16 +122,6 @@ def _walked(fun):
 
     try:
         return _guards.walk(fun)
-    except _guards.Unguardable:
-        return None
-
-
-def _state_check(fun):
-    """The state guard of what ``fun`` reads (NOTE [state guards]), or None."""
-    from ..backends import _guards
-
-    try:
-        return _guards.walk(fun).check
     except _guards.Unguardable:
         return None
 
@@ -165,8 +163,10 @@ def _capture(mode, fun, args, argnum, seeds, gather):
 
 def _foreign_constants(gm, own) -> bool:
     """Whether ``gm`` bakes in a tensor other than ``own`` ones and those f creates
-    from Python data (``torch.tensor(2.0)``, copied by ``lift_fresh_copy``): a tensor
-    f reads from somewhere the state walk did not reach, which may change."""
+    from Python data (``made_by_f``): a tensor f reads from somewhere the state walk
+    did not reach, which may change."""
+    from ..backends.torch_engine import made_by_f
+
     for node in gm.graph.nodes:
         if node.op != "get_attr":
             continue
@@ -174,7 +174,7 @@ def _foreign_constants(gm, own) -> bool:
         if any(v is t or (v.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
                           and v.shape == t.shape) for t in own):
             continue
-        if not all(u.target == torch.ops.aten.lift_fresh_copy.default for u in node.users):
+        if not made_by_f(node):
             return True
     return False
 
@@ -353,18 +353,6 @@ def _fold_scales(gm) -> None:
                     new = graph.call_function(aten.sub.Tensor, (a, b.args[0]))
                 new.meta["val"] = node.meta.get("val")
                 node.replace_all_uses_with(new)
-
-
-def _closes_over_tensors(fun) -> bool:
-    """Whether ``fun`` reads tensors besides its arguments (anywhere the state walk
-    reaches: closures, globals, modules, functions it calls), or state that cannot
-    be walked: a captured graph would freeze them."""
-    from ..backends import _guards
-
-    try:
-        return bool(_guards.walk(fun).tensors)
-    except _guards.Unguardable:
-        return True
 
 
 def layout(pattern):

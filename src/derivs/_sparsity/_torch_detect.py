@@ -93,6 +93,8 @@ class Detector:
         """``in_deps``: per placeholder, its index sets (None: independent of the
         input); ``in_values``: per placeholder, a known value (lifted tensors f
         reads) or None."""
+        from ..backends.torch_engine import made_by_f
+
         env: dict = {}
         it = iter(in_deps)
         values = iter(in_values or [])
@@ -105,8 +107,7 @@ class Detector:
                 # Any other constant is a tensor f reads where no guard sees it (NOTE
                 # [unguardable]): it may change, so its values are not used.
                 v = getattr(self.gm, node.target)
-                fresh = all(u.target == aten.lift_fresh_copy.default for u in node.users)
-                env[node] = (None, v if fresh and self.consts_known else None)
+                env[node] = (None, v if made_by_f(node) and self.consts_known else None)
             elif node.op == "call_function":
                 env[node] = self.call(node, env)
                 if _inplace(node.target) and isinstance(node.args[0], torch.fx.Node):

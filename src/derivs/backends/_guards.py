@@ -426,15 +426,15 @@ class _Walker:
             target = v()
             self.guard("deref", v, target)
             if isinstance(target, self.tensor):
-                self.refuse("f reads a tensor through a weakref (an RNN's flat "
-                                  "weights, weakref.ref(tensor)), which derivs cannot "
-                                  "swap for tracing; hold the tensor itself")
+                self.refuse("f reads a tensor through a weakref (an RNN's flat weights, "
+                            "weakref.ref(tensor)), which derivs cannot swap for tracing; "
+                            "hold the tensor itself")
             if target is not None:
                 self.value(target, None)
             return
         if isinstance(v, (weakref.ProxyType, weakref.CallableProxyType)):
-            self.refuse("f reads through a weakref.proxy, whose target derivs cannot "
-                              "see; use weakref.ref or the object itself")
+            self.refuse("f reads through a weakref.proxy, whose target derivs cannot see; "
+                        "use weakref.ref or the object itself")
         d = getattr(v, "__dict__", None)
         # A library's object (a torch.distributions.Normal) is walked like a user's:
         # its code is fixed, but its attributes (loc, scale) are f's state. Only its
@@ -457,8 +457,8 @@ class _Walker:
                     self.value(d[k], Place("item", d, k))
         if not library:
             if not isinstance(d, dict) and not self._slots(v) and not _library_type(type(v)):
-                self.refuse(f"f reads a {type(v).__qualname__} object, whose state "
-                                  "derivs cannot see (no __dict__ or __slots__)")
+                self.refuse(f"f reads a {type(v).__qualname__} object, whose state derivs "
+                            "cannot see (no __dict__ or __slots__)")
         self._class(type(v))
 
     def _slots(self, v: Any) -> bool:
@@ -514,8 +514,7 @@ class _Walker:
         dynamic = _DYNAMIC_LOOKUPS.intersection(names)
         if dynamic:
             self.refuse(f"{fn.__qualname__} looks names up dynamically "
-                              f"({', '.join(sorted(dynamic))}), so no guard can see "
-                              "what it reads")
+                        f"({', '.join(sorted(dynamic))}), so no guard can see what it reads")
         for cell in fn.__closure__ or ():
             try:
                 contents = cell.cell_contents
@@ -577,15 +576,12 @@ def _library_module(mod: types.ModuleType) -> bool:
 
 
 def _library_type(cls: type) -> bool:
-    """A type of the packages above, the standard library or an installed package:
-    its objects without ``__dict__`` are immutable values (a dtype, a compiled
-    pattern, an ``operator.attrgetter``) or out of any guard's reach by design
-    (random generators: f drawing from one is not a function of its inputs)."""
-    top = (getattr(cls, "__module__", None) or "").split(".")[0]
-    if top in _LIBRARY_PREFIXES or top in sys.stdlib_module_names or top == "builtins":
-        return True
-    mod = sys.modules.get(getattr(cls, "__module__", None) or "")
-    return mod is not None and _library_module(mod)
+    """A type of a library's module (:func:`_library_module`): its objects without
+    ``__dict__`` are immutable values (a dtype, a compiled pattern, an
+    ``operator.attrgetter``) or out of any guard's reach by design (random
+    generators: f drawing from one is not a function of its inputs)."""
+    name = getattr(cls, "__module__", None) or ""
+    return _library_module(sys.modules.get(name) or types.SimpleNamespace(__name__=name))
 
 
 def _is_library(obj) -> bool:

@@ -8,7 +8,6 @@ XLA removes the hyper-dual coefficients that no request reads (under ``jit``).
 from __future__ import annotations
 
 import contextlib
-
 import importlib
 from typing import Any
 

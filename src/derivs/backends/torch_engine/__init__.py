@@ -33,6 +33,7 @@ from ._capture import clean_dispatch_state as clean_dispatch_state
 from ._capture import inside_functorch as inside_functorch
 from ._capture import outside_functorch as outside_functorch
 from ._capture import cache_key as cache_key
+from ._capture import made_by_f as made_by_f
 from ._capture import StateError, guarded_get, inside_trace, shared_capture
 from ._math_forms import math_forms as math_forms
 from ._engine import build

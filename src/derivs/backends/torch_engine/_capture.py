@@ -234,15 +234,19 @@ def _capture(fun, leaves, in_spec, is_tensor, state, table, pure) -> Capture:
     for node in traced.graph.nodes:
         if node.op == "call_function" and pure:
             _check_pure(node, lifted_nodes, state)
-        elif node.op == "get_attr" and not all(
-                u.target == aten.lift_fresh_copy.default for u in node.users):
-            # Tensors that f creates from Python data (torch.tensor(2.0)) are traced
-            # as constants copied by lift_fresh_copy: part of f, safe to keep. Any
-            # other constant is a tensor the walk did not find: it may change.
+        elif node.op == "get_attr" and not made_by_f(node):
+            # any other constant is a tensor the walk did not find: it may change
             raise Unliftable("f reads a tensor derivs cannot locate from f's closure, "
                               "globals or modules (e.g. through an imported module's "
                               "attribute); pass it as an argument instead")
     return Capture(traced, is_tensor, side["spec"], state)
+
+
+def made_by_f(node: fx.Node) -> bool:
+    """Whether graph constant ``node`` is a tensor f creates from Python data
+    (``torch.tensor(2.0)``): traced as a constant copied by ``lift_fresh_copy``, part
+    of f, safe to keep."""
+    return all(u.target == aten.lift_fresh_copy.default for u in node.users)
 
 
 @contextlib.contextmanager
