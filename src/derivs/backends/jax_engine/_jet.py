@@ -190,9 +190,14 @@ def collapsed_sum(key: Key, terms, x, y, product=lambda u, v: u * v):
         return sum_of_products(((x(t), y(r), m) for t, r, m in terms), product)
     own = [(t, r, m) for t, r, m in terms if t == key or r == key]
     rest = [(t, r, m) for t, r, m in terms if t != key and r != key]
+    # A common multiplicity (the 2 of a cross term ``2 sum_d a_d b_d``) scales the
+    # family sum, value-sized, rather than every direction's product: XLA's CPU
+    # fusions otherwise materialize the constant at the stacked size.
+    common = {m for _, _, m in rest}
+    c = common.pop() if len(common) == 1 else 1
     return add(sum_of_products(((x(t), y(r), m) for t, r, m in own), product),
-               family_sum(key, sum_of_products(((x(t), y(r), m) for t, r, m in rest),
-                                               product)))
+               scale(family_sum(key, sum_of_products(((x(t), y(r), m / c)
+                                                      for t, r, m in rest), product)), c))
 
 
 # -- the algebra ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import itertools
 import operator
 import sys
 import threading
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.fx.traceback as fx_traceback
 import torch.utils._pytree as pytree
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -38,8 +40,9 @@ from .. import _guards
 from ._math_forms import math_attention
 from .._common import leaf_signature
 from ._builder import is_mutating, is_random
+from . import _closed_forms  # noqa: F401  (fills the closed-form registry)
 from . import _rules  # noqa: F401  (fills the jet rule registry)
-from ._registry import JET_RULES, Unsupported
+from ._registry import CLOSED_FORMS, JET_RULES, Unsupported
 
 aten = torch.ops.aten
 # Tracing uses process-wide dispatcher state and swaps the user's tensors for
@@ -221,8 +224,9 @@ def _capture(fun, leaves, in_spec, is_tensor, state, table, pure) -> Capture:
             # decompositions) become pure ops; an update of an input stays visible
             # as copy_ and is rejected below. Real tensors the walk missed become
             # constants (allow_non_fake_inputs) and are rejected below too.
-            traced = make_fx(torch.func.functionalize(flat_fn), table,
-                             tracing_mode="fake", _allow_non_fake_inputs=True)(*examples)
+            with _tagging():  # NOTE [closed forms] in _closed_forms.py
+                traced = make_fx(torch.func.functionalize(flat_fn), table,
+                                 tracing_mode="fake", _allow_non_fake_inputs=True)(*examples)
         finally:
             _clear_fake_caches()
     if side.get("mutated") or not state.check():
@@ -417,8 +421,49 @@ def decompositions() -> dict:
                         (aten.xlogy, aten.log.default)):
             for overload in op.overloads():
                 table[getattr(op, overload)] = _special_log(log)
-        _DECOMPOSITIONS = {op: fn for op, fn in table.items() if op not in JET_RULES}
+        _DECOMPOSITIONS = {op: _tagged(op, fn) if op in CLOSED_FORMS else fn
+                           for op, fn in table.items() if op not in JET_RULES}
     return _DECOMPOSITIONS
+
+
+# NOTE [closed forms] (``_closed_forms.py``): the ops a decomposition of an activation
+# emits carry ``node.meta["custom"][BLOCK_TAG]``, a stack (outermost first: Mish's
+# decomposition calls Softplus's) of ``(op, instance, params, kwargs)``. Tags are
+# written only while ``_tagging`` is on (a capture), through torch.fx's own node
+# metadata; without it (or without the API) graphs are untagged and the family
+# program differentiates the decomposed ops one by one, as exactly.
+BLOCK_TAG = "derivs.closed_form"
+_INSTANCES = itertools.count()
+
+
+def _tagging():
+    if not hasattr(fx_traceback, "annotate"):
+        return contextlib.nullcontext()
+    return fx_traceback.preserve_node_meta()
+
+
+def _tagged(op, decomposition):
+    if not hasattr(fx_traceback, "annotate"):
+        return decomposition
+
+    def tagged(*args, **kwargs):
+        params = args[1:]
+        if (not fx_traceback.has_preserved_node_meta()
+                or any(isinstance(p, torch.Tensor) for p in (*params, *kwargs.values()))):
+            return decomposition(*args, **kwargs)
+        custom = fx_traceback.get_current_meta().get("custom") or {}
+        outer = tuple(custom.get(BLOCK_TAG, ()))
+        tag = outer + ((op, next(_INSTANCES), params, dict(kwargs)),)
+        with fx_traceback.annotate({BLOCK_TAG: tag}):
+            return decomposition(*args, **kwargs)
+    return tagged
+
+
+def block_tag(node: fx.Node) -> tuple | None:
+    """The outermost closed-form tag of ``node``: ``(op, instance, params, kwargs)``."""
+    custom = node.meta.get("custom")
+    tags = custom.get(BLOCK_TAG) if isinstance(custom, dict) else None
+    return tags[0] if tags else None
 
 
 def _check_pure(node: fx.Node, lifted_nodes: dict, state: _guards.State) -> None:

@@ -40,9 +40,11 @@ from .._common import Fallback, numel
 from .._common import add as _add
 from . import _contracted
 from . import _pointwise  # noqa: F401  (fills the series rule registry)
-from ._capture import Capture, StateError, complex_values, inside_trace, shared_capture
+from ._capture import (Capture, StateError, block_tag, complex_values, inside_trace,
+                       shared_capture)
 from ._engine import _top_level_offsets, fallback
-from ._registry import CONSTANT_OPS, FAMILY_RULES, SERIES_RULES, Unsupported, deffamily
+from ._registry import (CLOSED_FORMS, CONSTANT_OPS, FAMILY_RULES, SERIES_RULES, Unsupported,
+                        deffamily)
 
 aten = torch.ops.aten
 
@@ -284,6 +286,10 @@ class FamilyProgram:
         # members whose stacks something outside their region reads
         self.members: dict = {}
         self.exports: set = set()
+        # NOTE [closed forms]: a block's output -> (rule, input, params, kwargs), and
+        # the block's other ops (computed by the output's rule, never run)
+        self.blocks: dict = {}
+        self.inside: set = set()
         self._contexts: dict = {}  # (id(layout), device) -> (layout, _Ctx)
         self._laplacians: dict = {}
 
@@ -338,8 +344,11 @@ class FamilyProgram:
         need = self.need_rows if layout.read else self.need_c
         series: dict = {}  # region values as univariate series (NOTE [elementwise regions])
         frees = self.frees
+        inside = self.inside
         for node in self.graph.nodes:
             if node.op == "call_function":
+                if node in inside:
+                    continue
                 root = self.members.get(node)
                 if root is None:
                     env[node] = _apply(ctx, node, env, node in need)
@@ -364,12 +373,15 @@ class FamilyProgram:
         intermediate's. A fused region's members read their root's stack too."""
         last: dict = {}
         for node in self.graph.nodes:
-            if node.op != "call_function":
+            if node.op != "call_function" or node in self.inside:
                 continue
             reads = list(node.all_input_nodes)
             root = self.members.get(node)
             if root is not None:
                 reads.append(root)
+            block = self.blocks.get(node)
+            if block is not None:
+                reads.append(block[1])
             for r in reads:
                 last[r] = node
         out = self.graph.output_node()
@@ -394,9 +406,16 @@ class FamilyProgram:
                 return series[a] if a in series else env[a].p
             return a
 
-        args = [arg(a) for a in node.args]
-        kw = {k: _primal(v, env) for k, v in node.kwargs.items()}
-        s = series[node] = SERIES_RULES[node.target].rule(args, kw, m)
+        block = self.blocks.get(node)
+        if block is not None:  # NOTE [closed forms]
+            rule, x, params, kw = block
+            u = series[x]
+            y, d = rule(u[0], m, *params, **kw)
+            s = series[node] = U.Series([y] + U.compose(d, u, m))
+        else:
+            args = [arg(a) for a in node.args]
+            kw = {k: _primal(v, env) for k, v in node.kwargs.items()}
+            s = series[node] = SERIES_RULES[node.target].rule(args, kw, m)
         if node not in self.exports:
             return _Jet(s[0])
         return _unary_stack(ctx, env[root], s[0], list(s[1:]), want_c)
@@ -425,6 +444,37 @@ def _fused_regions(graph: fx.Graph, live: set) -> dict:
         if any(_needs_fusion(n, live) for n in members):
             fused.update((n, root) for n in members)
     return fused
+
+
+def _blocks(graph: fx.Graph, members: dict) -> tuple[dict, set]:
+    """NOTE [closed forms] (``_closed_forms.py``): the tagged decompositions that can
+    be taken whole: one input in the same fused region (its root or a member), one
+    output that anything outside reads, the same shape and dtype in and out, every
+    other op read only inside. Returns ``(output -> (rule, input, params, kwargs),
+    the other ops)``; any other block keeps its op-by-op series."""
+    groups: dict = {}
+    for n in graph.nodes:
+        tag = block_tag(n) if n.op == "call_function" else None
+        if tag is not None and tag[0] in CLOSED_FORMS:
+            groups.setdefault(tag[1], (tag, []))[1].append(n)
+    blocks, inside = {}, set()
+    for (op, _, params, kwargs), nodes in groups.values():
+        block = set(nodes)
+        inputs = {a for n in nodes for a in n.all_input_nodes if a not in block}
+        outs = [n for n in nodes if any(u not in block for u in n.users)]
+        if len(inputs) != 1 or len(outs) != 1:
+            continue
+        (x,), out = inputs, outs[0]
+        root = members.get(out)
+        if root is None or not (x is root or members.get(x) is root):
+            continue
+        vx, vo = x.meta.get("val"), out.meta.get("val")
+        if not (isinstance(vx, torch.Tensor) and isinstance(vo, torch.Tensor)
+                and vx.shape == vo.shape and vx.dtype == vo.dtype):
+            continue
+        blocks[out] = (CLOSED_FORMS[op], x, params, kwargs)
+        inside.update(n for n in nodes if n is not out)
+    return blocks, inside
 
 
 def _needs_fusion(n: fx.Node, live: set) -> bool:
@@ -476,6 +526,7 @@ def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
     program.exports = {n for n in program.members
                        if n in outputs or any(u in live and u not in program.members
                                               for u in n.users)}
+    program.blocks, program.inside = _blocks(traced.graph, program.members)
     program.need_c = _lower_readers(traced.graph, live, program.members)
     program.need_rows = _lower_readers(traced.graph, live, program.members, outputs & live)
     return program

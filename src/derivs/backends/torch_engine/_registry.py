@@ -125,3 +125,23 @@ def defseries(*targets: object, accepts: Callable[[dict], bool] | None = None
             SERIES_RULES[t] = SeriesRule(fn, accepts)
         return fn
     return deco
+
+
+# ``CLOSED_FORMS`` (filled in ``_closed_forms.py`` with :func:`defclosed`): activations
+# that the capture decomposes (GELU, ELU, Softplus, Mish ...), as closed forms of
+# their derivatives. ``rule(x, m, *params, **kwargs) -> (y, [phi'(x), ..., phi^(m)(x)])``
+# with ``y`` the op's own value at ``x``. The capture tags the ops each decomposition
+# emits (NOTE [closed forms] in ``_closed_forms.py``) and the family program takes
+# a tagged block whole instead of differentiating its ops one by one.
+CLOSED_FORMS: dict[object, Callable[..., Any]] = {}
+
+
+def defclosed(*targets: object) -> Callable[[Callable], Callable]:
+    """Decorator: ``fn`` is the closed form of every ATen overload in ``targets``."""
+    def deco(fn: Callable) -> Callable:
+        for t in targets:
+            if t in CLOSED_FORMS:
+                raise ValueError(f"a PyTorch closed form for {t} is registered twice")
+            CLOSED_FORMS[t] = fn
+        return fn
+    return deco
