@@ -121,6 +121,29 @@ def _torch_rows(name, D, quick, kinds) -> dict:
 
 
 # -- JAX --------------------------------------------------------------------------------------
+# XLA's CPU backend (jaxlib 0.10.2 and later) hands reductions and the elementwise
+# and dot ops around them to YNNPACK fusions by default; on these programs that made
+# both contenders slower, derivs' gated MLP 3x (a known upstream regression:
+# jax-ml/jax#37465, whose workaround is this flag). The JAX Laplacian is timed both
+# ways, each contender compiled with the same options.
+_NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def _no_ynn(fn, x):
+    """``jax.jit(fn)`` compiled without XLA's CPU YNNPACK fusions, or None where the
+    option does not exist (another backend or jaxlib)."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return None
+    try:
+        jitted = jax.jit(fn, compiler_options=_NO_YNN)
+        jitted(x).block_until_ready()
+    except Exception:  # noqa: BLE001 - an older jaxlib: the default spelling only
+        return None
+    return jitted
+
+
 def _jax_rows(name, D, quick, kinds) -> dict:
     import jax
     import jax.numpy as jnp
@@ -137,6 +160,11 @@ def _jax_rows(name, D, quick, kinds) -> dict:
         lap(x).block_until_ready()
         row["first_call_s"] = time.perf_counter() - t0
         fns = {"laplacian": lambda: lap(x), "trace(hessian)": lambda: ref(x)}
+        lap_off = _no_ynn(derivs.laplacian(u, batch_axis=0), x)
+        ref_off = _no_ynn(jax.vmap(lambda z: jnp.trace(jax.hessian(single)(z))), x)
+        if lap_off is not None and ref_off is not None:
+            fns.update({"laplacian no-YNN": lambda: lap_off(x),
+                        "trace(hessian) no-YNN": lambda: ref_off(x)})
         if "diagonal" in kinds:
             diag = jax.jit(derivs.hessian_diagonal(u, batch_axis=0))
             dref = jax.jit(jax.vmap(lambda z: jnp.diagonal(jax.hessian(single)(z))))
@@ -250,17 +278,25 @@ def run(quick: bool = False) -> str:
     for fw in ("torch", "jax"):
         for D in dims:
             mine = [r for r in rows if r["framework"] == fw and r["D"] == D]
+            no_ynn = fw == "jax" and any("laplacian no-YNN_s" in r for r in mine)
             sections.append((
                 f"{'PyTorch' if fw == 'torch' else 'JAX'} Laplacian, D = {D}, width "
-                f"{WIDTH}, {POINTS} points (time relative to vmap(trace(hessian)))",
+                f"{WIDTH}, {POINTS} points (time relative to vmap(trace(hessian)))"
+                + ("; last two columns: both compiled without XLA's CPU YNNPACK fusions "
+                   "(jax-ml/jax#37465)" if no_ynn else ""),
                 _harness.markdown_table(
                     ["member", "derivs ms", "trace(hessian) ms", "/ tanh MLP",
-                     "first call s", "derivs / trace(hessian)"],
+                     "first call s", "derivs / trace(hessian)"]
+                    + (["no-YNN derivs ms", "no-YNN derivs / trace(hessian)"] if no_ynn
+                       else []),
                     [[r["member"], f"{r['laplacian_s'] * 1e3:.2f}" if "laplacian_s" in r
                       else r.get("error", "-"),
                       f"{r['trace(hessian)_s'] * 1e3:.2f}" if "trace(hessian)_s" in r else "-",
                       vs_tanh(r), f"{r.get('first_call_s', float('nan')):.2f}",
-                      _ratio(r, "laplacian", "trace(hessian)")] for r in mine])))
+                      _ratio(r, "laplacian", "trace(hessian)")]
+                     + ([f"{r['laplacian no-YNN_s'] * 1e3:.2f}" if "laplacian no-YNN_s" in r
+                         else "-", _ratio(r, "laplacian no-YNN", "trace(hessian) no-YNN")]
+                        if no_ynn else []) for r in mine])))
         mine = [r for r in rows if r["framework"] == fw and r["D"] == 10]
         sections.append((
             f"{'PyTorch' if fw == 'torch' else 'JAX'} Hessian diagonal and Bi-Laplacian, "

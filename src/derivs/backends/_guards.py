@@ -93,7 +93,7 @@ _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks",
 
 
 class Unguardable(Exception):
-    """f reads state that cannot be guarded (or swapped for tracing)."""
+    """f reads state that cannot be guarded."""
 
 
 # -- places: where a value is stored ----------------------------------------------------
@@ -124,8 +124,7 @@ class Place:
 
 @dataclasses.dataclass(frozen=True)
 class InTuple:
-    """Position ``index`` of the tuple stored at ``parent`` (swapped by rebuilding
-    the tuple there)."""
+    """Position ``index`` of the tuple stored at ``parent``."""
 
     parent: Any  # Place | InTuple | None (None: the tuple cannot be replaced)
     index: int
@@ -152,67 +151,61 @@ class State:
                 return f"'{place.key}' of {type(owner).__name__}"
         return None
 
-    def preserved(self) -> "_Swap":
+    def preserved(self) -> "_Kept":
         """A context manager that puts f's state back as it was afterwards (NOTE
-        [trace leaves no trace]), swapping nothing."""
-        return _Swap(self, ())
-
-    def swapped(self, replacements) -> "_Swap":
-        """A context manager storing ``replacements[i]`` wherever tensor ``i`` is
-        stored, and putting the originals back afterwards (even on error)."""
-        return _Swap(self, replacements)
+        [trace leaves no trace])."""
+        return _Kept(self)
 
 
-class _Swap:
-    """NOTE [trace leaves no trace]: while f is traced with stand-ins, or runs under
-    torch.func transforms, what it stores in its own state is a tracing value (a
-    lazily computed attribute, e.g. torch.distributions' ``lazy_property``, caches a
-    FakeTensor or a functorch-wrapped tensor in the user's object, breaking every
+class _Kept:
+    """NOTE [trace leaves no trace]: while f is traced (its tensors stood in for by a
+    thread-local mode, NOTE [stand-ins] in ``torch_engine/_capture.py``), or runs
+    under torch.func transforms, what it stores in its own state is a tracing value
+    (a lazily computed attribute, e.g. torch.distributions' ``lazy_property``, caches
+    a FakeTensor or a functorch-wrapped tensor in the user's object, breaking every
     later use of it). The dicts, lists and deques of f's state are copied on entry;
     on exit every entry that now holds a tracing value is put back (an added key
-    removed, a replaced value restored). What f stores that is real stays, as f
-    would leave it (a counter it advances, a parameter it creates on first use).
+    removed, a replaced value restored), and so is every tensor f reads that it
+    rebound. What f stores that is real stays, as f would leave it (a counter it
+    advances, a parameter it creates on first use).
 
     ``mutated`` says f changed the state it reads beyond adding new attributes or
-    keys (it replaced a value, changed a list or rebound a swapped tensor): a
+    keys (it replaced a value, changed a list or rebound a tensor it reads): a
     graph traced once cannot stand for such an f."""
 
-    def __init__(self, state: State, replacements):
-        self.state, self.replacements = state, replacements
-        # (mutable place, original, what was put there), first touch
-        self.saved: list[tuple[Place, Any, Any]] = []
+    def __init__(self, state: State):
+        self.state = state
         self.copies: list[tuple[Any, Any]] = []
         self.mutated = False
 
     def __enter__(self):
         self.copies = [(c, dict(c) if isinstance(c, dict) else list(c))
                        for c in self.state.containers]
-        try:
-            for places, new in zip(self.state.places, self.replacements):
-                for p in places:
-                    self._put(p, new)
-        except BaseException:
-            self._restore()
-            raise
         return self
 
     def __exit__(self, *exc):
-        if any(place.get() is not put for place, _, put in self.saved):
-            self.mutated = True  # f rebound a tensor it reads
-        self._restore()
+        for t, places in zip(self.state.tensors, self.state.places):
+            for place in places:
+                if not isinstance(place, Place):
+                    continue  # inside a tuple: f cannot rebind it
+                now = place.get() if _present(place) else _MISSING
+                if now is not t:
+                    self.mutated = True  # f rebound a tensor it reads
+                    if now is _MISSING or _tracing_value(now):
+                        place.set(t)
         for c, copy in self.copies:
             if isinstance(c, dict):
                 for k in list(c):
                     old, now = copy.get(k, _MISSING), c[k]
                     if now is old:
                         continue
+                    if old is not _MISSING:
+                        self.mutated = True  # f replaced a value it reads
                     if _tracing_value(now):
                         if old is _MISSING:
-                            del c[k]
+                            del c[k]  # a cache f filled while traced
                         else:
                             c[k] = old
-                    elif old is not _MISSING:
-                        self.mutated = True  # f replaced a value it reads
                 for k in copy:
                     if k not in c:
                         self.mutated = True
@@ -224,27 +217,13 @@ class _Swap:
         self.copies = []
         return False
 
-    def _put(self, where, value) -> None:
-        if isinstance(where, Place):
-            if not any(p is where for p, _, _ in self.saved):
-                self.saved.append((where, where.get(), value))
-            else:
-                self.saved = [(p, o, value if p is where else v) for p, o, v in self.saved]
-            where.set(value)
-            return
-        if where is None or where.parent is None:
-            raise Unguardable("f reads a tensor inside an immutable container (a "
-                              "functools.partial, a method or a weakref); pass it as an "
-                              "argument")
-        old = _resolve(where.parent)
-        items = old[:where.index] + (value,) + old[where.index + 1:]
-        # a NamedTuple stays one (f reads its fields by name)
-        self._put(where.parent, type(old)._make(items) if hasattr(type(old), "_make") else items)
 
-    def _restore(self) -> None:
-        for place, original, _ in reversed(self.saved):
-            place.set(original)
-        self.saved.clear()
+def _present(place: Place) -> bool:
+    try:
+        place.get()
+    except (AttributeError, KeyError, IndexError, ValueError):
+        return False
+    return True
 
 
 def _check_initialized(module) -> None:
@@ -272,12 +251,6 @@ def _tracing_value(v: Any) -> bool:
     return jax is not None and isinstance(v, jax.core.Tracer)
 
 
-def _resolve(where) -> Any:
-    if isinstance(where, Place):
-        return where.get()
-    return _resolve(where.parent)[where.index]
-
-
 # -- the walk --------------------------------------------------------------------------
 def preserving(f: Any):
     """A context manager putting back the state ``f`` reads as it was (NOTE [trace
@@ -285,7 +258,7 @@ def preserving(f: Any):
     guarded too (what a best-effort walk reaches)."""
     w = _Walker(strict=False)
     w.contents(f, None)
-    return _Swap(State([], [], None, {}, w.containers), ())
+    return _Kept(State([], [], None, {}, w.containers))
 
 
 def walk(f: Any) -> State:

@@ -6,10 +6,10 @@ fake mode (no real computation; data-dependent control flow raises instead of
 being specialized), functionalized, with core ATen decompositions for ops that
 have no jet rule. Before tracing, :func:`_guards.walk` finds the tensors ``f``
 can reach (closures, globals, ``nn.Module`` parameters and buffers, containers):
-while the trace runs they are swapped for graph inputs, as
-``torch.func.functional_call`` swaps parameters, so the graph reads them live at
-every call and autograd reaches them (a PINN loss built on a derivative of an
-``nn.Module`` trains it). The walk's check (NOTE [state guards]) must hold for a
+while the trace runs, every torch function that receives one gets a graph input
+instead (NOTE [stand-ins]; the user's objects are never touched), so the graph
+reads them live at every call and autograd reaches them (a PINN loss built on a
+derivative of an ``nn.Module`` trains it). The walk's check (NOTE [state guards]) must hold for a
 cached graph to be reused; otherwise ``f`` is captured again.
 
 Chosen over TorchDynamo by measurement (``python -m benchmarks capture``): Dynamo
@@ -45,8 +45,8 @@ from . import _rules  # noqa: F401  (fills the jet rule registry)
 from ._registry import CLOSED_FORMS, JET_RULES, Unsupported
 
 aten = torch.ops.aten
-# Tracing uses process-wide dispatcher state and swaps the user's tensors for
-# graph inputs: one capture at a time. Cached graphs run concurrently.
+# Tracing uses process-wide dispatcher state (fake-tensor caches, torch.fx's node
+# metadata): one capture at a time. Cached graphs run concurrently.
 BUILD_LOCK = threading.RLock()
 
 
@@ -203,11 +203,13 @@ def _capture(fun, leaves, in_spec, is_tensor, state, table, pure) -> Capture:
         it = iter(tensors[:n_args])
         full = [next(it) if t else leaf for t, leaf in zip(is_tensor, leaves)]
         a, kw = pytree.tree_unflatten(full, in_spec)
-        swap = state.swapped(tensors[n_args:])
-        with swap, math_attention():  # NOTE [attention]
+        stand_ins = _StandIns(state.tensors, tensors[n_args:])
+        kept = state.preserved()
+        with kept, stand_ins, math_attention():  # NOTE [attention]
             out = fun(*a, **kw)
-        side["mutated"] = side.get("mutated", False) or swap.mutated
+        side["mutated"] = side.get("mutated", False) or kept.mutated
         out_leaves, side["spec"] = pytree.tree_flatten(out)
+        out_leaves = [stand_ins.get(leaf) for leaf in out_leaves]  # f returned one as is
         for leaf in out_leaves:
             if not (isinstance(leaf, torch.Tensor) and leaf.is_floating_point()):
                 raise Unsupported("f returned a non-floating or non-tensor output")
@@ -244,6 +246,31 @@ def _capture(fun, leaves, in_spec, is_tensor, state, table, pure) -> Capture:
                               "globals or modules (e.g. through an imported module's "
                               "attribute); pass it as an argument instead")
     return Capture(traced, is_tensor, side["spec"], state)
+
+
+class _StandIns(torch.overrides.TorchFunctionMode):
+    """NOTE [stand-ins]: while f is traced, every torch function that receives one
+    of the tensors f reads (a parameter, a buffer, a closed-over tensor) gets its
+    graph input instead, so the graph reads them live at every call. The mode is
+    thread-local and f's objects are never touched: another thread may run the same
+    module eagerly while derivs captures it (swapping the tensors into the module
+    for the trace, as ``functional_call`` does, broke such calls). A read that no
+    torch function sees (``f`` handing a tensor to a C extension) leaves the real
+    tensor in the graph as a constant, which the capture refuses (``made_by_f``)."""
+
+    def __init__(self, real: list, stand_ins) -> None:
+        super().__init__()
+        self._real = real  # keeps the ids below alive and unique
+        self._by_id = {id(t): s for t, s in zip(real, stand_ins)}
+
+    def get(self, t):
+        return self._by_id.get(id(t), t) if isinstance(t, torch.Tensor) else t
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self._by_id:
+            args, kwargs = pytree.tree_map_only(torch.Tensor, self.get, (args, kwargs))
+        return func(*args, **kwargs)
 
 
 def made_by_f(node: fx.Node) -> bool:

@@ -1,0 +1,116 @@
+"""Attacks from other threads while derivs captures (NOTE [stand-ins] in
+``torch_engine/_capture.py``): the user's own eager calls of the same module must
+keep working and give their values, and derivs' results must stay exact.
+
+Before the capture stood tensors in through a thread-local mode, it swapped fake
+tensors into the user's module for the length of a trace, and eager calls from
+another thread failed (``fake_mode.in_kernel_invocation must be False``) or read
+the stand-ins."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+import torch.nn as nn
+
+import derivs
+
+
+def _hessian_trace(f, x):
+    H = torch.vmap(torch.func.hessian(lambda z: f(z[None])[0]))(x)
+    return H.diagonal(dim1=-2, dim2=-1).sum(-1)
+
+
+def test_eager_calls_of_a_module_derivs_is_capturing():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.LayerNorm(16),
+                          nn.Linear(16, 1)).double()
+    x = torch.randn(8, 3, dtype=torch.float64)
+    with torch.no_grad():
+        want_eager = model(x)
+    errors, wrong, stop = [], [], threading.Event()
+
+    def eager():
+        while not stop.is_set():
+            try:
+                with torch.no_grad():
+                    got = model(x)
+                if not torch.equal(got, want_eager):
+                    wrong.append(got)
+            except Exception as e:  # noqa: BLE001 - the attack's outcome
+                errors.append(repr(e)[:200])
+
+    def u(z):
+        return model(z).sum(-1)
+
+    thread = threading.Thread(target=eager)
+    thread.start()
+    try:
+        results = []
+        for _ in range(8):  # a fresh transform each time: a fresh capture each time
+            results.append(derivs.laplacian(u, batch_axis=0)(x))
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors[:3]
+    assert not wrong
+    want = _hessian_trace(u, x)
+    for r in results:
+        torch.testing.assert_close(r, want)
+
+
+def test_captures_in_several_threads_at_once():
+    """Threads capturing the same module (one capture at a time, BUILD_LOCK) and
+    running cached graphs concurrently, each with its own data."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(2, 8), nn.GELU(), nn.Linear(8, 1)).double()
+
+    def u(z):
+        return model(z).sum(-1)
+
+    xs = [torch.randn(5 + k, 2, dtype=torch.float64) for k in range(4)]
+    wants = [_hessian_trace(u, x) for x in xs]
+    errors = []
+
+    def work(k):
+        try:
+            lap = derivs.laplacian(u, batch_axis=0)
+            for _ in range(5):
+                torch.testing.assert_close(lap(xs[k]), wants[k])
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:2]
+
+
+def test_capture_leaves_the_module_untouched():
+    """What f reads is never replaced in the user's objects, not even for the
+    length of a trace: a thread watching the module sees its own parameters."""
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    own = [model[0].weight, model[0].bias, model[2].weight, model[2].bias]
+    x = torch.randn(4, 3, dtype=torch.float64)
+    replaced, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            now = [model[0].weight, model[0].bias, model[2].weight, model[2].bias]
+            if any(a is not b for a, b in zip(now, own)):
+                replaced.append(now)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    try:
+        for _ in range(4):
+            lap = derivs.laplacian(lambda z: model(z).sum(-1), batch_axis=0)
+            lap(x)
+    finally:
+        stop.set()
+        thread.join()
+    assert "lifted to inputs" in str(lap.explain(x))  # the capture ran, not a fallback
+    assert not replaced
