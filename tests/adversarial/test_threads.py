@@ -10,6 +10,7 @@ the stand-ins."""
 from __future__ import annotations
 
 import threading
+import time
 
 import torch
 import torch.nn as nn
@@ -114,3 +115,55 @@ def test_capture_leaves_the_module_untouched():
         thread.join()
     assert "lifted to inputs" in str(lap.explain(x))  # the capture ran, not a fallback
     assert not replaced
+
+
+SCALE = 1.0
+
+
+def test_state_changed_by_another_thread_during_the_trace(monkeypatch):
+    """NOTE [one state per capture]: another thread rebinds a global f reads while
+    derivs traces f (after f read it). The graph must be traced from one state: the
+    capture is retried, and the result is the new state's, from a graph (a fallback
+    would evaluate f once per coordinate, each reading whichever value is current).
+    The first trace of f (its argument a fake tensor) lingers after reading the
+    global, and the writer changes it meanwhile."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    from derivs.backends.torch_engine import _capture
+
+    global SCALE
+    SCALE = 1.0
+
+    def f(x):
+        out = SCALE * x ** 3
+        if SCALE == 1.0 and is_fake(x):
+            time.sleep(2.0)
+        return out.sum(-1)
+
+    def writer():
+        global SCALE
+        time.sleep(0.5)
+        SCALE = 3.0
+
+    traces = []
+    trace = _capture._capture
+
+    def spy(*args, **kwargs):
+        try:
+            traces.append(trace(*args, **kwargs))
+        except BaseException as e:
+            traces.append(e)
+            raise
+        return traces[-1]
+
+    monkeypatch.setattr(_capture, "_capture", spy)
+    thread = threading.Thread(target=writer)
+    x = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
+    lap = derivs.laplacian(f, batch_axis=0)
+    thread.start()
+    got = lap(x)
+    thread.join()
+    torch.testing.assert_close(got, (3.0 * 6 * x).sum(-1))
+    # the raced trace, then the new state's (not a fallback)
+    names = [type(t).__name__ for t in traces]
+    assert names[0] == "_Raced" and "Capture" in names and "Unliftable" not in names, names

@@ -157,6 +157,36 @@ def capture(fun, args: tuple, kwargs: dict, *, reads=None, table: dict | None = 
     handles them) instead of refusing them."""
     leaves, in_spec = pytree.tree_flatten((args, kwargs))
     is_tensor = [isinstance(leaf, torch.Tensor) for leaf in leaves]
+    table = decompositions() if table is None else table
+    for _ in range(_RACES):
+        try:
+            return _walked_capture(fun, reads, leaves, in_spec, is_tensor, table, pure)
+        except _Raced as raced:
+            valid = raced.valid
+    e = Unliftable(f"the state f reads changed while derivs traced f, {_RACES} times (f "
+                   "writes it as it runs, or another thread does), so no graph can stand "
+                   "for one state of it")
+    e.valid = valid
+    raise e
+
+
+# NOTE [one state per capture]: a graph must be traced from the state its guard was
+# built from. When that state changes while f is traced and f did not change it
+# itself, another thread did: the capture is retried (a fallback would evaluate f
+# several times per call, each evaluation reading whichever state is current).
+_RACES = 3
+
+
+class _Raced(Exception):
+    """The state f reads changed during its trace, and not through what f writes
+    where the capture can see it (``valid``: the check of the state traced)."""
+
+    def __init__(self, valid):
+        super().__init__()
+        self.valid = valid
+
+
+def _walked_capture(fun, reads, leaves, in_spec, is_tensor, table, pure) -> Capture:
     try:
         state = _guards.walk(fun if reads is None else reads)
     except _guards.Unguardable as e:
@@ -174,8 +204,7 @@ def capture(fun, args: tuple, kwargs: dict, *, reads=None, table: dict | None = 
             raise Unliftable("f reads a tensor that a torch.func transform is tracking "
                               "(e.g. inside functional_call under torch.func.grad)")
     try:
-        return _capture(fun, leaves, in_spec, is_tensor, state,
-                        decompositions() if table is None else table, pure)
+        return _capture(fun, leaves, in_spec, is_tensor, state, table, pure)
     except Unsupported as e:
         e.valid = state.check  # the reason holds for this state only
         raise
@@ -231,9 +260,11 @@ def _capture(fun, leaves, in_spec, is_tensor, state, table, pure) -> Capture:
                                  tracing_mode="fake", _allow_non_fake_inputs=True)(*examples)
         finally:
             _clear_fake_caches()
-    if side.get("mutated") or not state.check():
+    if side.get("mutated"):
         raise Unliftable("f changes the state it reads while it runs (a Python value, "
                           "a module attribute or a container), so no graph can be reused")
+    if not state.check():
+        raise _Raced(state.check)  # NOTE [one state per capture]
     traced = functional(traced)
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     lifted_nodes = dict(zip(placeholders[n_args:], range(len(state.tensors))))
