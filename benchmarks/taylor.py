@@ -248,15 +248,16 @@ def _first_order(quick: bool) -> list[dict]:
 
 
 def _unroll_max_call(limit, fn, *args):
-    """One call of ``fn`` with the direction-layout rule set to ``limit``."""
+    """One call of ``fn`` in the unrolled layout (``limit`` > 0) or the family one
+    (``limit == 0``), whatever the direction-layout rule would pick."""
     from derivs import _operators
 
-    saved = _operators.UNROLL_MAX_DIRECTIONS
-    _operators.UNROLL_MAX_DIRECTIONS = limit
+    saved = _operators.FORCED_LAYOUT
+    _operators.FORCED_LAYOUT = "unrolled" if limit > 0 else "family"
     try:
         return fn(*args)
     finally:
-        _operators.UNROLL_MAX_DIRECTIONS = saved
+        _operators.FORCED_LAYOUT = saved
 
 
 def _torch_laplacian(quick: bool) -> list[dict]:

@@ -334,7 +334,11 @@ def test_planner_picks_the_measured_faster_strategy():
             # within 10% the two layouts tie: their order flips between runs on 2
             # cores (torch D = 3: unrolled 0.92x family on 12-01, 1.07x on 12-02)
             backend = backends.backend_named(row["framework"])
-            chosen = "unrolled" if _operators.unrolled(backend, D) else "family"
+            points = row["case"].split(",")[1].split()[0]  # "256", "10^4"
+            base, _, power = points.partition("^")
+            samples = int(base) ** int(power) if power else int(base)
+            chosen = ("unrolled" if _operators.unrolled(backend, D, samples=samples)
+                      else "family")
             best = min(row["derivs family_s"], row["derivs unrolled_s"])
             assert row[f"derivs {chosen}_s"] <= 1.1 * best, row
             checked += 1
@@ -345,6 +349,23 @@ def test_planner_picks_the_measured_faster_strategy():
             assert _operators.choose_strategy(False, row["D"], True, row["framework"]) == faster
             checked += 1
     assert checked >= 9
+
+
+def test_layout_rule_against_recorded_layouts():
+    """The PyTorch direction-layout rule (D, points; NOTE [direction layout]) against
+    both layouts as ``python -m benchmarks layout`` timed them: within 10% of the
+    faster (closer than that, the two trade places between runs on 2 cores)."""
+    path = Path(__file__).parent.parent / "benchmarks" / "results" / "layout.json"
+    if not path.exists():
+        pytest.skip("no recorded layout timings")
+    rows = json.loads(path.read_text())["rows"]
+    for row in rows:
+        backend = backends.backend_named(row["framework"])
+        chosen = ("unrolled" if _operators.unrolled(backend, row["D"], device_type=row["device"],
+                                                    samples=row["points"]) else "family")
+        best = min(row["unrolled_s"], row["family_s"])
+        assert row[f"{chosen}_s"] <= 1.1 * best, row
+    assert len(rows) >= 12
 
 
 def test_planner_picks_reverse_where_it_measured_faster():

@@ -53,8 +53,17 @@ HVP_COST = 8.0
 # In JAX unrolled wins up to about D = 16 when each direction carries 2000 rows,
 # and the family wins from D = 8 with 256 rows; the sample count is not known
 # inside ``jax.vmap``, so the rule uses D alone. ``python -m benchmarks taylor``
-# records both layouts and a test checks the rule against them.
+# records both layouts and a test checks the rule against them. PyTorch knows the
+# batch: ``python -m benchmarks layout`` times both layouts by D, points and width
+# (``benchmarks/results/layout.md``), and its rule (``_UNROLL_LIMITS``) is checked
+# against those rows: the unrolled layout wins while D times the points stays
+# below a few thousand (its per-direction dispatch is then what a call costs least
+# of); past that, the family's one product per op wins even at D = 2.
 UNROLL_MAX_DIRECTIONS = 4
+# framework -> the unrolled layout on CPU only while directions x samples is below
+_UNROLL_LIMITS = {"torch": 4000}
+# "unrolled" / "family": both layouts timed by the benchmarks (None: the rule)
+FORCED_LAYOUT: str | None = None
 
 
 def differential_operator(f: Callable, terms: Sequence[tuple[float, Any]],
@@ -250,16 +259,19 @@ def model_costs(collapsed: bool, n: int) -> dict[str, float]:
     return {TAYLOR: float((2 * n + 4) if collapsed else 6 * n), REVERSE: HVP_COST * n}
 
 
-def unrolled(backend, n: int, collapsed: bool = True,
-             device_type: str | None = None) -> bool:
+def unrolled(backend, n: int, collapsed: bool = True, device_type: str | None = None,
+             samples: int | None = None) -> bool:
     """Whether the jet strategy carries ``n`` directions as ``n`` coordinate groups
     (see NOTE [direction layout]); otherwise one family axis. Where the adapter says
     the device is launch-bound (PyTorch on an accelerator: one kernel per op and
     direction; an H200 ran the unrolled Bi-Laplacian at 1.06x nested AD), every D
-    takes the family."""
-    if backend.launch_bound(device_type):
+    takes the family. ``samples``: the batch size where the call knows it."""
+    if FORCED_LAYOUT is not None:
+        return FORCED_LAYOUT == "unrolled"
+    if backend.launch_bound(device_type) or n > UNROLL_MAX_DIRECTIONS:
         return False
-    return n <= UNROLL_MAX_DIRECTIONS
+    limit = _UNROLL_LIMITS.get(backend.name)
+    return limit is None or n * (samples or 1) < limit
 
 
 def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
@@ -325,7 +337,8 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
                 chosen, why = REVERSE, reverse_only
         if chosen != REVERSE:
             device = getattr(getattr(x, "device", None), "type", None)
-            layout = "unrolled" if unrolled(backend, n, collapsed, device) else "family"
+            samples = None if batch_axis is None else x.shape[batch_axis]
+            layout = "unrolled" if unrolled(backend, n, collapsed, device, samples) else "family"
             if layout == "family" and backend.stacked_family:
                 if chunk_size is None:
                     program, why = torch_family(backend, args, kwargs)
