@@ -391,3 +391,19 @@ def test_function_attributes_partial_keywords_and_context_variables():
     J(xj)
     r.idx = jnp.array([2, 0])
     np.testing.assert_allclose(J(xj).todense(), jax.jacfwd(r)(xj))
+
+
+def test_f_that_rebinds_a_computed_tensor_in_its_closure():
+    """f rebinds a closure variable to a tensor it computes on every evaluation.
+    The capture sees it and refuses (a graph cannot advance the state); the
+    general path's nested transforms then meet a tensor left by an earlier
+    evaluation, and PyTorch's internal assertion becomes a derivs error."""
+    s = torch.tensor(1.0, dtype=torch.float64)
+
+    def f(z):
+        nonlocal s
+        s = s + 1
+        return (s * z**3).sum(-1)
+
+    with pytest.raises(derivs.StateError, match="keeps a tensor it computed in its own state"):
+        derivs.laplacian(f, batch_axis=0)(torch.tensor([[0.5, -1.0]], dtype=torch.float64))

@@ -162,6 +162,14 @@ def _known_failure(e: BaseException, api: str) -> BaseException | None:
             "value instead of writing it; for a BatchNorm in train mode (it updates its "
             "running statistics, and its batch statistics couple the samples), call "
             "model.eval() before taking derivatives.")
+    if "INTERNAL ASSERT FAILED" in text and "current_level" in text and "escaped" in text:
+        return StateError(
+            f"{api}: f keeps a tensor it computed in its own state (a closure variable, an "
+            "attribute or a global it rebinds while it runs) and reads it on a later "
+            "evaluation. derivs evaluates f several times per derivative, under "
+            "torch.func transforms whose tensors must not outlive one evaluation. Keep "
+            "such state outside f (update it after the derivative), or pass it in as an "
+            "argument.")
     marker = "Trying to use forward AD with "
     if marker in text:
         op = text.split(marker, 1)[1].split(" that", 1)[0]
