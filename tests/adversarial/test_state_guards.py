@@ -407,3 +407,128 @@ def test_f_that_rebinds_a_computed_tensor_in_its_closure():
 
     with pytest.raises(derivs.StateError, match="keeps a tensor it computed in its own state"):
         derivs.laplacian(f, batch_axis=0)(torch.tensor([[0.5, -1.0]], dtype=torch.float64))
+
+
+def test_state_tensor_as_a_slice_bound():
+    """NOTE [stand-ins]: ``x[:, :n]`` reads ``n`` through ``__index__`` inside a
+    slice; the stand-in must reach it there, or the bound is baked into the graph
+    and an in-place change of ``n`` is ignored."""
+    torch.manual_seed(0)
+    W = torch.randn(4, 6, dtype=torch.float64)
+    v = torch.randn(6, dtype=torch.float64)
+    n = torch.tensor(5)
+
+    def f(z):
+        return torch.tanh(z @ W)[:, :n] @ v[:n]
+
+    x = torch.randn(3, 4, dtype=torch.float64)
+    lap = derivs.laplacian(f, batch_axis=0)
+    for bound in (5, 3, 6):
+        n.fill_(bound)
+        H = torch.vmap(torch.func.hessian(lambda z: f(z[None])[0]))(x)
+        torch.testing.assert_close(lap(x), H.diagonal(dim1=-2, dim2=-1).sum(-1))
+
+
+class _Scaled:
+    s = 1.0
+
+
+def test_class_attribute_read_through_the_class():
+    """A class attribute read as ``Klass.s`` (not through an instance): the guard
+    must see it (the walk skipped classes reached directly, and a stale graph
+    answered with the old value)."""
+    _Scaled.s = 1.0
+
+    def f(z):
+        return (_Scaled.s * z**3).sum(-1)
+
+    x = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
+    lap = derivs.laplacian(f, batch_axis=0)
+    torch.testing.assert_close(lap(x), (6 * x).sum(-1))
+    _Scaled.s = 3.0
+    torch.testing.assert_close(lap(x), (18 * x).sum(-1))
+
+
+class _Memo:
+    cache = None
+
+
+_MEMO = None
+
+
+@pytest.mark.parametrize("where", ["cell", "global", "class"])
+def test_memo_filled_while_traced_is_put_back(where):
+    """f memoizes a tensor derived from a weight on first use. A trace must not
+    leave its stand-in there (every later eager call of f returned a fake tensor)."""
+    global _MEMO
+    torch.manual_seed(0)
+    W = torch.randn(3, 5, dtype=torch.float64)
+    v = torch.randn(5, dtype=torch.float64)
+    _MEMO, _Memo.cache = None, None
+    memo = None
+
+    def basis():
+        nonlocal memo
+        global _MEMO
+        if where == "cell":
+            if memo is None:
+                memo = torch.exp(W * 0.1)
+            return memo
+        if where == "global":
+            if _MEMO is None:
+                _MEMO = torch.exp(W * 0.1)
+            return _MEMO
+        if _Memo.cache is None:
+            _Memo.cache = torch.exp(W * 0.1)
+        return _Memo.cache
+
+    def f(z):
+        return torch.tanh(z @ basis()) @ v
+
+    x = torch.randn(4, 3, dtype=torch.float64)
+    H = torch.vmap(torch.func.hessian(lambda z: torch.tanh(z @ torch.exp(W * 0.1)) @ v))(x)
+    torch.testing.assert_close(derivs.laplacian(f, batch_axis=0)(x),
+                               H.diagonal(dim1=-2, dim2=-1).sum(-1))
+    left = {"cell": lambda: memo, "global": lambda: _MEMO, "class": lambda: _Memo.cache}[where]()
+    assert left is None or type(left) is torch.Tensor and not left.is_meta
+    torch.testing.assert_close(f(x), torch.tanh(x @ torch.exp(W * 0.1)) @ v)
+
+
+def test_non_contiguous_state_tensor():
+    """A transposed weight f reshapes: its stand-in has the weight's strides, so the
+    graph takes the copy that eager PyTorch takes (a contiguous stand-in gave a view,
+    and the call failed with a raw 'view size is not compatible')."""
+    torch.manual_seed(0)
+    A = torch.randn(8, 4, dtype=torch.float64)
+    Wt = A.t()
+    v = torch.randn(8, dtype=torch.float64)
+
+    def f(z):
+        return torch.tanh(z @ Wt.reshape(-1).reshape(4, 8)) @ v
+
+    x = torch.randn(3, 4, dtype=torch.float64)
+    H = torch.vmap(torch.func.hessian(lambda z: f(z[None])[0]))(x)
+    torch.testing.assert_close(derivs.laplacian(f, batch_axis=0)(x),
+                               H.diagonal(dim1=-2, dim2=-1).sum(-1))
+
+
+def test_values_read_into_numpy_are_never_made_up():
+    """``.numpy()`` of a tensor f reads or of its argument, while traced, would read
+    memory a fake tensor does not have (zeros, garbage, once a crash): a clear error
+    or the right value, never a made-up one."""
+    torch.manual_seed(0)
+    W = torch.randn(3, 5, dtype=torch.float64)
+    v = torch.randn(5, dtype=torch.float64)
+    s = torch.tensor(2.0, dtype=torch.float64)
+
+    def f(z):
+        return torch.tanh(z @ W * torch.from_numpy(s.numpy())) @ v
+
+    x = torch.randn(4, 3, dtype=torch.float64)
+    want = torch.vmap(torch.func.hessian(lambda z: torch.tanh(z @ W * 2.0) @ v))(x)
+    want = want.diagonal(dim1=-2, dim2=-1).sum(-1)
+    try:
+        got = derivs.laplacian(f, batch_axis=0)(x)
+    except (RuntimeError, ValueError, NotImplementedError):
+        return  # refused: acceptable
+    torch.testing.assert_close(got, want)

@@ -113,6 +113,14 @@ class Place:
             return self.holder[self.key]
         return getattr(self.holder, self.key)
 
+    def delete(self) -> None:
+        if self.kind == "cell":
+            del self.holder.cell_contents
+        elif self.kind == "item":
+            del self.holder[self.key]
+        else:
+            delattr(self.holder, self.key)
+
     def set(self, value: Any) -> None:
         if self.kind == "cell":
             self.holder.cell_contents = value
@@ -142,6 +150,9 @@ class State:
     # the dicts and lists f's state lives in (object attributes, containers): a trace
     # puts them back as they were (NOTE [trace leaves no trace])
     containers: list[Any] = dataclasses.field(default_factory=list)
+    # every place f's state was read from, with its value then (closure cells, globals,
+    # attributes of slotted objects and classes too): put back the same way
+    slots: list[tuple[Any, Any]] = dataclasses.field(default_factory=list)
 
     def buffer_of(self, i: int) -> str | None:
         """``'running_mean' of BatchNorm1d`` when tensor ``i`` is a module buffer."""
@@ -193,6 +204,16 @@ class _Kept:
                     self.mutated = True  # f rebound a tensor it reads
                     if now is _MISSING or _tracing_value(now):
                         place.set(t)
+        for place, old in self.state.slots:  # cells, slotted and class attributes
+            now = place.get() if _present(place) else _MISSING
+            if now is old or not _tracing_value(now):
+                continue  # unchanged, or changed for real (the state check sees it)
+            if old is _MISSING:
+                place.delete()
+            else:
+                place.set(old)
+            if old is not None and old is not _MISSING:
+                self.mutated = True  # f rebound a value it reads (None: a memo filled)
         for c, copy in self.copies:
             if isinstance(c, dict):
                 for k in list(c):
@@ -246,7 +267,8 @@ def _tracing_value(v: Any) -> bool:
     if torch is not None and isinstance(v, torch.Tensor):
         from torch._subclasses.fake_tensor import is_fake
 
-        return bool(is_fake(v) or torch._C._functorch.is_functorch_wrapped_tensor(v))
+        return bool(is_fake(v) or torch._C._functorch.is_functorch_wrapped_tensor(v)
+                    or torch._is_functional_tensor(v))
     jax = sys.modules.get("jax")
     return jax is not None and isinstance(v, jax.core.Tracer)
 
@@ -258,7 +280,7 @@ def preserving(f: Any):
     guarded too (what a best-effort walk reaches)."""
     w = _Walker(strict=False)
     w.contents(f, None)
-    return _Kept(State([], [], None, {}, w.containers))
+    return _Kept(State([], [], None, {}, w.containers, w.slots))
 
 
 def walk(f: Any) -> State:
@@ -267,7 +289,8 @@ def walk(f: Any) -> State:
     w.contents(f, None)
     if _torch() is not None:
         w.checks.append(("default dtype", None, _torch().get_default_dtype()))
-    return State(w.tensors, w.tensor_places, _compile(w.checks), w.owners, w.containers)
+    return State(w.tensors, w.tensor_places, _compile(w.checks), w.owners, w.containers,
+                 w.slots)
 
 
 class _Walker:
@@ -284,6 +307,7 @@ class _Walker:
         self.tensor_index: dict[int, int] = {}
         self.owners: dict[int, Any] = {}
         self.containers: list[Any] = []
+        self.slots: list[tuple[Place, Any]] = []
         self.hooks_walked = False
 
     def refuse(self, why: str) -> None:
@@ -299,6 +323,8 @@ class _Walker:
     def value(self, v: Any, place) -> None:
         """``v`` stored at ``place`` (a Place, an InTuple, or None inside an object
         whose identity is already guarded and which cannot change)."""
+        if isinstance(place, Place):
+            self.slots.append((place, v))  # NOTE [trace leaves no trace]
         if isinstance(v, self.tensor):
             if isinstance(place, Place):
                 self.guard("tensor", place, v)
@@ -325,6 +351,9 @@ class _Walker:
 
     def contents(self, v: Any, place) -> None:
         """Walks what ``v`` holds, once per object."""
+        if isinstance(v, type):  # _class keeps its own record of the classes walked
+            self._class(v)
+            return
         if id(v) in self.seen:
             return
         self.seen.add(id(v))
@@ -336,9 +365,6 @@ class _Walker:
             # (cache_clear changes it) and walk what the function reads
             self.guard("cache size", v, v.cache_info().currsize)
             self.value(v.__wrapped__, None)
-            return
-        if isinstance(v, type):
-            self._class(v)
             return
         if self._descriptor(v):
             return
@@ -520,7 +546,7 @@ class _Walker:
             for k, raw in list(attrs.items()):
                 if k.startswith("__") and k != "__call__":
                     continue
-                if isinstance(raw, self.tensor):  # swappable through setattr
+                if isinstance(raw, (self.tensor, *self.plain)):  # read back by getattr
                     self.value(raw, Place("attr", klass, k))
                     continue
                 self.value(raw, Place("item", attrs, k))

@@ -248,7 +248,8 @@ def _capture(fun, leaves, in_spec, is_tensor, state, table, pure) -> Capture:
     # The examples have the arguments' memory layout (strides, storage offset): f
     # may read storage or view it, and the graph must mean what f means for them.
     examples = [_like(t) for t in [leaf for leaf, t in zip(leaves, is_tensor) if t]]
-    examples += [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in state.tensors]
+    examples += [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+                 for t in state.tensors]  # f may view them as their strides allow
     with BUILD_LOCK, outside_functorch(), clean_dispatch_state():
         try:
             # functionalize: in-place updates of intermediates (common inside ATen
@@ -295,13 +296,30 @@ class _StandIns(torch.overrides.TorchFunctionMode):
         self._by_id = {id(t): s for t, s in zip(real, stand_ins)}
 
     def get(self, t):
-        return self._by_id.get(id(t), t) if isinstance(t, torch.Tensor) else t
+        if isinstance(t, torch.Tensor):
+            return self._by_id.get(id(t), t)
+        if isinstance(t, slice):  # ``x[:, :n]``: a bound read through ``__index__``
+            return slice(self.get(t.start), self.get(t.stop), self.get(t.step))
+        return t
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self._by_id:
-            args, kwargs = pytree.tree_map_only(torch.Tensor, self.get, (args, kwargs))
+            args, kwargs = pytree.tree_map(self.get, (args, kwargs))
+        if func in _TO_NUMPY and args and _is_traced(args[0]):
+            # a fake tensor has no values: NumPy would read uninitialized memory
+            raise Unsupported("f reads a tensor's values into NumPy (.numpy(), "
+                              "np.asarray), which a trace cannot follow")
         return func(*args, **kwargs)
+
+
+_TO_NUMPY = (torch.Tensor.numpy, torch.Tensor.__array__)
+
+
+def _is_traced(t) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+
+    return isinstance(t, torch.Tensor) and bool(is_fake(t) or torch._is_functional_tensor(t))
 
 
 def made_by_f(node: fx.Node) -> bool:

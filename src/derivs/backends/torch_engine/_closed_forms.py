@@ -23,7 +23,10 @@ chooses the cheaper of two exact ways.
 A rule is ``rule(x, m, *params, **kwargs) -> (y, [phi'(x), ..., phi^(m)(x)])``.
 Piecewise definitions keep the decomposition's branch conventions (ELU takes its
 negative branch at 0, as ``x > 0`` selects; Softplus is linear above its
-threshold), which are also PyTorch's own backward conventions. Each rule is
+threshold) for every order, as the op-by-op series does. For the first derivative
+these are PyTorch's own backward conventions; PyTorch's double backward takes the
+other branch at exactly the kink (ELU's second derivative at 0 is 0 there, the
+curved branch's 1 here). Each rule is
 checked against the op-by-op series and against nested ``torch.func`` derivatives
 in ``tests/torch_engine``.
 """
