@@ -198,3 +198,26 @@ def test_detection_is_vectorized_at_large_n():
     p = derivs.sparsity(f, jnp.zeros(100_000))
     assert p.nnz == 3 * (100_000 - 2)
     assert time.perf_counter() - t0 < 5.0  # generous: a guard against per-element loops
+
+
+@pytest.mark.parametrize("side", ["lhs", "rhs"])
+def test_dense_factor_contraction_equals_the_general_map(side, monkeypatch):
+    """``_algebra.contract`` with a dense constant factor (a weight matrix) takes one
+    union per row; it must give exactly the sets of the general entry-by-entry map."""
+    import scipy.sparse as sp
+
+    from derivs._sparsity import _algebra as A
+
+    rng = np.random.default_rng(0)
+    B, M, K, N, n = 2, 3, 4, 5, 7
+    var = (B, M, K) if side == "lhs" else (B, K, N)
+    deps = sp.csr_array(rng.random((int(np.prod(var)), n)) < 0.3)
+    lhs_ids = np.arange(B * M * K).reshape(B, M, K)
+    rhs_ids = np.arange(B * K * N).reshape(B, K, N)
+    out_ids = rng.permutation(B * M * N).reshape(B, M, N)  # any layout of the result
+    args = ((deps, None) if side == "lhs" else (None, deps)) + (
+        lhs_ids, rhs_ids, out_ids, np.ones((B, M, K), bool), np.ones((B, K, N), bool))
+    fast = A.contract(*args)
+    monkeypatch.setattr(A, "_distinct", lambda ids: False)  # the general map
+    general = A.contract(*args)
+    assert (fast != general).nnz == 0 and fast.shape == general.shape

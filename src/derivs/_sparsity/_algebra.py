@@ -169,6 +169,17 @@ def contract(lhs, rhs, lhs_ids: np.ndarray, rhs_ids: np.ndarray, out_ids: np.nda
     B, M, K = lhs_ids.shape
     N = rhs_ids.shape[2]
     parts = []
+    if lhs is not None and rhs_mask.all() and _distinct(lhs_ids) and _distinct(out_ids):
+        # a dense factor (a weight matrix): every out[b, m, :] reads all of lhs[b, m, :],
+        # so one union per row serves every column (a map of B M K + B M N entries
+        # instead of B M K N: seconds for a 768-wide layer)
+        parts.append(_rows_to_all(lhs, lhs_ids, out_ids, (B, M, K), N))
+        lhs = None
+    if rhs is not None and lhs_mask.all() and _distinct(rhs_ids) and _distinct(out_ids):
+        # the same with the dense factor on the left: out[b, :, n] reads all of rhs[b, :, n]
+        parts.append(_rows_to_all(rhs, rhs_ids.transpose(0, 2, 1), out_ids.transpose(0, 2, 1),
+                                  (B, N, K), M))
+        rhs = None
     if lhs is not None:
         b, k, n = np.nonzero(rhs_mask)
         m = np.arange(M)[:, None]
@@ -182,6 +193,23 @@ def contract(lhs, rhs, lhs_ids: np.ndarray, rhs_ids: np.ndarray, out_ids: np.nda
         cols = rhs_ids[b[None], k[None], n].reshape(-1)
         parts.append(_apply(rows, cols, out_ids.size, rhs))
     return union(parts)
+
+
+def _distinct(ids: np.ndarray) -> bool:
+    return np.unique(ids).size == ids.size
+
+
+def _rows_to_all(deps, ids: np.ndarray, out_ids: np.ndarray, shape: tuple, width: int):
+    """``out[b, r, c]`` (for every ``c < width``) = the union of ``src[b, r, :]``, with
+    ``ids`` (``shape``: ``(B, R, K)``) and ``out_ids`` (``(B, R, width)``) the flat
+    positions of the source and result entries."""
+    B, R, K = shape
+    labels = np.full(deps.shape[0], -1, np.int64)
+    labels[ids.reshape(-1)] = np.repeat(np.arange(B * R), K)
+    rows = group(deps, labels, B * R)
+    src = np.full(out_ids.size, -1, np.int64)
+    src[out_ids.reshape(-1)] = np.repeat(np.arange(B * R), width)
+    return take(rows, src)
 
 
 def window_positions(in_len: int, out_len: int, window: int, stride: int, pad_lo: int,
