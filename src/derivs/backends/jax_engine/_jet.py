@@ -171,11 +171,48 @@ def sum_of_products(terms, product=lambda x, y: x * y):
                  if x is not None and y is not None)
 
 
-def family_sum(key: Key, value):
-    """Sums per-direction terms of a collapsed key over its family of directions."""
+def family_sum(key: Key, value, pairwise: bool = False):
+    """Sums per-direction terms of a collapsed key over its family of directions.
+    ``pairwise``: by halves where that measured faster (NOTE [pairwise family sums])."""
     if value is None or not isinstance(key, _jets.Collapsed) or key.family is None:
         return value
-    return lax.psum(densify(value), key.family)
+    value = densify(value)
+    if pairwise and _pairwise_here():
+        return pairwise_sum(lax.all_gather(value, key.family))
+    return lax.psum(value, key.family)
+
+
+# NOTE [pairwise family sums]: the family sum of a product of two varying values
+# (the cross terms ``sum_d a_d b_d`` of ``bilinear`` and of a composition) is a
+# ``reduce_sum`` over the family axis once vmapped. XLA's CPU backend (jaxlib 0.10)
+# hands such reductions, with the elementwise ops and matrix products around them,
+# to YNNPACK fusions (jax-ml/jax#37465); where a program has several of them (a
+# gated MLP, attention) those fusions took most of the time. Summing the gathered
+# lanes by halves keeps them out of YNNPACK: log2(D) slice-adds that XLA fuses
+# itself. The squares of a unary rule (``phi'' * sum_d a_d**2``) keep the psum:
+# there YNNPACK's fusion was as fast or faster. Measured by ``python -m benchmarks
+# zoo`` (results/zoo.md); other backends keep the psum, as nothing measured there
+# says otherwise. ``PAIRWISE_FAMILY_SUMS = False`` turns it off.
+PAIRWISE_FAMILY_SUMS = True
+
+
+def _pairwise_here() -> bool:
+    import jax
+
+    return PAIRWISE_FAMILY_SUMS and jax.default_backend() == "cpu"
+
+
+def pairwise_sum(stacked):
+    """``stacked.sum(0)`` as a tree of slice-adds: halves are added until one row
+    is left; an odd row out is set aside and added at the end."""
+    rest = None
+    while stacked.shape[0] > 1:
+        n = stacked.shape[0]
+        if n % 2:
+            rest = stacked[-1] if rest is None else rest + stacked[-1]
+            stacked, n = stacked[:-1], n - 1
+        stacked = stacked[: n // 2] + stacked[n // 2:]
+    return stacked[0] if rest is None else stacked[0] + rest
 
 
 def narrow_getter(jet: "Jet", key: Key):
@@ -197,7 +234,8 @@ def collapsed_sum(key: Key, terms, x, y, product=lambda u, v: u * v):
     c = common.pop() if len(common) == 1 else 1
     return add(sum_of_products(((x(t), y(r), m) for t, r, m in own), product),
                scale(family_sum(key, sum_of_products(((x(t), y(r), m / c)
-                                                      for t, r, m in rest), product)), c))
+                                                      for t, r, m in rest), product),
+                                pairwise=True), c))
 
 
 # -- the algebra ------------------------------------------------------------------------
