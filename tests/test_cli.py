@@ -93,3 +93,25 @@ def test_out_of_memory_names_the_knobs():
         derivs.laplacian(f)(jnp.ones(3))
     with pytest.raises(MemoryError, match=r"derivs.partial: ran out of memory"):
         derivs.partial(f, 0)(jnp.ones(3))
+
+
+def test_version_is_written_once(capsys):
+    """``--version``, the installed metadata, CITATION.cff and the changelog's newest
+    section all give ``derivs.__version__`` (written in ``_version.py`` only)."""
+    import importlib.metadata
+    import pathlib
+    import re
+
+    with pytest.raises(SystemExit) as e:
+        cli._main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"derivs {derivs.__version__}"
+    assert importlib.metadata.version("derivs") == derivs.__version__
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cff = (root / "CITATION.cff").read_text()
+    assert re.search(r"^version: (\S+)$", cff, re.M).group(1) == derivs.__version__
+    newest = re.search(r"^## \[([^\]]+)\]", (root / "CHANGELOG.md").read_text(), re.M)
+    assert newest.group(1) == derivs.__version__
+    pyproject = (root / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject
+    assert 'version = { attr = "derivs._version.__version__" }' in pyproject

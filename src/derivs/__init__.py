@@ -30,7 +30,7 @@ from ._sparsity._errors import SparsityWarning as SparsityWarning
 from ._sparsity._errors import UnsupportedOpError as UnsupportedOpError
 from ._sparsity._pattern import Pattern as Pattern
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 # The public API; subpackages (``derivs.core``, ``derivs.backends``,
 # ``derivs._sparsity``) are private. (The sparse machinery lives in ``_sparsity`` so

@@ -3,11 +3,14 @@
 import argparse
 import sys
 
+from ._version import __version__
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m derivs",
         description="derivs: exactly the derivatives you ask for, for JAX and PyTorch.")
+    parser.add_argument("--version", action="version", version=f"derivs {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="command")
     commands.add_parser(
         "demo", help="check and time both seed problems (docs/problems.md)",

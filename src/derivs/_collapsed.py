@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _api, _batch, _probes, _report, backends
+from . import _api, _batch, _conventions, _probes, _report, backends
 from ._validation import check_operator_options, operator_entry, operator_input
 from .backends import _common
 from .core import _directions
@@ -458,11 +458,17 @@ def _along(fw, g, v):
 
 
 # -- the operators ------------------------------------------------------------------
-def bilaplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
+@_conventions.transform("derivs.bilaplacian")
+def bilaplacian(f: Callable, argnums: int = 0, *, batch_axis: int | None = None,
                 strategy: str | None = None, chunk_size: int | None = None,
-                batch_size: int | None = None, torch_compile: bool = False) -> Callable:
+                batch_size: int | None = None, torch_compile: bool = False,
+                has_aux: bool = False, argnum: int | None = None) -> Callable:
     """The Bi-Laplacian ``sum_ij d^4 f / dx_i^2 dx_j^2`` (the Laplacian of the
-    Laplacian) over every coordinate of argument ``argnum``, exactly.
+    Laplacian) over every coordinate of argument ``argnums``, exactly.
+
+    ``argnums`` is one argument's index (``argnum``, the older spelling, is an
+    alias). ``has_aux=True``: f returns ``(output, aux)``; the operator of
+    ``output`` comes back as ``(result, aux)`` (NOTE [aux by a second call]).
 
     One collapsed fourth-order Taylor pass along ``D^2`` directions: the ``D``
     units and the ``e_i +- e_j`` (NOTE [pair interpolation] in
@@ -487,17 +493,22 @@ def bilaplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
     def plan(backend, x, sample, batch_axis):
         return _bilaplacian_call(_common.numel(sample))
 
-    return make(f, argnum, batch_axis, "derivs.bilaplacian", plan, strategy=strategy,
+    return make(f, argnums, batch_axis, "derivs.bilaplacian", plan, strategy=strategy,
                 chunk_size=chunk_size, torch_compile=torch_compile, batch_size=batch_size)
 
 
+@_conventions.transform("derivs.diffusion_operator")
 def diffusion_operator(f: Callable, sigma: Any, drift: Any = None, reaction: Any = None,
-                       argnum: int = 0, *, batch_axis: int | None = None,
+                       argnums: int = 0, *, batch_axis: int | None = None,
                        strategy: str | None = None, chunk_size: int | None = None,
-                       batch_size: int | None = None, torch_compile: bool = False
-                       ) -> Callable:
+                       batch_size: int | None = None, torch_compile: bool = False,
+                       has_aux: bool = False, argnum: int | None = None) -> Callable:
     """The second-order operator ``tr(sigma sigma^T Hess f) + drift . grad f +
-    reaction * f`` in argument ``argnum``, exactly, in one collapsed pass.
+    reaction * f`` in argument ``argnums``, exactly, in one collapsed pass.
+
+    ``argnums`` is one argument's index (``argnum``, the older spelling, is an
+    alias). ``has_aux=True``: f returns ``(output, aux)``; the operator of
+    ``output`` comes back as ``(result, aux)`` (NOTE [aux by a second call]).
 
     It is written with the factor ``sigma`` (``C = sigma sigma^T``) because that is
     how the operators of diffusions are held: an SDE ``dX = b dt + s dW`` has the
@@ -545,7 +556,7 @@ def diffusion_operator(f: Callable, sigma: Any, drift: Any = None, reaction: Any
     def plan(backend, x, sample, batch_axis):
         return diffusion_terms(api, backend, x, sample, batch_axis, sigma, drift, reaction)
 
-    return make(f, argnum, batch_axis, api, plan, strategy=strategy, chunk_size=chunk_size,
+    return make(f, argnums, batch_axis, api, plan, strategy=strategy, chunk_size=chunk_size,
                 torch_compile=torch_compile, batch_size=batch_size,
                 whole_batch=any(callable(v) for v in (sigma, drift, reaction)))
 

@@ -23,19 +23,25 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from . import _batch, _probes, _report, backends
+from . import _batch, _conventions, _probes, _report, backends
 from ._collapsed import Call, Machine
 from ._validation import check_operator_arguments, check_torch_compile, operator_input
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
 
 
-def hutchinson_laplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
+@_conventions.transform("derivs.hutchinson_laplacian", leading=1)
+def hutchinson_laplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
                          batch_axis: int | None = None, distribution: str = "rademacher",
-                         with_stderr: bool = False, torch_compile: bool = False) -> Callable:
+                         with_stderr: bool = False, torch_compile: bool = False,
+                         has_aux: bool = False, argnum: int | None = None) -> Callable:
     """An unbiased random estimate of the Laplacian ``tr(H)`` of ``f`` in argument
-    ``argnum`` (Hutchinson's estimator), for when ``D`` is too large for the exact
+    ``argnums`` (Hutchinson's estimator), for when ``D`` is too large for the exact
     :func:`derivs.laplacian`.
+
+    ``argnums`` is one argument's index (``argnum``, the older spelling, is an
+    alias). ``has_aux=True``: f returns ``(output, aux)``; the operator of
+    ``output`` comes back as ``(result, aux)`` (NOTE [aux by a second call]).
 
     Returns ``estimate(key, *args, **kwargs)``. ``key`` is a ``jax.random`` key
     (JAX), or an int seed or ``torch.Generator`` (PyTorch). The estimate is
@@ -69,12 +75,12 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
       Array(36., dtype=float32)
     """
     api = "derivs.hutchinson_laplacian"
-    _check(api, f, argnum, batch_axis, samples)
+    _check(api, f, argnums, batch_axis, samples)
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"{api}: distribution={distribution!r} is not one of "
                          f"{DISTRIBUTIONS}.")
 
-    runner = _Runner(f, argnum, batch_axis, api, samples, 2, 1.0, with_stderr, torch_compile)
+    runner = _Runner(f, argnums, batch_axis, api, samples, 2, 1.0, with_stderr, torch_compile)
 
     def draw(key, backend, x, sample):
         # v^T H v = d^2/dt^2 f(x + t v) at t = 0; the same directions in every sample
@@ -83,12 +89,18 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
     return runner.estimator(draw, lambda directions, *_: (runner.call(directions), None))
 
 
-def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
+@_conventions.transform("derivs.hutchinson_bilaplacian", leading=1)
+def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
                            batch_axis: int | None = None, with_stderr: bool = False,
-                           torch_compile: bool = False) -> Callable:
+                           torch_compile: bool = False, has_aux: bool = False,
+                           argnum: int | None = None) -> Callable:
     """An unbiased random estimate of the Bi-Laplacian ``sum_ij d^4 f / dx_i^2 dx_j^2``
-    of ``f`` in argument ``argnum``, for when ``D^2`` directions of the exact
+    of ``f`` in argument ``argnums``, for when ``D^2`` directions of the exact
     :func:`derivs.bilaplacian` are too many.
+
+    ``argnums`` is one argument's index (``argnum``, the older spelling, is an
+    alias). ``has_aux=True``: f returns ``(output, aux)``; the operator of
+    ``output`` comes back as ``(result, aux)`` (NOTE [aux by a second call]).
 
     Returns ``estimate(key, *args, **kwargs)`` (``key`` as for
     :func:`hutchinson_laplacian`). For standard normal ``v``, ``E[v_a v_b v_c v_d]
@@ -109,9 +121,9 @@ def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
       True
     """
     api = "derivs.hutchinson_bilaplacian"
-    _check(api, f, argnum, batch_axis, samples)
+    _check(api, f, argnums, batch_axis, samples)
 
-    runner = _Runner(f, argnum, batch_axis, api, samples, 4, 1.0 / 3.0, with_stderr,
+    runner = _Runner(f, argnums, batch_axis, api, samples, 4, 1.0 / 3.0, with_stderr,
                      torch_compile)
 
     def draw(key, backend, x, sample):
@@ -120,16 +132,22 @@ def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnum: int = 0, *,
     return runner.estimator(draw, lambda directions, *_: (runner.call(directions), None))
 
 
+@_conventions.transform("derivs.hutchinson_diffusion", leading=1)
 def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: Any = None,
-                         samples: int = 64, argnum: int = 0, *, batch_axis: int | None = None,
+                         samples: int = 64, argnums: int = 0, *, batch_axis: int | None = None,
                          distribution: str = "rademacher", with_stderr: bool = False,
-                         torch_compile: bool = False) -> Callable:
+                         torch_compile: bool = False, has_aux: bool = False,
+                         argnum: int | None = None) -> Callable:
     """An unbiased random estimate of :func:`derivs.diffusion_operator`'s
     ``tr(sigma sigma^T Hess f) + drift . grad f + reaction * f``: the trace over
     ``samples`` random combinations ``sigma z`` of ``sigma``'s ``r`` columns
     (``E[z z^T] = I``), for when ``r`` is large; the drift and reaction terms are
     exact. Arguments as for :func:`derivs.diffusion_operator`; ``key`` as for
     :func:`hutchinson_laplacian`.
+
+    ``argnums`` is one argument's index (``argnum``, the older spelling, is an
+    alias). ``has_aux=True``: f returns ``(output, aux)``; the operator of
+    ``output`` comes back as ``(result, aux)`` (NOTE [aux by a second call]).
 
     With ``H' = sigma^T H sigma`` (``r x r``), the variance of one term is
     ``2 * sum_{i != j} H'_ij^2`` for Rademacher ``z`` and ``2 * ||H'||_F^2`` for
@@ -146,7 +164,7 @@ def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: A
     from ._collapsed import diffusion_terms
 
     api = "derivs.hutchinson_diffusion"
-    _check(api, f, argnum, batch_axis, samples)
+    _check(api, f, argnums, batch_axis, samples)
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"{api}: distribution={distribution!r} is not one of "
                          f"{DISTRIBUTIONS}.")
@@ -154,7 +172,7 @@ def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: A
         raise TypeError(f"{api}: sigma is required (a function of x returning x.shape + "
                         "(r,), or a constant array sample_shape + (r,)).")
 
-    runner = _Runner(f, argnum, batch_axis, api, samples, 2, 1.0, with_stderr, torch_compile)
+    runner = _Runner(f, argnums, batch_axis, api, samples, 2, 1.0, with_stderr, torch_compile)
     runner.whole_batch = any(callable(v) for v in (sigma, drift, reaction))
 
     def draw(key, backend, x, sample):

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _api, _batch, _probes, _collapsed, _report
+from . import _api, _batch, _collapsed, _conventions, _probes, _report
 from ._validation import check_operator_options, operator_entry, operator_input
 from .backends import _common
 from .core import _jets
@@ -66,10 +66,11 @@ _UNROLL_LIMITS = {"torch": 4000}
 FORCED_LAYOUT: str | None = None
 
 
+@_conventions.transform("derivs.differential_operator")
 def differential_operator(f: Callable, terms: Sequence[tuple[float, Any]],
                           argnums: int | Sequence[int] = 0, *, batch_axis: int | None = None,
-                          strategy: str | None = None, torch_compile: bool = False
-                          ) -> Callable:
+                          strategy: str | None = None, torch_compile: bool = False,
+                          has_aux: bool = False, argnum: int | None = None) -> Callable:
     """``sum c * d^index f`` for ``terms = [(c, index), ...]``, in one pass.
 
     Indices are spelled as for :func:`derivs.partial`. The jet strategy computes the
@@ -80,7 +81,9 @@ def differential_operator(f: Callable, terms: Sequence[tuple[float, Any]],
     "nested-forward"`` sums nested-forward partials instead.
 
     Returns a function of ``f``'s arguments returning an array shaped like ``f``'s
-    output.
+    output. ``argnums`` as for :func:`derivs.partial` (``argnum`` is an alias);
+    ``has_aux=True``: f returns ``(output, aux)`` and so does the operator (NOTE
+    [aux by a second call]).
 
     Example (a heat-equation residual ``u_t - nu * (u_xx + u_yy)`` with
     ``(t, x, y) = z[0], z[1], z[2]``):
@@ -171,11 +174,17 @@ def _family_terms(f, t, coefficients, argnum, batch_axis, api, strategy, torch_c
     return op
 
 
-def laplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
+@_conventions.transform("derivs.laplacian")
+def laplacian(f: Callable, argnums: int = 0, *, batch_axis: int | None = None,
               strategy: str | None = None, chunk_size: int | None = None,
-              batch_size: int | None = None, torch_compile: bool = False) -> Callable:
+              batch_size: int | None = None, torch_compile: bool = False,
+              has_aux: bool = False, argnum: int | None = None) -> Callable:
     """The Laplacian ``sum_i d^2 f / dx_i^2`` over every coordinate of argument
-    ``argnum``, exactly.
+    ``argnums``, exactly.
+
+    ``argnums`` is one argument's index (``argnum``, the older spelling, is an
+    alias). ``has_aux=True``: f returns ``(output, aux)``; the operator of
+    ``output`` comes back as ``(result, aux)`` (NOTE [aux by a second call]).
 
     Strategies: ``"traced-jet"`` propagates the value, the ``D`` first-order
     coefficients and one collapsed second-order coefficient (``2 + D`` values per
@@ -210,17 +219,23 @@ def laplacian(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
       >>> derivs.laplacian(lambda x: x ** 3)(torch.tensor([1.0, 2.0], dtype=torch.float64))
       tensor([ 6., 12.], dtype=torch.float64)
     """
-    return _make_operator(f, argnum, batch_axis, strategy, "derivs.laplacian", collapsed=True,
+    return _make_operator(f, argnums, batch_axis, strategy, "derivs.laplacian", collapsed=True,
                           chunk_size=chunk_size, torch_compile=torch_compile,
                           batch_size=batch_size)
 
 
-def hessian_diagonal(f: Callable, argnum: int = 0, *, batch_axis: int | None = None,
+@_conventions.transform("derivs.hessian_diagonal")
+def hessian_diagonal(f: Callable, argnums: int = 0, *, batch_axis: int | None = None,
                      strategy: str | None = None, chunk_size: int | None = None,
-                     batch_size: int | None = None, torch_compile: bool = False) -> Callable:
-    """The diagonal ``d^2 f / dx_i^2`` of the Hessian of ``f`` in argument ``argnum``,
+                     batch_size: int | None = None, torch_compile: bool = False,
+                     has_aux: bool = False, argnum: int | None = None) -> Callable:
+    """The diagonal ``d^2 f / dx_i^2`` of the Hessian of ``f`` in argument ``argnums``,
     exactly, without forming the Hessian. Shape: ``f``'s output shape followed by
     the argument's (sample) shape.
+
+    ``argnums`` is one argument's index (``argnum``, the older spelling, is an
+    alias). ``has_aux=True``: f returns ``(output, aux)``; the operator of
+    ``output`` comes back as ``(result, aux)`` (NOTE [aux by a second call]).
 
     No exact method is cheaper than ``D`` Hessian-vector products in general (the
     diagonal of a dense Hessian has ``D`` independent entries); what derivs saves is
@@ -237,7 +252,7 @@ def hessian_diagonal(f: Callable, argnum: int = 0, *, batch_axis: int | None = N
       >>> derivs.hessian_diagonal(f)(jnp.array([1.0, 2.0, 3.0], dtype=jnp.float32))
       Array([ 6., 14., 18.], dtype=float32)
     """
-    return _make_operator(f, argnum, batch_axis, strategy, "derivs.hessian_diagonal",
+    return _make_operator(f, argnums, batch_axis, strategy, "derivs.hessian_diagonal",
                           collapsed=False, chunk_size=chunk_size, torch_compile=torch_compile,
                           batch_size=batch_size)
 

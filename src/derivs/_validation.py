@@ -35,7 +35,7 @@ def check_operator_arguments(api: str, f: Callable, argnum: Any, batch_axis: Any
     if not callable(f):
         raise TypeError(f"{api}: f must be callable, got {type(f).__name__}.")
     if isinstance(argnum, bool) or not isinstance(argnum, int) or argnum < 0:
-        raise TypeError(f"{api}: argnum must be a non-negative int (one argument), got "
+        raise TypeError(f"{api}: argnums must be a non-negative int (one argument), got "
                         f"{argnum!r}; for several arguments concatenate them into one.")
     check_batch_axis(api, batch_axis)
 
