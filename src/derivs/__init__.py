@@ -29,7 +29,8 @@ from ._sparsity._coloring import Coloring as Coloring
 from ._sparsity._errors import SparsityWarning as SparsityWarning
 from ._sparsity._errors import UnsupportedOpError as UnsupportedOpError
 from ._sparsity._pattern import Pattern as Pattern
-
+from ._value_and import value_and_hessian as value_and_hessian
+from ._value_and import value_and_jacobian as value_and_jacobian
 from ._version import __version__ as __version__
 
 # The public API; subpackages (``derivs.core``, ``derivs.backends``,
@@ -60,5 +61,7 @@ __all__ = [
     "partial",
     "partials",
     "sparsity",
+    "value_and_hessian",
+    "value_and_jacobian",
     "value_and_partials",
 ]
