@@ -107,13 +107,16 @@ def _makers(fw):
             lambda a, b: a * b, argnums=(0, 1), sparse=True), (x, x)),
         "hessian": (lambda: __import__("derivs").hessian(u), (x,)),
         "hessian sparse": (lambda: __import__("derivs").hessian(u, sparse=True), (x,)),
+        "value_and_jacobian": (lambda: __import__("derivs").value_and_jacobian(
+            v, sparse=True), (x,)),
+        "value_and_hessian": (lambda: __import__("derivs").value_and_hessian(u), (x,)),
     }
 
 
 TRANSFORMS = ("partial", "partials", "value_and_partials", "laplacian", "hessian_diagonal",
               "bilaplacian", "differential_operator", "diffusion_operator",
               "hutchinson_laplacian", "hutchinson_bilaplacian", "hutchinson_diffusion",
-              "jacobian", "hessian")
+              "jacobian", "hessian", "value_and_jacobian", "value_and_hessian")
 
 
 def test_every_public_transform_is_listed():

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import _api, _batch, _conventions, _probes, _report, backends
+from .core import _ledger
 from ._validation import check_operator_options, operator_entry, operator_input
 from .backends import _common
 from .core import _directions
@@ -219,10 +220,13 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
     def explain(*args, **kwargs) -> FamilyExplanation:
         backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
         call = plan(backend, x, sample, batch_axis)
-        return machine.explain(backend, args, kwargs, call, sample,
-                               routes.notes(backend, args, kwargs), chunk_size)
+        notes = routes.notes(backend, args, kwargs)
+        if ledger.note() is not None:
+            notes.append(ledger.note())
+        return machine.explain(backend, args, kwargs, call, sample, notes, chunk_size)
 
-    op = operator_entry(api, f, argnum, batch_axis, torch_compile, routes, run)
+    ledger = _ledger.Ledger()  # NOTE [first-call ledger]
+    op = operator_entry(api, f, argnum, batch_axis, torch_compile, routes, run, ledger)
     _report.attach(op, explain)
     return op
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import _api, _batch, _collapsed, _conventions, _probes, _report
+from .core import _ledger
 from ._validation import check_operator_options, operator_entry, operator_input
 from .backends import _common
 from .core import _jets
@@ -377,6 +378,8 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         if torch_compile:
             notes.append("torch_compile=True: the jet strategy's traced pass runs under "
                          "torch.compile")
+        if ledger.note() is not None:
+            notes.append(ledger.note())
         if d.chosen != REVERSE and d.layout == "unrolled":
             # what the unrolled transforms actually run (the engine may fall back)
             inner = _api.explain(unrolled_transforms(d.sample, d.n)[0], *d.args)
@@ -415,7 +418,8 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         diag = [o[(i, i)] for o in outs for i in sorted(k[0] for k in o)]
         return _directions_last(fw, fw.stack(diag), sample)
 
-    op = operator_entry(api, f, argnum, batch_axis, torch_compile, routes, run)
+    ledger = _ledger.Ledger()  # NOTE [first-call ledger]
+    op = operator_entry(api, f, argnum, batch_axis, torch_compile, routes, run, ledger)
     _report.attach(op, explain)
     return op
 

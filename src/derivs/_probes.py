@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import _batch
+from .core import _ledger
 from .core import _plan, _request
 from .core._cache import LRUCache
 from .core._spec import Spec
@@ -51,12 +52,13 @@ def batch_verdict(spec: Spec, backend, args: tuple, kwargs: dict) -> _batch.Verd
     hit = spec.cache.get(key) if key[1] is not None else None
     if hit is not None and (hit.valid is None or hit.valid()):
         return hit
-    if spec.has_aux:
-        shape = backend.output_shape(lambda *a, **k: spec.fun(*a, **k)[0], args, kwargs)
-    else:
-        shape = output_shape(spec, backend, args, kwargs)
-    verdict = _batch.verdict(spec.api, backend, spec.fun, args, kwargs, spec.argnums,
-                             spec.batch_axis, spec.has_aux, shape)
+    with _ledger.phase("batch proof"):  # NOTE [first-call ledger]
+        if spec.has_aux:
+            shape = backend.output_shape(lambda *a, **k: spec.fun(*a, **k)[0], args, kwargs)
+        else:
+            shape = output_shape(spec, backend, args, kwargs)
+        verdict = _batch.verdict(spec.api, backend, spec.fun, args, kwargs, spec.argnums,
+                                 spec.batch_axis, spec.has_aux, shape)
     if key[1] is not None:
         spec.cache.put(key, verdict)
     return verdict

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _batch, backends
+from .core import _ledger
 from .backends import _common
 
 
@@ -76,12 +77,14 @@ def check_not_empty(api: str, argnum: int, sample: tuple) -> None:
 
 
 def operator_entry(api: str, f: Callable, argnum: int, batch_axis: int | None,
-                   torch_compile: bool, routes: "_batch.SampleRoutes", body: Callable) -> Callable:
+                   torch_compile: bool, routes: "_batch.SampleRoutes", body: Callable,
+                   ledger: "_ledger.Ledger | None" = None) -> Callable:
     """An exact operator's callable (``f``'s signature): the argument ``argnum``
     checked and converted (:func:`operator_input`), a route over the samples taken
     when one applies (``routes.run``), else ``body(backend, args, x, sample,
     kwargs)``; a failure that a framework mix-up explains says so
-    (``backends.checked_call``)."""
+    (``backends.checked_call``). ``ledger`` records the first call (NOTE
+    [first-call ledger])."""
     def run(args, kwargs):
         backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
         routed, out = routes.run(backend, args, kwargs, x)
@@ -89,5 +92,6 @@ def operator_entry(api: str, f: Callable, argnum: int, batch_axis: int | None,
 
     @functools.wraps(f)
     def op(*args, **kwargs):
-        return backends.checked_call(f, args, api, lambda: run(args, kwargs))
+        call = lambda: backends.checked_call(f, args, api, lambda: run(args, kwargs))  # noqa: E731
+        return call() if ledger is None else ledger.call(call)
     return op

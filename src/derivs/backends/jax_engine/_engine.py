@@ -27,7 +27,7 @@ from .._common import Fallback, no_output_message
 from . import _jet, _rules  # noqa: F401  (fills the rule registry)
 from ._interpret import Interpreter
 from ._registry import UNSUPPORTED
-from ...core import _jets
+from ...core import _jets, _ledger
 from ._jet import Jet, Narrow
 
 
@@ -71,7 +71,8 @@ def prepare(spec: Spec, args: tuple, kwargs: dict) -> Traced | Fallback:
 
     arrays = [x for x, a in zip(leaves, is_arr) if a]
     try:
-        closed = jax.make_jaxpr(flat_fun)(*arrays)
+        with _ledger.phase("trace"):  # NOTE [first-call ledger]
+            closed = jax.make_jaxpr(flat_fun)(*arrays)
     except jax.errors.ConcretizationTypeError as e:  # incl. TracerBoolConversionError
         # A Python branch or conversion on a value: an abstract trace cannot follow it,
         # but eager forward mode (concrete primals) can, as jax.grad does.

@@ -36,6 +36,7 @@ import torch.utils._pytree as pytree
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ... import _errors
+from ...core import _ledger
 from .. import _guards
 from ._math_forms import math_attention
 from .._common import leaf_signature
@@ -160,7 +161,8 @@ def capture(fun, args: tuple, kwargs: dict, *, reads=None, table: dict | None = 
     table = decompositions() if table is None else table
     for _ in range(_RACES):
         try:
-            return _walked_capture(fun, reads, leaves, in_spec, is_tensor, table, pure)
+            with _ledger.phase("capture"):  # NOTE [first-call ledger]
+                return _walked_capture(fun, reads, leaves, in_spec, is_tensor, table, pure)
         except _Raced as raced:
             valid = raced.valid
     e = Unliftable(f"the state f reads changed while derivs traced f, {_RACES} times (f "

@@ -27,6 +27,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
+from ...core import _ledger
 from ...core._spec import Spec
 from .._common import Fallback, numel, sample_shape
 from ._builder import Builder, Column
@@ -81,7 +82,7 @@ def build(spec: Spec, args: tuple, kwargs: dict) -> Compiled | Fallback:
         if complex_op is not None:
             raise Unsupported(f"f has complex intermediates ({complex_op}); the traced "
                               "rules are real")
-        with BUILD_LOCK, outside_functorch():
+        with BUILD_LOCK, outside_functorch(), _ledger.phase("build"):
             module, n_ops = _derivative_module(spec, cap.graph, cap.is_tensor,
                                                selected_leaf)
         if spec.torch_compile:

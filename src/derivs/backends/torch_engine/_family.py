@@ -33,7 +33,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from ...core import _formulas, _regions
+from ...core import _formulas, _ledger, _regions
 from ...core import _univariate as U
 from ...core._stacked import Layout, Table
 from .._common import Fallback, numel
@@ -501,7 +501,8 @@ def prepare(f: Callable, args: tuple, kwargs: dict, argnum: int,
     if complex_op is not None:
         return fallback(f"f has complex intermediates ({complex_op}); the traced rules "
                         "are real", cap.valid)
-    program = FamilyProgram(cap, _top_level_offsets(args)[argnum], batch_axis)
+    with _ledger.phase("build"):  # NOTE [first-call ledger]
+        program = FamilyProgram(cap, _top_level_offsets(args)[argnum], batch_axis)
     traced = cap.graph
     live = {program.placeholders[program.selected]}
     for n in traced.graph.nodes:  # what the rules cannot see: keep to the unrolled engine
@@ -1149,9 +1150,12 @@ class CompiledProgram:
 
             from torch.fx.experimental.proxy_tensor import make_fx
 
-            graph = make_fx(flat)(*tensors, *given)
-            hit = (layout, torch.compile(graph, fullgraph=True, dynamic=False))
-            self.graphs[key] = hit
+            with _ledger.phase("torch.compile"):  # compiles on its first run
+                graph = make_fx(flat)(*tensors, *given)
+                compiled = torch.compile(graph, fullgraph=True, dynamic=False)
+                out = compiled(*tensors, *given)
+            self.graphs[key] = (layout, compiled)
+            return pytree.tree_unflatten(list(out), p.out_spec)
         return pytree.tree_unflatten(list(hit[1](*tensors, *given)), p.out_spec)
 
 
