@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _report
-from ._conventions import _output_of, _pair
+from ._conventions import converted, output_of, pair
 from ._sparse import hessian, jacobian
 
 
@@ -66,12 +66,12 @@ def _value_and(api: str, derivative: Callable, f: Callable, argnums: Any, has_au
     if "argnum" in options:
         raise TypeError(f"{api}: the argument index is argnums.")
     # the derivative of f's output alone; its own checks run here, at creation
-    d = derivative(_output_of(api, f) if has_aux else f, argnums, **options)
+    d = derivative(output_of(api, f) if has_aux else f, argnums, **options)
 
     def value_and(*args: Any) -> tuple:
         result = d(*args)
-        value = f(*args)
-        return (_pair(api, value) if has_aux else value), result
+        value = f(*converted(api, args, argnums))
+        return (pair(api, value) if has_aux else value), result
 
     explain = _report.hook(d)
     if explain is not None:
