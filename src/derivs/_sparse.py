@@ -23,6 +23,7 @@ from . import _report, _validation, backends
 from .backends._common import leaf_signature
 from .core._cache import LRUCache
 from ._sparsity import _coloring
+from ._sparsity import _pattern
 from ._sparsity._pattern import Pattern
 
 FORMATS = ("native", "coo", "csr", "scipy", "dense")
@@ -183,6 +184,12 @@ class Prepared:
         err = float(np.abs(got - exact).max() / scale)
         low = ("float32", "float16", "bfloat16")
         tol = 1e-3 if str(args[o.argnum].dtype).endswith(low) else 1e-8
+        if err > tol and o.given is not None:
+            raise ValueError(
+                f"{o.api}: check=True found the sparse result disagreeing with exact "
+                f"{'JVPs' if o.kind == 'jacobian' else 'HVPs'} (relative error {err:.2e}): "
+                "the pattern passed as pattern= misses entries of f's derivative. Pass a "
+                "pattern that covers them, or drop pattern= to have it detected.")
         if err > tol:
             raise ValueError(
                 f"{o.api}: check=True found the sparse result disagreeing with exact "
@@ -206,8 +213,10 @@ class Prepared:
             f"  colors: {c.n_colors} (ordering: {c.ordering}; tried {tried})",
             f"  estimated cost: {c.n_colors} passes "
             f"(dense would take {min(self.pattern.shape) if c.mode in ('column', 'row') else self.pattern.shape[1]})",
-            f"  prepared in {self.detect_seconds * 1e3:.1f} ms detection + "
-            f"{self.coloring_seconds * 1e3:.1f} ms coloring",
+            f"  prepared in {self.detect_seconds * 1e3:.1f} ms "
+            + ("reading the given pattern (pattern=; not detected, and not checked "
+               "unless check=True)" if self.owner.given is not None else "detection")
+            + f" + {self.coloring_seconds * 1e3:.1f} ms coloring",
         ]
         if self._switched:
             lines.append(f"  f refuses {'forward' if c.mode == 'row' else 'reverse'} mode (its "
@@ -236,8 +245,9 @@ class SparseDerivative:
     """
 
     def __init__(self, fun: Callable, kind: str, argnum: int, has_aux: bool, fmt: str,
-                 coloring: str, check: bool, unknown: str, api: str):
+                 coloring: str, check: bool, unknown: str, api: str, pattern: Any = None):
         self.fun = fun
+        self.given = pattern  # pattern=: used instead of detection
         self.kind = kind
         self.argnum = argnum
         self.has_aux = has_aux
@@ -284,6 +294,14 @@ class SparseDerivative:
         it holds for the signature)."""
         if self.kind == "hessian":
             self._check_scalar(fw, args)
+        if self.given is not None:  # the user's pattern: no detection, no guard
+            in_shape = tuple(args[self.argnum].shape)
+            out_shape = in_shape if self.kind == "hessian" else tuple(
+                fw.output_shape(self.fun, args, self.has_aux))
+            m = int(np.prod(out_shape, dtype=np.int64))
+            n = int(np.prod(in_shape, dtype=np.int64))
+            return (_pattern.given(self.api, self.given, (m, n), out_shape, in_shape,
+                                   symmetric=self.kind == "hessian"), [], None)
         matrix, out_shape, in_shape, conservative, valid = fw.detect(
             self.kind, self.fun, args, self.argnum, self.has_aux, self.unknown)
         m, n = int(np.prod(out_shape, dtype=np.int64)), int(np.prod(in_shape, dtype=np.int64))
@@ -350,7 +368,7 @@ def _validate(f, fmt, coloring, unknown, api):
 
 def jacobian(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = False,
              sparse: bool = False, format: str = "native", coloring: str = "auto",
-             check: bool = False, unknown: str = "warn") -> Callable:
+             check: bool = False, unknown: str = "warn", pattern: Any = None) -> Callable:
     """The Jacobian of ``f`` with respect to argument ``argnums``.
 
     Dense (``sparse=False``): the framework's ``jacfwd``/``jacrev``, whichever
@@ -373,6 +391,12 @@ def jacobian(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = F
     the first call. ``derivs.explain(J, x)`` reports the pattern and colors.
     With a tuple ``argnums`` the result is a tuple of Jacobians, one per argument.
 
+    ``pattern=`` (with ``sparse=True``): a known pattern (a stencil, a mesh) used
+    instead of detection: a :class:`derivs.Pattern`, a SciPy sparse matrix or a
+    boolean array of shape ``(f(x).size, x.size)``. It is the caller's promise:
+    an entry outside it is never computed, so ``check=True`` verifies it on the
+    first call.
+
     Example:
 
       >>> import jax.numpy as jnp, derivs
@@ -385,8 +409,11 @@ def jacobian(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = F
     """
     api = "derivs.jacobian"
     _validate(f, format, coloring, unknown, api)
-    _check_sparse_options(api, sparse, format, coloring, check)
+    _check_sparse_options(api, sparse, format, coloring, check, pattern)
     if isinstance(argnums, (tuple, list)):
+        if pattern is not None:
+            raise TypeError(f"{api}: pattern= describes one argument's Jacobian; with "
+                            "several argnums make one derivs.jacobian per argument.")
         parts = [jacobian(f, a, has_aux=has_aux, sparse=sparse, format=format,
                           coloring=coloring, check=check, unknown=unknown) for a in argnums]
 
@@ -404,12 +431,13 @@ def jacobian(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = F
     argnum = _check_argnum(argnums, None, api)
     if sparse:
         return SparseDerivative(f, "jacobian", argnum, has_aux, format, coloring, check,
-                                unknown, api)
+                                unknown, api, pattern)
     return _dense(f, "jacobian", argnum, has_aux, api)
 
 
 def hessian(f: Callable, argnums: int = 0, *, has_aux: bool = False, sparse: bool = False,
-            format: str = "native", check: bool = False, unknown: str = "warn") -> Callable:
+            format: str = "native", check: bool = False, unknown: str = "warn",
+            pattern: Any = None) -> Callable:
     """The Hessian of a scalar ``f`` with respect to argument ``argnums``.
 
     Dense: the framework's ``hessian``, shaped ``in_shape + in_shape``. Sparse:
@@ -417,7 +445,8 @@ def hessian(f: Callable, argnums: int = 0, *, has_aux: bool = False, sparse: boo
     coloring (several vertex orders; distance-2 coloring as the alternative,
     fewest colors win) groups the columns, and one Hessian-vector product
     (forward over reverse) per color gives every nonzero. Formats as for
-    :func:`jacobian`, shape ``(x.size, x.size)``.
+    :func:`jacobian`, shape ``(x.size, x.size)``; ``pattern=`` as there (an
+    entry on one side of the diagonal counts on both).
 
     Example:
 
@@ -432,15 +461,16 @@ def hessian(f: Callable, argnums: int = 0, *, has_aux: bool = False, sparse: boo
     """
     api = "derivs.hessian"
     _validate(f, format, "auto", unknown, api)
-    _check_sparse_options(api, sparse, format, "auto", check)
+    _check_sparse_options(api, sparse, format, "auto", check, pattern)
     argnum = _check_argnum(argnums, None, api)
     if sparse:
         return SparseDerivative(f, "hessian", argnum, has_aux, format, "auto", check,
-                                unknown, api)
+                                unknown, api, pattern)
     return _dense(f, "hessian", argnum, has_aux, api)
 
 
-def _check_sparse_options(api: str, sparse, fmt: str, coloring: str, check) -> None:
+def _check_sparse_options(api: str, sparse, fmt: str, coloring: str, check,
+                          pattern: Any = None) -> None:
     """``sparse`` is a bool, and options that only a sparse result reads are not
     silently ignored on a dense one."""
     if not isinstance(sparse, bool):
@@ -450,7 +480,7 @@ def _check_sparse_options(api: str, sparse, fmt: str, coloring: str, check) -> N
     if not sparse:
         given = [f"{k}={v!r}" for k, v, default in (
             ("format", fmt, "native"), ("coloring", coloring, "auto"), ("check", check, False))
-            if v != default]
+            if v != default] + (["pattern=..."] if pattern is not None else [])
         if given:
             raise ValueError(f"{api}: {', '.join(given)} applies to sparse results only; pass "
                              "sparse=True as well, or drop it for the dense result.")

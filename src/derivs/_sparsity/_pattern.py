@@ -68,3 +68,40 @@ class Pattern:
 
     def __repr__(self) -> str:
         return f"Pattern(shape={self.shape}, nnz={self.nnz}, density={self.density:.3g})"
+
+
+def given(api: str, pattern, shape: tuple[int, int], out_shape: tuple, in_shape: tuple,
+          symmetric: bool = False) -> Pattern:
+    """A pattern the user passed (``pattern=``): a :class:`Pattern`, a SciPy sparse
+    matrix or array, or a boolean (or 0/1) array shaped ``(m, n)`` or ``out_shape +
+    in_shape``; checked against the derivative's shape. A Hessian's is symmetrized
+    (an entry given on one side counts on both)."""
+    m, n = shape
+    if isinstance(pattern, Pattern):
+        matrix = pattern.to_scipy()
+    elif sp.issparse(pattern):
+        matrix = sp.csr_array(pattern)
+    else:
+        try:
+            dense = np.asarray(pattern)
+        except Exception:  # noqa: BLE001 - reported below with the accepted kinds
+            dense = None
+        if dense is None or dense.dtype == object or dense.size != m * n or not (
+                dense.dtype == bool or np.issubdtype(dense.dtype, np.number)):
+            raise TypeError(
+                f"{api}: pattern= must be a derivs.Pattern, a scipy.sparse matrix, or a "
+                f"boolean array of shape {(m, n)}"
+                + (f" (or {full})" if (full := tuple(out_shape) + tuple(in_shape)) != (m, n)
+                   else "")
+                + f", got {type(pattern).__name__}"
+                + (f" of shape {dense.shape}" if dense is not None and dense.ndim else "")
+                + ".")
+        matrix = sp.csr_array(dense.reshape(m, n) != 0)
+    if tuple(matrix.shape) != (m, n):
+        raise ValueError(f"{api}: pattern= has shape {tuple(matrix.shape)}, but the derivative "
+                         f"at these arguments is {m} x {n} (flattened output x flattened "
+                         "input).")
+    matrix = sp.csr_array(matrix != 0)
+    if symmetric:
+        matrix = sp.csr_array(matrix + matrix.T)
+    return Pattern(matrix, (m, n), out_shape, in_shape, symmetric=symmetric)
