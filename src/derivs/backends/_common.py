@@ -47,7 +47,9 @@ def no_output_message(api: str, out) -> str:
             "return statement?).")
 
 
-def check_batch_axis(api: str, argnum: int, ndim: int, batch_axis: int) -> None:
+def check_axis_in_range(api: str, argnum: int, ndim: int, batch_axis: int) -> None:
+    """``batch_axis`` is an axis of argument ``argnum`` (``ndim`` dimensions); the type
+    check of the option itself is ``_validation.check_batch_axis``."""
     if not -ndim <= batch_axis < ndim or ndim == 0:
         raise ValueError(
             f"{api}: batch_axis={batch_axis} does not exist in argument {argnum}, which has "

@@ -62,7 +62,7 @@ def as_input(x: Any, argnum: int, api: str, batch_axis: int | None) -> jax.Array
         raise TypeError(_common.bad_dtype_message(
             api, argnum, x.dtype, kind, "x.astype(jnp.float32)"))
     if batch_axis is not None:
-        _common.check_batch_axis(api, argnum, x.ndim, batch_axis)
+        _common.check_axis_in_range(api, argnum, x.ndim, batch_axis)
     return x
 
 

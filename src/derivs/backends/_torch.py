@@ -68,7 +68,7 @@ def as_input(x: Any, argnum: int, api: str, batch_axis: int | None) -> torch.Ten
                 else "boolean" if x.dtype == torch.bool else "integer")
         raise TypeError(_common.bad_dtype_message(api, argnum, x.dtype, kind, "x.float()"))
     if batch_axis is not None:
-        _common.check_batch_axis(api, argnum, x.dim(), batch_axis)
+        _common.check_axis_in_range(api, argnum, x.dim(), batch_axis)
     return x
 
 
