@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from .backends._common import leaf_signature
 from .core._cache import LRUCache
 from ._sparsity import _coloring
 from ._sparsity import _pattern
+from ._sparsity._errors import SparsityWarning
 from ._sparsity._pattern import Pattern
 
 FORMATS = ("native", "coo", "csr", "scipy", "dense")
@@ -55,6 +57,15 @@ def _normalize(args: tuple, argnum: int, api: str) -> tuple:
     args[argnum] = backend.as_input(args[argnum], argnum, api, None)
     _validation.check_not_empty(api, argnum, tuple(args[argnum].shape))
     return fw, backend, tuple(args)
+
+
+def _like(x, values: np.ndarray):
+    """``values`` as an array of ``x``'s framework, dtype and device."""
+    if hasattr(x, "device") and hasattr(x, "new_tensor"):  # torch
+        return x.new_tensor(values)
+    import jax.numpy as jnp
+
+    return jnp.asarray(values, dtype=x.dtype)
 
 
 def _signature(args: tuple) -> tuple | None:
@@ -168,20 +179,18 @@ class Prepared:
         exact JVPs (HVPs) for random ``v``. Returns the largest relative error;
         raises ``ValueError`` when it is large (an entry outside the pattern)."""
         o = self.owner
-        fw = self._fw
-        n = self.pattern.shape[1]
         rng = np.random.default_rng(seed)
-        vs = rng.standard_normal((n_probes, n))
-        mode = "column" if o.kind == "jacobian" else "hessian"
-        exact, _ = fw.compressed(mode, o.fun, args, o.argnum, o.has_aux, vs)
-        exact = np.asarray(fw.to_numpy(exact), np.float64)
-        data, _ = self._evaluate(args)
-        data = np.asarray(fw.to_numpy(data), np.float64)
-        mat = sp.csr_array((data, self.pattern.cols, self.pattern.indptr),
-                           shape=self.pattern.shape)
-        got = np.stack([mat @ v for v in vs])
-        scale = np.abs(exact).max() + np.abs(got).max() + 1e-30
-        err = float(np.abs(got - exact).max() / scale)
+        # at the point, and at a random point nearby: an entry that happens to vanish
+        # at the first point (a Newton start at 0) shows at the second; a point where
+        # f is not finite (outside its domain) is skipped
+        errs = [self._check_at(args, rng, n_probes)]
+        x = self._fw.to_numpy(args[o.argnum])
+        near = x + 0.1 * (1 + np.abs(x)) * rng.standard_normal(x.shape)
+        moved = list(args)
+        moved[o.argnum] = _like(args[o.argnum], near)
+        errs.append(self._check_at(tuple(moved), rng, n_probes))
+        finite = [e for e in errs if np.isfinite(e)]
+        err = max(finite) if finite else float("nan")
         low = ("float32", "float16", "bfloat16")
         tol = 1e-3 if str(args[o.argnum].dtype).endswith(low) else 1e-8
         if err > tol and o.given is not None:
@@ -197,6 +206,21 @@ class Prepared:
                 "the detected pattern misses entries. Please report this with f; meanwhile "
                 "use sparse=False.")
         return err
+
+    def _check_at(self, args, rng, n_probes: int) -> float:
+        """The largest relative error of ``J @ v`` against exact JVPs (HVPs) at ``args``."""
+        o, fw = self.owner, self._fw
+        vs = rng.standard_normal((n_probes, self.pattern.shape[1]))
+        mode = "column" if o.kind == "jacobian" else "hessian"
+        exact, _ = fw.compressed(mode, o.fun, args, o.argnum, o.has_aux, vs)
+        exact = np.asarray(fw.to_numpy(exact), np.float64)
+        data, _ = self._evaluate(args)
+        data = np.asarray(fw.to_numpy(data), np.float64)
+        mat = sp.csr_array((data, self.pattern.cols, self.pattern.indptr),
+                           shape=self.pattern.shape)
+        got = np.stack([mat @ v for v in vs])
+        scale = np.abs(exact).max() + np.abs(got).max() + 1e-30
+        return float(np.abs(got - exact).max() / scale)
 
     def explain(self) -> "SparseExplanation":
         """The plan for this signature; ``str()`` gives a readable report."""
@@ -284,6 +308,13 @@ class SparseDerivative:
             prepared = Prepared(self, fw, pattern, col, t1 - t0, t2 - t1, conservative, valid)
             if self.check_on_prepare and not fw.is_tracing(args):
                 prepared.check(*args)
+            elif self.check_on_prepare:
+                warnings.warn(
+                    f"{self.api}: check=True cannot run while jax traces f (under jax.jit "
+                    "the arguments have no values): the pattern is unchecked. Call the "
+                    "derivative once outside jit first; it checks on that call.",
+                    SparsityWarning, stacklevel=3)
+                return prepared  # not cached: the first call outside jit checks
             if key is not None:
                 self._cache.put(key, prepared)
             return prepared
@@ -393,9 +424,11 @@ def jacobian(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = F
 
     ``pattern=`` (with ``sparse=True``): a known pattern (a stencil, a mesh) used
     instead of detection: a :class:`derivs.Pattern`, a SciPy sparse matrix or a
-    boolean array of shape ``(f(x).size, x.size)``. It is the caller's promise:
-    an entry outside it is never computed, so ``check=True`` verifies it on the
-    first call.
+    boolean array of shape ``(f(x).size, x.size)`` or ``f(x).shape + x.shape``
+    (a SciPy matrix's stored entries count, explicit zeros included). It is the
+    caller's promise: an entry outside it is not computed, and it spoils the
+    entries that share its color, so ``check=True`` verifies the pattern on the
+    first call, at its point and at a random point near it.
 
     Example:
 

@@ -72,27 +72,39 @@ class Pattern:
 
 def given(api: str, pattern, shape: tuple[int, int], out_shape: tuple, in_shape: tuple,
           symmetric: bool = False) -> Pattern:
-    """A pattern the user passed (``pattern=``): a :class:`Pattern`, a SciPy sparse
-    matrix or array, or a boolean (or 0/1) array shaped ``(m, n)`` or ``out_shape +
-    in_shape``; checked against the derivative's shape. A Hessian's is symmetrized
-    (an entry given on one side counts on both)."""
+    """A pattern the user passed (``pattern=``), checked against the derivative at
+    these arguments: a :class:`Pattern` made for the same output and input shapes;
+    a SciPy sparse matrix or array of shape ``(m, n)``, whose *stored* entries are
+    the pattern (explicit zeros included: a derivative's own value at a point
+    stores the entries that happen to vanish there); or a boolean (or 0/1) array of
+    shape ``(m, n)`` or ``out_shape + in_shape`` exactly (never another shape of
+    the same size: a transposed array would put entries in the wrong places). A
+    Hessian's is symmetrized (an entry on one side counts on both)."""
     m, n = shape
+    full = tuple(out_shape) + tuple(in_shape)
     if isinstance(pattern, Pattern):
+        if (pattern.out_shape, pattern.in_shape) != (tuple(out_shape), tuple(in_shape)):
+            raise ValueError(
+                f"{api}: pattern= is a Pattern for output shape {pattern.out_shape} and input "
+                f"shape {pattern.in_shape}, but these arguments give {tuple(out_shape)} and "
+                f"{tuple(in_shape)}. Pass the pattern of this signature.")
         matrix = pattern.to_scipy()
     elif sp.issparse(pattern):
-        matrix = sp.csr_array(pattern)
+        stored = sp.csr_array(pattern)
+        stored.sum_duplicates()
+        matrix = sp.csr_array((np.ones(stored.indices.size, bool), stored.indices,
+                               stored.indptr), shape=stored.shape)
     else:
         try:
             dense = np.asarray(pattern)
         except Exception:  # noqa: BLE001 - reported below with the accepted kinds
             dense = None
-        if dense is None or dense.dtype == object or dense.size != m * n or not (
-                dense.dtype == bool or np.issubdtype(dense.dtype, np.number)):
+        if dense is None or dense.dtype == object or tuple(dense.shape) not in ((m, n), full) \
+                or not (dense.dtype == bool or np.issubdtype(dense.dtype, np.number)):
             raise TypeError(
                 f"{api}: pattern= must be a derivs.Pattern, a scipy.sparse matrix, or a "
                 f"boolean array of shape {(m, n)}"
-                + (f" (or {full})" if (full := tuple(out_shape) + tuple(in_shape)) != (m, n)
-                   else "")
+                + (f" or {full}" if full != (m, n) else "")
                 + f", got {type(pattern).__name__}"
                 + (f" of shape {dense.shape}" if dense is not None and dense.ndim else "")
                 + ".")
@@ -101,7 +113,6 @@ def given(api: str, pattern, shape: tuple[int, int], out_shape: tuple, in_shape:
         raise ValueError(f"{api}: pattern= has shape {tuple(matrix.shape)}, but the derivative "
                          f"at these arguments is {m} x {n} (flattened output x flattened "
                          "input).")
-    matrix = sp.csr_array(matrix != 0)
     if symmetric:
         matrix = sp.csr_array(matrix + matrix.T)
     return Pattern(matrix, (m, n), out_shape, in_shape, symmetric=symmetric)
