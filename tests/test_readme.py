@@ -27,3 +27,14 @@ def test_readme_cites_no_file_outside_the_repository():
         if path.startswith("benchmarks/out"):
             continue  # where benchmark runs write (ignored by git)
         assert (README.parent / path).exists(), path
+
+
+def test_every_derivs_name_the_readme_calls_exists():
+    """The README (its "coming from" table included) names only what derivs has."""
+    import derivs
+
+    text = README.read_text()
+    names = set(re.findall(r"derivs\.([a-z_]\w*)\(", text))
+    assert {"laplacian", "value_and_jacobian", "hutchinson_laplacian"} <= names
+    missing = sorted(n for n in names if not hasattr(derivs, n))
+    assert not missing, missing
