@@ -221,8 +221,8 @@ def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
         backend, args, x, sample = operator_input(api, args, argnum, batch_axis, torch_compile)
         call = plan(backend, x, sample, batch_axis)
         notes = routes.notes(backend, args, kwargs)
-        if ledger.note() is not None:
-            notes.append(ledger.note())
+        if (first := ledger.note()) is not None:
+            notes.append(first)
         return machine.explain(backend, args, kwargs, call, sample, notes, chunk_size)
 
     ledger = _ledger.Ledger()  # NOTE [first-call ledger]

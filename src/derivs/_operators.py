@@ -378,8 +378,8 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         if torch_compile:
             notes.append("torch_compile=True: the jet strategy's traced pass runs under "
                          "torch.compile")
-        if ledger.note() is not None:
-            notes.append(ledger.note())
+        if (first := ledger.note()) is not None:
+            notes.append(first)
         if d.chosen != REVERSE and d.layout == "unrolled":
             # what the unrolled transforms actually run (the engine may fall back)
             inner = _api.explain(unrolled_transforms(d.sample, d.n)[0], *d.args)

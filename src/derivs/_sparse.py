@@ -59,15 +59,6 @@ def _normalize(args: tuple, argnum: int, api: str) -> tuple:
     return fw, backend, tuple(args)
 
 
-def _like(x, values: np.ndarray):
-    """``values`` as an array of ``x``'s framework, dtype and device."""
-    if hasattr(x, "device") and hasattr(x, "new_tensor"):  # torch
-        return x.new_tensor(values)
-    import jax.numpy as jnp
-
-    return jnp.asarray(values, dtype=x.dtype)
-
-
 def _signature(args: tuple) -> tuple | None:
     """Shapes, dtypes and devices of array arguments, and the values of plain
     Python ones (a trace bakes those in: ``f(x, k)`` may slice with ``k``)."""
@@ -187,24 +178,21 @@ class Prepared:
         x = self._fw.to_numpy(args[o.argnum])
         near = x + 0.1 * (1 + np.abs(x)) * rng.standard_normal(x.shape)
         moved = list(args)
-        moved[o.argnum] = _like(args[o.argnum], near)
+        moved[o.argnum] = self._fw.like(args[o.argnum], near)
         errs.append(self._check_at(tuple(moved), rng, n_probes))
         finite = [e for e in errs if np.isfinite(e)]
         err = max(finite) if finite else float("nan")
         low = ("float32", "float16", "bfloat16")
         tol = 1e-3 if str(args[o.argnum].dtype).endswith(low) else 1e-8
-        if err > tol and o.given is not None:
-            raise ValueError(
-                f"{o.api}: check=True found the sparse result disagreeing with exact "
-                f"{'JVPs' if o.kind == 'jacobian' else 'HVPs'} (relative error {err:.2e}): "
-                "the pattern passed as pattern= misses entries of f's derivative. Pass a "
-                "pattern that covers them, or drop pattern= to have it detected.")
         if err > tol:
+            why = ("the pattern passed as pattern= misses entries of f's derivative. Pass a "
+                   "pattern that covers them, or drop pattern= to have it detected."
+                   if o.given is not None else "the detected pattern misses entries. Please "
+                   "report this with f; meanwhile use sparse=False.")
             raise ValueError(
                 f"{o.api}: check=True found the sparse result disagreeing with exact "
                 f"{'JVPs' if o.kind == 'jacobian' else 'HVPs'} (relative error {err:.2e}): "
-                "the detected pattern misses entries. Please report this with f; meanwhile "
-                "use sparse=False.")
+                + why)
         return err
 
     def _check_at(self, args, rng, n_probes: int) -> float:

@@ -285,6 +285,11 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def like(x, values: np.ndarray):
+    """``values`` as an array of ``x``'s dtype."""
+    return jnp.asarray(values, dtype=x.dtype)
+
+
 def dense(kind, fun, args, argnum, has_aux):
     if kind == "hessian":
         return jax.hessian(fun, argnums=argnum, has_aux=has_aux)(*args)

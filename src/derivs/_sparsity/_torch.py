@@ -390,6 +390,11 @@ def to_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy()
 
 
+def like(x, values: np.ndarray):
+    """``values`` as a tensor of ``x``'s dtype and device."""
+    return x.new_tensor(values)
+
+
 def dense(kind, fun, args, argnum, has_aux):
     if kind == "hessian":
         return torch.func.hessian(fun, argnums=argnum)(*args) if not has_aux else \

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -197,8 +198,6 @@ PAIRWISE_FAMILY_SUMS = True
 
 
 def _pairwise_here() -> bool:
-    import jax
-
     return PAIRWISE_FAMILY_SUMS and jax.default_backend() == "cpu"
 
 

@@ -308,7 +308,7 @@ class _StandIns(torch.overrides.TorchFunctionMode):
         kwargs = kwargs or {}
         if self._by_id:
             args, kwargs = pytree.tree_map(self.get, (args, kwargs))
-        if func in _TO_NUMPY and args and _is_traced(args[0]):
+        if func in _TO_NUMPY and args and _guards._tracing_value(args[0]):
             # a fake tensor has no values: NumPy would read uninitialized memory
             raise Unsupported("f reads a tensor's values into NumPy (.numpy(), "
                               "np.asarray), which a trace cannot follow")
@@ -316,12 +316,6 @@ class _StandIns(torch.overrides.TorchFunctionMode):
 
 
 _TO_NUMPY = (torch.Tensor.numpy, torch.Tensor.__array__)
-
-
-def _is_traced(t) -> bool:
-    from torch._subclasses.fake_tensor import is_fake
-
-    return isinstance(t, torch.Tensor) and bool(is_fake(t) or torch._is_functional_tensor(t))
 
 
 def made_by_f(node: fx.Node) -> bool:

@@ -1155,8 +1155,9 @@ class CompiledProgram:
                 compiled = torch.compile(graph, fullgraph=True, dynamic=False)
                 out = compiled(*tensors, *given)
             self.graphs[key] = (layout, compiled)
-            return pytree.tree_unflatten(list(out), p.out_spec)
-        return pytree.tree_unflatten(list(hit[1](*tensors, *given)), p.out_spec)
+        else:
+            out = hit[1](*tensors, *given)
+        return pytree.tree_unflatten(list(out), p.out_spec)
 
 
 def compiled(program: FamilyProgram) -> CompiledProgram:
