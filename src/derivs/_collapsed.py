@@ -49,6 +49,11 @@ class Call:
     # read: each term's value on its own, stacked first (``c * d^alpha f`` per term),
     # instead of their sum (an estimator's standard error needs its samples)
     read: bool = False
+    # picks: the seeds are ``pick_scale * e_{picks[g]}`` (flat sample indices, possibly
+    # traced), so an engine may gather where it would multiply (NOTE [picked seeds]);
+    # ``seeds`` still holds them dense for every other path
+    picks: Any = None
+    pick_scale: float = 1.0
     # per object: dataclasses.replace (e.g. another drift) starts an empty one
     memo: dict = dataclasses.field(default_factory=dict, repr=False, compare=False,
                                    init=False)
@@ -76,7 +81,7 @@ class Call:
         if "univariate" not in self.memo:
             rows, weights, k = self.directions()
             self.memo["univariate"] = dataclasses.replace(
-                self, seeds=rows, units=False,
+                self, seeds=rows, units=False, picks=None,
                 terms=tuple((float(w), (n,) * k) for n, w in enumerate(weights)))
         return self.memo["univariate"]
 
@@ -178,6 +183,9 @@ class Machine:
                 notes.append("the Bi-Laplacian's rows (gradient, Hessian, gradient of the "
                              "Laplacian): elementwise ops and products by contractions, "
                              "not gathered products (NOTE [contracted Bi-Laplacian])")
+        if call.picks is not None and engine is not None:
+            notes.append(_picked_note(engine, args[self.argnum], self.batch_axis,
+                                      call.per_sample))
         if layout == "coordinate groups":
             t = _group_transforms(self.spec, self.argnum, self.batch_axis, self.cache, call,
                                   chunk_size, self.torch_compile)[0]
@@ -191,6 +199,26 @@ class Machine:
         return FamilyExplanation(self.api, backend.name, sample, call,
                                  FAMILY if engine is not None else NESTED, layout,
                                  self.strategy is not None, notes)
+
+
+def _picked_note(engine, x, batch_axis, per_sample: bool) -> str:
+    """What NOTE [picked seeds] does for this call, read off the engine's program."""
+    head = "picked seeds (NOTE [picked seeds]): "
+    if per_sample:
+        return head + "not used: the seeds are per sample, so they run dense"
+    if engine.func is _torch_run:
+        gathered, dense = engine.args[0].picked_reads(x)
+        if not gathered:
+            return head + ("not used: x does not enter a matrix product as a (batch, n) "
+                           "left factor, so every use of x reads the dense one-hot seeds")
+        return head + (f"{gathered} matrix product(s) of x read their weight's rows at the "
+                       f"drawn coordinates" + (f"; {dense} other use(s) of x read the "
+                                               "dense one-hot seeds" if dense else ""))
+    where = "" if batch_axis is None else ("the estimate runs per sample (vmapped over the "
+                                           "batch axis); there ")
+    return head + where + ("each direction's seed is one position of x, so a dense layer on "
+                           "x reads its weight's row there; other uses see the seed as a "
+                           "narrow coefficient or dense")
 
 
 def make(f: Callable, argnum: int, batch_axis: int | None, api: str,
@@ -322,11 +350,12 @@ def _torch_run(program, cache, argnum, batch_axis, pairs, args, kwargs, call: Ca
         seeds = torch_engine.shared_rows(flat.reshape(flat.shape[0], -1), x, batch_axis)
     drift = None if call.drift is None else _device_constant(call, "drift", x)
     fw = backends.backend_named("torch")
+    picks = None if call.picks is None or call.per_sample else (call.picks, call.pick_scale)
     parts = []
     for k, layout in enumerate(_layout(cache, call.terms, len(call.seeds), chunk_size,
                                        call.read)):
-        parts.append(program(args, kwargs, torch_engine.Seeds(layout, seeds,
-                                                              drift if k == 0 else None)))
+        parts.append(program(args, kwargs, torch_engine.Seeds(
+            layout, seeds, drift if k == 0 else None, picks)))
     if call.read:  # (terms, *out): each term's coefficient times its value
         weights = torch.as_tensor([c for c, _ in call.terms], dtype=x.dtype, device=x.device)
         return fw.tree_map(lambda *ps: torch.cat(ps) * weights.reshape(
@@ -364,7 +393,8 @@ def _jax_run(compiled, batch_axis, args, kwargs, call: Call, chunk_size):
     weights, k = call.univariate()
     return jax_engine.run_directions(compiled, 0, call.seeds, weights, k, batch_axis,
                                      per_sample=call.per_sample, top=call.drift,
-                                     chunk_size=chunk_size, per_direction=call.read)
+                                     chunk_size=chunk_size, per_direction=call.read,
+                                     picks=call.picks, pick_scale=call.pick_scale)
 
 
 def _groups(spec, argnum, batch_axis, cache, torch_compile, args, kwargs, call: Call,

@@ -20,14 +20,16 @@ The batch axis is proven as for the exact operators.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
 from . import _batch, _conventions, _probes, _report, backends
+from .backends import _common
 from ._collapsed import Call, Machine
 from ._validation import check_operator_arguments, check_torch_compile, operator_input
 
-DISTRIBUTIONS = ("rademacher", "gaussian")
+DISTRIBUTIONS = ("rademacher", "gaussian", "coordinates")
 
 
 @_conventions.transform("derivs.hutchinson_laplacian", leading=1)
@@ -59,9 +61,18 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
       exactly, and the variance is the lowest of all distributions with
       independent entries.
     * ``"gaussian"`` (standard normal entries): ``2 * ||H||_F^2``.
+    * ``"coordinates"``: ``samples`` of the ``D`` coordinates drawn without
+      replacement, each term ``D * H_ii`` (STDE's and SDGD's sampling; NOTE
+      [coordinate sampling]). ``samples == D`` is the exact Laplacian. The
+      variance of the estimate is ``D^2 var_i(H_ii) / samples * (D - samples) /
+      (D - 1)``: zero for a constant diagonal, large for one concentrated on few
+      coordinates. The seeds stay one-hot, so a dense first layer reads its
+      weight's rows at the drawn coordinates (NOTE [picked seeds]): the cost per
+      sample does not grow with ``D``.
 
     ``with_stderr=True`` also returns the estimated standard error of the
-    estimate, ``std(v_s^T H v_s) / sqrt(samples)``. The estimate is one collapsed
+    estimate, ``std(v_s^T H v_s) / sqrt(samples)`` (times ``sqrt((D - samples) /
+    (D - 1))`` for coordinates). The estimate is one collapsed
     Taylor pass over the directions (NOTE [collapsed estimators]);
     ``torch_compile=True`` (PyTorch) runs it under ``torch.compile``, as for the
     exact operators.
@@ -73,6 +84,10 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
       >>> est = derivs.hutchinson_laplacian(f, samples=4)
       >>> est(jax.random.key(0), jnp.array([1.0, 2.0, 3.0], dtype=jnp.float32))
       Array(36., dtype=float32)
+      >>> g = lambda x: jnp.sum(x ** 2)          # H_ii = 2 everywhere: any draw is exact
+      >>> est = derivs.hutchinson_laplacian(g, samples=2, distribution="coordinates")
+      >>> est(jax.random.key(0), jnp.ones(1000, dtype=jnp.float32))
+      Array(2000., dtype=float32)
     """
     api = "derivs.hutchinson_laplacian"
     _check(api, f, argnums, batch_axis, samples)
@@ -81,6 +96,21 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
                          f"{DISTRIBUTIONS}.")
 
     runner = _Runner(f, argnums, batch_axis, api, samples, 2, 1.0, with_stderr, torch_compile)
+    if distribution == "coordinates":  # NOTE [coordinate sampling]
+        runner.population = lambda sample, draws: _common.numel(sample)
+
+        def draw(key, backend, x, sample):
+            n = _common.numel(tuple(sample))
+            return _picks(api, backend, key, samples, n, x, "coordinates")
+
+        def build(picks, backend, x, sample, axis):
+            n = _common.numel(tuple(sample))
+            scale = math.sqrt(n)
+            rows = backend.one_hot(picks, n, x) * scale
+            seeds = rows.reshape((samples,) + tuple(sample))
+            return runner.call(seeds, picks=picks, pick_scale=scale), None
+
+        return runner.estimator(draw, build)
 
     def draw(key, backend, x, sample):
         # v^T H v = d^2/dt^2 f(x + t v) at t = 0; the same directions in every sample
@@ -151,7 +181,10 @@ def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: A
 
     With ``H' = sigma^T H sigma`` (``r x r``), the variance of one term is
     ``2 * sum_{i != j} H'_ij^2`` for Rademacher ``z`` and ``2 * ||H'||_F^2`` for
-    Gaussian ``z``; ``with_stderr=True`` also returns the estimated standard error.
+    Gaussian ``z``; ``"coordinates"`` draws ``samples`` of the ``r`` columns of
+    sigma without replacement, each term ``r * H'_kk`` (exact at ``samples == r``;
+    NOTE [coordinate sampling]). ``with_stderr=True`` also returns the estimated
+    standard error.
 
     Example (``f = x0 x1``, ``sigma = I``: ``tr H = 0``, every Rademacher term is
     ``2 z0 z1``, so the estimate varies around 0):
@@ -174,10 +207,15 @@ def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: A
 
     runner = _Runner(f, argnums, batch_axis, api, samples, 2, 1.0, with_stderr, torch_compile)
     runner.whole_batch = any(callable(v) for v in (sigma, drift, reaction))
+    if distribution == "coordinates":  # the rank: the draws are (samples, rank)
+        runner.population = lambda sample, draws: draws.shape[1]
 
     def draw(key, backend, x, sample):
         rank = diffusion_terms(api, backend, x, sample, batch_axis, sigma, None,
                                None).seeds.shape[0]
+        if distribution == "coordinates":  # NOTE [coordinate sampling]: columns of sigma
+            picks = _picks(api, backend, key, samples, rank, x, "columns of sigma")
+            return backend.one_hot(picks, rank, x) * math.sqrt(rank)
         return backend.random_directions(key, (samples, rank), x, distribution, api)
 
     def build(z, backend, x, sample, axis):
@@ -192,6 +230,26 @@ def _check(api, f, argnum, batch_axis, samples) -> None:
     check_operator_arguments(api, f, argnum, batch_axis)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"{api}: samples must be a positive int, got {samples!r}.")
+
+
+# NOTE [coordinate sampling]: ``distribution="coordinates"`` draws ``S`` of the ``n``
+# coordinates (a diffusion: columns of sigma) uniformly without replacement, and
+# each term is ``n * d^2 f / dx_i^2`` along the seed ``sqrt(n) e_i``. Each
+# coordinate is drawn with probability ``S / n``, so the mean over the draw,
+# ``(n / S) sum_{i in I} H_ii``, is unbiased, and with ``S == n`` it is the exact
+# Laplacian. Its variance is that of a mean without replacement: the terms' variance
+# over the population divided by ``S`` times ``(n - S) / (n - 1)`` (the finite
+# population correction; zero at ``S == n``), so the standard error carries that
+# factor. This is the sampling of STDE (Shi et al., NeurIPS 2024) and of SDGD's
+# dimension sampling, with the seeds kept one-hot: the Call says which coordinates
+# (``Call.picks``, NOTE [picked seeds]), so an engine may read the first layer's
+# weight columns at them instead of multiplying ``S x n`` seeds into it.
+def _picks(api, backend, key, samples: int, n: int, x, what: str):
+    if samples > n:
+        raise ValueError(
+            f"{api}: distribution='coordinates' draws samples={samples} distinct {what}, "
+            f"but there are only {n}; pass samples <= {n} (samples == {n} is exact).")
+    return backend.random_coordinates(key, samples, n, x, api)
 
 
 def _inputs(api, args, argnum, batch_axis, torch_compile: bool = False):
@@ -213,6 +271,9 @@ class _Runner:
         self.f, self.argnum, self.batch_axis, self.api = f, argnum, batch_axis, api
         self.samples, self.order, self.with_stderr = samples, order, with_stderr
         self.whole_batch = False  # a diffusion's functions of x take the batch
+        # coordinates: (sample shape, draws) -> the population drawn from without
+        # replacement
+        self.population: Callable | None = None
         check_torch_compile(api, torch_compile)
         self.torch_compile = torch_compile
         self.machine = Machine(f, argnum, batch_axis, api, torch_compile=torch_compile)
@@ -221,12 +282,15 @@ class _Runner:
         weight = scale if with_stderr else scale / samples
         self.terms = tuple((weight, (s,) * order) for s in range(samples))
 
-    def call(self, directions, diffusion: Call | None = None) -> Call:
+    def call(self, directions, diffusion: Call | None = None, picks=None,
+             pick_scale: float = 1.0) -> Call:
         """The Call of one key's directions (a diffusion's drift and reaction are
-        exact: in the same pass, or beside it with ``with_stderr``)."""
+        exact: in the same pass, or beside it with ``with_stderr``); ``picks``: the
+        directions are ``pick_scale`` times these coordinates' unit seeds."""
         per_sample = diffusion is not None and diffusion.per_sample
         if self.with_stderr or diffusion is None:
-            return Call(directions, self.terms, per_sample=per_sample, read=self.with_stderr)
+            return Call(directions, self.terms, per_sample=per_sample, read=self.with_stderr,
+                        picks=picks, pick_scale=pick_scale)
         return Call(directions, self.terms, per_sample=per_sample, drift=diffusion.drift,
                     value=diffusion.value)
 
@@ -258,6 +322,9 @@ class _Runner:
             if not call.read:
                 return out
             mean, err = _mean(out, self.samples)
+            if self.population is not None:  # NOTE [coordinate sampling]
+                n = self.population(tuple(sample), draws)
+                err = err * math.sqrt((n - self.samples) / max(n - 1, 1))
             exact = None if diffusion is None else _exact_terms(backend, f, args, kwargs,
                                                                 argnum, diffusion)
             return (mean if exact is None else mean + exact), err
@@ -267,8 +334,12 @@ class _Runner:
 
         def explain(key: Any, *args: Any, **kwargs: Any):
             backend, args, x, sample = _inputs(api, args, argnum, batch_axis)
-            call, _ = build(draw(key, backend, x, sample), backend, x, sample, batch_axis)
-            notes = [f"{self.samples} random directions of order {self.order}"
+            draws = draw(key, backend, x, sample)
+            call, _ = build(draws, backend, x, sample, batch_axis)
+            what = "random directions" if self.population is None else (
+                f"coordinates drawn without replacement from "
+                f"{self.population(tuple(sample), draws)} (NOTE [coordinate sampling])")
+            notes = [f"{self.samples} {what} of order {self.order}"
                      + (": each direction's term read off on its own (with_stderr)"
                         if call.read else ": their mean summed as one top coefficient "
                         "(NOTE [collapsed estimators])")]

@@ -117,6 +117,17 @@ class Backend(ForwardMode, Protocol):
         framework's kind of random key."""
         ...
 
+    def random_coordinates(self, key: Any, samples: int, n: int, like: Any,
+                           api: str) -> Any:
+        """``samples`` distinct integer indices below ``n``, uniformly without
+        replacement, on ``like``'s device; TypeError for a wrong kind of key."""
+        ...
+
+    def one_hot(self, indices: Any, n: int, like: Any) -> Any:
+        """Rows ``e_{indices[k]}`` of the ``n x n`` identity, ``(len(indices), n)``,
+        of ``like``'s dtype and device (no identity is made)."""
+        ...
+
     # -- over the samples (``_batch.py``) -------------------------------------------------
     def vmap_over(self, fn: Callable, in_dims: tuple, out_axis: int) -> Callable:
         """``fn`` vmapped: argument ``i`` over axis ``in_dims[i]`` (None: broadcast)."""

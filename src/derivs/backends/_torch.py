@@ -219,18 +219,37 @@ def tensordot(a, b):
     return torch.tensordot(a, b, dims=1)
 
 
-def random_directions(key, shape: tuple, like, distribution: str, api: str):
-    """``shape`` random numbers (Rademacher or Gaussian) of ``like``'s dtype and
-    device; ``key`` an int seed or a ``torch.Generator``."""
+def _generator(key, like, api: str):
     if isinstance(key, int) and not isinstance(key, bool):
         key = torch.Generator(device=like.device).manual_seed(key)
     if not isinstance(key, torch.Generator):
         raise TypeError(f"{api}: with torch tensors, key must be an int seed or a "
                         f"torch.Generator, got {type(key).__name__}.")
+    return key
+
+
+def random_directions(key, shape: tuple, like, distribution: str, api: str):
+    """``shape`` random numbers (Rademacher or Gaussian) of ``like``'s dtype and
+    device; ``key`` an int seed or a ``torch.Generator``."""
+    key = _generator(key, like, api)
     if distribution == "rademacher":
         bits = torch.randint(0, 2, shape, generator=key, device=like.device)
         return bits.to(like.dtype) * 2 - 1
     return torch.randn(shape, generator=key, dtype=like.dtype, device=like.device)
+
+
+def random_coordinates(key, samples: int, n: int, like, api: str):
+    """``samples`` distinct indices below ``n``, uniformly without replacement."""
+    key = _generator(key, like, api)
+    # the top S of n random words (NOTE [drawing coordinates] in _jax.py): 0.6 ms at
+    # n = 1e5 on CPU against 1.6 ms for randperm
+    words = torch.randint(0, 2 ** 62, (n,), generator=key, device=like.device)
+    return words.topk(samples, sorted=False).indices
+
+
+def one_hot(indices, n: int, like):
+    rows = torch.zeros((indices.shape[0], n), dtype=like.dtype, device=like.device)
+    return rows.scatter_(1, indices.reshape(-1, 1), 1)
 
 
 def vmap_over(fn, in_dims: tuple, out_axis: int):

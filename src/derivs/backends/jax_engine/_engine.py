@@ -306,7 +306,8 @@ def unit_rows(start, count: int, n: int, dtype) -> jax.Array:
 
 def run_directions(compiled: Traced, slot: int, rows, weights: np.ndarray, order: int,
                    batch_axis: int | None, *, per_sample: bool = False, top=None,
-                   chunk_size: int | None = None, per_direction: bool = False) -> Any:
+                   chunk_size: int | None = None, per_direction: bool = False,
+                   picks=None, pick_scale: float = 1.0) -> Any:
     """``sum_n w_n D^order f[v_n]`` (plus ``Df[top]``), with the directions ``rows``
     vmapped on one family axis (``core._directions``). ``rows``: ``(N, *sample)``
     shared by every sample, or ``(N, *x.shape)`` with ``per_sample``.
@@ -315,13 +316,22 @@ def run_directions(compiled: Traced, slot: int, rows, weights: np.ndarray, order
     weights go into the directions: ``D^K f[|w|^(1/K) v] = |w| D^K f[v]``, one family
     per sign of ``w``. ``top`` is the argument's own collapsed coefficient (a first-
     order term: ``D^K`` of the jet ``x + t v + t^2 top / 2`` adds ``Df[top]`` for
-    ``K = 2``); it is added once, in the first family's first chunk."""
+    ``K = 2``); it is added once, in the first family's first chunk.
+
+    ``picks``: ``rows[n] = pick_scale * e_{picks[n]}``; without a batch axis each
+    lane's seed is then a Narrow coefficient at its pick (NOTE [picked seeds])."""
     jnp = jax.numpy
     position = next(p for p, s in compiled.selected.items() if s == slot)
     x = compiled.arrays[position]
     weights = np.asarray(weights, np.float64)
+    if picks is not None and (batch_axis is not None or per_sample):
+        picks = None  # a seed broadcast over a batch is not one position of x
+    if picks is not None:
+        picks = jnp.asarray(picks)
     if per_direction:
-        outs = _per_direction(compiled, position, x, jnp.asarray(rows), order, batch_axis,
+        lanes = jnp.asarray(rows) if picks is None else (
+            picks, jnp.full(picks.shape, pick_scale, x.dtype))
+        outs = _per_direction(compiled, position, x, lanes, order, batch_axis,
                               per_sample, chunk_size)
         w = jnp.asarray(weights, x.dtype)
         outs = [o * w.reshape((-1,) + (1,) * (o.ndim - 1)) for o in outs]
@@ -333,8 +343,11 @@ def run_directions(compiled: Traced, slot: int, rows, weights: np.ndarray, order
         groups = [(1.0, np.zeros(0, np.int64))]
     for g, (sign, idx) in enumerate(groups):
         scale = np.abs(weights[idx]) ** (1.0 / order)
-        mine = jnp.asarray(rows)[idx] * jnp.asarray(scale, x.dtype).reshape(
-            (-1,) + (1,) * (jnp.ndim(rows) - 1))
+        if picks is None:
+            mine = jnp.asarray(rows)[idx] * jnp.asarray(scale, x.dtype).reshape(
+                (-1,) + (1,) * (jnp.ndim(rows) - 1))
+        else:  # (positions, values) per lane
+            mine = (picks[idx], jnp.asarray(scale * pick_scale, x.dtype))
         key = _jets.Collapsed(((sign, (order,)),), family=FAMILY_AXIS)
         own_top = top if g == 0 else None
         out = _collapsed_family(compiled, position, x, mine, key, batch_axis, per_sample,
@@ -349,8 +362,7 @@ def _collapsed_family(compiled, position, x, rows, key, batch_axis, per_sample, 
     key, fused = _family_key(key)  # NOTE [family inside shard_map]
 
     def along(v, top_scale):
-        if batch_axis is not None and not per_sample:
-            v = jnp.broadcast_to(jnp.expand_dims(v, batch_axis % x.ndim), x.shape)
+        v = _lane_seed(v, x, batch_axis, per_sample)
         own = None if top is None else top * top_scale
 
         def rule(k, v=v):
@@ -367,9 +379,10 @@ def _collapsed_family(compiled, position, x, rows, key, batch_axis, per_sample, 
         outs = it.run_closed(compiled.closed, inputs)
         return [o.dense(key) for o in outs]
 
-    n = rows.shape[0]
+    n = _lanes(rows)
     if n == 0:  # only the top term: one lane of a zero direction
-        rows, n = jnp.zeros((1,) + rows.shape[1:], rows.dtype), 1
+        rows, n = jax.tree_util.tree_map(
+            lambda r: jnp.zeros((1,) + r.shape[1:], r.dtype), rows), 1
     width = n if chunk_size is None or chunk_size >= n else chunk_size
     # fused: the top is family-wide, so every lane adds it once for all; unfused:
     # only lane 0 may add it
@@ -384,9 +397,7 @@ def _collapsed_family(compiled, position, x, rows, key, batch_axis, per_sample, 
         outs = lanes(rows, 1.0)
         # the family sum is the same in every lane
         return [o[0] if fused else o.sum(0) for o in outs]
-    pad = (-n) % chunk_size  # zero directions contribute zero
-    padded = jnp.concatenate([rows, jnp.zeros((pad,) + rows.shape[1:], rows.dtype)])
-    chunks = padded.reshape((-1, chunk_size) + rows.shape[1:])
+    chunks = _chunked(rows, chunk_size)  # zero directions contribute zero
     first = (jnp.arange(chunks.shape[0]) == 0).astype(x.dtype)
     outs = jax.lax.map(lambda a: lanes(a[0], a[1]), (chunks, first))
     return [o[:, 0].sum(0) if fused else o.sum((0, 1)) for o in outs]
@@ -399,17 +410,51 @@ def _per_direction(compiled, position, x, rows, order: int, batch_axis, per_samp
     jnp = jax.numpy
 
     def along(v):
-        if batch_axis is not None and not per_sample:
-            v = jnp.broadcast_to(jnp.expand_dims(v, batch_axis % x.ndim), x.shape)
+        v = _lane_seed(v, x, batch_axis, per_sample)
         it = Interpreter(1, batch_axis)
         inputs = [Jet(arr, lambda k, v=v: v if k == (1,) else None, expands=True)
                   if p == position else Jet(arr) for p, arr in enumerate(compiled.arrays)]
         return [o.dense((order,)) for o in it.run_closed(compiled.closed, inputs)]
 
-    n = rows.shape[0]
+    n = _lanes(rows)
     if chunk_size is None or chunk_size >= n:
         return jax.vmap(along)(rows)
-    pad = (-n) % chunk_size
-    padded = jnp.concatenate([rows, jnp.zeros((pad,) + rows.shape[1:], rows.dtype)])
-    outs = jax.lax.map(jax.vmap(along), padded.reshape((-1, chunk_size) + rows.shape[1:]))
+    outs = jax.lax.map(jax.vmap(along), _chunked(rows, chunk_size))
     return [o.reshape((-1,) + o.shape[2:])[:n] for o in outs]
+
+
+# NOTE [picked seeds]: a coordinate-sampling estimator's seeds are scaled unit
+# vectors at random (traced) coordinates (NOTE [coordinate sampling] in
+# _estimators.py). As a lane's seed they are a Narrow coefficient (a value at one
+# position), so a dense layer reads one row of its weight per lane instead of
+# multiplying an n-wide one-hot into it (``_rules._narrow_dot``): the first layer's
+# tangent work is O(width) per sample, not O(n * width), and the cost per sample
+# does not grow with n beyond reading x. Off with a batch axis inside the
+# interpretation (a seed broadcast over the batch is not one position); the
+# estimators' per-sample route runs without one.
+def _lane_seed(v, x, batch_axis, per_sample):
+    """A lane's seed: a row (broadcast over the batch axis unless per sample), or a
+    ``(position, value)`` pick as a Narrow coefficient."""
+    if isinstance(v, tuple):
+        position, value = v
+        return Narrow(value[None], position[None], x.shape)
+    if batch_axis is not None and not per_sample:
+        v = jax.numpy.broadcast_to(jax.numpy.expand_dims(v, batch_axis % x.ndim), x.shape)
+    return v
+
+
+def _lanes(rows) -> int:
+    return jax.tree_util.tree_leaves(rows)[0].shape[0]
+
+
+def _chunked(rows, chunk_size: int):
+    """``rows`` (a pytree of lane-first arrays) zero-padded to whole chunks and
+    reshaped ``(chunks, chunk_size, ...)``."""
+    jnp = jax.numpy
+    pad = (-_lanes(rows)) % chunk_size
+
+    def one(r):
+        padded = jnp.concatenate([r, jnp.zeros((pad,) + r.shape[1:], r.dtype)])
+        return padded.reshape((-1, chunk_size) + r.shape[1:])
+
+    return jax.tree_util.tree_map(one, rows)

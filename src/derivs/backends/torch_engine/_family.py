@@ -54,8 +54,11 @@ class Seeds:
     (group ``g``'s seed in every sample; may be an expanded view) and the input's
     own top coefficient ``top`` (a drift; None is zero)."""
 
-    def __init__(self, layout: Layout, seeds: torch.Tensor, top: torch.Tensor | None = None):
+    def __init__(self, layout: Layout, seeds: torch.Tensor, top: torch.Tensor | None = None,
+                 picks: tuple | None = None):
         self.layout, self.seeds, self.top = layout, seeds, top
+        # (indices, scale): seed g is scale * e_{indices[g]} (NOTE [picked seeds])
+        self.picks = picks
 
 
 # NOTE [device constants]: the tables' index and weight tensors are made once per
@@ -252,12 +255,14 @@ def _wsum(weight: _Weights, t: torch.Tensor) -> torch.Tensor:
 
 class _Jet:
     """A value ``p``, its stack ``c`` (a prefix of the layout's rows; None is
-    zero) and its collapsed top coefficient ``l`` (None is zero)."""
+    zero) and its collapsed top coefficient ``l`` (None is zero); ``k``, on the
+    selected input only: its stack's rows as picked coordinates (NOTE [picked
+    seeds])."""
 
-    __slots__ = ("p", "c", "l")
+    __slots__ = ("p", "c", "l", "k")
 
     def __init__(self, p: Any, c: Any = None, l: Any = None):
-        self.p, self.c, self.l = p, c, l
+        self.p, self.c, self.l, self.k = p, c, l, None
 
     @property
     def const(self) -> bool:
@@ -310,6 +315,22 @@ class FamilyProgram:
             self._laplacians[(n, diagonal)] = layout
         return Seeds(layout, unit_seeds(x, self.batch_axis))
 
+    def _pickable(self, x: torch.Tensor) -> bool:
+        """Whether picked seeds index the last axis of a ``(batch, n)`` input, as
+        ``_picked_mm`` reads them."""
+        return x.ndim == 2 and self.batch_axis is not None and self.batch_axis % 2 == 0
+
+    def picked_reads(self, x: torch.Tensor) -> tuple[int, int]:
+        """``(gathered, dense)``: the input's uses that read picked seeds as a gather
+        (the left factor of ``mm`` / ``addmm``) and those that read them dense."""
+        ph = self.placeholders[self.selected]
+        users = list(ph.users)
+        if not self._pickable(x):
+            return 0, len(users)
+        gathered = sum(1 for u in users if (u.target == aten.mm.default and u.args[0] is ph)
+                       or (u.target == aten.addmm.default and u.args[1] is ph))
+        return gathered, len(users) - gathered
+
     def _context(self, layout: Layout, x: torch.Tensor) -> _Ctx:
         """The layout's prepared tables on x's device, kept across calls (NOTE
         [device constants]); a fresh one inside a trace, whose tensors must not
@@ -339,6 +360,8 @@ class FamilyProgram:
         env: dict[fx.Node, _Jet] = {}
         for k, (ph, t) in enumerate(zip(self.placeholders, tensors)):
             env[ph] = _Jet(t, c, top) if k == self.selected else _Jet(t)
+        if seeds.picks is not None and c is s and self._pickable(x):
+            env[self.placeholders[self.selected]].k = seeds.picks
         env.update({n: _Jet(v) for n, v in self.literals.items()})
         outs = None
         need = self.need_rows if layout.read else self.need_c
@@ -774,9 +797,30 @@ def _compact(t: torch.Tensor, keep_last: int = 0) -> torch.Tensor:
     return t[tuple(index)] if cut else t
 
 
+# NOTE [picked seeds] (PyTorch): a coordinate-sampling estimator's seeds are
+# ``scale * e_i`` at the drawn coordinates (NOTE [coordinate sampling] in
+# _estimators.py). Where the input ``(batch, n)`` enters a matrix product ``x @ w``
+# (``nn.Linear``: ``addmm``), row ``g`` of the product's stack is ``scale *
+# w[i_g]``, shared by every sample: a gather of ``S`` rows of ``w`` instead of an
+# ``S x n`` one-hot times ``n x width`` product, so the first layer's tangent work
+# does not grow with ``n``. Every other use of the input reads the dense seeds.
+def _picked_mm(a: _Jet, b: _Jet, out: torch.Tensor, want_c: bool) -> _Jet | None:
+    if a.k is None or not b.const or b.p.ndim != 2 or a.c is None:
+        return None
+    index, scale = a.k
+    rows = b.p[index.to(b.p.device)] * scale  # (S, width)
+    c = rows.unsqueeze(1).expand((rows.shape[0],) + tuple(out.shape)) if want_c else None
+    return _Jet(out, c, None if a.l is None else a.l @ b.p)
+
+
+def _mm(ctx, target, jets, out, kw, want_c) -> _Jet:
+    picked = _picked_mm(jets[0], jets[1], out, want_c)
+    return picked if picked is not None else _matmul(ctx, target, jets, out, kw, want_c)
+
+
 def _addmm(ctx, target, jets, out, kw, want_c) -> _Jet:
     """``beta * bias + alpha * (a @ b)``."""
-    bias, prod = jets[0], _matmul(ctx, aten.mm.default, jets[1:3], out, {}, want_c)
+    bias, prod = jets[0], _mm(ctx, aten.mm.default, jets[1:3], out, {}, want_c)
     beta, alpha = kw.get("beta", 1), kw.get("alpha", 1)
     nd = out.ndim
     c = _plus(None if bias.c is None else _times(beta, _lift(bias.c, nd)),
@@ -1103,7 +1147,8 @@ deffamily(aten.div.Tensor, linear="first")(_div)
 deffamily(aten.var.correction)(_var)
 deffamily(aten.amax.default, aten.amin.default, linear="joint")(_extreme)
 deffamily(aten.mul.Tensor, linear="each")(_mul)
-deffamily(aten.mm.default, aten.bmm.default, aten.matmul.default, linear="each")(_matmul)
+deffamily(aten.bmm.default, aten.matmul.default, linear="each")(_matmul)
+deffamily(aten.mm.default, linear="each")(_mm)
 deffamily(aten.addmm.default, linear="each")(_addmm)
 deffamily(aten.mv.default, linear="each")(_mv)
 deffamily(aten.tanh.default)(_elementwise(_poly_in_output("tanh")))

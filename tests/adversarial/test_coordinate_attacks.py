@@ -1,0 +1,129 @@
+"""Attacks on coordinate sampling and its picked seeds (NOTE [picked seeds]):
+strided and non-contiguous inputs, a weight changed between calls, threads with
+their own keys, ``torch_compile``, and the gather actually taken where it is
+claimed. The oracle is a dense float64 Hessian at the drawn coordinates."""
+
+from __future__ import annotations
+
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import derivs
+from derivs.backends import _torch as torch_backend
+from derivs.backends.torch_engine import _family
+
+D, N = 7, 6
+
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(D, 16), torch.nn.Softplus(),
+                               torch.nn.Linear(16, 1)).double()
+
+
+def _oracle(net, x, picks):
+    u1 = lambda z: net(z).squeeze(-1)  # noqa: E731
+    diag = torch.func.vmap(lambda z: torch.diagonal(torch.func.hessian(u1)(z)))(x)
+    return D / len(picks) * diag[:, torch.as_tensor(picks)].sum(1)
+
+
+def _picks(seed, samples, x):
+    return torch_backend.random_coordinates(seed, samples, D, x, "t").numpy()
+
+
+def test_the_gather_is_taken_and_equals_the_dense_product(monkeypatch):
+    net = _net()
+    u = lambda z: net(z).squeeze(-1)  # noqa: E731
+    x = torch.randn(N, D, dtype=torch.float64)
+    est = derivs.hutchinson_laplacian(u, samples=3, distribution="coordinates", batch_axis=0)
+    taken = []
+    real = _family._picked_mm
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_family, "_picked_mm", spy)
+    got = est(1, x)
+    assert any(taken)
+    torch.testing.assert_close(got, _oracle(net, x, _picks(1, 3, x)), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "strided", "offset"])
+def test_non_contiguous_inputs(layout):
+    net = _net()
+    u = lambda z: net(z).squeeze(-1)  # noqa: E731
+    base = torch.randn(3 * N, 3 * D, dtype=torch.float64)
+    x = {"transposed": base[:D, :N].t(), "strided": base[::3, ::3][:N, :D],
+         "offset": base[2:2 + N, 5:5 + D]}[layout]
+    est = derivs.hutchinson_laplacian(u, samples=4, distribution="coordinates", batch_axis=0)
+    torch.testing.assert_close(est(2, x), _oracle(net, x.contiguous(), _picks(2, 4, x)),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_a_weight_changed_between_calls_is_read_live():
+    net = _net()
+    u = lambda z: net(z).squeeze(-1)  # noqa: E731
+    x = torch.randn(N, D, dtype=torch.float64)
+    est = derivs.hutchinson_laplacian(u, samples=3, distribution="coordinates", batch_axis=0)
+    est(0, x)
+    with torch.no_grad():
+        net[0].weight.mul_(-1.5)
+    torch.testing.assert_close(est(0, x), _oracle(net, x, _picks(0, 3, x)), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_threads_with_their_own_keys():
+    net = _net()
+    u = lambda z: net(z).squeeze(-1)  # noqa: E731
+    x = torch.randn(N, D, dtype=torch.float64)
+    est = derivs.hutchinson_laplacian(u, samples=3, distribution="coordinates", batch_axis=0)
+    with torch.no_grad():
+        want = {k: _oracle(net, x, _picks(k, 3, x)) for k in range(8)}
+    got, errors = {}, []
+
+    def work(k):
+        try:
+            for _ in range(5):
+                with torch.no_grad():
+                    got[k] = est(k, x)
+                torch.testing.assert_close(got[k], want[k], rtol=1e-10, atol=1e-12)
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_torch_compile_reads_the_dense_seeds():
+    net = _net()
+    u = lambda z: net(z).squeeze(-1)  # noqa: E731
+    x = torch.randn(N, D, dtype=torch.float64)
+    est = derivs.hutchinson_laplacian(u, samples=3, distribution="coordinates", batch_axis=0,
+                                      torch_compile=True)
+    for seed in (0, 1):  # the picks change per key; a compiled program must follow
+        torch.testing.assert_close(est(seed, x), _oracle(net, x, _picks(seed, 3, x)),
+                                   rtol=1e-9, atol=1e-11)
+
+
+def test_jax_keys_vmapped_and_a_strided_input():
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=(D, 5)))
+    u = lambda z: jnp.sum(jax.nn.gelu(z @ w), -1)  # noqa: E731
+    big = jnp.asarray(rng.normal(size=(2 * N, 2 * D)))
+    x = big[::2, 1::2]
+    est = derivs.hutchinson_laplacian(u, samples=D, distribution="coordinates", batch_axis=0)
+    keys = jax.random.split(jax.random.key(0), 3)
+    exact = jnp.trace(jax.vmap(jax.hessian(u))(x), axis1=1, axis2=2)
+    for row in jax.vmap(lambda k: est(k, x))(keys):  # samples == D: exact for every key
+        np.testing.assert_allclose(np.asarray(row), np.asarray(exact), rtol=1e-10)
