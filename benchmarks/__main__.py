@@ -9,14 +9,15 @@ import sys
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("suite", choices=["seeds", "engine", "taylor", "sparse", "capture", "scaling",
-                                 "zoo", "layout"],
+                                 "zoo", "layout", "highdim"],
                         help="seeds: both docs/problems.md problems; engine: PyTorch higher orders; "
                         "taylor: pure orders, Laplacian, Hessian diagonal; "
                         "sparse: sparse Jacobians/Hessians against asdex and sparsejac; "
                         "capture: nn.Modules and closures against the functional spelling; "
                         "scaling: batch_axis against vmap, sparse outputs of sharded inputs; "
                         "zoo: operators on every architecture of the zoo; "
-                        "layout: the direction layout by D, points and width")
+                        "layout: the direction layout by D, points and width; "
+                        "highdim: PINN steps at D = 1e2..1e5 against STDE and SDGD")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes and few repeats (under 2 minutes)")
     parser.add_argument("--out", default=None,

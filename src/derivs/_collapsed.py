@@ -214,11 +214,9 @@ def _picked_note(engine, x, batch_axis, per_sample: bool) -> str:
         return head + (f"{gathered} matrix product(s) of x read their weight's rows at the "
                        f"drawn coordinates" + (f"; {dense} other use(s) of x read the "
                                                "dense one-hot seeds" if dense else ""))
-    where = "" if batch_axis is None else ("the estimate runs per sample (vmapped over the "
-                                           "batch axis); there ")
-    return head + where + ("each direction's seed is one position of x, so a dense layer on "
-                           "x reads its weight's row there; other uses see the seed as a "
-                           "narrow coefficient or dense")
+    return head + ("each direction's seed is one position of x" + (
+        "" if batch_axis is None else " in each sample") + ", so a dense layer on x reads "
+        "its weight's row there; other uses see the seed as a narrow coefficient or dense")
 
 
 def make(f: Callable, argnum: int, batch_axis: int | None, api: str,

@@ -127,3 +127,37 @@ def test_jax_keys_vmapped_and_a_strided_input():
     exact = jnp.trace(jax.vmap(jax.hessian(u))(x), axis1=1, axis2=2)
     for row in jax.vmap(lambda k: est(k, x))(keys):  # samples == D: exact for every key
         np.testing.assert_allclose(np.asarray(row), np.asarray(exact), rtol=1e-10)
+
+
+@pytest.mark.parametrize("shape, axis", [((N, D), 0), ((D, N), 1), ((N, 2, 4), 0),
+                                         ((2, N, 4), 1)])
+def test_jax_whole_batch_picks_under_jit_with_traced_weights(shape, axis):
+    """Under ``jax.jit`` with the weights traced, the per-sample route cannot be
+    proven, so the whole batch runs with one picked position per sample (a column
+    per row for a (batch, n) input): every layout against the dense Hessian."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=shape))
+    n = int(np.prod(shape)) // shape[axis]
+    w = jnp.asarray(rng.normal(size=(n, 5)))
+
+    def u(z, w):
+        flat = jnp.moveaxis(z, axis, 0).reshape(z.shape[axis], -1)
+        return jnp.sum(jnp.tanh(flat @ w), -1) + jnp.sum(flat ** 3, -1)
+
+    S, key = 3, jax.random.key(4)
+
+    @jax.jit
+    def run(x, w):
+        return derivs.hutchinson_laplacian(lambda z: u(z, w), samples=S,
+                                           distribution="coordinates", batch_axis=axis)(key, x)
+
+    from derivs.backends import _jax as jax_backend
+    picks = np.asarray(jax_backend.random_coordinates(key, S, n, x, "t"))
+    flat = jnp.moveaxis(x, axis, 0).reshape(shape[axis], -1)
+
+    def one(v):  # u of one flattened sample
+        return jnp.sum(jnp.tanh(v @ w)) + jnp.sum(v ** 3)
+
+    diag = jax.vmap(lambda z: jnp.diagonal(jax.hessian(one)(z)))(flat)
+    want = n / S * np.asarray(diag)[:, picks].sum(1)
+    np.testing.assert_allclose(np.asarray(run(x, w)), want, rtol=1e-10)

@@ -324,8 +324,8 @@ def run_directions(compiled: Traced, slot: int, rows, weights: np.ndarray, order
     position = next(p for p, s in compiled.selected.items() if s == slot)
     x = compiled.arrays[position]
     weights = np.asarray(weights, np.float64)
-    if picks is not None and (batch_axis is not None or per_sample):
-        picks = None  # a seed broadcast over a batch is not one position of x
+    if picks is not None and per_sample:
+        picks = None  # per-sample seeds are rows of their own
     if picks is not None:
         picks = jnp.asarray(picks)
     if per_direction:
@@ -429,18 +429,34 @@ def _per_direction(compiled, position, x, rows, order: int, batch_axis, per_samp
 # position), so a dense layer reads one row of its weight per lane instead of
 # multiplying an n-wide one-hot into it (``_rules._narrow_dot``): the first layer's
 # tangent work is O(width) per sample, not O(n * width), and the cost per sample
-# does not grow with n beyond reading x. Off with a batch axis inside the
-# interpretation (a seed broadcast over the batch is not one position); the
-# estimators' per-sample route runs without one.
+# does not grow with n beyond reading x. With a batch axis inside the interpretation
+# (under a jit whose traced weights keep the per-sample route unproven) a lane's seed
+# is one position per sample; for a ``(batch, n)`` x that is one column in every
+# row, and the dense layer reads that row of its weight for every sample at once.
 def _lane_seed(v, x, batch_axis, per_sample):
     """A lane's seed: a row (broadcast over the batch axis unless per sample), or a
     ``(position, value)`` pick as a Narrow coefficient."""
     if isinstance(v, tuple):
         position, value = v
-        return Narrow(value[None], position[None], x.shape)
+        if batch_axis is None:
+            return Narrow(value[None], position[None], x.shape)
+        return _batched_pick(position, value, x, batch_axis % x.ndim)
     if batch_axis is not None and not per_sample:
         v = jax.numpy.broadcast_to(jax.numpy.expand_dims(v, batch_axis % x.ndim), x.shape)
     return v
+
+
+def _batched_pick(position, value, x, b: int) -> Narrow:
+    """The seed ``value * e_position`` of one sample, in every sample along axis
+    ``b``: one position per sample (a column per row for a ``(batch, n)`` x)."""
+    jnp = jax.numpy
+    size = x.shape[b]
+    sample = tuple(d for i, d in enumerate(x.shape) if i != b)
+    index = list(jnp.unravel_index(position, sample)) if sample else []
+    full = index[:b] + [jnp.arange(size)] + index[b:]
+    flat = jnp.ravel_multi_index(tuple(jnp.broadcast_arrays(*full)), x.shape, mode="clip")
+    column = position if (x.ndim == 2 and b == 0) else None
+    return Narrow(jnp.broadcast_to(value, (size,)), flat, x.shape, column)
 
 
 def _lanes(rows) -> int:

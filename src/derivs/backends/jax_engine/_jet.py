@@ -35,11 +35,15 @@ class Narrow:
     matrix product mixes the positions. Rules that do not know narrow
     coefficients see dense arrays (``Jet.get``)."""
 
-    __slots__ = ("values", "positions", "shape", "_dense")
+    __slots__ = ("values", "positions", "shape", "_dense", "column")
 
-    def __init__(self, values, positions: np.ndarray, shape: tuple):
+    def __init__(self, values, positions: np.ndarray, shape: tuple, column=None):
         self.values, self.positions, self.shape = values, positions, tuple(shape)
         self._dense = None
+        # a 2-d value nonzero at one (possibly traced) column in every row: positions
+        # are ``row * shape[1] + column`` (a picked seed over a batch, NOTE [picked
+        # seeds]); products with other coefficients drop it
+        self.column = column
 
     def dense(self):
         if self._dense is None:

@@ -289,6 +289,11 @@ def _narrow_dot(prim, params):
         nx, ny = isinstance(x, _jet.Narrow), isinstance(y, _jet.Narrow)
         if nx and not ny and not lb and len(x.shape) == 1 and tuple(lc) == (0,):
             return bind(prim, params, x.values, jnp.take(y, x.positions, axis=rc[0]))
+        if (nx and not ny and not lb and x.column is not None and tuple(lc) == (1,)
+                and len(rc) == 1):  # one column per row: every row reads one row of y
+            row = jnp.take(y, x.column, axis=rc[0])
+            out = x.values.reshape((-1,) + (1,) * row.ndim) * row[None]
+            return out.astype(jnp.result_type(x.values, y))
         if ny and not nx and not rb and len(y.shape) == 1 and tuple(rc) == (0,):
             return bind(prim, params, jnp.take(x, y.positions, axis=lc[0]), y.values)
         return bind(prim, params, _jet.densify(x), _jet.densify(y))
