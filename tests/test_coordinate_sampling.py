@@ -241,3 +241,37 @@ def test_explain_names_the_sampling(fw):
                                       batch_axis=0)
     text = derivs.explain(est, _key(fw, 0), _array(fw, X)).text()
     assert f"3 coordinates drawn without replacement from {D}" in text
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_batch_size_bounds_the_estimators_without_changing_them(fw):
+    """``batch_size`` runs the samples in slices with the same draws: exact with
+    every coordinate (the dense oracle), and each estimator unchanged per key."""
+    x = _array(fw, X)
+    exact = derivs.hutchinson_laplacian(_u(fw), samples=D, distribution="coordinates",
+                                        batch_axis=0, batch_size=2)
+    np.testing.assert_allclose(to_numpy(exact(_key(fw, 0), x)), _hessian_diagonals(X).sum(1),
+                               rtol=1e-10)
+    sigma = _array(fw, RNG.normal(size=(D, 3)))
+    for make in (lambda **k: derivs.hutchinson_laplacian(_u(fw), 4, batch_axis=0, **k),
+                 lambda **k: derivs.hutchinson_laplacian(_u(fw), 4, batch_axis=0,
+                                                         with_stderr=True, **k),
+                 lambda **k: derivs.hutchinson_bilaplacian(_u(fw), 3, batch_axis=0, **k),
+                 lambda **k: derivs.hutchinson_diffusion(_u(fw), sigma, samples=3,
+                                                         batch_axis=0, **k)):
+        whole, sliced = make()(_key(fw, 1), x), make(batch_size=2)(_key(fw, 1), x)
+        for a, b in zip(whole if isinstance(whole, tuple) else (whole,),
+                        sliced if isinstance(sliced, tuple) else (sliced,)):
+            np.testing.assert_allclose(to_numpy(b), to_numpy(a), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_batch_size_refusals_say_what_to_do(fw):
+    x = _array(fw, X)
+    with pytest.raises(ValueError, match="pass batch_axis"):
+        derivs.hutchinson_laplacian(_u(fw), 4, batch_size=2)
+    sigma = (lambda z: jnp.stack([z, 2 * z], -1)) if fw == "jax" else \
+        (lambda z: torch.stack([z, 2 * z], -1))
+    est = derivs.hutchinson_diffusion(_u(fw), sigma, samples=2, batch_axis=0, batch_size=2)
+    with pytest.raises(ValueError, match="pass them as arrays, or batch_size=None"):
+        est(_key(fw, 0), x)

@@ -34,7 +34,8 @@ DISTRIBUTIONS = ("rademacher", "gaussian", "coordinates")
 
 @_conventions.transform("derivs.hutchinson_laplacian", leading=1)
 def hutchinson_laplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
-                         batch_axis: int | None = None, distribution: str = "rademacher",
+                         batch_axis: int | None = None, batch_size: int | None = None,
+                         distribution: str = "rademacher",
                          with_stderr: bool = False, torch_compile: bool = False,
                          has_aux: bool = False, argnum: int | None = None) -> Callable:
     """An unbiased random estimate of the Laplacian ``tr(H)`` of ``f`` in argument
@@ -52,7 +53,8 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
     the cost is about ``4 * samples`` evaluations of f whatever ``D`` is. Every
     output of ``f`` gets its own estimate, with the same directions. With
     ``batch_axis``, each sample along that axis gets its own estimate, also with
-    the same directions.
+    the same directions; ``batch_size`` runs that many samples at a time (memory
+    for ``batch_size`` samples, the same estimate), on every estimator.
 
     Variance of one term ``v^T H v`` (divide by ``samples`` for the estimate):
 
@@ -90,12 +92,13 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
       Array(2000., dtype=float32)
     """
     api = "derivs.hutchinson_laplacian"
-    _check(api, f, argnums, batch_axis, samples)
+    _check(api, f, argnums, batch_axis, samples, batch_size)
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"{api}: distribution={distribution!r} is not one of "
                          f"{DISTRIBUTIONS}.")
 
-    runner = _Runner(f, argnums, batch_axis, api, samples, 2, 1.0, with_stderr, torch_compile)
+    runner = _Runner(f, argnums, batch_axis, api, samples, 2, 1.0, with_stderr,
+                     torch_compile, batch_size)
     if distribution == "coordinates":  # NOTE [coordinate sampling]
         runner.population = lambda sample, draws: _common.numel(sample)
 
@@ -121,7 +124,8 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
 
 @_conventions.transform("derivs.hutchinson_bilaplacian", leading=1)
 def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
-                           batch_axis: int | None = None, with_stderr: bool = False,
+                           batch_axis: int | None = None, batch_size: int | None = None,
+                           with_stderr: bool = False,
                            torch_compile: bool = False, has_aux: bool = False,
                            argnum: int | None = None) -> Callable:
     """An unbiased random estimate of the Bi-Laplacian ``sum_ij d^4 f / dx_i^2 dx_j^2``
@@ -151,10 +155,10 @@ def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
       True
     """
     api = "derivs.hutchinson_bilaplacian"
-    _check(api, f, argnums, batch_axis, samples)
+    _check(api, f, argnums, batch_axis, samples, batch_size)
 
     runner = _Runner(f, argnums, batch_axis, api, samples, 4, 1.0 / 3.0, with_stderr,
-                     torch_compile)
+                     torch_compile, batch_size)
 
     def draw(key, backend, x, sample):
         return backend.random_directions(key, (samples,) + tuple(sample), x, "gaussian", api)
@@ -165,7 +169,8 @@ def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
 @_conventions.transform("derivs.hutchinson_diffusion", leading=1)
 def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: Any = None,
                          samples: int = 64, argnums: int = 0, *, batch_axis: int | None = None,
-                         distribution: str = "rademacher", with_stderr: bool = False,
+                         batch_size: int | None = None, distribution: str = "rademacher",
+                         with_stderr: bool = False,
                          torch_compile: bool = False, has_aux: bool = False,
                          argnum: int | None = None) -> Callable:
     """An unbiased random estimate of :func:`derivs.diffusion_operator`'s
@@ -197,7 +202,7 @@ def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: A
     from ._collapsed import diffusion_terms
 
     api = "derivs.hutchinson_diffusion"
-    _check(api, f, argnums, batch_axis, samples)
+    _check(api, f, argnums, batch_axis, samples, batch_size)
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"{api}: distribution={distribution!r} is not one of "
                          f"{DISTRIBUTIONS}.")
@@ -205,7 +210,8 @@ def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: A
         raise TypeError(f"{api}: sigma is required (a function of x returning x.shape + "
                         "(r,), or a constant array sample_shape + (r,)).")
 
-    runner = _Runner(f, argnums, batch_axis, api, samples, 2, 1.0, with_stderr, torch_compile)
+    runner = _Runner(f, argnums, batch_axis, api, samples, 2, 1.0, with_stderr,
+                     torch_compile, batch_size)
     runner.whole_batch = any(callable(v) for v in (sigma, drift, reaction))
     if distribution == "coordinates":  # the rank: the draws are (samples, rank)
         runner.population = lambda sample, draws: draws.shape[1]
@@ -226,8 +232,9 @@ def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: A
     return runner.estimator(draw, build)
 
 
-def _check(api, f, argnum, batch_axis, samples) -> None:
+def _check(api, f, argnum, batch_axis, samples, batch_size) -> None:
     check_operator_arguments(api, f, argnum, batch_axis)
+    _batch.check_batch_size(api, batch_size, batch_axis)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"{api}: samples must be a positive int, got {samples!r}.")
 
@@ -267,8 +274,9 @@ class _Runner:
     over the samples, the mean and standard error."""
 
     def __init__(self, f, argnum, batch_axis, api, samples: int, order: int, scale: float,
-                 with_stderr: bool, torch_compile: bool = False):
+                 with_stderr: bool, torch_compile: bool = False, batch_size: int | None = None):
         self.f, self.argnum, self.batch_axis, self.api = f, argnum, batch_axis, api
+        self.batch_size = batch_size
         self.samples, self.order, self.with_stderr = samples, order, with_stderr
         self.whole_batch = False  # a diffusion's functions of x take the batch
         # coordinates: (sample shape, draws) -> the population drawn from without
@@ -360,7 +368,13 @@ class _Runner:
         if b is None:
             return self.machine.run(backend, args, kwargs, call)
         verdict = _probes.batch_verdict(self.machine.spec, backend, args, kwargs)
-        if verdict.proven and (not backend.vmap_operators or self.whole_batch):
+        chunk = self.batch_size is not None and x.shape[b] > self.batch_size
+        if chunk and self.whole_batch:
+            raise ValueError(
+                f"{self.api}: batch_size={self.batch_size} would run sigma, drift and "
+                "reaction functions on slices of the batch; pass them as arrays, or "
+                "batch_size=None.")
+        if verdict.proven and not chunk and (not backend.vmap_operators or self.whole_batch):
             return self.machine.run(backend, args, kwargs, call)
         if self.whole_batch:  # sigma, drift, reaction functions take the batch
             raise ValueError(
@@ -370,9 +384,9 @@ class _Runner:
                 "batch_axis=None and map the estimator yourself.")
         mapped = _batch.sample_route(verdict, backend, self.f, args, kwargs, (self.argnum,), b)
         if mapped is None:
-            if verdict.proven:
+            if verdict.proven and not chunk:
                 return self.machine.run(backend, args, kwargs, call)
-            raise ValueError(f"{self.api}: " + _batch._cannot_split(b, False, verdict))
+            raise ValueError(f"{self.api}: " + _batch._cannot_split(b, chunk, verdict))
         inner = self.per_sample(mapped, verdict.out_axis)
 
         def one(*a):
@@ -381,6 +395,13 @@ class _Runner:
 
         # read terms come first: each sample's results sit one axis further on
         axis = verdict.out_axis + (1 if call.read else 0)
+        if chunk:  # the same draws in every slice: the estimate of each sample is unchanged
+            def whole(*a):
+                mine, _ = build(draws, backend, a[self.argnum], sample, b)
+                return self.machine.run(backend, a, kwargs, mine)
+
+            return _batch.chunked(backend, one, whole, args, b, x.shape[b], axis,
+                                  self.batch_size, mapped)
         return _batch.vmapped(backend, one, args, b, x.shape[b], axis, mapped)
 
 
