@@ -275,3 +275,52 @@ def test_batch_size_refusals_say_what_to_do(fw):
     est = derivs.hutchinson_diffusion(_u(fw), sigma, samples=2, batch_axis=0, batch_size=2)
     with pytest.raises(ValueError, match="pass them as arrays, or batch_size=None"):
         est(_key(fw, 0), x)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_squared_standard_error_is_unbiased_over_every_subset(fw):
+    """Exactly, not by Monte Carlo: over the equally likely S-subsets of n = 4
+    coordinates, the mean of err^2 equals the variance of the estimate (the
+    review's case: a (n - 1) factor instead of n inflated it by n / (n - 1))."""
+    n, S = 4, 2
+    c = np.array([1.0, -2.0, 0.5, 3.0])  # f = sum c_i x_i^2: H_ii = 2 c_i
+    if fw == "jax":
+        f = lambda x: jnp.sum(jnp.asarray(c) * x ** 2)  # noqa: E731
+    else:
+        f = lambda x: (torch.as_tensor(c) * x ** 2).sum()  # noqa: E731
+    x = _array(fw, np.ones(n))
+    est = derivs.hutchinson_laplacian(f, samples=S, distribution="coordinates",
+                                      with_stderr=True)
+    by_subset = {}
+    for seed in range(200):
+        if len(by_subset) == 6:
+            break
+        subset = tuple(sorted(_picks(fw, seed, S, n, x).tolist()))
+        value, err = est(_key(fw, seed), x)
+        by_subset[subset] = (float(to_numpy(value)), float(to_numpy(err)))
+    assert len(by_subset) == 6
+    values = np.array([v for v, _ in by_subset.values()])
+    errs = np.array([e for _, e in by_subset.values()])
+    np.testing.assert_allclose(values.mean(), 2 * c.sum(), rtol=1e-12)  # unbiased, exactly
+    np.testing.assert_allclose(np.mean(errs ** 2), values.var(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_stderr_of_one_sample_is_refused(fw):
+    with pytest.raises(ValueError, match="samples >= 2"):
+        derivs.hutchinson_laplacian(_u(fw), samples=1, with_stderr=True)
+
+
+def test_a_batch_of_jax_keys_says_vmap():
+    est = derivs.hutchinson_laplacian(_u("jax"), samples=2)
+    with pytest.raises(ValueError, match="jax.vmap the estimator over the keys"):
+        est(jax.random.split(jax.random.key(0), 3), jnp.asarray(X[0]))
+
+
+def test_explain_with_torch_compile_says_the_seeds_run_dense():
+    est = derivs.hutchinson_laplacian(_u("torch"), samples=3, distribution="coordinates",
+                                      batch_axis=0, torch_compile=True)
+    x = _array("torch", X)
+    est(0, x)
+    text = derivs.explain(est, 0, x).text()
+    assert "torch_compile=True runs the program on the dense seeds" in text

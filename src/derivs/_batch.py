@@ -282,7 +282,8 @@ def sample_route(verdict: Verdict, backend, fun, args: tuple, kwargs: dict, argn
                          verdict.out_axis, has_aux)
         if ok is None:  # f's own state is traced (under an enclosing jit): no check
             verdict.routes["why"] = (
-                "f reads state traced by an enclosing jax.jit, so derivs cannot check that "
+                "f reads state traced by an enclosing transformation (jax.jit, "
+                "torch.func.grad, ...), so derivs cannot check that "
                 "f run on one sample gives that sample's result")
             return None  # not cached: the next trace may have concrete state
         if ok:

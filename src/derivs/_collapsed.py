@@ -207,6 +207,8 @@ def _picked_note(engine, x, batch_axis, per_sample: bool) -> str:
     if per_sample:
         return head + "not used: the seeds are per sample, so they run dense"
     if engine.func is _torch_run:
+        if not hasattr(engine.args[0], "picked_reads"):
+            return head + "not used: torch_compile=True runs the program on the dense seeds"
         gathered, dense = engine.args[0].picked_reads(x)
         if not gathered:
             return head + ("not used: x does not enter a matrix product as a (batch, n) "

@@ -74,7 +74,7 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
 
     ``with_stderr=True`` also returns the estimated standard error of the
     estimate, ``std(v_s^T H v_s) / sqrt(samples)`` (times ``sqrt((D - samples) /
-    (D - 1))`` for coordinates). The estimate is one collapsed
+    D)`` for coordinates); it needs ``samples >= 2``. The estimate is one collapsed
     Taylor pass over the directions (NOTE [collapsed estimators]);
     ``torch_compile=True`` (PyTorch) runs it under ``torch.compile``, as for the
     exact operators.
@@ -92,7 +92,7 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
       Array(2000., dtype=float32)
     """
     api = "derivs.hutchinson_laplacian"
-    _check(api, f, argnums, batch_axis, samples, batch_size)
+    _check(api, f, argnums, batch_axis, samples, batch_size, with_stderr)
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"{api}: distribution={distribution!r} is not one of "
                          f"{DISTRIBUTIONS}.")
@@ -109,7 +109,7 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
         def build(picks, backend, x, sample, axis):
             n = _common.numel(tuple(sample))
             scale = math.sqrt(n)
-            rows = backend.one_hot(picks, n, x) * scale
+            rows = backend.coordinate_rows(picks, n, x) * scale
             seeds = rows.reshape((samples,) + tuple(sample))
             return runner.call(seeds, picks=picks, pick_scale=scale), None
 
@@ -155,7 +155,7 @@ def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
       True
     """
     api = "derivs.hutchinson_bilaplacian"
-    _check(api, f, argnums, batch_axis, samples, batch_size)
+    _check(api, f, argnums, batch_axis, samples, batch_size, with_stderr)
 
     runner = _Runner(f, argnums, batch_axis, api, samples, 4, 1.0 / 3.0, with_stderr,
                      torch_compile, batch_size)
@@ -202,7 +202,7 @@ def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: A
     from ._collapsed import diffusion_terms
 
     api = "derivs.hutchinson_diffusion"
-    _check(api, f, argnums, batch_axis, samples, batch_size)
+    _check(api, f, argnums, batch_axis, samples, batch_size, with_stderr)
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"{api}: distribution={distribution!r} is not one of "
                          f"{DISTRIBUTIONS}.")
@@ -221,7 +221,7 @@ def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: A
                                None).seeds.shape[0]
         if distribution == "coordinates":  # NOTE [coordinate sampling]: columns of sigma
             picks = _picks(api, backend, key, samples, rank, x, "columns of sigma")
-            return backend.one_hot(picks, rank, x) * math.sqrt(rank)
+            return backend.coordinate_rows(picks, rank, x) * math.sqrt(rank)
         return backend.random_directions(key, (samples, rank), x, distribution, api)
 
     def build(z, backend, x, sample, axis):
@@ -232,11 +232,15 @@ def hutchinson_diffusion(f: Callable, sigma: Any, drift: Any = None, reaction: A
     return runner.estimator(draw, build)
 
 
-def _check(api, f, argnum, batch_axis, samples, batch_size) -> None:
+def _check(api, f, argnum, batch_axis, samples, batch_size, with_stderr=False) -> None:
     check_operator_arguments(api, f, argnum, batch_axis)
     _batch.check_batch_size(api, batch_size, batch_axis)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"{api}: samples must be a positive int, got {samples!r}.")
+    if with_stderr and samples < 2:
+        raise ValueError(f"{api}: with_stderr=True estimates the spread of the samples, "
+                         "which takes samples >= 2; pass samples=2 or more, or "
+                         "with_stderr=False.")
 
 
 # NOTE [coordinate sampling]: ``distribution="coordinates"`` draws ``S`` of the ``n``
@@ -244,10 +248,11 @@ def _check(api, f, argnum, batch_axis, samples, batch_size) -> None:
 # each term is ``n * d^2 f / dx_i^2`` along the seed ``sqrt(n) e_i``. Each
 # coordinate is drawn with probability ``S / n``, so the mean over the draw,
 # ``(n / S) sum_{i in I} H_ii``, is unbiased, and with ``S == n`` it is the exact
-# Laplacian. Its variance is that of a mean without replacement: the terms' variance
-# over the population divided by ``S`` times ``(n - S) / (n - 1)`` (the finite
-# population correction; zero at ``S == n``), so the standard error carries that
-# factor. This is the sampling of STDE (Shi et al., NeurIPS 2024) and of SDGD's
+# Laplacian. Its variance is that of a mean without replacement, ``sigma^2 / S *
+# (n - S) / (n - 1)`` with ``sigma^2`` the terms' population variance; the drawn
+# terms' sample variance ``s^2`` (ddof 1) estimates ``sigma^2 n / (n - 1)`` without
+# bias, so the reported standard error is ``s / sqrt(S) * sqrt((n - S) / n)``
+# (zero at ``S == n``; its square is unbiased for the variance). This is the sampling of STDE (Shi et al., NeurIPS 2024) and of SDGD's
 # dimension sampling, with the seeds kept one-hot: the Call says which coordinates
 # (``Call.picks``, NOTE [picked seeds]), so an engine may read the first layer's
 # weight columns at them instead of multiplying ``S x n`` seeds into it.
@@ -332,7 +337,7 @@ class _Runner:
             mean, err = _mean(out, self.samples)
             if self.population is not None:  # NOTE [coordinate sampling]
                 n = self.population(tuple(sample), draws)
-                err = err * math.sqrt((n - self.samples) / max(n - 1, 1))
+                err = err * math.sqrt((n - self.samples) / n)
             exact = None if diffusion is None else _exact_terms(backend, f, args, kwargs,
                                                                 argnum, diffusion)
             return (mean if exact is None else mean + exact), err

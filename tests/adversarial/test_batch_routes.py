@@ -177,7 +177,7 @@ def test_unproven_and_unchecked_is_an_error_under_jit():
                 C * jnp.sin(x), -1)
         return f
 
-    with pytest.raises(ValueError, match="traced by an enclosing jax.jit"):
+    with pytest.raises(ValueError, match="traced by an enclosing transformation"):
         jax.jit(lambda X, C: derivs.laplacian(make_f(C), batch_axis=0)(X))(X, C)
 
 

@@ -179,6 +179,11 @@ def _key(key, api: str):
                                             or key.shape == (2,))):
         raise TypeError(f"{api}: with JAX arrays, key must be a jax.random key "
                         f"(e.g. jax.random.key(0)), got {type(key).__name__}.")
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if key.shape != (() if typed else (2,)):
+        raise ValueError(f"{api}: key must be one jax.random key, got an array of keys of "
+                         f"shape {key.shape}; for one estimate per key, jax.vmap the "
+                         "estimator over the keys.")
     return key
 
 
@@ -218,7 +223,7 @@ def random_coordinates(key, samples: int, n: int, like, api: str):
     return jax.lax.fori_loop(0, samples, step, jnp.full((samples,), -1, jnp.int32))
 
 
-def one_hot(indices, n: int, like):
+def coordinate_rows(indices, n: int, like):
     return jax.nn.one_hot(indices, n, dtype=like.dtype)
 
 

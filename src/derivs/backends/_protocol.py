@@ -123,7 +123,7 @@ class Backend(ForwardMode, Protocol):
         replacement, on ``like``'s device; TypeError for a wrong kind of key."""
         ...
 
-    def one_hot(self, indices: Any, n: int, like: Any) -> Any:
+    def coordinate_rows(self, indices: Any, n: int, like: Any) -> Any:
         """Rows ``e_{indices[k]}`` of the ``n x n`` identity, ``(len(indices), n)``,
         of ``like``'s dtype and device (no identity is made)."""
         ...

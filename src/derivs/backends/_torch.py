@@ -247,7 +247,7 @@ def random_coordinates(key, samples: int, n: int, like, api: str):
     return words.topk(samples, sorted=False).indices
 
 
-def one_hot(indices, n: int, like):
+def coordinate_rows(indices, n: int, like):
     rows = torch.zeros((indices.shape[0], n), dtype=like.dtype, device=like.device)
     return rows.scatter_(1, indices.reshape(-1, 1), 1)
 
