@@ -40,6 +40,11 @@ def test_every_jax_transform_on_8_devices():
         assert f"shard_map d=6 {name}" in passed, name
         assert f"jit d=6 {name}" in passed, name
     assert "jit d=3 bilaplacian" in passed
+    # a training step: grad in replicated weights through every operator and estimator
+    for name in ("laplacian", "laplacian reverse", "hessian_diagonal reverse",
+                 "hutchinson_laplacian", "hutchinson_laplacian coordinates",
+                 "hutchinson_bilaplacian", "hutchinson_diffusion"):
+        assert f"weights {name}" in passed, name
     # eager sparse derivatives of a sharded input: sharded BCOO, no gather of the
     # compressed matrix
     assert {"sparse sharded jacobian", "sparse sharded hessian"} <= passed

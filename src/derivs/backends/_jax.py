@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _common
+from . import _common, _varying
 from . import jax_engine as engine  # noqa: F401  (the traced-jet strategy)
 
 one_hot = engine.one_hot  # the engine's seeds, shared
@@ -149,8 +149,10 @@ def broadcast(v, like):
 
 
 def jvp_tangent(g, x, v):
-    """The tangent of ``g`` at ``x`` along ``v``."""
-    return jax.jvp(g, (x,), (v,))[1]
+    """The tangent of ``g`` at ``x`` along ``v`` (inside ``shard_map``, ``v`` typed as
+    varying like ``x``: NOTE [varying axes]; a unit direction made here varies over
+    nothing, and ``jax.grad`` of the product then fails to transpose)."""
+    return jax.jvp(g, (x,), (_varying.like(v, x),))[1]
 
 
 def over_units(g, n: int, sample, like, chunk_size):
