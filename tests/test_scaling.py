@@ -40,6 +40,8 @@ def test_every_jax_transform_on_8_devices():
         assert f"shard_map d=6 {name}" in passed, name
         assert f"jit d=6 {name}" in passed, name
     assert "jit d=3 bilaplacian" in passed
+    # batch_size over sharded points: strided chunks keep each device's points local
+    assert {"jit d=3 laplacian batch_size", "jit d=3 hutchinson coordinates batch_size"} <= passed
     # a training step: grad in replicated weights through every operator and estimator
     for name in ("laplacian", "laplacian reverse", "hessian_diagonal reverse",
                  "hutchinson_laplacian", "hutchinson_laplacian coordinates",

@@ -58,6 +58,11 @@ def cases(d: int):
         "laplacian": jax.vmap(derivs.laplacian(u)),
         "laplacian batch_axis": derivs.laplacian(u, batch_axis=0),
         "laplacian chunked": jax.vmap(derivs.laplacian(u, chunk_size=2)),
+        # NOTE [strided chunks]: under jit with sharded points, no gather of the batch
+        "laplacian batch_size": derivs.laplacian(u, batch_axis=0, batch_size=8),
+        "hutchinson coordinates batch_size": lambda xs: derivs.hutchinson_laplacian(
+            u, samples=2, distribution="coordinates", batch_axis=0, batch_size=8)(
+                jax.random.key(5), xs),
         "hessian_diagonal": jax.vmap(derivs.hessian_diagonal(u)),
         "bilaplacian": jax.vmap(derivs.bilaplacian(u)),
         "diffusion_operator": jax.vmap(derivs.diffusion_operator(

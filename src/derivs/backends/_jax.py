@@ -264,16 +264,39 @@ def concrete():
     return jax.ensure_compile_time_eval()
 
 
+# NOTE [strided chunks]: ``lax.map(batch_size=b)`` cuts the samples into contiguous
+# chunks, and a chunk axis reshaped out of a sharded sample axis spans every device:
+# under ``jax.jit`` with the points sharded, XLA gathered the whole batch onto every
+# device and ran every chunk everywhere. Chunk ``c`` takes the samples ``c, c + k,
+# c + 2k, ...`` instead (``k`` chunks): the reshape ``(size,) -> (b, k)`` keeps the
+# sharded axis first, so each device holds its share of every chunk, the map runs
+# over the second axis, and the output is sharded like the input (when the devices
+# divide ``b``: each then holds ``b / devices`` samples of every chunk). Where ``b``
+# does not divide the samples, the contiguous map runs (its last chunk is shorter).
 def map_chunks(per_sample, batched, args: tuple, dims: list, size: int, out_axis: int,
                batch_size: int):
     """``per_sample`` over the samples, ``batch_size`` at a time: ``jax.lax.map``
-    (vmapped within each chunk). ``dims``: each argument's sample axis, or None."""
+    over strided chunks (NOTE [strided chunks]), vmapped within each chunk.
+    ``dims``: each argument's sample axis, or None."""
     mapped = tuple(jnp.moveaxis(a, d, 0) for a, d in zip(args, dims) if d is not None)
 
     def one(xs):
         it = iter(xs)
         return per_sample(*[a if d is None else next(it) for a, d in zip(args, dims)])
 
-    out = jax.lax.map(one, mapped, batch_size=batch_size)
-    return jax.tree_util.tree_map(lambda o: jnp.moveaxis(o, 0, out_axis), out)
+    if size % batch_size:
+        out = jax.lax.map(one, mapped, batch_size=batch_size)
+        return jax.tree_util.tree_map(lambda o: jnp.moveaxis(o, 0, out_axis), out)
+    k = size // batch_size
+    # (size, ...) -> (b, k, ...) -> (k, b, ...): chunk c holds samples i * k + c
+    chunks = tuple(jnp.moveaxis(a.reshape((batch_size, k) + a.shape[1:]), 1, 0)
+                   for a in mapped)
+    out = jax.lax.map(jax.vmap(one), chunks)
+    # (k, b, ...) -> (b, k, ...) -> (size, ...): each sample back at its place
+
+    def back(o):
+        o = jnp.moveaxis(o, 0, 1)
+        return jnp.moveaxis(o.reshape((size,) + o.shape[2:]), 0, out_axis)
+
+    return jax.tree_util.tree_map(back, out)
 
