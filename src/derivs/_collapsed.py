@@ -632,7 +632,7 @@ def diffusion_terms(api, backend, x, sample, batch_axis, sigma, drift, reaction)
 
 
 def from_terms(f, coefficients, requests, n: int, argnum, batch_axis, api, strategy,
-               torch_compile) -> Callable | None:
+               torch_compile, batch_size: int | None = None) -> Callable | None:
     """The operator of a term set of ``differential_operator`` over one argument
     of ``n`` coordinates that a collapsed pass computes (``core._directions.
     classify``), or None. Second-order sets run along the eigenvectors of their
@@ -662,7 +662,7 @@ def from_terms(f, coefficients, requests, n: int, argnum, batch_axis, api, strat
 
     return make(f, argnum, batch_axis, api, plan,
                 strategy=None if strategy == "traced-jet" else strategy,
-                torch_compile=torch_compile)
+                torch_compile=torch_compile, batch_size=batch_size)
 
 
 @functools.lru_cache(maxsize=16)

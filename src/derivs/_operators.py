@@ -70,8 +70,9 @@ FORCED_LAYOUT: str | None = None
 @_conventions.transform("derivs.differential_operator")
 def differential_operator(f: Callable, terms: Sequence[tuple[float, Any]],
                           argnums: int | Sequence[int] = 0, *, batch_axis: int | None = None,
-                          strategy: str | None = None, torch_compile: bool = False,
-                          has_aux: bool = False, argnum: int | None = None) -> Callable:
+                          strategy: str | None = None, batch_size: int | None = None,
+                          torch_compile: bool = False, has_aux: bool = False,
+                          argnum: int | None = None) -> Callable:
     """``sum c * d^index f`` for ``terms = [(c, index), ...]``, in one pass.
 
     Indices are spelled as for :func:`derivs.partial`. The jet strategy computes the
@@ -84,7 +85,8 @@ def differential_operator(f: Callable, terms: Sequence[tuple[float, Any]],
     Returns a function of ``f``'s arguments returning an array shaped like ``f``'s
     output. ``argnums`` as for :func:`derivs.partial` (``argnum`` is an alias);
     ``has_aux=True``: f returns ``(output, aux)`` and so does the operator (NOTE
-    [aux by a second call]).
+    [aux by a second call]). ``batch_size`` (with ``batch_axis``): that many
+    samples at a time, as for :func:`derivs.laplacian`.
 
     Example (a heat-equation residual ``u_t - nu * (u_xx + u_yy)`` with
     ``(t, x, y) = z[0], z[1], z[2]``):
@@ -114,16 +116,18 @@ def differential_operator(f: Callable, terms: Sequence[tuple[float, Any]],
         raise ValueError(f"{api}: strategy='reverse' is for laplacian and hessian_diagonal; "
                          "pass None, 'traced-jet' or 'nested-forward'.")
     t = _api._build(f, specs, argnums, False, batch_axis, api=api, allow_value=False,
-                    strategy=strategy, torch_compile=torch_compile, operator=coefficients)
+                    strategy=strategy, torch_compile=torch_compile, operator=coefficients,
+                    batch_size=batch_size)
     if strategy in (None, TAYLOR) and not isinstance(argnums, (list, tuple)):
         family = _family_terms(f, t, coefficients, argnums, batch_axis, api, strategy,
-                               torch_compile)
+                               torch_compile, batch_size)
         if family is not None:
             return family
     return _api._wrap(f, t, lambda r, aux: r[0])
 
 
-def _family_terms(f, t, coefficients, argnum, batch_axis, api, strategy, torch_compile):
+def _family_terms(f, t, coefficients, argnum, batch_axis, api, strategy, torch_compile,
+                  batch_size=None):
     """The collapsed family operator (``derivs._collapsed``) of a term set that is
     one (``core._directions.classify``: second-order, or fourth-order
     ``d^4 / dx_i^2 dx_j^2``, terms), decided per sample size at the first call;
@@ -149,7 +153,7 @@ def _family_terms(f, t, coefficients, argnum, batch_axis, api, strategy, torch_c
                    and classified.directions.size <= UNROLL_MAX_DIRECTIONS)
             op = None if few else _collapsed.from_terms(
                 f, coefficients, requests, x_size, argnum, batch_axis, api, strategy,
-                torch_compile)
+                torch_compile, batch_size)
             op = coordinate_groups if op is None else op
             per_size.put(x_size, op)
         return op
