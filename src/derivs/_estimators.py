@@ -24,6 +24,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from . import _batch, _conventions, _probes, _report, backends
 from .backends import _common
 from ._collapsed import Call, Machine
@@ -125,7 +127,7 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
 @_conventions.transform("derivs.hutchinson_bilaplacian", leading=1)
 def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
                            batch_axis: int | None = None, batch_size: int | None = None,
-                           with_stderr: bool = False,
+                           distribution: str = "gaussian", with_stderr: bool = False,
                            torch_compile: bool = False, has_aux: bool = False,
                            argnum: int | None = None) -> Callable:
     """An unbiased random estimate of the Bi-Laplacian ``sum_ij d^4 f / dx_i^2 dx_j^2``
@@ -146,6 +148,15 @@ def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
     ``v``; for ``f = |x|^4`` it is ``64 (D (D+2) (D+4) (D+6) - (D (D+2))^2)``.
     ``with_stderr=True`` also returns the estimated standard error.
 
+    ``distribution="coordinates"`` draws ``samples >= 2`` of the ``D``
+    coordinates without replacement and returns ``(D / S) sum_{i in I} f_iiii +
+    D (D - 1) / (S (S - 1)) sum_{i != j in I} f_iijj``: each diagonal term is drawn
+    with probability ``S / D`` and each pair with ``S (S - 1) / (D (D - 1))``, so
+    the estimate is unbiased, and exact at ``samples == D`` (NOTE [coordinate
+    sampling]). It costs the ``S^2`` pair directions of :func:`derivs.bilaplacian`
+    on ``S`` coordinates. Its terms are pairs, not independent draws, so it has no
+    ``with_stderr``: take the spread over several keys.
+
     Example (``f = |x|^4``: ``Delta^2 f = 8 D (D + 2) = 120`` at ``D = 3``):
 
       >>> import torch, derivs
@@ -156,9 +167,36 @@ def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
     """
     api = "derivs.hutchinson_bilaplacian"
     _check(api, f, argnums, batch_axis, samples, batch_size, with_stderr)
+    if distribution not in ("gaussian", "coordinates"):
+        raise ValueError(f"{api}: distribution={distribution!r} is not 'gaussian' or "
+                         "'coordinates' (Rademacher directions would be biased: their "
+                         "fourth moments lose 2 sum_i d^4 f / dx_i^4).")
 
     runner = _Runner(f, argnums, batch_axis, api, samples, 4, 1.0 / 3.0, with_stderr,
                      torch_compile, batch_size)
+    if distribution == "coordinates":  # NOTE [coordinate sampling]
+        if with_stderr:
+            raise ValueError(
+                f"{api}: distribution='coordinates' sums over pairs of the drawn "
+                "coordinates, not independent terms, so it has no with_stderr; pass "
+                "with_stderr=False and take the spread over several keys.")
+        runner.population = lambda sample, draws: _common.numel(sample)
+
+        def draw(key, backend, x, sample):
+            n = _common.numel(tuple(sample))
+            if n > 1 and samples < 2:
+                raise ValueError(f"{api}: distribution='coordinates' needs samples >= 2 "
+                                 "to reach the mixed terms d^4 f / dx_i^2 dx_j^2.")
+            return _picks(api, backend, key, samples, n, x, "coordinates")
+
+        def build(picks, backend, x, sample, axis):
+            n = _common.numel(tuple(sample))
+            rows, terms = _pair_terms(samples, n)
+            units = backend.coordinate_rows(picks, n, x)  # (S, n)
+            seeds = backend.tensordot(backend.as_array(rows, x), units)
+            return Call(seeds.reshape((len(rows),) + tuple(sample)), terms), None
+
+        return runner.estimator(draw, build)
 
     def draw(key, backend, x, sample):
         return backend.random_directions(key, (samples,) + tuple(sample), x, "gaussian", api)
@@ -262,6 +300,21 @@ def _picks(api, backend, key, samples: int, n: int, x, what: str):
             f"{api}: distribution='coordinates' draws samples={samples} distinct {what}, "
             f"but there are only {n}; pass samples <= {n} (samples == {n} is exact).")
     return backend.random_coordinates(key, samples, n, x, api)
+
+
+@functools.lru_cache(maxsize=16)
+def _pair_terms(samples: int, n: int) -> tuple:
+    """The Bi-Laplacian coordinate estimator on ``samples`` drawn coordinates as
+    pair directions (NOTE [pair interpolation]) in the drawn coordinates' space:
+    ``(rows (M, samples), terms)``; the same term tuple for every call (layouts are
+    cached by it)."""
+    from .core._directions import fourth_order_pairs
+
+    off = 0.0 if samples < 2 else n * (n - 1) / (samples * (samples - 1))
+    c = np.full((samples, samples), off)
+    np.fill_diagonal(c, n / samples)
+    d = fourth_order_pairs(c)
+    return d.rows, tuple((float(w), (m,) * 4) for m, w in enumerate(d.weights))
 
 
 def _inputs(api, args, argnum, batch_axis, torch_compile: bool = False):
