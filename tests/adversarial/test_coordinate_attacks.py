@@ -5,8 +5,6 @@ claimed. The oracle is a dense float64 Hessian at the drawn coordinates."""
 
 from __future__ import annotations
 
-import threading
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +14,8 @@ import torch
 import derivs
 from derivs.backends import _torch as torch_backend
 from derivs.backends.torch_engine import _family
+
+from ._threads import run_in_threads
 
 D, N = 7, 6
 
@@ -86,23 +86,14 @@ def test_threads_with_their_own_keys():
     est = derivs.hutchinson_laplacian(u, samples=3, distribution="coordinates", batch_axis=0)
     with torch.no_grad():
         want = {k: _oracle(net, x, _picks(k, 3, x)) for k in range(8)}
-    got, errors = {}, []
 
     def work(k):
-        try:
-            for _ in range(5):
-                with torch.no_grad():
-                    got[k] = est(k, x)
-                torch.testing.assert_close(got[k], want[k], rtol=1e-10, atol=1e-12)
-        except Exception as e:  # noqa: BLE001  (reported below)
-            errors.append(e)
+        for _ in range(5):
+            with torch.no_grad():
+                got = est(k, x)
+            torch.testing.assert_close(got, want[k], rtol=1e-10, atol=1e-12)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    run_in_threads(work, 8)
 
 
 def test_torch_compile_reads_the_dense_seeds():
