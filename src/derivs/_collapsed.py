@@ -303,7 +303,7 @@ def _engine(backend, spec, cache, f, args, kwargs, argnum, batch_axis, call: Cal
     compiled = jax_engine.prepare(spec, args, kwargs)
     if isinstance(compiled, jax_engine.Fallback):
         return None, "nested", f"the traced engine cannot take f: {compiled.reason}"
-    return functools.partial(_jax_run, compiled, batch_axis), "family", None
+    return functools.partial(_jax_run, compiled, batch_axis, argnum), "family", None
 
 
 # NOTE [mixed-term layout]: mixed fourth-order terms (the Bi-Laplacian's
@@ -387,11 +387,16 @@ def _device_constant(call: Call, field: str, x):
     return hit
 
 
-def _jax_run(compiled, batch_axis, args, kwargs, call: Call, chunk_size):
+def _jax_run(compiled, batch_axis, argnum, args, kwargs, call: Call, chunk_size):
     from .backends import jax_engine
 
     weights, k = call.univariate()
-    return jax_engine.run_directions(compiled, 0, call.seeds, weights, k, batch_axis,
+    seeds = call.seeds
+    if not call.per_sample:  # flat rows (M, n) as (M, *sample)
+        x = args[argnum]
+        seeds = seeds.reshape((seeds.shape[0],) + _common.sample_shape(tuple(x.shape),
+                                                                       batch_axis))
+    return jax_engine.run_directions(compiled, 0, seeds, weights, k, batch_axis,
                                      per_sample=call.per_sample, top=call.drift,
                                      chunk_size=chunk_size, per_direction=call.read,
                                      picks=call.picks, pick_scale=call.pick_scale)

@@ -387,13 +387,14 @@ class _Runner:
             out = self._over_samples(backend, args, kwargs, x, sample, call, draws, build)
             if not call.read:
                 return out
-            mean, err = _mean(out, self.samples)
+            mean, err = _mean(backend, out, self.samples)
             if self.population is not None:  # NOTE [coordinate sampling]
                 n = self.population(tuple(sample), draws)
-                err = err * math.sqrt((n - self.samples) / n)
+                factor = math.sqrt((n - self.samples) / n)
+                err = backend.tree_map(lambda e: e * factor, err)
             exact = None if diffusion is None else _exact_terms(backend, f, args, kwargs,
                                                                 argnum, diffusion)
-            return (mean if exact is None else mean + exact), err
+            return (mean if exact is None else backend.tree_add(mean, exact)), err
 
         def estimate(key: Any, *args: Any, **kwargs: Any) -> Any:
             return backends.checked_call(f, args, api, lambda: run(key, args, kwargs))
@@ -405,10 +406,13 @@ class _Runner:
             what = "random directions" if self.population is None else (
                 f"coordinates drawn without replacement from "
                 f"{self.population(tuple(sample), draws)} (NOTE [coordinate sampling])")
-            notes = [f"{self.samples} {what} of order {self.order}"
-                     + (": each direction's term read off on its own (with_stderr)"
-                        if call.read else ": their mean summed as one top coefficient "
-                        "(NOTE [collapsed estimators])")]
+            how = (": each direction's term read off on its own (with_stderr)" if call.read
+                   else ": their mean summed as one top coefficient (NOTE [collapsed "
+                   "estimators])")
+            if len(call.terms) != self.samples:  # the Bi-Laplacian's pairs
+                how = (f": {len(call.terms)} pair directions on them (NOTE [pair "
+                       "interpolation]) summed as one top coefficient")
+            notes = [f"{self.samples} {what} of order {self.order}" + how]
             if batch_axis is not None:
                 notes.append("batch_axis: " + _probes.batch_verdict(
                     self.machine.spec, backend, args, kwargs).reason)
@@ -452,7 +456,8 @@ class _Runner:
             return inner.run(backend, a, kwargs, mine)
 
         # read terms come first: each sample's results sit one axis further on
-        axis = verdict.out_axis + (1 if call.read else 0)
+        # (a negative axis counts from the end, which the read axis does not move)
+        axis = verdict.out_axis + (1 if call.read and verdict.out_axis >= 0 else 0)
         if chunk:  # the same draws in every slice: the estimate of each sample is unchanged
             def whole(*a):
                 mine, _ = build(draws, backend, a[self.argnum], sample, b)
@@ -463,11 +468,13 @@ class _Runner:
         return _batch.vmapped(backend, one, args, b, x.shape[b], axis, mapped)
 
 
-def _mean(terms, samples: int):
-    """The mean of the read terms (stacked first) and its standard error."""
-    mean = terms.mean(0)
-    spread = ((terms - mean) ** 2).sum(0) / max(samples - 1, 1)
-    return mean, (spread / samples) ** 0.5
+def _mean(backend, terms, samples: int):
+    """The mean of the read terms (stacked first in every output) and its standard
+    error, per output of f."""
+    mean = backend.tree_map(lambda t: t.mean(0), terms)
+    err = backend.tree_map(lambda t, m: (((t - m) ** 2).sum(0) / (samples - 1) / samples)
+                           ** 0.5, terms, mean)
+    return mean, err
 
 
 def _exact_terms(backend, f, args, kwargs, argnum, call):

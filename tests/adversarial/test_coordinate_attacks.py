@@ -152,3 +152,51 @@ def test_jax_whole_batch_picks_under_jit_with_traced_weights(shape, axis):
     diag = jax.vmap(lambda z: jnp.diagonal(jax.hessian(one)(z)))(flat)
     want = n / S * np.asarray(diag)[:, picks].sum(1)
     np.testing.assert_allclose(np.asarray(run(x, w)), want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["laplacian", "diffusion"])
+def test_stderr_with_a_negative_batch_axis_and_one_sample(name):
+    """The review's silent wrong value: with_stderr shifted a negative output axis
+    by the read axis, so a one-sample batch on the last axis averaged over the
+    wrong axis (JAX gave [18, 36, 54] for the Laplacian 36)."""
+    x = jnp.array([[1.0], [2.0], [3.0]])
+    f = lambda z: (z ** 3).sum(0)  # noqa: E731
+    if name == "laplacian":
+        est = derivs.hutchinson_laplacian(f, 3, batch_axis=-1, distribution="coordinates",
+                                          with_stderr=True)
+    else:
+        est = derivs.hutchinson_diffusion(f, jnp.eye(3), samples=3, batch_axis=-1,
+                                          distribution="coordinates", with_stderr=True)
+    value, err = est(jax.random.key(0), x)
+    np.testing.assert_allclose(np.asarray(value), [36.0], rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(err), [0.0], atol=1e-12)
+
+
+def test_stderr_of_a_tuple_output():
+    f = lambda z: ((z ** 3).sum(), (z ** 2).sum())  # noqa: E731  (Laplacians 6 sum z, 2 D)
+    for x, key in ((jnp.arange(1.0, 5.0), jax.random.key(0)),
+                   (torch.arange(1.0, 5.0, dtype=torch.float64), 0)):
+        (lap3, lap2), (e3, e2) = derivs.hutchinson_laplacian(
+            f, 4, distribution="coordinates", with_stderr=True)(key, x)
+        np.testing.assert_allclose([float(lap3), float(lap2)], [60.0, 8.0], rtol=1e-12)
+        np.testing.assert_allclose([float(e3), float(e2)], [0.0, 0.0], atol=1e-12)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_differential_operator_family_on_multi_dimensional_samples(batched):
+    """The review's raw crash: a collapsed term set (five or more second-order
+    terms) on samples of shape (2, 3) in JAX; against dense jax.hessian."""
+    rng = np.random.default_rng(2)
+    w = jnp.asarray(rng.normal(size=(6, 4)))
+    u = lambda z: jnp.sum(jnp.tanh(z.reshape(z.shape[:-2] + (6,)) @ w), -1)  # noqa: E731
+    coef = rng.normal(size=6)
+    terms = [(float(c), (i, i)) for i, c in enumerate(coef)]
+    x = jnp.asarray(rng.normal(size=(5, 2, 3)))
+    hd = jax.vmap(lambda z: jnp.diagonal(jax.hessian(lambda v: u(v.reshape(2, 3)))(
+        z.reshape(6))))(x)
+    want = np.asarray(hd) @ coef
+    if batched:
+        got = derivs.differential_operator(u, terms, batch_axis=0)(x)
+    else:
+        got = jnp.stack([derivs.differential_operator(u, terms)(z) for z in x])
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-10)

@@ -292,8 +292,10 @@ def _narrow_dot(prim, params):
         if (nx and not ny and not lb and x.column is not None and tuple(lc) == (1,)
                 and len(rc) == 1):  # one column per row: every row reads one row of y
             row = jnp.take(y, x.column, axis=rc[0])
-            out = x.values.reshape((-1,) + (1,) * row.ndim) * row[None]
-            return out.astype(jnp.result_type(x.values, y))
+            dtype = params.get("preferred_element_type") or jnp.result_type(x.values, y)
+            out = (x.values.astype(dtype).reshape((-1,) + (1,) * row.ndim)
+                   * row.astype(dtype)[None])
+            return out
         if ny and not nx and not rb and len(y.shape) == 1 and tuple(rc) == (0,):
             return bind(prim, params, jnp.take(x, y.positions, axis=lc[0]), y.values)
         return bind(prim, params, _jet.densify(x), _jet.densify(y))
