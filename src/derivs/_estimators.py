@@ -102,12 +102,6 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
     runner = _Runner(f, argnums, batch_axis, api, samples, 2, 1.0, with_stderr,
                      torch_compile, batch_size)
     if distribution == "coordinates":  # NOTE [coordinate sampling]
-        runner.population = lambda sample, draws: _common.numel(sample)
-
-        def draw(key, backend, x, sample):
-            n = _common.numel(tuple(sample))
-            return _picks(api, backend, key, samples, n, x, "coordinates")
-
         def build(picks, backend, x, sample, axis):
             n = _common.numel(tuple(sample))
             scale = math.sqrt(n)
@@ -115,7 +109,7 @@ def hutchinson_laplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
             seeds = rows.reshape((samples,) + tuple(sample))
             return runner.call(seeds, picks=picks, pick_scale=scale), None
 
-        return runner.estimator(draw, build)
+        return runner.estimator(_coordinate_draw(runner, api, samples), build)
 
     def draw(key, backend, x, sample):
         # v^T H v = d^2/dt^2 f(x + t v) at t = 0; the same directions in every sample
@@ -180,15 +174,6 @@ def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
                 f"{api}: distribution='coordinates' sums over pairs of the drawn "
                 "coordinates, not independent terms, so it has no with_stderr; pass "
                 "with_stderr=False and take the spread over several keys.")
-        runner.population = lambda sample, draws: _common.numel(sample)
-
-        def draw(key, backend, x, sample):
-            n = _common.numel(tuple(sample))
-            if n > 1 and samples < 2:
-                raise ValueError(f"{api}: distribution='coordinates' needs samples >= 2 "
-                                 "to reach the mixed terms d^4 f / dx_i^2 dx_j^2.")
-            return _picks(api, backend, key, samples, n, x, "coordinates")
-
         def build(picks, backend, x, sample, axis):
             n = _common.numel(tuple(sample))
             rows, terms = _pair_terms(samples, n)
@@ -196,7 +181,7 @@ def hutchinson_bilaplacian(f: Callable, samples: int = 64, argnums: int = 0, *,
             seeds = backend.tensordot(backend.as_array(rows, x), units)
             return Call(seeds.reshape((len(rows),) + tuple(sample)), terms), None
 
-        return runner.estimator(draw, build)
+        return runner.estimator(_coordinate_draw(runner, api, samples, least=2), build)
 
     def draw(key, backend, x, sample):
         return backend.random_directions(key, (samples,) + tuple(sample), x, "gaussian", api)
@@ -290,10 +275,27 @@ def _check(api, f, argnum, batch_axis, samples, batch_size, with_stderr=False) -
 # (n - S) / (n - 1)`` with ``sigma^2`` the terms' population variance; the drawn
 # terms' sample variance ``s^2`` (ddof 1) estimates ``sigma^2 n / (n - 1)`` without
 # bias, so the reported standard error is ``s / sqrt(S) * sqrt((n - S) / n)``
-# (zero at ``S == n``; its square is unbiased for the variance). This is the sampling of STDE (Shi et al., NeurIPS 2024) and of SDGD's
-# dimension sampling, with the seeds kept one-hot: the Call says which coordinates
-# (``Call.picks``, NOTE [picked seeds]), so an engine may read the first layer's
-# weight columns at them instead of multiplying ``S x n`` seeds into it.
+# (zero at ``S == n``; its square is unbiased for the variance). This is the
+# sampling of STDE (Shi et al., NeurIPS 2024) and of SDGD's dimension sampling,
+# with the seeds kept one-hot: the Call says which coordinates (``Call.picks``,
+# NOTE [picked seeds]), so an engine may read the first layer's weight columns at
+# them instead of multiplying ``S x n`` seeds into it.
+def _coordinate_draw(runner: "_Runner", api: str, samples: int, least: int = 1):
+    """``draw(key, backend, x, sample)`` of ``samples`` coordinates of one sample
+    (at least ``least`` where the sample has more than one), with the runner told
+    its population."""
+    runner.population = lambda sample, draws: _common.numel(sample)
+
+    def draw(key, backend, x, sample):
+        n = _common.numel(tuple(sample))
+        if n > 1 and samples < least:
+            raise ValueError(f"{api}: distribution='coordinates' needs samples >= {least} "
+                             "to reach the mixed terms d^4 f / dx_i^2 dx_j^2.")
+        return _picks(api, backend, key, samples, n, x, "coordinates")
+
+    return draw
+
+
 def _picks(api, backend, key, samples: int, n: int, x, what: str):
     if samples > n:
         raise ValueError(

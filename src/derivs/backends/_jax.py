@@ -211,7 +211,6 @@ def random_coordinates(key, samples: int, n: int, like, api: str):
     """``samples`` distinct indices below ``n``, uniformly without replacement
     (NOTE [drawing coordinates])."""
     key = _key(key, api)
-    jnp = jax.numpy
     if samples > FLOYD_LIMIT:
         bits = jax.random.bits(key, (n,), jnp.uint32)
         return jax.lax.top_k(bits, samples)[1]
