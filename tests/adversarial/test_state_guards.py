@@ -532,3 +532,102 @@ def test_values_read_into_numpy_are_never_made_up():
     except (RuntimeError, ValueError, NotImplementedError):
         return  # refused: acceptable
     torch.testing.assert_close(got, want)
+
+
+def _laplacian_by_hessian(f, x):
+    return torch.func.hessian(f)(x).diagonal().sum()
+
+
+@pytest.mark.parametrize("api", ["laplacian", "partial"])
+def test_autograd_attributes_of_state_tensors(api):
+    """f branching on a parameter's ``requires_grad``, or reading its ``.grad``,
+    ``.is_leaf`` or ``._version``: a stand-in has none of the real tensor's autograd
+    state (its ``requires_grad`` was False and ``.grad`` None, so f took the wrong
+    branch, silently, and the cached graph never noticed the change; NOTE
+    [properties of stand-ins]). Each call is checked against the Hessian of f as
+    it then stands."""
+    W = torch.nn.Parameter(torch.tensor([2.0, 3.0], dtype=torch.float64))
+
+    def flag(x):
+        return (W * x**2).sum() if W.requires_grad else (x**3).sum()
+
+    def grad(x):
+        return (x**2).sum() if W.grad is None else (W.grad * x**2).sum()
+
+    def leaf(x):
+        return (W * x**2).sum() if W.is_leaf else (x**3).sum()
+
+    def version(x):
+        return (x**2).sum() * (1.0 + W._version)
+
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    make = {"laplacian": derivs.laplacian,
+            "partial": lambda f: derivs.partial(f, (0, 0))}[api]
+    want = {"laplacian": _laplacian_by_hessian,
+            "partial": lambda f, z: torch.func.hessian(f)(z)[0, 0]}[api]
+
+    def check(fn, changes):
+        op = make(fn)
+        for change in changes:
+            change()
+            with torch.no_grad():
+                got = op(x)
+                expected = want(fn, x.clone())
+            torch.testing.assert_close(got.detach(), expected)
+
+    check(flag, [lambda: None, lambda: W.requires_grad_(False),
+                 lambda: W.requires_grad_(True)])
+    check(grad, [lambda: None,
+                 lambda: setattr(W, "grad", torch.tensor([5.0, 7.0], dtype=torch.float64)),
+                 lambda: setattr(W, "grad", None)])
+    check(leaf, [lambda: None])
+    with torch.no_grad():
+        check(version, [lambda: None, lambda: W.mul_(1.0)])
+
+
+def test_a_module_that_checks_its_parameters_requires_grad():
+    """A module reading ``p.requires_grad`` of its own parameters (as
+    ``nn.TransformerEncoderLayer``'s fast-path test does) keeps the captured,
+    cached route: the flag is the real one and the guard follows it."""
+    class Gate(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 1).double()
+
+        def forward(self, z):
+            frozen = not any(p.requires_grad for p in self.parameters())
+            return torch.tanh(self.lin(z)).sum(-1) * (2.0 if frozen else 1.0)
+
+    m = Gate()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    lap = derivs.laplacian(m, batch_axis=0)
+
+    def want():
+        H = torch.vmap(torch.func.hessian(lambda z: m(z[None])[0]))(x)
+        return H.diagonal(dim1=-2, dim2=-1).sum(-1)
+
+    for frozen in (False, True, False):
+        m.requires_grad_(not frozen)
+        with torch.no_grad():
+            torch.testing.assert_close(lap(x), want())
+    assert "not used" not in str(lap.explain(x))
+
+
+@pytest.mark.parametrize("api", ["laplacian", "partial"])
+def test_grad_mode_f_branches_on(api):
+    """f branching on ``torch.is_grad_enabled()``: a graph traced under
+    ``torch.no_grad()`` was reused with grad enabled (and the reverse), returning the
+    other branch's derivative. Grad mode is part of the cache key; each call equals
+    a fresh transform's in the same mode, which evaluates f as eager code would."""
+    def f(x):
+        return (x**2).sum() if torch.is_grad_enabled() else (x**3).sum()
+
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    make = {"laplacian": derivs.laplacian,
+            "partial": lambda g: derivs.partial(g, (0, 0))}[api]
+    truth = {("laplacian", True): 4.0, ("laplacian", False): 18.0,
+             ("partial", True): 2.0, ("partial", False): 6.0}
+    op = make(f)
+    for enabled in (False, True, False, True):
+        with torch.set_grad_enabled(enabled):
+            assert float(op(x)) == truth[api, enabled]

@@ -330,6 +330,8 @@ class _Walker:
                 self.guard("tensor", place, v)
             i = self.tensor_index.get(id(v))
             if i is None:
+                # f may branch on the flag (NOTE [properties of stand-ins])
+                self.guard("requires_grad", v, v.requires_grad)
                 i = self.tensor_index[id(v)] = len(self.tensors)
                 self.tensors.append(v)
                 self.tensor_places.append([])
@@ -637,6 +639,9 @@ def _compile(checks) -> Any:
         if kind == "context":
             terms.append(f"((v := {const(place)}.get(_MISSING)) is {e} or (type(v) is "
                          f"{const(type(expected))} and v == {e}))")
+            continue
+        if kind == "requires_grad":
+            terms.append(f"{const(place)}.requires_grad is {e}")
             continue
         if kind == "default dtype":
             terms.append(f"_default_dtype() is {e}")

@@ -109,9 +109,10 @@ def complex_values(cap: "Capture") -> str | None:
 def cache_key(args: tuple, kwargs: dict) -> Any:
     """What a capture depends on besides the state ``f`` reads (which its guard
     checks): tensor metadata (layout included) and the values of non-tensor
-    arguments (``_common.leaf_signature``). None if not hashable."""
+    arguments (``_common.leaf_signature``), and grad mode, which f may branch on
+    (``torch.is_grad_enabled()``; a module's fast path does). None if not hashable."""
     if not kwargs:  # the hot path's plain call: tensors only
-        key = []
+        key: list = [torch.is_grad_enabled()]
         for a in args:
             if not isinstance(a, torch.Tensor):
                 break
@@ -120,7 +121,7 @@ def cache_key(args: tuple, kwargs: dict) -> Any:
             return tuple(key)
     leaves, spec = pytree.tree_flatten((args, kwargs))
     parts = leaf_signature(leaves, _tensor_meta)
-    return None if parts is None else (str(spec), parts)
+    return None if parts is None else (str(spec), parts, torch.is_grad_enabled())
 
 
 def guarded_get(cache, key) -> Any:
@@ -306,6 +307,9 @@ class _StandIns(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if (getattr(func, "__name__", None) == "__get__" and args
+                and id(args[0]) in self._by_id):
+            return self._property(func, args[0])
         if self._by_id:
             args, kwargs = pytree.tree_map(self.get, (args, kwargs))
         if func in _TO_NUMPY and args and _guards._tracing_value(args[0]):
@@ -315,6 +319,32 @@ class _StandIns(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+    def _property(self, getter, real):
+        """NOTE [properties of stand-ins]: a stand-in has the shape, dtype, device and
+        values of the tensor it stands for, not its autograd state. ``requires_grad``
+        is read from the real tensor (f may branch on it, as ``nn.TransformerEncoderLayer``
+        does; the state guard checks the flag, so a cached graph is never reused after
+        it changes); the other autograd attributes (``.grad``, ``.grad_fn``,
+        ``.is_leaf``, ``._version``, ...) would be the stand-in's, so a trace refuses
+        them and the transform runs f eagerly on the general path."""
+        name = getattr(getter.__self__, "__name__", "")
+        if name == "requires_grad":
+            return real.requires_grad
+        if name in _SAME_ON_STAND_INS:
+            return getter(self._by_id[id(real)])
+        raise Unsupported(f"f reads .{name} of a tensor it does not take as an argument "
+                          "(a parameter, buffer or closed-over tensor), which a trace "
+                          "cannot follow")
+
+
+# Tensor properties a stand-in shares with the tensor it stands for (NOTE
+# [properties of stand-ins]); the tensor-valued ones (.T, .data, .real) are views of
+# the stand-in, so the graph reads them live.
+_SAME_ON_STAND_INS = frozenset({
+    "shape", "dtype", "device", "ndim", "layout", "names", "itemsize", "nbytes",
+    "is_cuda", "is_cpu", "is_sparse", "is_sparse_csr", "is_quantized", "is_meta",
+    "is_mkldnn", "is_mps", "is_xpu", "is_mtia", "is_maia", "is_ipu", "is_xla", "is_vulkan",
+    "is_nested", "T", "mT", "H", "mH", "data", "real", "imag"})
 _TO_NUMPY = (torch.Tensor.numpy, torch.Tensor.__array__)
 
 
