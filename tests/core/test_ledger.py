@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -89,3 +90,25 @@ def test_explain_tells_what_the_first_call_spent():
     jop(jnp.ones(6))
     note = [n for n in derivs.explain(jop, jnp.ones(6)).notes if n.startswith("first call")]
     assert len(note) == 1 and "trace" in note[0]
+
+
+def test_pytorch_s_one_time_import_is_not_blamed_on_the_capture():
+    """make_fx imports torch._inductor (and TorchDynamo) on its first use, about a
+    second once per process: a fresh process's first capture shows it apart."""
+    import subprocess
+    import sys
+
+    code = (
+        "import re, torch, derivs\n"
+        "net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))\n"
+        "op = derivs.laplacian(net, batch_axis=0)\n"
+        "x = torch.randn(3, 5)\n"
+        "op(x)\n"
+        "note = [n for n in derivs.explain(op, x).notes if n.startswith('first call')][0]\n"
+        "print(note)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    imported = re.search(r"import of torch._inductor by make_fx (\d+\.\d+) s", out)
+    captured = re.search(r"capture (\d+\.\d+) s", out)
+    assert imported and captured, out
+    assert float(captured.group(1)) < float(imported.group(1)), out

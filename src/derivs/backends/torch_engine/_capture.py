@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import importlib
 import itertools
 import operator
 import sys
@@ -160,6 +161,11 @@ def capture(fun, args: tuple, kwargs: dict, *, reads=None, table: dict | None = 
     leaves, in_spec = pytree.tree_flatten((args, kwargs))
     is_tensor = [isinstance(leaf, torch.Tensor) for leaf in leaves]
     table = decompositions() if table is None else table
+    if "torch._inductor.config" not in sys.modules:
+        # make_fx imports torch._inductor (and with it TorchDynamo) on first use: about
+        # 1 s once per process, shown apart so that the capture is not blamed for it
+        with _ledger.phase("PyTorch's one-time import of torch._inductor by make_fx"):
+            importlib.import_module("torch._inductor.config")
     for _ in range(_RACES):
         try:
             with _ledger.phase("capture"):  # NOTE [first-call ledger]
