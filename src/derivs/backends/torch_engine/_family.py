@@ -39,7 +39,7 @@ from ...core._stacked import Layout, Table
 from .._common import Fallback, numel
 from .._common import add as _add
 from . import _contracted
-from . import _pointwise  # noqa: F401  (fills the series rule registry)
+from . import _pointwise  # also fills the series rule registry
 from ._capture import (Capture, StateError, block_tag, complex_values, inside_trace,
                        shared_capture)
 from ._engine import _top_level_offsets, fallback
@@ -901,14 +901,6 @@ def _poly_in_output(name: str):
     return derivatives
 
 
-def _cyclic(first_four: Callable):
-    """sin, cos: derivatives repeat with period four."""
-    def derivatives(x, y, m):
-        base = first_four(x, y)
-        return [base[k % 4] for k in range(m)]
-    return derivatives
-
-
 def _exp_derivatives(x, y, m):
     return [y] * m
 
@@ -1153,10 +1145,8 @@ deffamily(aten.addmm.default, linear="each")(_addmm)
 deffamily(aten.mv.default, linear="each")(_mv)
 deffamily(aten.tanh.default)(_elementwise(_poly_in_output("tanh")))
 deffamily(aten.sigmoid.default)(_elementwise(_poly_in_output("sigmoid")))
-deffamily(aten.sin.default)(
-    _elementwise(_cyclic(lambda x, y: (torch.cos(x), -y, -torch.cos(x), y))))
-deffamily(aten.cos.default)(
-    _elementwise(_cyclic(lambda x, y: (-torch.sin(x), -y, torch.sin(x), y))))
+deffamily(aten.sin.default)(_elementwise(_pointwise.cyclic(torch.cos, 1.0)))
+deffamily(aten.cos.default)(_elementwise(_pointwise.cyclic(torch.sin, -1.0)))
 deffamily(aten.exp.default)(_elementwise(_exp_derivatives))
 deffamily(aten.log.default)(_elementwise(_log_derivatives))
 deffamily(aten.pow.Tensor_Scalar)(_pow_scalar)

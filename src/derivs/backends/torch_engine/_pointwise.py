@@ -89,10 +89,14 @@ def _power_at(x, p: float, m: int):
     return out
 
 
-def _cyclic(first_four):
+def cyclic(other, sign: float):
+    """sin, cos (value ``y``): the derivatives repeat with period four, ``sign *
+    other(x)``, ``-y``, ``-sign * other(x)``, ``y``. ``other`` is evaluated once, and
+    only the negations the order needs are made (the family and series rules)."""
     def derivatives(x, y, m):
-        base = first_four(x, y)
-        return [base[k % 4] for k in range(m)]
+        d = other(x) if sign > 0 else -other(x)
+        cycle = (d, -y if m > 1 else None, -d if m > 2 else None, y)
+        return [cycle[k % 4] for k in range(m)]
     return derivatives
 
 
@@ -165,8 +169,8 @@ _defunary(aten.reciprocal.default, lambda x, y, m: _power_at(x, -1.0, m))
 _defunary(aten.tanh.default, _by_output("tanh"))
 _defunary(aten.sigmoid.default, _by_output("sigmoid"))
 _defunary(aten.tan.default, _by_output("tan"))
-_defunary(aten.sin.default, _cyclic(lambda x, y: (torch.cos(x), -y, -torch.cos(x), y)))
-_defunary(aten.cos.default, _cyclic(lambda x, y: (-torch.sin(x), -y, torch.sin(x), y)))
+_defunary(aten.sin.default, cyclic(torch.cos, 1.0))
+_defunary(aten.cos.default, cyclic(torch.sin, -1.0))
 _defunary(aten.sinh.default, lambda x, y, m: [torch.cosh(x) if k % 2 == 0 else y
                                               for k in range(m)])
 _defunary(aten.cosh.default, lambda x, y, m: [torch.sinh(x) if k % 2 == 0 else y
