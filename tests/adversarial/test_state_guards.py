@@ -631,3 +631,109 @@ def test_grad_mode_f_branches_on(api):
     for enabled in (False, True, False, True):
         with torch.set_grad_enabled(enabled):
             assert float(op(x)) == truth[api, enabled]
+
+
+def test_modes_a_trace_depends_on():
+    """Inference mode and deterministic algorithms (f may branch on them) and
+    autocast (its casts are recorded in the graph) are part of the cache key: a graph
+    traced under one was reused under another (autocast: bfloat16 rounding, -278528
+    against -179514.7, on later calls with autocast off)."""
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64)
+
+    def inference(z):
+        return (z**2).sum() if torch.is_inference_mode_enabled() else (z**3).sum()
+
+    lap = derivs.laplacian(inference)
+    with torch.inference_mode():
+        assert float(lap(x)) == 4.0
+    with torch.no_grad():
+        assert float(lap(x)) == 18.0
+
+    def deterministic(z):
+        return (z**2).sum() if torch.are_deterministic_algorithms_enabled() else (z**3).sum()
+
+    lap = derivs.laplacian(deterministic)
+    assert float(lap(x)) == 18.0
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert float(lap(x)) == 4.0
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+    lin = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        lin.weight[:] = torch.tensor([[373.0, -517.0]])
+        lin.bias[:] = 0.123
+    xs = torch.tensor([0.3, -0.7])
+
+    def f(z):
+        return torch.sin(lin(z)).sum()
+
+    a, b = 373.0, -517.0
+    truth = -(a * a + b * b) * np.sin(a * 0.3 + b * -0.7 + np.float64(np.float32(0.123)))
+    lap = derivs.laplacian(f)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lap(xs)
+        np.testing.assert_allclose(float(lap(xs)), truth, rtol=1e-3)
+
+
+def test_tensor_metadata_wherever_it_is_held():
+    """A tensor held in a tuple or a default argument, whose ``.data`` is replaced
+    (new shape), or transposed in place (new strides), and Python attributes set on
+    a tensor: each is checked by the guard (the cached graph returned the old
+    state's derivative)."""
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    W = torch.tensor([2.0, 4.0], dtype=torch.float64)
+    held = (W,)
+
+    def in_tuple(z):
+        return (held[0].sum() / held[0].shape[0] * z**2).sum()
+
+    def default(z, W=W):
+        return (W.sum() / W.shape[0] * z**2).sum()
+
+    ops = [derivs.laplacian(in_tuple), derivs.laplacian(default)]
+    assert [float(op(x)) for op in ops] == [12.0, 12.0]
+    W.data = torch.tensor([2.0, 4.0, 9.0], dtype=torch.float64)
+    assert [float(op(x)) for op in ops] == [20.0, 20.0]
+
+    S = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)
+
+    def contiguous(z):
+        return (S[0] * z**2).sum() if S.is_contiguous() else (S[1] * z**2).sum()
+
+    lap = derivs.laplacian(contiguous)
+    assert float(lap(x)) == 6.0
+    S.data = S.data.t()  # S[1] is now [2, 4]: 2 * (2 + 4)
+    assert float(lap(x)) == 12.0
+
+    V = torch.tensor([2.0, 3.0], dtype=torch.float64)
+    V.scale = 2.0
+
+    def scaled(z):
+        return (V.scale * V * z**2).sum()
+
+    lap = derivs.laplacian(scaled)
+    assert float(lap(x)) == 20.0
+    V.scale = 5.0
+    assert float(lap(x)) == 50.0
+
+
+def test_what_a_stand_in_cannot_answer():
+    """``is_inference()``, ``_is_view()`` of a tensor f reads, and a sparse tensor f
+    reads: a stand-in would answer for itself (dense, not a view, not an inference
+    tensor), so the trace refuses them and f runs eagerly."""
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    with torch.inference_mode():
+        Wi = torch.tensor([2.0, 3.0], dtype=torch.float64)
+    base = torch.tensor([2.0, 3.0, 4.0], dtype=torch.float64)
+    view = base[:2]
+    sparse = torch.tensor([[2.0, 0.0], [0.0, 3.0]], dtype=torch.float64).to_sparse()
+    cases = [lambda z: (z**2).sum() if Wi.is_inference() else (z**3).sum(),
+             lambda z: (z**2).sum() if view._is_view() else (z**3).sum(),
+             lambda z: (z**2).sum() if sparse.is_sparse else (z**3).sum()]
+    for f in cases:
+        assert float(derivs.laplacian(f)(x)) == 4.0
+        assert float(derivs.partial(f, (0, 0))(x)) == 2.0

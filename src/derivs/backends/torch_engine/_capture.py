@@ -110,10 +110,10 @@ def complex_values(cap: "Capture") -> str | None:
 def cache_key(args: tuple, kwargs: dict) -> Any:
     """What a capture depends on besides the state ``f`` reads (which its guard
     checks): tensor metadata (layout included) and the values of non-tensor
-    arguments (``_common.leaf_signature``), and grad mode, which f may branch on
-    (``torch.is_grad_enabled()``; a module's fast path does). None if not hashable."""
+    arguments (``_common.leaf_signature``), and the modes a trace depends on
+    (:func:`_modes`). None if not hashable."""
     if not kwargs:  # the hot path's plain call: tensors only
-        key: list = [torch.is_grad_enabled()]
+        key: list = [_modes()]
         for a in args:
             if not isinstance(a, torch.Tensor):
                 break
@@ -122,7 +122,20 @@ def cache_key(args: tuple, kwargs: dict) -> Any:
             return tuple(key)
     leaves, spec = pytree.tree_flatten((args, kwargs))
     parts = leaf_signature(leaves, _tensor_meta)
-    return None if parts is None else (str(spec), parts, torch.is_grad_enabled())
+    return None if parts is None else (str(spec), parts, _modes())
+
+
+def _modes() -> tuple:
+    """The thread's and process's modes that f may branch on or that change what a
+    trace records: grad mode (a module's fast path reads it), inference mode,
+    deterministic algorithms, and autocast (its casts are recorded in the graph). A
+    graph traced under one must not serve another. About 0.6 us."""
+    amp = None
+    if torch._C._is_any_autocast_enabled():
+        amp = tuple((d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d))
+                    for d in ("cpu", "cuda", "xpu", "mps"))
+    return (torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+            torch.are_deterministic_algorithms_enabled(), amp)
 
 
 def guarded_get(cache, key) -> Any:
@@ -209,6 +222,9 @@ def _walked_capture(fun, reads, leaves, in_spec, is_tensor, table, pure) -> Capt
             "DistributedDataParallel instead and differentiate ddp.module (README, "
             "'Beyond one device'), or differentiate an unsharded copy of the model.")
     for t in state.tensors:
+        if t.layout is not torch.strided:  # its stand-in would be a dense tensor
+            raise Unliftable(f"f reads a {t.layout} tensor besides its arguments; pass "
+                             "it as an argument instead")
         if _is_transform_tensor(t):
             raise Unliftable("f reads a tensor that a torch.func transform is tracking "
                               "(e.g. inside functional_call under torch.func.grad)")
@@ -313,9 +329,11 @@ class _StandIns(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if (getattr(func, "__name__", None) == "__get__" and args
-                and id(args[0]) in self._by_id):
+        if getattr(func, "__name__", None) == "__get__" and args and id(args[0]) in self._by_id:
             return self._property(func, args[0])
+        if func in _NOT_ON_STAND_INS and args and id(args[0]) in self._by_id:
+            raise Unsupported(f"f calls {func.__name__}() on a tensor it does not take "
+                              "as an argument, which a trace cannot follow")
         if self._by_id:
             args, kwargs = pytree.tree_map(self.get, (args, kwargs))
         if func in _TO_NUMPY and args and _guards._tracing_value(args[0]):
@@ -332,7 +350,12 @@ class _StandIns(torch.overrides.TorchFunctionMode):
         does; the state guard checks the flag, so a cached graph is never reused after
         it changes); the other autograd attributes (``.grad``, ``.grad_fn``,
         ``.is_leaf``, ``._version``, ...) would be the stand-in's, so a trace refuses
-        them and the transform runs f eagerly on the general path."""
+        them and the transform runs f eagerly on the general path (as do methods such
+        as ``is_inference()``, ``_is_view()``, ``data_ptr()``). The state guard also
+        checks each lifted tensor's shape, dtype, device, strides and offset, wherever
+        it is held. Tensors f computes carry no autograd history in a trace, as under
+        ``torch.func.jvp`` (the general path): f branching on an intermediate's
+        ``requires_grad`` sees the same there."""
         name = getattr(getter.__self__, "__name__", "")
         if name == "requires_grad":
             return real.requires_grad
@@ -351,6 +374,10 @@ _SAME_ON_STAND_INS = frozenset({
     "is_cuda", "is_cpu", "is_sparse", "is_sparse_csr", "is_quantized", "is_meta",
     "is_mkldnn", "is_mps", "is_xpu", "is_mtia", "is_maia", "is_ipu", "is_xla", "is_vulkan",
     "is_nested", "T", "mT", "H", "mH", "data", "real", "imag"})
+# Methods whose answer for a stand-in is not the real tensor's.
+_NOT_ON_STAND_INS = frozenset({
+    torch.Tensor.is_inference, torch.Tensor.is_shared, torch.Tensor._is_view,
+    torch.Tensor.is_pinned, torch.Tensor.data_ptr, torch.Tensor.untyped_storage})
 _TO_NUMPY = (torch.Tensor.numpy, torch.Tensor.__array__)
 
 
