@@ -351,9 +351,10 @@ class _StandIns(torch.overrides.TorchFunctionMode):
         it changes); the other autograd attributes (``.grad``, ``.grad_fn``,
         ``.is_leaf``, ``._version``, ...) would be the stand-in's, so a trace refuses
         them and the transform runs f eagerly on the general path (as do methods such
-        as ``is_inference()``, ``_is_view()``, ``data_ptr()``). The state guard also
-        checks each lifted tensor's shape, dtype, device, strides and offset, wherever
-        it is held. Tensors f computes carry no autograd history in a trace, as under
+        as ``is_inference()``, ``_is_view()``, ``data_ptr()``, and ``is_contiguous()``,
+        ``stride()``, ``storage_offset()``, which the guard does not follow). The state
+        guard checks each lifted tensor's requires_grad, shape and dtype, wherever it
+        is held. Tensors f computes carry no autograd history in a trace, as under
         ``torch.func.jvp`` (the general path): f branching on an intermediate's
         ``requires_grad`` sees the same there."""
         name = getattr(getter.__self__, "__name__", "")
@@ -377,7 +378,8 @@ _SAME_ON_STAND_INS = frozenset({
 # Methods whose answer for a stand-in is not the real tensor's.
 _NOT_ON_STAND_INS = frozenset({
     torch.Tensor.is_inference, torch.Tensor.is_shared, torch.Tensor._is_view,
-    torch.Tensor.is_pinned, torch.Tensor.data_ptr, torch.Tensor.untyped_storage})
+    torch.Tensor.is_pinned, torch.Tensor.data_ptr, torch.Tensor.untyped_storage,
+    torch.Tensor.is_contiguous, torch.Tensor.stride, torch.Tensor.storage_offset})
 _TO_NUMPY = (torch.Tensor.numpy, torch.Tensor.__array__)
 
 
