@@ -681,9 +681,10 @@ def test_modes_a_trace_depends_on():
 
 def test_tensor_metadata_wherever_it_is_held():
     """A tensor held in a tuple or a default argument, whose ``.data`` is replaced
-    (new shape), or transposed in place (new strides), and Python attributes set on
-    a tensor: each is checked by the guard (the cached graph returned the old
-    state's derivative)."""
+    (new shape), or transposed in place (new strides: f branching on
+    ``is_contiguous()``, a reshape the graph recorded as a view): each is checked by
+    the guard (the cached graph returned the old state's derivative, or a raw view
+    error)."""
     x = torch.tensor([1.0, 2.0], dtype=torch.float64)
     W = torch.tensor([2.0, 4.0], dtype=torch.float64)
     held = (W,)
@@ -709,16 +710,33 @@ def test_tensor_metadata_wherever_it_is_held():
     S.data = S.data.t()  # S[1] is now [2, 4]: 2 * (2 + 4)
     assert float(lap(x)) == 12.0
 
-    V = torch.tensor([2.0, 3.0], dtype=torch.float64)
-    V.scale = 2.0
+    B = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)
 
-    def scaled(z):
-        return (V.scale * V * z**2).sum()
+    def flat(z):  # the graph views B by its strides when traced
+        return (B.reshape(-1)[:2] * z**2).sum()
 
-    lap = derivs.laplacian(scaled)
-    assert float(lap(x)) == 20.0
-    V.scale = 5.0
-    assert float(lap(x)) == 50.0
+    lap = derivs.laplacian(flat)
+    assert float(lap(x)) == 6.0
+    B.t_()  # B.reshape(-1)[:2] is now [1, 3]
+    assert float(lap(x)) == 8.0
+
+
+def test_data_is_detached_in_the_graph():
+    """``W.data`` inside f is a constant to autograd, as in eager PyTorch: the
+    stand-in's ``.data`` was a live view, and the gradient of a loss through the
+    Laplacian came out twice the truth."""
+    torch.manual_seed(0)
+    W = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, dtype=torch.float64)
+
+    def f(z):
+        return (W.data * W * z**2).sum()
+
+    derivs.laplacian(f)(x).backward()
+    got, W.grad = W.grad.clone(), None
+    want = torch.autograd.grad(
+        torch.autograd.functional.hessian(f, x, create_graph=True).diagonal().sum(), W)[0]
+    torch.testing.assert_close(got, want)
 
 
 def test_what_a_stand_in_cannot_answer():
@@ -732,6 +750,7 @@ def test_what_a_stand_in_cannot_answer():
     view = base[:2]
     sparse = torch.tensor([[2.0, 0.0], [0.0, 3.0]], dtype=torch.float64).to_sparse()
     cases = [lambda z: (z**2).sum() if Wi.is_inference() else (z**3).sum(),
+             lambda z: (z**2).sum() if torch.is_inference(Wi) else (z**3).sum(),
              lambda z: (z**2).sum() if view._is_view() else (z**3).sum(),
              lambda z: (z**2).sum() if sparse.is_sparse else (z**3).sum()]
     for f in cases:

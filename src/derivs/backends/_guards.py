@@ -240,11 +240,15 @@ class _Kept:
 
 
 def _tensor_meta(t) -> tuple:
-    """What the "tensor meta" guard compares: requires_grad, shape and dtype. Not the
-    strides (0.4 us more per tensor): a graph's views of a tensor transposed in place
-    since fail loudly, and only f branching on ``is_contiguous()`` would be served
-    stale (NOTE [properties of stand-ins])."""
-    return (t.requires_grad, t.shape, t.dtype)
+    """What the "tensor meta" guard compares: requires_grad, shape, dtype, and for a
+    strided tensor its strides and storage offset (a graph views a tensor as its
+    strides were when traced; f may branch on ``is_contiguous()``). A tensor whose
+    layout has no strides is refused by the capture (its stand-in would be dense)."""
+    if t.is_nested:
+        raise TypeError("a nested tensor")
+    strided = t.layout is _torch().strided
+    return (t.requires_grad, t.shape, t.dtype, t.stride() if strided else None,
+            t.storage_offset() if strided else None)
 
 
 def _present(place: Place) -> bool:
@@ -339,19 +343,19 @@ class _Walker:
             i = self.tensor_index.get(id(v))
             if i is None:
                 # the tensor object itself, wherever it is held (a tuple, a default):
-                # ``W.data = ...`` changes it in place, and f may branch on its flag or
-                # layout (NOTE [properties of stand-ins])
-                self.guard("tensor meta", v, _tensor_meta(v))
+                # ``W.data = ...`` or ``W.t_()`` changes it in place, and f may branch on
+                # its flag or view it by its strides (NOTE [properties of stand-ins])
+                try:
+                    meta = _tensor_meta(v)
+                except Exception as e:  # noqa: BLE001 - nested tensors, odd subclasses
+                    self.refuse(f"f reads a tensor whose shape and strides derivs cannot "
+                                f"read ({type(v).__name__}: {e}); pass it as an argument")
+                else:
+                    self.guard("tensor meta", v, meta)
                 i = self.tensor_index[id(v)] = len(self.tensors)
                 self.tensors.append(v)
                 self.tensor_places.append([])
                 self.keep.append(v)
-                attrs = getattr(v, "__dict__", None)
-                if attrs:  # public attributes set on it (``W.scale = 2.0``); private
-                    # ones are PyTorch's own (torch.compile marks parameters with
-                    # ``_dynamo_static_input_type``), which would only force recaptures
-                    for k in [k for k in attrs if not str(k).startswith("_")]:
-                        self.value(attrs[k], Place("item", attrs, k))
             self.tensor_places[i].append(place)
             return
         if isinstance(v, self.plain):
@@ -656,10 +660,13 @@ def _compile(checks) -> Any:
             terms.append(f"((v := {const(place)}.get(_MISSING)) is {e} or (type(v) is "
                          f"{const(type(expected))} and v == {e}))")
             continue
-        if kind == "tensor meta":  # about 0.5 us per tensor (a Parameter's attributes
-            rg, shape, dtype = expected  # cost 130-250 ns each)
-            terms.append(f"(v := {const(place)}).requires_grad is {rg} and v.shape == "
-                         f"{const(shape)} and v.dtype is {const(dtype)}")
+        if kind == "tensor meta":  # about 0.9 us per tensor (a Parameter's attributes
+            rg, shape, dtype, stride, offset = expected  # cost 130-250 ns each)
+            term = (f"(v := {const(place)}).requires_grad is {rg} and v.shape == "
+                    f"{const(shape)} and v.dtype is {const(dtype)}")
+            if stride is not None:
+                term += f" and v.stride() == {const(stride)} and v.storage_offset() == {offset}"
+            terms.append(term)
             continue
         if kind == "default dtype":
             terms.append(f"_default_dtype() is {e}")

@@ -125,15 +125,19 @@ def cache_key(args: tuple, kwargs: dict) -> Any:
     return None if parts is None else (str(spec), parts, _modes())
 
 
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu", "xla", "ipu", "mtia")
+
+
 def _modes() -> tuple:
     """The thread's and process's modes that f may branch on or that change what a
     trace records: grad mode (a module's fast path reads it), inference mode,
     deterministic algorithms, and autocast (its casts are recorded in the graph). A
     graph traced under one must not serve another. About 0.6 us."""
     amp = None
-    if torch._C._is_any_autocast_enabled():
+    # (the "any" test does not cover MPS)
+    if torch._C._is_any_autocast_enabled() or torch.is_autocast_enabled("mps"):
         amp = tuple((d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d))
-                    for d in ("cpu", "cuda", "xpu", "mps"))
+                    for d in _AUTOCAST_DEVICES)
     return (torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
             torch.are_deterministic_algorithms_enabled(), amp)
 
@@ -351,15 +355,19 @@ class _StandIns(torch.overrides.TorchFunctionMode):
         it changes); the other autograd attributes (``.grad``, ``.grad_fn``,
         ``.is_leaf``, ``._version``, ...) would be the stand-in's, so a trace refuses
         them and the transform runs f eagerly on the general path (as do methods such
-        as ``is_inference()``, ``_is_view()``, ``data_ptr()``, and ``is_contiguous()``,
-        ``stride()``, ``storage_offset()``, which the guard does not follow). The state
-        guard checks each lifted tensor's requires_grad, shape and dtype, wherever it
-        is held. Tensors f computes carry no autograd history in a trace, as under
+        as ``is_inference()``, ``_is_view()``, ``data_ptr()``). ``.data`` is a
+        detached view of the stand-in, as eager ``.data`` is of the tensor (a live
+        view let gradients through). The state guard checks each lifted tensor's
+        requires_grad, shape, dtype, strides and offset, wherever it is held; not
+        Python attributes set on a tensor (``W.scale``), which f should not read.
+        Tensors f computes carry no autograd history in a trace, as under
         ``torch.func.jvp`` (the general path): f branching on an intermediate's
         ``requires_grad`` sees the same there."""
         name = getattr(getter.__self__, "__name__", "")
         if name == "requires_grad":
             return real.requires_grad
+        if name == "data":
+            return self._by_id[id(real)].detach()
         if name in _SAME_ON_STAND_INS:
             return getter(self._by_id[id(real)])
         raise Unsupported(f"f reads .{name} of a tensor it does not take as an argument "
@@ -374,12 +382,12 @@ _SAME_ON_STAND_INS = frozenset({
     "shape", "dtype", "device", "ndim", "layout", "names", "itemsize", "nbytes",
     "is_cuda", "is_cpu", "is_sparse", "is_sparse_csr", "is_quantized", "is_meta",
     "is_mkldnn", "is_mps", "is_xpu", "is_mtia", "is_maia", "is_ipu", "is_xla", "is_vulkan",
-    "is_nested", "T", "mT", "H", "mH", "data", "real", "imag"})
+    "is_nested", "T", "mT", "H", "mH", "real", "imag"})
 # Methods whose answer for a stand-in is not the real tensor's.
 _NOT_ON_STAND_INS = frozenset({
     torch.Tensor.is_inference, torch.Tensor.is_shared, torch.Tensor._is_view,
     torch.Tensor.is_pinned, torch.Tensor.data_ptr, torch.Tensor.untyped_storage,
-    torch.Tensor.is_contiguous, torch.Tensor.stride, torch.Tensor.storage_offset})
+    torch.Tensor.is_set_to, torch.is_inference})
 _TO_NUMPY = (torch.Tensor.numpy, torch.Tensor.__array__)
 
 
