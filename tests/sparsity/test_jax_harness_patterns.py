@@ -27,7 +27,9 @@ def _floating():
     for h in th.all_harnesses:
         if np.dtype(h.dtype).kind == "f":
             groups[h.group_name].append(h)
-    return [hs for _, hs in sorted(groups.items())]
+    # by name: some JAX versions build the harnesses by iterating over sets, whose
+    # order differs between processes (pytest-xdist workers must collect the same)
+    return [sorted(hs, key=lambda h: h.name) for _, hs in sorted(groups.items())]
 
 
 GROUPS = _floating()
