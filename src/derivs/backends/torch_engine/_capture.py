@@ -347,7 +347,6 @@ class _StandIns(torch.overrides.TorchFunctionMode):
                               "np.asarray), which a trace cannot follow")
         return func(*args, **kwargs)
 
-
     def _property(self, getter, real):
         """NOTE [properties of stand-ins]: a stand-in has the shape, dtype, device and
         values of the tensor it stands for, not its autograd state. ``requires_grad``
@@ -377,7 +376,7 @@ class _StandIns(torch.overrides.TorchFunctionMode):
 
 
 # Tensor properties a stand-in shares with the tensor it stands for (NOTE
-# [properties of stand-ins]); the tensor-valued ones (.T, .data, .real) are views of
+# [properties of stand-ins]); the tensor-valued ones (.T, .mT, .real) are views of
 # the stand-in, so the graph reads them live.
 _SAME_ON_STAND_INS = frozenset({
     "shape", "dtype", "device", "ndim", "layout", "names", "itemsize", "nbytes",
