@@ -239,13 +239,11 @@ class _Kept:
         return False
 
 
-def _tensor_meta(t) -> tuple:
+def _guarded_meta(t) -> tuple:
     """What the "tensor meta" guard compares: requires_grad, shape, dtype, and for a
     strided tensor its strides and storage offset (a graph views a tensor as its
     strides were when traced; f may branch on ``is_contiguous()``). A tensor whose
     layout has no strides is refused by the capture (its stand-in would be dense)."""
-    if t.is_nested:
-        raise TypeError("a nested tensor")
     strided = t.layout is _torch().strided
     return (t.requires_grad, t.shape, t.dtype, t.stride() if strided else None,
             t.storage_offset() if strided else None)
@@ -339,14 +337,14 @@ class _Walker:
             self.slots.append((place, v))  # NOTE [trace leaves no trace]
         if isinstance(v, self.tensor):
             if isinstance(place, Place):
-                self.guard("tensor", place, v)
+                self.guard("same", place, v)  # its metadata: "tensor meta" below
             i = self.tensor_index.get(id(v))
             if i is None:
                 # the tensor object itself, wherever it is held (a tuple, a default):
                 # ``W.data = ...`` or ``W.t_()`` changes it in place, and f may branch on
                 # its flag or view it by its strides (NOTE [properties of stand-ins])
                 try:
-                    meta = _tensor_meta(v)
+                    meta = _guarded_meta(v)
                 except Exception as e:  # noqa: BLE001 - nested tensors, odd subclasses
                     self.refuse(f"f reads a tensor whose shape and strides derivs cannot "
                                 f"read ({type(v).__name__}: {e}); pass it as an argument")
@@ -678,8 +676,6 @@ def _compile(checks) -> Any:
                else f"{h}.get({const(place.key)}, _MISSING)",
                "attr": f"getattr({h}, {const(place.key)}, _MISSING)"}[place.kind]
         if kind == "same":
-            terms.append(f"{loc} is {e}")
-        elif kind == "tensor":  # its metadata: the "tensor meta" check of the object
             terms.append(f"{loc} is {e}")
         else:  # equal: the same type and an equal value
             terms.append(f"(v := {loc}) is {e} or (type(v) is {const(type(expected))} "

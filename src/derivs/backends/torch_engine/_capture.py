@@ -334,11 +334,12 @@ class _StandIns(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if getattr(func, "__name__", None) == "__get__" and args and id(args[0]) in self._by_id:
-            return self._property(func, args[0])
-        if func in _NOT_ON_STAND_INS and args and id(args[0]) in self._by_id:
-            raise Unsupported(f"f calls {func.__name__}() on a tensor it does not take "
-                              "as an argument, which a trace cannot follow")
+        if args and id(args[0]) in self._by_id:  # a lifted tensor itself
+            if getattr(func, "__name__", None) == "__get__":
+                return self._property(func, args[0])
+            if func in _NOT_ON_STAND_INS:
+                raise Unsupported(f"f calls {func.__name__}() on a tensor it does not take "
+                                  "as an argument, which a trace cannot follow")
         if self._by_id:
             args, kwargs = pytree.tree_map(self.get, (args, kwargs))
         if func in _TO_NUMPY and args and _guards._tracing_value(args[0]):
