@@ -186,6 +186,9 @@ class Machine:
         if call.picks is not None and engine is not None:
             notes.append(_picked_note(engine, args[self.argnum], self.batch_axis,
                                       call.per_sample))
+        replays = getattr(getattr(engine, "args", (None,))[0], "replays", None)
+        if replays is not None:  # PyTorch eager: NOTE [replay]
+            notes.append(replays.describe(picked=call.picks is not None and not call.per_sample))
         if layout == "coordinate groups":
             t = _group_transforms(self.spec, self.argnum, self.batch_axis, self.cache, call,
                                   chunk_size, self.torch_compile)[0]

@@ -382,6 +382,8 @@ def _make_operator(f, argnum, batch_axis, strategy, api, collapsed: bool,
         if torch_compile:
             notes.append("torch_compile=True: the jet strategy's traced pass runs under "
                          "torch.compile")
+        elif getattr(d.program, "replays", None) is not None:  # NOTE [replay]
+            notes.append(d.program.replays.describe())
         if (first := ledger.note()) is not None:
             notes.append(first)
         if d.chosen != REVERSE and d.layout == "unrolled":

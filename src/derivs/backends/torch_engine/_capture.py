@@ -135,12 +135,17 @@ def _modes() -> tuple:
     deterministic algorithms, and autocast (its casts are recorded in the graph). A
     graph traced under one must not serve another. About 0.5 us."""
     amp = None
-    # (the "any" test does not cover MPS; asked only where MPS is built: 0.4 us)
-    if torch._C._is_any_autocast_enabled() or (_MPS and torch.is_autocast_enabled("mps")):
+    if autocast_enabled():
         amp = tuple((d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d))
                     for d in _AUTOCAST_DEVICES)
     return (torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
             torch.are_deterministic_algorithms_enabled(), amp)
+
+
+def autocast_enabled() -> bool:
+    """Autocast is on for some device in this thread."""
+    # (the "any" test does not cover MPS; asked only where MPS is built: 0.4 us)
+    return torch._C._is_any_autocast_enabled() or (_MPS and torch.is_autocast_enabled("mps"))
 
 
 def guarded_get(cache, key) -> Any:

@@ -40,6 +40,7 @@ from .._common import Fallback, numel
 from .._common import add as _add
 from . import _contracted
 from . import _pointwise  # also fills the series rule registry
+from . import _replay
 from ._capture import (Capture, StateError, block_tag, complex_values, inside_trace,
                        shared_capture)
 from ._engine import _top_level_offsets, fallback
@@ -297,11 +298,17 @@ class FamilyProgram:
         self.inside: set = set()
         self._contexts: dict = {}  # (id(layout), device) -> (layout, _Ctx)
         self._laplacians: dict = {}
+        self.replays = _replay.Replays(self)
 
     def __call__(self, args: tuple, kwargs: dict, seeds: Seeds | None = None) -> Any:
         tensors = [leaf for leaf in pytree.tree_leaves((args, kwargs))
                    if isinstance(leaf, torch.Tensor)] + list(self.lifted)
-        return pytree.tree_unflatten(self.run(tensors, seeds), self.out_spec)
+        if seeds is None:  # the Laplacian
+            seeds = self.laplacian_seeds(tensors[self.selected])
+        out = self.replays.run(tensors, seeds)  # NOTE [replay]
+        if out is None:
+            out = self.run(tensors, seeds)
+        return pytree.tree_unflatten(out, self.out_spec)
 
     def laplacian_seeds(self, x: torch.Tensor, diagonal: bool = False) -> Seeds:
         """Unit seeds with the Laplacian's layout, or (``diagonal``) the layout
@@ -343,9 +350,11 @@ class FamilyProgram:
             hit = self._contexts[key] = (layout, _Ctx(layout, x.device))
         return hit[1]
 
-    def run(self, tensors: list, seeds: Seeds | None = None) -> list:
+    def run(self, tensors: list, seeds: Seeds | None = None, literals: dict | None = None
+            ) -> list:
         """The operator's outputs (flat) for the graph's inputs ``tensors`` (the
-        arguments' tensors, then the lifted ones)."""
+        arguments' tensors, then the lifted ones); ``literals`` replaces the
+        capture's constants (a replay's trace takes them as inputs)."""
         x = tensors[self.selected]
         if seeds is None:  # the Laplacian
             seeds = self.laplacian_seeds(x)
@@ -362,7 +371,7 @@ class FamilyProgram:
             env[ph] = _Jet(t, c, top) if k == self.selected else _Jet(t)
         if seeds.picks is not None and c is s and self._pickable(x):
             env[self.placeholders[self.selected]].k = seeds.picks
-        env.update({n: _Jet(v) for n, v in self.literals.items()})
+        env.update({n: _Jet(v) for n, v in (literals or self.literals).items()})
         outs = None
         need = self.need_rows if layout.read else self.need_c
         series: dict = {}  # region values as univariate series (NOTE [elementwise regions])
