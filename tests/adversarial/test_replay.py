@@ -289,3 +289,108 @@ def test_a_failed_trace_leaves_nothing_behind(monkeypatch):
     # forward mode still works in this thread after the failure
     _, t = torch.func.jvp(torch.sin, (x,), (torch.ones_like(x),))
     _close(t, torch.cos(x))
+
+
+def test_the_traced_call_passing_one_tensor_twice():
+    """A trace of a call with ``x is y`` must not make later calls read y for x."""
+    def f(x, y):
+        return (torch.sin(x) * y).sum(-1)
+
+    lap = derivs.laplacian(f, batch_axis=0)
+    x = torch.linspace(0.1, 1.0, 20, dtype=torch.float64).reshape(4, 5)
+    _close(lap(x, x), -(torch.sin(x) * x).sum(-1))  # traced with x is y
+    y = torch.full((4, 5), 2.0, dtype=torch.float64)
+    _close(lap(x, y), -(torch.sin(x) * y).sum(-1))
+    assert _replayed(lap, x, y)
+
+
+def test_points_that_are_the_module_s_own_buffer():
+    """Kansa-style RBF collocation: the centres are the collocation points."""
+    class RBF(nn.Module):
+        def __init__(self, centers):
+            super().__init__()
+            self.register_buffer("centers", centers)
+            self.w = nn.Parameter(torch.randn(len(centers), dtype=centers.dtype))
+
+        def forward(self, x):
+            r2 = ((x[:, None, :] - self.centers[None]) ** 2).sum(-1)
+            return torch.exp(-r2) @ self.w
+
+    torch.manual_seed(0)
+    net = RBF(torch.rand(6, D, dtype=torch.float64))
+    lap = derivs.laplacian(net, batch_axis=0)
+    for _ in range(2):
+        _close(lap(net.centers), _laplacian_oracle(net, net.centers))
+    x = torch.rand(6, D, dtype=torch.float64)
+    _close(lap(x), _laplacian_oracle(net, x))
+
+
+def test_activation_checkpointing_around_the_operator(monkeypatch):
+    """Checkpointing's recomputation must save what its forward saved; a replay saves
+    other tensors than the interpretation, so under saved-tensor hooks every call
+    is interpreted, at any call count (the default count: the forward is the
+    signature's last interpreted call, its recomputation would be the first replay)."""
+    from torch.utils.checkpoint import checkpoint
+
+    from derivs.backends.torch_engine import _replay
+
+    monkeypatch.setattr(_replay, "REPLAY_AFTER", 3)
+    model = _mlp()
+    lap = derivs.laplacian(model, batch_axis=0)
+    x = _x()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss_oracle(p):
+        def u(v):
+            return torch.func.functional_call(model, p, (v[None],))[0]
+        return torch.func.vmap(lambda v: torch.func.hessian(u)(v).diagonal().sum())(
+            x).square().sum()
+
+    want = torch.func.grad(loss_oracle)(params)["0.weight"]
+    for _ in range(3):  # calls 1-2, 3-4 (the forward interpreted, its recomputation not), 5-6
+        model.zero_grad()
+        checkpoint(lambda z: lap(z).square().sum(), x, use_reentrant=False).backward()
+        _close(model[0].weight.grad, want)
+
+
+def test_saved_tensor_hooks_see_no_trace():
+    model = _mlp()
+    lap = derivs.laplacian(model, batch_axis=0)
+    x = _x()
+    seen = []
+
+    def pack(t):
+        seen.append(type(t).__name__)
+        return t
+
+    want = _laplacian_oracle(model, x)  # (torch.func refuses saved-tensor hooks)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        for _ in range(3):
+            _close(lap(x), want)
+    assert seen and set(seen) <= {"Tensor", "Parameter"}, set(seen)
+
+
+def test_under_a_user_s_dispatch_mode():
+    """A mode around the call sees the real computation (no fake trace through it),
+    and the value is exact."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.fakes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            from torch._subclasses.fake_tensor import FakeTensor
+
+            self.fakes += any(isinstance(a, FakeTensor) for a in args)
+            return func(*args, **(kwargs or {}))
+
+    model = _mlp()
+    lap = derivs.laplacian(model, batch_axis=0)
+    x = _x()
+    lap(x)
+    with Count() as mode:
+        for _ in range(3):
+            _close(lap(x), _laplacian_oracle(model, x))
+    assert mode.fakes == 0

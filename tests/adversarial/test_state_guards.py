@@ -756,3 +756,36 @@ def test_what_a_stand_in_cannot_answer():
     for f in cases:
         assert float(derivs.laplacian(f)(x)) == 4.0
         assert float(derivs.partial(f, (0, 0))(x)) == 2.0
+
+
+SIGN = 0.0
+
+
+def test_signed_zero_and_nan_in_state_and_arguments():
+    """-0.0 == 0.0 in Python (and hashes alike), but f may tell them apart: a cache
+    keyed or guarded on ``==`` would serve the other zero's graph. f scales by
+    ``atan2(s, -1)``: pi for s = +0.0, -pi for s = -0.0; ``d^2/dx^2 (x^2) = 2``."""
+    import math
+
+    x = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
+
+    def by_argument(z, s):
+        return (z ** 2).sum(-1) * math.atan2(s, -1.0)
+
+    lap = derivs.laplacian(by_argument, batch_axis=0)
+    for s in (0.0, -0.0, 0.0, -0.0):
+        np.testing.assert_allclose(lap(x, s).numpy(), [4 * math.atan2(s, -1.0)])
+
+    def by_global(z):
+        return (z ** 2).sum(-1) * math.atan2(SIGN, -1.0)
+
+    lap = derivs.laplacian(by_global, batch_axis=0)
+    global SIGN
+    try:
+        for s in (0.0, -0.0, 0.0, float("nan"), -0.0):
+            SIGN = s
+            want = 4 * math.atan2(s, -1.0)
+            got = lap(x).numpy()
+            assert np.isnan(got).all() if math.isnan(want) else np.allclose(got, [want]), (s, got)
+    finally:
+        SIGN = 0.0

@@ -131,6 +131,10 @@ def leaf_signature(leaves, array_meta) -> tuple | None:
         meta = array_meta(leaf)
         if meta is not None:
             parts.append(meta)
+        elif isinstance(leaf, (float, complex)):
+            # by repr: -0.0 == 0.0 (and hashes alike), but f may tell them apart
+            # (atan2, copysign, 1 / x); and one NaN key serves every NaN
+            parts.append((type(leaf), repr(leaf)))
         elif isinstance(leaf, PLAIN):
             parts.append((type(leaf), leaf))
         else:

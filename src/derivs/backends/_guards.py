@@ -46,6 +46,7 @@ import collections.abc
 import contextvars
 import dataclasses
 import functools
+import math
 import sys
 import types
 import weakref
@@ -625,6 +626,7 @@ def _compile(checks) -> Any:
     fastest way CPython offers to run thousands of identity tests."""
     torch = _torch()
     env: dict[str, Any] = {"_MISSING": _MISSING, "_array_equal": np.array_equal,
+                           "_copysign": math.copysign,
                            "_default_dtype": torch.get_default_dtype if torch else None}
     terms: list[str] = []
 
@@ -678,8 +680,16 @@ def _compile(checks) -> Any:
         if kind == "same":
             terms.append(f"{loc} is {e}")
         else:  # equal: the same type and an equal value
+            same = f"v == {e}"
+            if isinstance(expected, (float, np.floating)):
+                # -0.0 == 0.0, but f may tell them apart (atan2, copysign, 1 / x); a
+                # NaN equals nothing, itself included
+                same = ("v != v" if expected != expected else
+                        f"v == {e} and _copysign(1.0, v) == {math.copysign(1.0, expected)}")
+            elif isinstance(expected, (complex, np.complexfloating)):
+                same = f"repr(v) == {const(repr(expected))}"
             terms.append(f"(v := {loc}) is {e} or (type(v) is {const(type(expected))} "
-                         f"and v == {e})")
+                         f"and ({same}))")
     lines = ["def check():"]
     for i in range(0, len(terms), 64):
         chunk = " and ".join(f"({t})" for t in terms[i:i + 64])

@@ -295,7 +295,7 @@ def _capture(fun, leaves, in_spec, is_tensor, state, table, pure) -> Capture:
                 traced = make_fx(torch.func.functionalize(flat_fn), table,
                                  tracing_mode="fake", _allow_non_fake_inputs=True)(*examples)
         finally:
-            _clear_fake_caches()
+            clear_fake_caches()
     if side.get("mutated"):
         raise Unliftable("f changes the state it reads while it runs (a Python value, "
                           "a module attribute or a container), so no graph can be reused")
@@ -432,7 +432,7 @@ def clean_dispatch_state():
             if torch._C._dispatch_tls_is_dispatch_key_included(k) != inc:
                 torch._C._dispatch_tls_set_dispatch_key_included(k, inc)
     if replacement is not None:
-        _clear_fake_caches()
+        clear_fake_caches()
         raise replacement
 
 
@@ -447,6 +447,21 @@ def _like(t: torch.Tensor) -> torch.Tensor:
     span = offset + 1 + sum((n - 1) * s for n, s in zip(t.shape, stride) if n > 0)
     buffer = torch.empty(max(span, 1), dtype=t.dtype, device=t.device)
     return buffer.as_strided(t.shape, stride, offset)
+
+
+def trace_inputs(tensors) -> list:
+    """Inputs for tracing a program of ``tensors``: a fresh tensor of each one's
+    layout, without autograd. Fresh, because make_fx gives one object passed twice
+    one placeholder, and a graph traced with ``x is y`` would read y for x on every
+    later call; without autograd, because a trace on the real tensors would run the
+    caller's saved-tensor hooks (activation checkpointing) on fake tensors."""
+    return [_like(t) for t in tensors]
+
+
+def user_modes() -> bool:
+    """A TorchFunctionMode or TorchDispatchMode is active (``torch.device(...)``,
+    a FlopCounterMode, a debugging mode): a trace made now would run through it."""
+    return torch._C._len_torch_function_stack() > 0 or torch._C._len_torch_dispatch_stack() > 0
 
 
 def _copy_exception(e: Exception) -> Exception:
@@ -468,7 +483,7 @@ def _is_transform_tensor(t: torch.Tensor) -> bool:
         return False
 
 
-def _clear_fake_caches() -> None:
+def clear_fake_caches() -> None:
     """Nothing of a failed trace may leak into the next one (fake-tensor caches are
     process-wide)."""
     try:

@@ -371,7 +371,8 @@ class FamilyProgram:
             env[ph] = _Jet(t, c, top) if k == self.selected else _Jet(t)
         if seeds.picks is not None and c is s and self._pickable(x):
             env[self.placeholders[self.selected]].k = seeds.picks
-        env.update({n: _Jet(v) for n, v in (literals or self.literals).items()})
+        env.update({n: _Jet(v) for n, v in
+                    (self.literals if literals is None else literals).items()})
         outs = None
         need = self.need_rows if layout.read else self.need_c
         series: dict = {}  # region values as univariate series (NOTE [elementwise regions])
@@ -1180,27 +1181,20 @@ class CompiledProgram:
         # The trace takes Python branches on which axes repeat (stride 0, ``_compact``),
         # so those are part of the key as much as shapes: an expanded seed traced once
         # must not serve a dense one of the same shape.
-        key = (id(seeds.layout), seeds.top is not None,
+        key = (id(seeds.layout), seeds.layout.contracted is not None, seeds.top is not None,
                tuple((tuple(t.shape), t.dtype, t.device,
                       tuple(d for d, st in enumerate(t.stride()) if st == 0 and t.shape[d] > 1))
                      for t in tensors + given))
         hit = self.graphs.get(key)
         if hit is None or hit[0] is not seeds.layout:
-            layout, count, has_top = seeds.layout, len(tensors), seeds.top is not None
-
-            def flat(*ts):
-                top = ts[count + 1] if has_top else None
-                return p.run(list(ts[:count]), Seeds(layout, ts[count], top))
-
-            from torch.fx.experimental.proxy_tensor import make_fx
-
             with _ledger.phase("torch.compile"):  # compiles on its first run
-                graph = make_fx(flat)(*tensors, *given)
+                # traced as a replay is (NOTE [replay]): fake stand-ins, no autograd
+                graph = _replay.trace(p, seeds.layout, tensors, given, Seeds)
                 compiled = torch.compile(graph, fullgraph=True, dynamic=False)
-                out = compiled(*tensors, *given)
-            self.graphs[key] = (layout, compiled)
+                out = compiled(*tensors, *p.replays.constants.values(), *given)
+            self.graphs[key] = (seeds.layout, compiled)
         else:
-            out = hit[1](*tensors, *given)
+            out = hit[1](*tensors, *p.replays.constants.values(), *given)
         return pytree.tree_unflatten(list(out), p.out_spec)
 
 
