@@ -286,13 +286,22 @@ def concrete():
     return contextlib.nullcontext()
 
 
+def _chunk(piece: torch.Tensor) -> torch.Tensor:
+    """A slice of the samples, copied where it starts inside its storage: a
+    capture is keyed on the storage offset (f may read storage), so views at k
+    offsets would capture k programs, and past the program cache's size every call
+    would capture them all again (a batch of 80 in slices of 2: 40 captures per
+    call). One slice's copy is what ``batch_size`` budgets anyway."""
+    return piece.clone() if piece.storage_offset() else piece
+
+
 def map_chunks(per_sample, batched, args: tuple, dims: list, size: int, out_axis: int,
                batch_size: int):
     """``batched`` over slices of ``batch_size`` samples, in a Python loop,
     concatenated. ``dims``: each argument's sample axis, or None."""
     parts = []
     for lo in range(0, size, batch_size):
-        piece = [a if d is None else a.narrow(d, lo, min(batch_size, size - lo))
+        piece = [a if d is None else _chunk(a.narrow(d, lo, min(batch_size, size - lo)))
                  for a, d in zip(args, dims)]
         parts.append(batched(*piece))
     flat = [pytree.tree_flatten(p) for p in parts]
