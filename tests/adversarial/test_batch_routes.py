@@ -232,3 +232,16 @@ def test_batch_size_slices_share_one_program(monkeypatch):
     for _ in range(3):
         torch.testing.assert_close(lap(x), want, rtol=1e-10, atol=1e-10)
     assert len(captures) <= 3, len(captures)
+
+
+def test_torch_vmap_over_an_operator_with_batch_size():
+    """The per-sample route's check draws random stand-ins; under the user's vmap
+    that was PyTorch's raw "random operation" error."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1),
+                                torch.nn.Flatten(0)).double()
+    lap = derivs.laplacian(model, batch_axis=0, batch_size=2)
+    xs = torch.randn(2, 6, 3, dtype=torch.float64)
+    want = torch.stack([torch.func.vmap(torch.func.hessian(lambda z: model(z[None])[0]))(x)
+                        .diagonal(dim1=-2, dim2=-1).sum(-1) for x in xs])
+    torch.testing.assert_close(torch.func.vmap(lap)(xs), want, rtol=1e-10, atol=1e-12)

@@ -272,14 +272,19 @@ def to_numpy(a):
 
 
 def random_like(args: tuple, signed: bool = False) -> tuple:
+    from .torch_engine import outside_functorch
+
     gen = torch.Generator().manual_seed(1 if signed else 0)
 
     def draw(a):
         if signed:
             return torch.randn(a.shape, generator=gen, dtype=a.dtype).to(a.device)
         return (0.25 + 0.5 * torch.rand(a.shape, generator=gen, dtype=a.dtype)).to(a.device)
-    return tuple(draw(a) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-                 for a in args)
+    # plain stand-ins of the call's shapes, drawn outside any torch.func transform
+    # (vmap refuses random draws: an operator vmapped by the user would raise)
+    with outside_functorch():
+        return tuple(draw(a) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                     for a in args)
 
 
 def concrete():
