@@ -76,7 +76,8 @@ def test_laplacian_both_ways_equals_nested_hessian(pairwise, kind, D):
     np.testing.assert_allclose(jax.jit(chunked)(X), want, rtol=1e-10)
 
 
-@pytest.mark.parametrize("kind", ["gated", "attention"])
+# attention's (18 s of compiles) under slow; its forward stays in the default run
+@pytest.mark.parametrize("kind", ["gated", pytest.param("attention", marks=pytest.mark.slow)])
 def test_grad_through_the_laplacian_both_ways(pairwise, kind):
     D = 5  # above 4: the family program (JAX unrolls D <= 4)
     fn, params = _model(kind), _params(kind, D)
