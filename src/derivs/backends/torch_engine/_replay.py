@@ -41,14 +41,15 @@ inserted, and replaying would apply it again), while a TorchFunctionMode or
 TorchDispatchMode is active (``torch.device(...)``, a FlopCounterMode: the trace
 would run through it), while autograd saves tensors through hooks (activation
 checkpointing: its recomputation must save what its forward saved, and a replay
-saves other tensors than the interpretation), and with picked seeds (they change which ops the program
-runs, NOTE [picked seeds], and are not an input of the trace).
-``torch_compile=True`` traces the same way into Inductor
+saves other tensors than the interpretation), and with picked seeds (they change
+which ops the program runs, NOTE [picked seeds], and are not an input of the
+trace). ``torch_compile=True`` traces the same way into Inductor
 (``_family.CompiledProgram``).
 
-Cost: the trace takes 0.07-0.13 s for the zoo's MLPs and 0.7 s for its transformer
-(make_fx through fake tensors, about 100 interpretations' worth), paid once per
-signature on its ``REPLAY_AFTER + 1``-th call, never on a first call.
+Cost: the trace took 0.09-0.13 s for the zoo's MLPs, 0.3 s for its gated MLP and
+0.7 s for its transformer (make_fx through fake tensors, about 100
+interpretations' worth), paid once per signature on its ``REPLAY_AFTER + 1``-th
+call, never on a first call.
 """
 
 from __future__ import annotations
