@@ -61,8 +61,9 @@ import torch.fx as fx
 
 from ...core import _ledger
 from ...core._cache import LRUCache
-from ._capture import (BUILD_LOCK, autocast_enabled, clean_dispatch_state, clear_fake_caches,
-                       inside_functorch, inside_trace, trace_inputs, user_modes)
+from ._capture import (BUILD_LOCK, _layout, autocast_enabled, clean_dispatch_state,
+                       clear_fake_caches, inside_functorch, inside_trace, trace_inputs,
+                       user_modes)
 
 # Interpretations of a signature before it is traced: a signature called this often
 # is in a loop, where the trace (about 100 interpretations) pays back; one called
@@ -80,12 +81,6 @@ class _Entry:
         self.layout, self.count = layout, 0
         self.graph: fx.GraphModule | None = None
         self.why: str | None = None
-
-
-def _signature(t: torch.Tensor) -> tuple:
-    """What a trace of the interpretation may have read of a tensor in Python (its
-    stand-in has no autograd, so ``requires_grad`` is not read)."""
-    return (t.shape, t.stride(), t.storage_offset(), t.dtype, t.device)
 
 
 def _saving_through_hooks() -> bool:
@@ -118,8 +113,10 @@ class Replays:
             return None
         layout = seeds.layout
         given = [seeds.seeds] if seeds.top is None else [seeds.seeds, seeds.top]
-        key = (id(layout), layout.contracted is not None, tuple(map(_signature, tensors)),
-               tuple(map(_signature, given)))
+        # each tensor's layout as a capture keys it (its stand-in has no autograd, so
+        # requires_grad is not read)
+        key = (id(layout), layout.contracted is not None, tuple(map(_layout, tensors)),
+               tuple(map(_layout, given)))
         entry = self.entries.get(key)
         if entry is None:
             entry = _Entry(layout)
