@@ -350,14 +350,11 @@ class FamilyProgram:
             hit = self._contexts[key] = (layout, _Ctx(layout, x.device))
         return hit[1]
 
-    def run(self, tensors: list, seeds: Seeds | None = None, literals: dict | None = None
-            ) -> list:
+    def run(self, tensors: list, seeds: Seeds, literals: dict | None = None) -> list:
         """The operator's outputs (flat) for the graph's inputs ``tensors`` (the
         arguments' tensors, then the lifted ones); ``literals`` replaces the
         capture's constants (a replay's trace takes them as inputs)."""
         x = tensors[self.selected]
-        if seeds is None:  # the Laplacian
-            seeds = self.laplacian_seeds(x)
         layout = seeds.layout
         ctx = self._context(layout, x)
         s = seeds.seeds.to(x.dtype)
